@@ -1,0 +1,163 @@
+"""Tiled evaluation of a network's infinite-width kernels.
+
+The (N1, N2) kernel is computed in tiles of (b1, b2) input pairs: each tile's input
+kernel is folded through every layer before the next tile starts, so intermediates stay
+in cache and memory is bounded by the tile. For a set with itself (x2 is None) only the
+tiles on or above the diagonal are computed and the rest is mirrored. Every entry is
+computed by the same elementwise operations whatever the tiling, so the result does not
+depend on the tile size.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from widenets.errors import as_tensor, check_get, shape_str
+from widenets.kernel import Kernel, input_kernel
+
+#: scalars per intermediate tile (float64: 2 MiB), sized for the CPU's L2/L3 caches
+TILE_NUMEL = 1 << 18
+#: above this many pair-scalars a progress bar is shown by default
+PROGRESS_NUMEL = 1 << 26
+
+
+def _tile_sizes(n1: int, n2: int, pair_cost: int, batch_size) -> tuple[int, int]:
+    if batch_size is not None:
+        if isinstance(batch_size, int):
+            b1 = b2 = batch_size
+        else:
+            b1, b2 = batch_size
+        for b in (b1, b2):
+            if isinstance(b, bool) or not isinstance(b, int) or b < 1:
+                raise ValueError(
+                    f"`batch_size` must be a positive int or a pair of them, got {batch_size!r}."
+                )
+        return min(b1, n1), min(b2, n2)
+    budget = max(1, TILE_NUMEL // max(1, pair_cost))
+    b2 = min(n2, max(1, min(8192, budget)))
+    b1 = min(n1, max(1, budget // b2))
+    return b1, b2
+
+
+def _swap_pairs(t: Tensor) -> Tensor:
+    """K(x2, x1) from K(x1, x2): swap the two batch axes."""
+    return t.transpose(0, 1)
+
+
+def evaluate_kernel(
+    layer,
+    x1,
+    x2=None,
+    *,
+    get=("nngp", "ntk"),
+    dtype: torch.dtype = torch.float64,
+    batch_size=None,
+    progress: bool | None = None,
+) -> Kernel:
+    """Fold ``layer`` over the input kernel of (x1, x2), tile by tile. See ``Layer.kernel``."""
+    names = check_get(get)
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(f"`dtype` must be a floating torch dtype, got {dtype!r}.")
+    x1 = as_tensor(x1, "x1", dtype)
+    same = x2 is None
+    x2 = x1 if same else as_tensor(x2, "x2", dtype)
+    if x1.shape[1:] != x2.shape[1:]:
+        raise ValueError(
+            f"`x1` and `x2` must have the same per-example shape, got {shape_str(x1.shape[1:])} "
+            f"and {shape_str(x2.shape[1:])} (mismatched feature dimensions)."
+        )
+    in_shape = tuple(x1.shape[1:])
+    layer.out_shape(in_shape)  # architecture/shape errors before any work
+    compute_ntk = "ntk" in names
+    n1, n2 = x1.shape[0], x2.shape[0]
+    b1, b2 = _tile_sizes(n1, n2, layer.pair_cost(in_shape), batch_size)
+
+    tiles = []
+    for i0 in range(0, n1, b1):
+        for j0 in range(i0 if same else 0, n2, b2):
+            tiles.append((i0, j0))
+    show = progress
+    if show is None:
+        show = n1 * n2 * layer.pair_cost(in_shape) >= PROGRESS_NUMEL
+    bar = None
+    if show and len(tiles) > 1:
+        from tqdm.auto import tqdm
+
+        bar = tqdm(total=len(tiles), desc="kernel", unit="tile", leave=False)
+
+    nngp_out = ntk_out = cov1 = cov2 = None
+    last = None
+    try:
+        for i0, j0 in tiles:
+            i1, j1 = min(i0 + b1, n1), min(j0 + b2, n2)
+            offset = (i0 - j0) if same and j0 <= i0 < j1 else None
+            k = input_kernel(
+                x1[i0:i1],
+                x2[j0:j1],
+                x1_is_x2=same and i0 == j0 and i1 == j1,
+                diagonal_offset=offset,
+                compute_ntk=compute_ntk,
+            )
+            k = layer.kernel_fn(k)
+            if isinstance(k, list):
+                raise ValueError(
+                    "the network ends with several branches; merge them with fan_in_sum "
+                    "or fan_in_concat."
+                )
+            if nngp_out is None:
+                tail = tuple(k.nngp.shape[2:])
+                nngp_out = torch.empty((n1, n2, *tail), dtype=dtype)
+                if compute_ntk:
+                    ntk_out = torch.empty((n1, n2, *tail), dtype=dtype)
+                cov1 = torch.empty((n1, *k.cov1.shape[1:]), dtype=dtype)
+                cov2 = cov1 if same else torch.empty((n2, *k.cov2.shape[1:]), dtype=dtype)
+            nngp_out[i0:i1, j0:j1] = k.nngp
+            if compute_ntk:
+                ntk_out[i0:i1, j0:j1] = k.ntk
+            if j0 == (i0 if same else 0):
+                cov1[i0:i1] = k.cov1
+            if not same and i0 == 0:
+                cov2[j0:j1] = k.cov2
+            last = k
+            if bar is not None:
+                bar.update()
+    finally:
+        if bar is not None:
+            bar.close()
+
+    if same:
+        for out in (nngp_out, ntk_out):
+            if out is not None:
+                _mirror_upper(out, b1)
+    if "nngp" not in names:
+        nngp_out = None
+    return Kernel(
+        nngp=nngp_out,
+        ntk=ntk_out,
+        cov1=cov1,
+        cov2=cov2,
+        shape1=last.shape1,
+        shape2=last.shape2,
+        x1_is_x2=same,
+        is_gaussian=last.is_gaussian,
+        is_input=last.is_input,
+    )
+
+
+def _mirror_upper(out: Tensor, b1: int) -> None:
+    """Fill the part below the diagonal of a (N, N, ...) kernel from the part above."""
+    n = out.shape[0]
+    for i0 in range(0, n, b1):
+        i1 = min(i0 + b1, n)
+        if i0 > 0:
+            out[i0:i1, :i0] = _swap_pairs(out[:i0, i0:i1])
+        block = out[i0:i1, i0:i1]
+        rows, cols = torch.tril_indices(i1 - i0, i1 - i0, offset=-1)
+        block[rows, cols] = _swap_pairs(block)[rows, cols]
+
+
+def tile_count(n1: int, n2: int, b1: int, b2: int) -> int:
+    return math.ceil(n1 / b1) * math.ceil(n2 / b2)

@@ -1,0 +1,41 @@
+"""Layers with an infinite-width (kernel) face and a finite-width (module) face."""
+
+from widenets.layers.activations import (
+    Abs,
+    ABRelu,
+    Activation,
+    Cos,
+    Erf,
+    Gaussian,
+    Gelu,
+    LeakyRelu,
+    Monomial,
+    Relu,
+    Sign,
+    Sin,
+)
+from widenets.layers.base import BuildContext, Layer
+from widenets.layers.combinators import (
+    FanInConcat,
+    FanInSum,
+    FanOut,
+    Identity,
+    Parallel,
+    Scale,
+    Serial,
+    fan_in_concat,
+    fan_in_sum,
+    fan_out,
+    parallel,
+    residual,
+    serial,
+)
+from widenets.layers.dense import Dense
+from widenets.layers.quadrature import Elementwise
+
+__all__ = [
+    "ABRelu", "Abs", "Activation", "BuildContext", "Cos", "Dense", "Elementwise", "Erf",
+    "FanInConcat", "FanInSum", "FanOut", "Gaussian", "Gelu", "Identity", "Layer",
+    "LeakyRelu", "Monomial", "Parallel", "Relu", "Scale", "Serial", "Sign", "Sin",
+    "fan_in_concat", "fan_in_sum", "fan_out", "parallel", "residual", "serial",
+]

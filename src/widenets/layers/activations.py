@@ -1,0 +1,374 @@
+"""Elementwise nonlinearities with exact infinite-width kernels.
+
+For a Gaussian pre-activation (u, v) ~ N(0, [[q1, K], [K, q2]]) each activation phi gives
+
+    K'     = E[phi(u) phi(v)]                  (the NNGP recursion, Neal 1996; Lee et al. 2018)
+    Kdot   = E[phi'(u) phi'(v)]                (its derivative in K, Price's theorem)
+    Theta' = Theta * Kdot                      (the NTK recursion, Jacot et al. 2018)
+
+The variances follow the same map with K = q1 = q2. Closed forms: the arc-cosine kernels
+of Cho & Saul 2009 for the ReLU family, Williams 1997 for erf, Tsuchida et al. 2020 for
+GELU; Gaussian integrals for sin, the Gaussian bump, sign and monomials.
+"""
+
+from __future__ import annotations
+
+import math
+import torch
+from torch import Tensor
+
+from widenets.errors import check_finite_real
+from widenets.kernel import Kernel
+from widenets.layers.base import BuildContext, Layer
+from widenets.modules import Elementwise as ElementwiseModule
+
+PI = math.pi
+
+
+def outer_sqrt(q1: Tensor, q2: Tensor) -> Tensor:
+    """sqrt(q1 q2) as sqrt(q1) * sqrt(q2), with zero variances kept just above zero.
+
+    A zero-variance input has K = 0 with everything, so its correlation becomes 0 rather
+    than NaN, which is the limit of every closed form below.
+    """
+    tiny = torch.finfo(q1.dtype).tiny
+    return q1.sqrt().clamp_min(tiny) * q2.sqrt().clamp_min(tiny)
+
+
+def correlation(nngp: Tensor, s: Tensor) -> Tensor:
+    """c = K / sqrt(q1 q2), clipped to [-1, 1]; within 64 ulp of +-1 it is set to +-1.
+
+    Round-off puts c of an input with itself a few ulp off 1, where arccos has infinite
+    slope (theta ~ 1e-8 for c = 1 - 1e-16): snapping keeps the diagonal exact.
+    """
+    c = nngp / s
+    tol = 64 * torch.finfo(c.dtype).eps
+    c.clamp_(-1.0, 1.0)
+    c.masked_fill_(c > 1.0 - tol, 1.0)
+    c.masked_fill_(c < -1.0 + tol, -1.0)
+    return c
+
+
+class Activation(Layer):
+    """Base class: ``fn`` is the finite face, ``pair`` the closed-form kernel map."""
+
+    name = "Activation"
+    requires_gaussian_input = True
+
+    def fn(self, x: Tensor) -> Tensor:
+        raise NotImplementedError
+
+    def pair(self, nngp: Tensor, q1: Tensor, q2: Tensor, want_dot: bool):
+        """Return (E[phi(u) phi(v)], E[phi'(u) phi'(v)] or None), broadcasting q1, q2."""
+        raise NotImplementedError
+
+    def kernel_fn(self, k: Kernel) -> Kernel:
+        if isinstance(k, list):
+            raise ValueError(f"{self!r} takes a single input, got {len(k)} branches.")
+        if not k.is_gaussian:
+            raise ValueError(
+                f"{self!r} needs a Gaussian input: put an affine layer (Dense, Conv) before "
+                "it. The closed-form kernel of a nonlinearity assumes Gaussian pre-activations."
+            )
+        q1, q2 = k.pair_variances()
+        nngp, dot = self.pair(k.nngp, q1, q2, k.ntk is not None)
+        ntk = None if k.ntk is None else k.ntk * dot
+        cov1 = self.pair(k.cov1, k.cov1, k.cov1, False)[0]
+        cov2 = cov1 if k.cov2 is k.cov1 else self.pair(k.cov2, k.cov2, k.cov2, False)[0]
+        return k.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2, is_gaussian=False)
+
+    def make_module(self, in_shape, ctx: BuildContext):
+        return ElementwiseModule(self.fn, repr(self))
+
+    def __repr__(self):
+        return f"{self.name}()"
+
+
+class ABRelu(Activation):
+    """phi(x) = a x for x < 0 and b x for x > 0 (Relu: a=0, b=1; Abs: a=-1, b=1).
+
+    With theta = arccos(c): K' = a b K + (b - a)^2 sqrt(q1 q2) (sin theta + (pi - theta) c)
+    / (2 pi) and Kdot = a b + (b - a)^2 (pi - theta) / (2 pi)  (Cho & Saul 2009).
+    """
+
+    name = "ABRelu"
+
+    def __init__(self, a: float = 0.0, b: float = 1.0):
+        self.a = check_finite_real(a, "a")
+        self.b = check_finite_real(b, "b")
+
+    def __repr__(self):
+        return f"ABRelu(a={self.a}, b={self.b})"
+
+    def fn(self, x):
+        return torch.where(x > 0, self.b * x, self.a * x)
+
+    def pair(self, nngp, q1, q2, want_dot):
+        a, b = self.a, self.b
+        s = outer_sqrt(q1, q2)
+        c = correlation(nngp, s)
+        pi_minus_theta = torch.acos(c).neg_().add_(PI)
+        # sin(theta) = sqrt(1 - c^2)
+        sin_theta = torch.mul(c, c).neg_().add_(1.0).clamp_min_(0.0).sqrt_()
+        j = torch.addcmul(sin_theta, pi_minus_theta, c)
+        out = j.mul_(s).mul_((b - a) ** 2 / (2 * PI))
+        if a != 0.0:
+            out.add_(nngp, alpha=a * b)
+        dot = None
+        if want_dot:
+            dot = pi_minus_theta.mul_((b - a) ** 2 / (2 * PI))
+            if a != 0.0:
+                dot.add_(a * b)
+        return out, dot
+
+
+class Relu(ABRelu):
+    """max(x, 0)."""
+
+    name = "Relu"
+
+    def __init__(self):
+        super().__init__(0.0, 1.0)
+
+    def __repr__(self):
+        return "Relu()"
+
+    def fn(self, x):
+        return torch.relu(x)
+
+
+class LeakyRelu(ABRelu):
+    """x for x > 0, alpha x otherwise."""
+
+    name = "LeakyRelu"
+
+    def __init__(self, alpha: float = 0.01):
+        super().__init__(alpha, 1.0)
+        self.alpha = self.a
+
+    def __repr__(self):
+        return f"LeakyRelu({self.alpha})"
+
+
+class Abs(ABRelu):
+    """|x|."""
+
+    name = "Abs"
+
+    def __init__(self):
+        super().__init__(-1.0, 1.0)
+
+    def __repr__(self):
+        return "Abs()"
+
+    def fn(self, x):
+        return x.abs()
+
+
+class Erf(Activation):
+    """phi(x) = a erf(b x) + c (Williams 1997).
+
+    K' = a^2 (2/pi) arcsin(2 b^2 K / sqrt((1 + 2 b^2 q1)(1 + 2 b^2 q2))) + c^2,
+    Kdot = a^2 b^2 (4/pi) / sqrt((1 + 2 b^2 q1)(1 + 2 b^2 q2) - 4 b^4 K^2).
+    """
+
+    name = "Erf"
+
+    def __init__(self, a: float = 1.0, b: float = 1.0, c: float = 0.0):
+        self.a = check_finite_real(a, "a")
+        self.b = check_finite_real(b, "b")
+        self.c = check_finite_real(c, "c")
+
+    def __repr__(self):
+        return f"Erf(a={self.a}, b={self.b}, c={self.c})"
+
+    def fn(self, x):
+        return self.a * torch.erf(self.b * x) + self.c
+
+    def pair(self, nngp, q1, q2, want_dot):
+        b2 = self.b**2
+        d = outer_sqrt(1 + 2 * b2 * q1, 1 + 2 * b2 * q2)  # sqrt((1+2b^2 q1)(1+2b^2 q2))
+        r = (nngp * (2 * b2)).div_(d).clamp_(-1.0, 1.0)
+        out = torch.asin(r).mul_(self.a**2 * 2 / PI)
+        if self.c:
+            out.add_(self.c**2)
+        dot = None
+        if want_dot:
+            # (1+2b^2q1)(1+2b^2q2) - 4b^4K^2 = d^2 (1 - r^2)
+            one_minus = torch.mul(r, r).neg_().add_(1.0).clamp_min_(0.0)
+            dot = (d * d).mul_(one_minus).rsqrt_().mul_(self.a**2 * b2 * 4 / PI)
+        return out, dot
+
+
+class Gelu(Activation):
+    """x Phi(x), Phi the normal CDF (Tsuchida et al. 2020, closed form as in Neural Tangents).
+
+    With P = q1 q2, P1 = (1 + q1)(1 + q2), delta = sqrt(P1 - K^2) and a = atan2(K, delta):
+    K' = K/4 + [(K^2 + P delta^2) / (P1 delta) + K a] / (2 pi),
+    Kdot = 1/4 + a / (2 pi) + K / (2 pi delta) [1/delta^2 + (1 - P)/P1 + 1].
+    """
+
+    name = "Gelu"
+
+    def fn(self, x):
+        return torch.nn.functional.gelu(x)
+
+    def pair(self, nngp, q1, q2, want_dot):
+        prod = q1 * q2
+        prod1 = (1 + q1) * (1 + q2)
+        delta2 = prod1 - nngp * nngp
+        delta = delta2.clamp_min(0.0).sqrt()
+        angle = torch.atan2(nngp, delta)
+        out = (nngp * nngp + prod * delta2) / (prod1 * delta)
+        out += nngp * angle
+        out /= 2 * PI
+        out += 0.25 * nngp
+        dot = None
+        if want_dot:
+            first = 1 / delta2 + (1 - prod) / prod1 + 1
+            first *= nngp / delta / (2 * PI)
+            dot = first + 0.25 + angle / (2 * PI)
+        return out, dot
+
+
+class Sin(Activation):
+    """phi(x) = amplitude sin(frequency x + phase); ``Cos`` is phase pi/2.
+
+    With s = q1 + q2, w = frequency: K' = a^2/2 [e^{-w^2 (s - 2K)/2} - e^{-w^2 (s + 2K)/2}
+    cos 2 phase] and Kdot = a^2 w^2/2 [e^{-w^2 (s - 2K)/2} + e^{-w^2 (s + 2K)/2} cos 2 phase].
+    """
+
+    name = "Sin"
+
+    def __init__(self, amplitude: float = 1.0, frequency: float = 1.0, phase: float = 0.0):
+        self.amplitude = check_finite_real(amplitude, "amplitude")
+        self.frequency = check_finite_real(frequency, "frequency")
+        self.phase = check_finite_real(phase, "phase")
+
+    def __repr__(self):
+        return f"Sin(amplitude={self.amplitude}, frequency={self.frequency}, phase={self.phase})"
+
+    def fn(self, x):
+        return self.amplitude * torch.sin(self.frequency * x + self.phase)
+
+    def pair(self, nngp, q1, q2, want_dot):
+        w2 = self.frequency**2
+        s = q1 + q2
+        minus = torch.exp(-w2 / 2 * (s - 2 * nngp))
+        plus = torch.exp(-w2 / 2 * (s + 2 * nngp)) * math.cos(2 * self.phase)
+        a2 = self.amplitude**2
+        out = (minus - plus) * (a2 / 2)
+        dot = (minus + plus) * (a2 * w2 / 2) if want_dot else None
+        return out, dot
+
+
+def Cos(amplitude: float = 1.0, frequency: float = 1.0, phase: float = 0.0) -> Sin:
+    """amplitude cos(frequency x + phase), as a Sin shifted by pi/2."""
+    return Sin(amplitude, frequency, phase + PI / 2)
+
+
+class Gaussian(Activation):
+    """phi(x) = a exp(b x^2) for b < 1/(2 q) (a Gaussian bump for b < 0).
+
+    With D = (1 - 2b q1)(1 - 2b q2) - 4 b^2 K^2: K' = a^2 / sqrt(D) and
+    Kdot = 4 a^2 b^2 K / D^{3/2}.
+    """
+
+    name = "Gaussian"
+
+    def __init__(self, a: float = 1.0, b: float = -0.5):
+        self.a = check_finite_real(a, "a")
+        self.b = check_finite_real(b, "b")
+
+    def __repr__(self):
+        return f"Gaussian(a={self.a}, b={self.b})"
+
+    def fn(self, x):
+        return self.a * torch.exp(self.b * x * x)
+
+    def pair(self, nngp, q1, q2, want_dot):
+        b = self.b
+        det = (1 - 2 * b * q1) * (1 - 2 * b * q2) - 4 * b * b * nngp * nngp
+        if b > 0 and not bool((det > 0).all()):
+            raise ValueError(
+                f"{self!r}: E[exp(2 b x^2)] is infinite for pre-activation variance >= "
+                f"1/(4b) = {1 / (4 * b):.3g}; use b < 0 or smaller weights."
+            )
+        out = det.rsqrt() * self.a**2
+        dot = (nngp * det.pow(-1.5)) * (4 * self.a**2 * b * b) if want_dot else None
+        return out, dot
+
+
+class Sign(Activation):
+    """sign(x): K' = (2/pi) arcsin(c).
+
+    Its derivative is zero almost everywhere, so, as for a finite network trained by
+    autograd (and in Neural Tangents), the NTK through it is zero.
+    """
+
+    name = "Sign"
+
+    def fn(self, x):
+        return torch.sign(x)
+
+    def pair(self, nngp, q1, q2, want_dot):
+        c = correlation(nngp, outer_sqrt(q1, q2))
+        out = torch.asin(c).mul_(2 / PI)
+        # a zero-variance input has sign 0: its variance and covariances vanish
+        zero = (q1 == 0) | (q2 == 0)
+        if bool(zero.any()):
+            out = out.masked_fill(zero.expand_as(out), 0.0)
+        return out, (torch.zeros_like(nngp) if want_dot else None)
+
+
+def _monomial_coeffs(degree: int) -> list[tuple[int, float]]:
+    """(k, a_{d,k}^2 k!) for x^d = sum_k a_{d,k} He_k(x), the probabilists' Hermite basis.
+
+    Mehler's formula then gives E[u^d v^d] = sum_k a_{d,k}^2 k! (q1 q2)^{(d-k)/2} K^k.
+    """
+    out = []
+    for k in range(degree % 2, degree + 1, 2):
+        m = (degree - k) // 2
+        a = math.factorial(degree) / (math.factorial(k) * math.factorial(m) * 2**m)
+        out.append((k, a * a * math.factorial(k)))
+    return out
+
+
+def _monomial_kernel(degree: int, nngp, q1, q2):
+    if degree == 0:
+        return torch.ones_like(nngp)
+    prod = q1 * q2
+    out = torch.zeros_like(nngp)
+    for k, coef in _monomial_coeffs(degree):
+        m = (degree - k) // 2
+        term = nngp.pow(k) if k else torch.ones_like(nngp)
+        if m:
+            term = term * prod.pow(m)
+        out += coef * term
+    return out
+
+
+class Monomial(Activation):
+    """phi(x) = x^degree: K' = sum_k a_{d,k}^2 k! (q1 q2)^{(d-k)/2} K^k (Hermite expansion);
+    Kdot = d^2 E[u^{d-1} v^{d-1}]."""
+
+    name = "Monomial"
+
+    def __init__(self, degree: int):
+        if isinstance(degree, bool) or not isinstance(degree, int) or degree < 0:
+            raise ValueError(f"`degree` must be a non-negative integer, got {degree!r}.")
+        self.degree = degree
+
+    def __repr__(self):
+        return f"Monomial({self.degree})"
+
+    def fn(self, x):
+        return x**self.degree
+
+    def pair(self, nngp, q1, q2, want_dot):
+        d = self.degree
+        out = _monomial_kernel(d, nngp, q1, q2)
+        dot = None
+        if want_dot:
+            dot = _monomial_kernel(d - 1, nngp, q1, q2) * d * d if d else torch.zeros_like(nngp)
+        return out, dot

@@ -1,0 +1,152 @@
+"""The layer protocol: every layer has an infinite-width face and a finite-width face.
+
+- ``kernel_fn(k)`` maps a :class:`~widenets.kernel.Kernel` to the Kernel after the layer;
+- ``make_module(in_shape, ctx)`` builds the finite ``torch.nn.Module`` with the same
+  weight and bias scales, parameterisation and initialiser;
+- ``out_shape(in_shape)`` checks the input shape (channels first, no batch axis) and
+  returns the output shape; it is where shape errors are raised, before any work.
+
+Users call :meth:`Layer.kernel` and :meth:`Layer.build` on any layer or network.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from widenets.kernel import Kernel
+
+Shape = tuple[int, ...]
+
+
+@dataclass
+class BuildContext:
+    """What a finite layer needs to create its parameters."""
+
+    generator: torch.Generator
+    dtype: torch.dtype = torch.float32
+    device: torch.device | str | None = None
+    init: object = None  # a widenets.init scheme, or None for Gaussian IID
+    extras: dict = field(default_factory=dict)
+
+
+class Layer:
+    """Base class of all widenets layers and networks."""
+
+    #: name used in error messages
+    name: str = "Layer"
+    #: whether the layer's output is Gaussian whenever its input is (affine layers: always)
+    requires_gaussian_input: bool = False
+
+    # ----- the two faces, implemented by subclasses -------------------------------------
+    def kernel_fn(self, k: Kernel | list[Kernel]) -> Kernel | list[Kernel]:
+        raise NotImplementedError
+
+    def make_module(self, in_shape, ctx: BuildContext) -> nn.Module:
+        raise NotImplementedError
+
+    def out_shape(self, in_shape):
+        return in_shape
+
+    # ----- structure hooks ----------------------------------------------------------------
+    def pair_cost(self, in_shape) -> int:
+        """Scalars held per (x1, x2) pair by this layer's kernel computation (for tiling)."""
+        return 1
+
+    def children(self) -> tuple[Layer, ...]:
+        return ()
+
+    def with_widths(self, width: int, *, keep_readout: bool = True) -> Layer:
+        """A copy whose hidden widths (every ``out_dim``/channel count) are ``width``.
+
+        With ``keep_readout`` the last width-carrying layer (the readout) keeps its width.
+        """
+        from widenets.errors import check_positive_int
+
+        check_positive_int(width, "width")
+        new, _ = self._rewidth(width, keep_readout)
+        return new
+
+    def _rewidth(self, width: int, keep: bool) -> tuple[Layer, bool]:
+        """Return (copy with widths replaced, whether a readout is still to be kept)."""
+        return self, keep
+
+    # ----- what users call -----------------------------------------------------------------
+    def kernel(
+        self,
+        x1,
+        x2=None,
+        *,
+        get=("nngp", "ntk"),
+        dtype: torch.dtype = torch.float64,
+        batch_size: int | tuple[int, int] | None = None,
+        progress: bool | None = None,
+    ) -> Kernel:
+        """Infinite-width NNGP and NTK of this network between inputs x1 and x2.
+
+        Args:
+            x1: (N1, C) or (N1, C, *spatial) inputs, channels first.
+            x2: (N2, ...) inputs with the same per-example shape, or None for x1 itself.
+            get: "nngp", "ntk" or both; the others are left None.
+            dtype: floating dtype of the computation (float64 by default).
+            batch_size: tile size over x1 (and x2): an int for both or a pair. The result
+                does not depend on it. None picks tiles that keep intermediates small.
+            progress: show a progress bar over tiles (None: only for large kernels).
+
+        Returns:
+            A :class:`Kernel` with ``nngp`` and/or ``ntk`` of shape (N1, N2, ...).
+        """
+        from widenets.compute import evaluate_kernel
+
+        return evaluate_kernel(
+            self, x1, x2, get=get, dtype=dtype, batch_size=batch_size, progress=progress
+        )
+
+    def build(
+        self,
+        input_shape,
+        seed: int | None = None,
+        *,
+        dtype: torch.dtype = torch.float32,
+        device=None,
+        init=None,
+        generator: torch.Generator | None = None,
+    ) -> nn.Module:
+        """The finite-width network as a ``torch.nn.Module``.
+
+        Args:
+            input_shape: per-example input shape, channels first, e.g. (784,) or (3, 32, 32).
+            seed: seed of the parameter draw (ignored if ``generator`` is given).
+            dtype, device: of the parameters.
+            init: a :mod:`widenets.init` scheme for the weights (Gaussian IID by default).
+        """
+        from widenets.errors import check_positive_int
+
+        if isinstance(input_shape, int):
+            input_shape = (input_shape,)
+        try:
+            input_shape = tuple(int(s) for s in input_shape)
+        except TypeError:
+            raise ValueError(
+                f"`input_shape` must be a tuple of positive ints, got {input_shape!r}."
+            ) from None
+        if not input_shape:
+            raise ValueError("`input_shape` must have at least one axis (the features).")
+        for s in input_shape:
+            check_positive_int(s, "input_shape")
+        self.out_shape(input_shape)  # shape errors before any parameter is drawn
+        if generator is None:
+            generator = torch.Generator()
+            if seed is None:
+                generator.seed()
+            else:
+                generator.manual_seed(int(seed))
+        ctx = BuildContext(generator=generator, dtype=dtype, device=device, init=init)
+        module = self.make_module(input_shape, ctx)
+        module.input_shape = input_shape
+        return module
+
+    def __repr__(self) -> str:
+        return self.name

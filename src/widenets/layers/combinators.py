@@ -1,0 +1,317 @@
+"""Combinators: networks built from layers, with both faces composed at once.
+
+Kernel rules (Neural Tangents' stax): ``serial`` folds kernels through its layers;
+``fan_out`` copies a kernel; ``parallel`` maps branches over a list of kernels;
+``fan_in_sum`` adds independent branches (K = sum K_i, Theta = sum Theta_i); and
+``fan_in_concat`` concatenates channels, so K = sum_i n_i K_i / sum_i n_i with n_i the
+finite channel counts (likewise Theta).
+"""
+
+from __future__ import annotations
+
+from widenets.errors import check_finite_real, check_positive_int, shape_str
+from widenets.kernel import Kernel
+from widenets.layers.base import BuildContext, Layer
+from widenets.modules import FanInConcat as FanInConcatModule
+from widenets.modules import FanInSum as FanInSumModule
+from widenets.modules import FanOut as FanOutModule
+from widenets.modules import IdentityModule, Scale as ScaleModule
+from widenets.modules import Parallel as ParallelModule
+from widenets.modules import Serial as SerialModule
+
+
+def _check_layer(obj, where: str) -> Layer:
+    if not isinstance(obj, Layer):
+        raise TypeError(f"{where} must be widenets layers, got {type(obj).__name__}: {obj!r}.")
+    return obj
+
+
+class Serial(Layer):
+    """Layers applied in sequence: ``serial(a, b, c)`` computes c(b(a(x)))."""
+
+    name = "serial"
+
+    def __init__(self, *layers: Layer):
+        if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
+            layers = tuple(layers[0])
+        if not layers:
+            raise ValueError("`serial` needs at least one layer.")
+        self.layers = tuple(_check_layer(layer, "`serial` arguments") for layer in layers)
+
+    def __repr__(self) -> str:
+        inner = ",\n  ".join(repr(layer).replace("\n", "\n  ") for layer in self.layers)
+        return f"serial(\n  {inner}\n)"
+
+    def children(self):
+        return self.layers
+
+    def out_shape(self, in_shape):
+        shape = in_shape
+        for i, layer in enumerate(self.layers):
+            try:
+                shape = layer.out_shape(shape)
+            except ValueError as e:
+                raise ValueError(f"layer {i} ({layer!r}) of serial: {e}") from None
+        return shape
+
+    def kernel_fn(self, k):
+        for layer in self.layers:
+            k = layer.kernel_fn(k)
+        return k
+
+    def pair_cost(self, in_shape) -> int:
+        cost, shape = 1, in_shape
+        for layer in self.layers:
+            cost = max(cost, layer.pair_cost(shape))
+            shape = layer.out_shape(shape)
+        return cost
+
+    def make_module(self, in_shape, ctx: BuildContext):
+        modules, shape = [], in_shape
+        for layer in self.layers:
+            modules.append(layer.make_module(shape, ctx))
+            shape = layer.out_shape(shape)
+        return SerialModule(*modules)
+
+    def _rewidth(self, width, keep):
+        new = []
+        for layer in reversed(self.layers):
+            layer, keep = layer._rewidth(width, keep)
+            new.append(layer)
+        return Serial(*reversed(new)), keep
+
+
+class Parallel(Layer):
+    """Branch i applied to input i of a list (after ``fan_out``)."""
+
+    name = "parallel"
+
+    def __init__(self, *branches: Layer):
+        if not branches:
+            raise ValueError("`parallel` needs at least one branch.")
+        self.branches = tuple(_check_layer(b, "`parallel` arguments") for b in branches)
+
+    def __repr__(self) -> str:
+        inner = ",\n  ".join(repr(b).replace("\n", "\n  ") for b in self.branches)
+        return f"parallel(\n  {inner}\n)"
+
+    def children(self):
+        return self.branches
+
+    def _check_list(self, xs, what):
+        if not isinstance(xs, list) or len(xs) != len(self.branches):
+            n = 1 if not isinstance(xs, list) else len(xs)
+            raise ValueError(
+                f"parallel has {len(self.branches)} branches but receives {n} {what}; "
+                f"put fan_out({len(self.branches)}) before it."
+            )
+
+    def out_shape(self, in_shape):
+        self._check_list(in_shape, "inputs")
+        return [b.out_shape(s) for b, s in zip(self.branches, in_shape, strict=True)]
+
+    def kernel_fn(self, ks):
+        self._check_list(ks, "kernels")
+        return [b.kernel_fn(k) for b, k in zip(self.branches, ks, strict=True)]
+
+    def pair_cost(self, in_shape) -> int:
+        return max(b.pair_cost(s) for b, s in zip(self.branches, in_shape, strict=True))
+
+    def make_module(self, in_shape, ctx):
+        return ParallelModule(
+            [b.make_module(s, ctx) for b, s in zip(self.branches, in_shape, strict=True)]
+        )
+
+    def _rewidth(self, width, keep):
+        out = [b._rewidth(width, keep) for b in self.branches]
+        return Parallel(*[b for b, _ in out]), all(k for _, k in out)
+
+
+class FanOut(Layer):
+    """One input to a list of ``n`` identical ones."""
+
+    name = "fan_out"
+
+    def __init__(self, n: int):
+        self.n = check_positive_int(n, "n")
+
+    def __repr__(self):
+        return f"fan_out({self.n})"
+
+    def out_shape(self, in_shape):
+        if isinstance(in_shape, list):
+            raise ValueError("fan_out takes a single input, got a list of branches.")
+        return [in_shape] * self.n
+
+    def kernel_fn(self, k):
+        return [k] * self.n
+
+    def make_module(self, in_shape, ctx):
+        return FanOutModule(self.n)
+
+
+def _merge_flags(ks: list[Kernel]) -> dict:
+    return dict(
+        is_gaussian=all(k.is_gaussian for k in ks),
+        is_input=all(k.is_input for k in ks),
+    )
+
+
+class FanInSum(Layer):
+    """Sum of branches: K = sum_i K_i, Theta = sum_i Theta_i (independent branches)."""
+
+    name = "fan_in_sum"
+
+    def __repr__(self):
+        return "fan_in_sum()"
+
+    def out_shape(self, in_shape):
+        if not isinstance(in_shape, list):
+            raise ValueError("fan_in_sum needs a list of branches (use fan_out first).")
+        if any(s != in_shape[0] for s in in_shape):
+            raise ValueError(
+                "fan_in_sum needs branches of equal shape, got "
+                + ", ".join(shape_str(s) for s in in_shape)
+            )
+        return in_shape[0]
+
+    def kernel_fn(self, ks):
+        def total(ts):
+            out = ts[0]
+            for t in ts[1:]:
+                out = out + t
+            return out
+
+        k0 = ks[0]
+        same = k0.cov2 is k0.cov1
+        nngp = total([k.nngp for k in ks])
+        ntk = None if k0.ntk is None else total([k.ntk for k in ks])
+        cov1 = total([k.cov1 for k in ks])
+        cov2 = cov1 if same else total([k.cov2 for k in ks])
+        return k0.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2, **_merge_flags(ks))
+
+    def make_module(self, in_shape, ctx):
+        return FanInSumModule()
+
+
+class FanInConcat(Layer):
+    """Concatenation over channels: K = sum_i n_i K_i / sum_i n_i (n_i finite channels)."""
+
+    name = "fan_in_concat"
+
+    def __repr__(self):
+        return "fan_in_concat()"
+
+    def out_shape(self, in_shape):
+        if not isinstance(in_shape, list):
+            raise ValueError("fan_in_concat needs a list of branches (use fan_out first).")
+        rest = {tuple(s[1:]) for s in in_shape}
+        if len(rest) != 1:
+            raise ValueError(
+                "fan_in_concat needs branches that differ only in channels, got "
+                + ", ".join(shape_str(s) for s in in_shape)
+            )
+        return (sum(s[0] for s in in_shape), *in_shape[0][1:])
+
+    def kernel_fn(self, ks):
+        widths = [k.shape1[0] for k in ks]
+        total = float(sum(widths))
+
+        def mix(ts):
+            out = ts[0] * (widths[0] / total)
+            for t, n in zip(ts[1:], widths[1:], strict=True):
+                out.add_(t, alpha=n / total)
+            return out
+
+        k0 = ks[0]
+        same = k0.cov2 is k0.cov1
+        cov1 = mix([k.cov1 for k in ks])
+        return k0.replace(
+            nngp=mix([k.nngp for k in ks]),
+            ntk=None if k0.ntk is None else mix([k.ntk for k in ks]),
+            cov1=cov1,
+            cov2=cov1 if same else mix([k.cov2 for k in ks]),
+            shape1=(int(total), *k0.shape1[1:]),
+            shape2=(int(total), *k0.shape2[1:]),
+            **_merge_flags(ks),
+        )
+
+    def make_module(self, in_shape, ctx):
+        return FanInConcatModule()
+
+
+class Identity(Layer):
+    """The identity: both faces pass their input through."""
+
+    name = "Identity"
+
+    def __repr__(self):
+        return "Identity()"
+
+    def kernel_fn(self, k):
+        return k
+
+    def make_module(self, in_shape, ctx):
+        return IdentityModule()
+
+
+class Scale(Layer):
+    """Multiplication by a constant c: K' = c^2 K, Theta' = c^2 Theta."""
+
+    name = "Scale"
+
+    def __init__(self, factor: float):
+        self.factor = check_finite_real(factor, "factor")
+
+    def __repr__(self):
+        return f"Scale({self.factor})"
+
+    def kernel_fn(self, k):
+        c2 = self.factor**2
+        cov1 = k.cov1 * c2
+        return k.replace(
+            nngp=k.nngp * c2,
+            ntk=None if k.ntk is None else k.ntk * c2,
+            cov1=cov1,
+            cov2=cov1 if k.cov2 is k.cov1 else k.cov2 * c2,
+        )
+
+    def make_module(self, in_shape, ctx):
+        return ScaleModule(self.factor)
+
+
+def serial(*layers: Layer) -> Serial:
+    """Layers in sequence."""
+    return Serial(*layers)
+
+
+def parallel(*branches: Layer) -> Parallel:
+    """Branch i applied to input i of a list."""
+    return Parallel(*branches)
+
+
+def fan_out(n: int) -> FanOut:
+    """Copy one input into ``n`` branches."""
+    return FanOut(n)
+
+
+def fan_in_sum() -> FanInSum:
+    """Sum the branches."""
+    return FanInSum()
+
+
+def fan_in_concat() -> FanInConcat:
+    """Concatenate the branches along channels."""
+    return FanInConcat()
+
+
+def residual(*branch: Layer, shortcut: Layer | None = None, branch_scale: float = 1.0) -> Serial:
+    """A residual block: ``shortcut(x) + branch_scale * branch(x)``.
+
+    The shortcut is the identity unless given (for example a 1x1 Dense when the branch
+    changes the channel count).
+    """
+    body = serial(*branch) if len(branch) != 1 else branch[0]
+    if branch_scale != 1.0:
+        body = serial(body, Scale(branch_scale))
+    return serial(fan_out(2), parallel(body, shortcut or Identity()), fan_in_sum())

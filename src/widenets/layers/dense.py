@@ -1,0 +1,113 @@
+"""Dense (fully-connected) layer, applied over the channel axis.
+
+Kernel recursion (Neural Tangents' definitions; Lee et al. 2018, Jacot et al. 2018):
+
+- NTK parameterisation:  K' = w^2 K + b^2,   Theta' = K' + w^2 Theta;
+- standard:              K' = w^2 K + b^2,   Theta' = n_in K + [1 if bias] + w^2 Theta,
+
+where n_in is the finite input width (the standard NTK grows with width).
+"""
+
+from __future__ import annotations
+
+from widenets.errors import check_nonnegative, check_positive_int
+from widenets.init_default import draw_bias, draw_weight
+from widenets.kernel import Kernel
+from widenets.layers.base import BuildContext, Layer
+from widenets.modules import DenseLayer
+
+PARAMETERIZATIONS = ("ntk", "standard")
+
+
+def check_parameterization(p: str) -> str:
+    if not isinstance(p, str) or p.lower() not in PARAMETERIZATIONS:
+        raise ValueError(f"`parameterization` must be one of {PARAMETERIZATIONS}, got {p!r}.")
+    return p.lower()
+
+
+def affine(t, w_var: float, b_var: float):
+    """w^2 t + b^2, without modifying t."""
+    out = t * w_var
+    if b_var:
+        out += b_var
+    return out
+
+
+class Dense(Layer):
+    """Fully-connected layer with ``out_dim`` output channels.
+
+    Args:
+        out_dim: width of the finite layer (the kernel is that of infinite width).
+        w_std: weight standard deviation (times 1/sqrt(fan_in)).
+        b_std: bias standard deviation; None for no bias parameter.
+        parameterization: "ntk" (default) or "standard".
+    """
+
+    name = "Dense"
+
+    def __init__(
+        self,
+        out_dim: int,
+        w_std: float = 1.0,
+        b_std: float | None = None,
+        parameterization: str = "ntk",
+    ):
+        self.out_dim = check_positive_int(out_dim, "out_dim")
+        self.w_std = check_nonnegative(w_std, "w_std")
+        self.b_std = check_nonnegative(b_std, "b_std", allow_none=True)
+        self.parameterization = check_parameterization(parameterization)
+
+    def __repr__(self) -> str:
+        return (
+            f"Dense({self.out_dim}, w_std={self.w_std}, b_std={self.b_std}"
+            + (", parameterization='standard'" if self.parameterization != "ntk" else "")
+            + ")"
+        )
+
+    def out_shape(self, in_shape):
+        if not isinstance(in_shape, tuple):
+            raise ValueError(f"Dense takes a single input, got {len(in_shape)} branches.")
+        return (self.out_dim, *in_shape[1:])
+
+    def kernel_fn(self, k: Kernel) -> Kernel:
+        w_var = self.w_std**2
+        b_var = 0.0 if self.b_std is None else self.b_std**2
+        nngp = affine(k.nngp, w_var, b_var)
+        ntk = k.ntk
+        if ntk is not None:
+            if self.parameterization == "ntk":
+                ntk = ntk * w_var
+                ntk += nngp
+            else:
+                ntk = ntk * w_var
+                ntk.add_(k.nngp, alpha=float(k.shape1[0]))
+                if self.b_std is not None:
+                    ntk += 1.0
+        cov1 = affine(k.cov1, w_var, b_var)
+        cov2 = cov1 if k.cov2 is k.cov1 else affine(k.cov2, w_var, b_var)
+        return k.replace(
+            nngp=nngp,
+            ntk=ntk,
+            cov1=cov1,
+            cov2=cov2,
+            shape1=(self.out_dim, *k.shape1[1:]),
+            shape2=(self.out_dim, *k.shape2[1:]),
+            is_gaussian=True,
+            is_input=False,
+        )
+
+    def make_module(self, in_shape, ctx: BuildContext) -> DenseLayer:
+        fan_in = in_shape[0]
+        w = draw_weight(ctx.init, (self.out_dim, fan_in), fan_in, ctx.generator, ctx.dtype)
+        b = None if self.b_std is None else draw_bias((self.out_dim,), ctx.generator, ctx.dtype)
+        if self.parameterization == "standard":
+            w = w * (self.w_std / fan_in**0.5)
+            b = None if b is None else b * self.b_std
+        return DenseLayer(
+            fan_in, self.out_dim, self.w_std, self.b_std, self.parameterization, w, b
+        ).to(device=ctx.device)
+
+    def _rewidth(self, width, keep):
+        if keep:
+            return self, False
+        return Dense(width, self.w_std, self.b_std, self.parameterization), False
