@@ -6,9 +6,13 @@ import widenets as wn
 
 
 def test_build_widths_seed_and_forward():
-    net = wn.serial(wn.Dense(512, w_std=1.5, b_std=0.05), wn.Relu(),
-                    wn.Dense(256, w_std=1.5, b_std=0.05), wn.Relu(),
-                    wn.Dense(1, w_std=1.5, b_std=0.05))  # fmt: skip
+    net = wn.serial(
+        wn.Dense(512, w_std=1.5, b_std=0.05),
+        wn.Relu(),
+        wn.Dense(256, w_std=1.5, b_std=0.05),
+        wn.Relu(),
+        wn.Dense(1, w_std=1.5, b_std=0.05),
+    )
     m = net.build((784,), seed=0)
     assert isinstance(m, torch.nn.Module)
     shapes = [tuple(p.shape) for p in m.parameters()]
@@ -40,7 +44,13 @@ def test_standard_parameterisation_draws_scaled_weights():
 
 
 def test_branching_network_builds_and_runs():
-    net = wn.serial(wn.Dense(8), wn.residual(wn.Relu(), wn.Dense(8)), wn.fan_out(2),
-                    wn.parallel(wn.Dense(3), wn.Dense(5)), wn.fan_in_concat(), wn.Dense(2))  # fmt: skip
+    net = wn.serial(
+        wn.Dense(8),
+        wn.residual(wn.Relu(), wn.Dense(8)),
+        wn.fan_out(2),
+        wn.parallel(wn.Dense(3), wn.Dense(5)),
+        wn.fan_in_concat(),
+        wn.Dense(2),
+    )
     m = net.build((4,), seed=0)
     assert m(torch.randn(6, 4)).shape == (6, 2)

@@ -63,7 +63,9 @@ def test_erf_against_arcsine_kernel(inputs):
 @pytest.mark.parametrize("parameterization", ["ntk", "standard"])
 def test_linear_network_exactly(inputs, parameterization):
     widths = (6, 9, 3)
-    net = wn.serial(*[wn.Dense(n, w_std=W, b_std=B, parameterization=parameterization) for n in widths])
+    net = wn.serial(
+        *[wn.Dense(n, w_std=W, b_std=B, parameterization=parameterization) for n in widths]
+    )
     k = net.kernel(inputs)
     g = _input_gram(inputs)
     nngp, ntk, width_in = g, np.zeros_like(g), inputs.shape[1]
@@ -149,7 +151,9 @@ def test_abrelu_family_against_each_other(inputs):
     """LeakyRelu(a) = ABRelu(a, 1), Abs = ABRelu(-1, 1), and ABRelu(a, b) by linearity."""
     pairs = [(wn.LeakyRelu(0.2), wn.ABRelu(0.2, 1.0)), (wn.Abs(), wn.ABRelu(-1.0, 1.0))]
     for a, b in pairs:
-        torch.testing.assert_close(_two_layer(a).kernel(inputs).ntk, _two_layer(b).kernel(inputs).ntk)
+        torch.testing.assert_close(
+            _two_layer(a).kernel(inputs).ntk, _two_layer(b).kernel(inputs).ntk
+        )
     # phi = a x + (b - a) relu(x): E[phi phi] = ab K + (b - a)^2 E[relu relu]
     a_, b_ = -0.3, 0.8
     k_ab = wn.serial(wn.Dense(8, w_std=1.2, b_std=0.2), wn.ABRelu(a_, b_)).kernel(inputs)

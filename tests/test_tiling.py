@@ -8,10 +8,12 @@ import widenets as wn
 
 def _net():
     return wn.serial(
-        wn.Dense(16, w_std=1.5, b_std=0.05), wn.Relu(),
-        wn.Dense(16, w_std=1.5, b_std=0.05), wn.Erf(),
+        wn.Dense(16, w_std=1.5, b_std=0.05),
+        wn.Relu(),
+        wn.Dense(16, w_std=1.5, b_std=0.05),
+        wn.Erf(),
         wn.Dense(1, w_std=1.5, b_std=0.05),
-    )  # fmt: skip
+    )
 
 
 @pytest.fixture
