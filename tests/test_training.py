@@ -5,7 +5,7 @@ import torch
 
 import widenets as wn
 
-LR, STEPS = 0.5, 400  # continuous time t = LR * STEPS
+LR, STEPS = 0.5, 200  # continuous time t = LR * STEPS
 
 
 def _task():
@@ -48,11 +48,16 @@ def _deviation(width, seed, x_train, y_train, x_test):
 
 
 def test_trained_wide_network_tracks_ntk_prediction():
+    """Mean over 6 initialisations of |f_trained - f_NTK| / |f_NTK - f_0| on test inputs.
+
+    The deviation comes from the finite network's kernel fluctuating around the limit, so
+    it falls like 1/sqrt(width); a single seed is noisy, hence the average.
+    """
     x_train, y_train, x_test = _task()
     devs = {
-        w: sum(_deviation(w, s, x_train, y_train, x_test) for s in range(3)) / 3
-        for w in (128, 512, 2048)
+        w: sum(_deviation(w, s, x_train, y_train, x_test) for s in range(6)) / 6
+        for w in (64, 256, 1024)
     }
-    assert devs[2048] < 0.1, devs  # within 10% of how far the prediction moves
-    assert devs[2048] < devs[512] < devs[128], devs  # and closer as width grows
-    assert devs[2048] < devs[128] / 2.5, devs  # roughly 1/sqrt(width): 4x expected
+    assert devs[1024] < 0.15, devs  # within 15% of how far the prediction moves
+    assert devs[1024] < devs[256] < devs[64], devs  # and closer as width grows
+    assert devs[1024] < devs[64] / 2.5, devs  # roughly 1/sqrt(width): 4x expected
