@@ -241,7 +241,7 @@ pre {{ background: #f4f4f4; padding: 1em; overflow-x: auto; }}
 </style></head><body>
 <h1>{esc(title)}</h1>
 <p>Status: <b>{esc(str(results.get("status")))}</b>. Dataset: {esc(str(ds.get("source", "")))}
-({ds.get("n_train")} train / {ds.get("n_test")} test). Network: {desc}
+({ds.get("n_train")} train / {ds.get("n_test")} test). Network:</p><pre>{desc}</pre><p>
 at hidden widths {esc(str(cfg.get("widths")))}, {cfg.get("seeds")} seed(s), {cfg.get("steps")} steps
 at learning rate {_fmt(kern.get("learning_rate"))} (time t = {_fmt(kern.get("training_time"))};
 loss ||f − y||² / (2 y.numel()), NTK parameterisation{centred}).</p>
