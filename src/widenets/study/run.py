@@ -161,7 +161,9 @@ def run(
             results["stages"][name] = {"status": "done", "seconds": time.perf_counter() - t0}
             return res, tens
 
-        res, K = stage("kernels", lambda tick: stages.kernels_stage(cfg, ds, y))
+        res, K = stage(
+            "kernels", lambda tick: stages.kernels_stage(cfg, ds, y, False if quiet else None)
+        )
         results["kernels"] = res
         lr = res["learning_rate"]
         res, inf_t = stage(

@@ -64,11 +64,11 @@ def checkpoint_steps(cfg) -> list[int]:
     return sorted(grid)
 
 
-def kernels_stage(cfg, ds, y):
+def kernels_stage(cfg, ds, y, progress: bool | None = None):
     t0 = time.perf_counter()
     net = build_description(cfg, cfg.widths[-1], out_dim(ds))
-    k = net.kernel(ds.x_train)
-    kt = net.kernel(ds.x_test, ds.x_train)
+    k = net.kernel(ds.x_train, progress=progress)
+    kt = net.kernel(ds.x_test, ds.x_train, progress=progress)
     evals = torch.linalg.eigvalsh(k.ntk)
     lam_max = evals[-1].item()
     if cfg.learning_rate == "auto":
