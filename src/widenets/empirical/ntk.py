@@ -128,6 +128,8 @@ def _tiled(m, x1: Batch, x2: Batch | None, block, n_out, trace, progress) -> Ten
                 else:
                     right = m.right(x2b.slice(*b))
                 tile = m.pair(left, right)
+                if same and b == a:  # exactly symmetric, whatever the rounding of the products
+                    tile = (tile + (tile.T if trace else tile.permute(1, 0, 3, 2))) / 2
                 if out is None:
                     shape = (x1.n, x2b.n) + (() if trace else (n_out, n_out))
                     out = torch.empty(shape, dtype=tile.dtype, device=tile.device)
