@@ -169,7 +169,9 @@ def test_structured_covers_widenets_dense_layers():
     )
     assert len(layers) == 2  # both Dense layers handled without Jacobians
     ref_tr, ref_full = reference(model, x)
-    torch.testing.assert_close(wn.empirical.ntk(model, x, method="structured"), ref_tr, atol=TOL, rtol=0)
+    torch.testing.assert_close(
+        wn.empirical.ntk(model, x, method="structured"), ref_tr, atol=TOL, rtol=0
+    )
     got = wn.empirical.ntk(model, x, method="structured", trace_outputs=False)
     torch.testing.assert_close(got, ref_full, atol=TOL, rtol=0)
 
@@ -262,7 +264,9 @@ def test_readout_ntk_is_gram_of_last_hidden_features():
     feat = wn.empirical.nngp(model, x1, x2, layer="4")  # mean over the 16 features
     torch.testing.assert_close(feat * 16, gram, atol=TOL, rtol=0)
     # widenets Dense (NTK parameterisation): Theta = s_w^2 h1.h2 + s_b^2
-    net = wn.serial(wn.Dense(32, w_std=1.4, b_std=0.3), wn.Relu(), wn.Dense(2, w_std=1.2, b_std=0.5))
+    net = wn.serial(
+        wn.Dense(32, w_std=1.4, b_std=0.3), wn.Relu(), wn.Dense(2, w_std=1.2, b_std=0.5)
+    )
     m = net.build((5,), seed=1, dtype=DT)
     got = wn.empirical.ntk(m, x1, x2, params="readout")
     feat = wn.empirical.nngp(m, x1, x2, layer="2")
@@ -287,7 +291,9 @@ def test_explain_reports_every_method_and_auto_uses_its_choice():
     assert rep.method in ("jacobian", "ntk_vector", "structured")
     assert rep.n_params == sum(p.numel() for p in model.parameters())
     # a wide MLP: structured Gram products are far cheaper than Jacobian contraction
-    wide = nn.Sequential(nn.Linear(5, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 1))
+    wide = nn.Sequential(
+        nn.Linear(5, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 1)
+    )
     assert wn.empirical.explain(wide, _x((64, 5), 33).float()).method == "structured"
 
 
@@ -299,8 +305,11 @@ def test_wide_built_network_approaches_analytic_ntk(width_seeds):
 
     def net(w):
         return wn.serial(
-            wn.Dense(w, w_std=1.5, b_std=0.1), wn.Relu(), wn.Dense(w, w_std=1.5, b_std=0.1),
-            wn.Relu(), wn.Dense(w, w_std=1.5, b_std=0.1),
+            wn.Dense(w, w_std=1.5, b_std=0.1),
+            wn.Relu(),
+            wn.Dense(w, w_std=1.5, b_std=0.1),
+            wn.Relu(),
+            wn.Dense(w, w_std=1.5, b_std=0.1),
         )
 
     exact = net(8).kernel(x).ntk

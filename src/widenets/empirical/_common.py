@@ -46,7 +46,14 @@ def _leaf(x, name: str, dtype, device) -> Tensor:
         if not torch.isfinite(t).all():
             bad = (~torch.isfinite(t)).nonzero()[0].tolist()
             raise ValueError(f"`{name}` contains NaN or inf (first at index {tuple(bad)}).")
-    elif t.dtype not in (torch.int32, torch.int64, torch.uint8, torch.int16, torch.int8, torch.bool):
+    elif t.dtype not in (
+        torch.int32,
+        torch.int64,
+        torch.uint8,
+        torch.int16,
+        torch.int8,
+        torch.bool,
+    ):
         raise TypeError(f"`{name}` must hold real numbers or integers, got dtype {t.dtype}.")
     if t.ndim < 1:
         raise ValueError(f"`{name}` must have a batch axis first, got a scalar.")
@@ -71,16 +78,23 @@ class Batch:
             if not x:
                 raise ValueError(f"`{name}` is an empty dict of keyword inputs.")
             args, kwargs = (), {k: _leaf(v, f"{name}[{k!r}]", dtype, device) for k, v in x.items()}
-        elif isinstance(x, (tuple, list)) and x and all(
-            isinstance(v, (Tensor, np.ndarray)) for v in x
+        elif (
+            isinstance(x, (tuple, list))
+            and x
+            and all(isinstance(v, (Tensor, np.ndarray)) for v in x)
         ):
-            args, kwargs = tuple(_leaf(v, f"{name}[{i}]", dtype, device) for i, v in enumerate(x)), {}
+            args, kwargs = (
+                tuple(_leaf(v, f"{name}[{i}]", dtype, device) for i, v in enumerate(x)),
+                {},
+            )
         else:
             args, kwargs = (_leaf(x, name, dtype, device),), {}
         leaves, _ = tree_flatten((args, kwargs))
         sizes = {t.shape[0] for t in leaves}
         if len(sizes) != 1:
-            raise ValueError(f"every tensor in `{name}` must have the same batch size, got {sizes}.")
+            raise ValueError(
+                f"every tensor in `{name}` must have the same batch size, got {sizes}."
+            )
         return cls(args, kwargs)
 
     def example_shapes(self):
@@ -130,7 +144,8 @@ def flatten_outputs(out, n: int) -> Tensor:
         parts = list(out)
     else:
         raise TypeError(
-            f"`model` must return a tensor or a tuple/list/dict of tensors, got {type(out).__name__}."
+            "`model` must return a tensor or a tuple/list/dict of tensors, got "
+            f"{type(out).__name__}."
         )
     if not parts or not all(isinstance(p, Tensor) for p in parts):
         raise TypeError("`model` must return a tensor or a non-empty tuple/list/dict of tensors.")

@@ -52,7 +52,9 @@ def _check_batch_size(batch_size, n1, n2):
         return None
     pair = (batch_size, batch_size) if isinstance(batch_size, int) else tuple(batch_size)
     if len(pair) != 2 or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in pair):
-        raise ValueError(f"`batch_size` must be a positive int or a pair of them, got {batch_size!r}.")
+        raise ValueError(
+            f"`batch_size` must be a positive int or a pair of them, got {batch_size!r}."
+        )
     return min(pair[0], n1), min(pair[1], n2)
 
 
@@ -104,7 +106,9 @@ class _Setup:
             return JacobianMethod(*args)
         if name == "ntk_vector":
             return NtkVectorMethod(*args)
-        return StructuredMethod(*args, self.specs, max(1, int((self.block[0] * self.block[1]) ** 0.5)))
+        return StructuredMethod(
+            *args, self.specs, max(1, int((self.block[0] * self.block[1]) ** 0.5))
+        )
 
 
 def _tiled(m, x1: Batch, x2: Batch | None, block, n_out, trace, progress) -> Tensor:
@@ -209,7 +213,9 @@ def _features(model: nn.Module, batch: Batch, layer: str | None, chunk: int) -> 
         mods = dict(model.named_modules())
         if layer not in mods:
             names = [n for n in mods if n]
-            raise ValueError(f"`layer`: {layer!r} is not a submodule of `model`; submodules: {names}.")
+            raise ValueError(
+                f"`layer`: {layer!r} is not a submodule of `model`; submodules: {names}."
+            )
         target = mods[layer]
     feats = []
     for i in range(0, batch.n, chunk):
@@ -217,7 +223,9 @@ def _features(model: nn.Module, batch: Batch, layer: str | None, chunk: int) -> 
         seen = []
         handle = None
         if target is not None:
-            handle = target.register_forward_hook(lambda mod, args, out: seen.append(args))
+            handle = target.register_forward_hook(
+                lambda mod, args, out, seen=seen: seen.append(args)
+            )
         try:
             with torch.no_grad():
                 out = model(*part.args, **part.kwargs)

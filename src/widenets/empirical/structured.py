@@ -40,7 +40,7 @@ from torch.func import jacrev, vmap
 from torch.utils._pytree import tree_map
 
 from widenets.empirical._common import Batch, call
-from widenets.empirical._methods import contract, jacobians
+from widenets.empirical._methods import contract
 
 
 def _unfold(x: Tensor, kernel, stride, dilation) -> Tensor:
@@ -177,7 +177,9 @@ def find_layers(model: nn.Module, params: dict, frozen: dict, batch: Batch) -> l
         if u.shape[-1] * r.shape[-1] != w.numel() or u.shape[1] != r.shape[2]:
             continue  # layout not understood: leave to the Jacobian fallback
         specs.append(
-            LayerSpec(key, m, wname, bname, ad, tuple(y.shape[1:]), u.shape[1], u.shape[2], r.shape[3])
+            LayerSpec(
+                key, m, wname, bname, ad, tuple(y.shape[1:]), u.shape[1], u.shape[2], r.shape[3]
+            )
         )
     return specs
 
@@ -190,8 +192,15 @@ def layer_cost(spec: LayerSpec, n: int, n_out: int, trace: bool) -> tuple[str, f
     """(mode, flops, scalars held) for one (n x n) tile of one layer's weight term."""
     k = n_out if trace else n_out**2
     if spec.L == 1:
-        return "factored", 2 * n * n * (spec.fan_in + k * spec.out), n * n_out * (spec.out + spec.fan_in)
-    mat = 2 * (2 * n * n_out * spec.L * spec.out * spec.fan_in) + 2 * n * n * k * spec.out * spec.fan_in
+        return (
+            "factored",
+            2 * n * n * (spec.fan_in + k * spec.out),
+            n * n_out * (spec.out + spec.fan_in),
+        )
+    mat = (
+        2 * (2 * n * n_out * spec.L * spec.out * spec.fan_in)
+        + 2 * n * n * k * spec.out * spec.fan_in
+    )
     mat_mem = 2 * n * n_out * spec.out * spec.fan_in
     pair = 2 * n * n * spec.L**2 * (spec.fan_in + k * spec.out)
     pair_mem = n * n * spec.L**2 * (1 + (1 if trace else n_out**2))
