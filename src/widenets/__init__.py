@@ -13,5 +13,17 @@ from widenets._version import __version__
 from widenets.kernel import Kernel
 from widenets.layers import *  # noqa: F403
 from widenets.layers import __all__ as _layer_names
+from widenets.linearize import Taylor, linearize, taylor
 
-__all__ = ["Kernel", "__version__", "data", "empirical", "predict", "study", *_layer_names]
+__all__ = [
+    "Kernel",
+    "Taylor",
+    "__version__",
+    "data",
+    "empirical",
+    "linearize",
+    "predict",
+    "study",
+    "taylor",
+    *_layer_names,
+]

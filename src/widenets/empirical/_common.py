@@ -1,11 +1,21 @@
-"""Helpers shared by the empirical kernels: inputs, parameter selection, forward calls."""
+"""Helpers shared by the empirical kernels: inputs, eval mode, functional forward calls.
+
+Inputs of any model are a batch in one of three forms, every tensor with the batch axis
+first: a tensor ``x`` (called as ``model(x)``), a tuple ``(a, b, ...)`` (``model(a, b, ...)``)
+or a dict ``{"x": ..., "mask": ...}`` (``model(**dict)``, for keyword-argument forwards).
+Outputs may be a tensor or a tuple/list/dict of tensors (multi-output models); they are
+flattened per example and concatenated into (N, O).
+"""
 
 from __future__ import annotations
 
+import contextlib
+
+import numpy as np
 import torch
 from torch import Tensor, nn
-
-from widenets.errors import as_tensor
+from torch.func import functional_call
+from torch.utils._pytree import tree_flatten, tree_map
 
 
 def model_dtype(model: nn.Module) -> torch.dtype:
@@ -15,37 +25,163 @@ def model_dtype(model: nn.Module) -> torch.dtype:
     return torch.get_default_dtype()
 
 
-def prepare_inputs(model: nn.Module, x1, x2):
-    """Inputs as tensors of the model's dtype; x2 None means x1."""
-    dtype = model_dtype(model)
-    x1 = as_tensor(x1, "x1", dtype, min_ndim=1)
-    x2 = None if x2 is None else as_tensor(x2, "x2", dtype, min_ndim=1)
-    if x2 is not None and x1.shape[1:] != x2.shape[1:]:
+def model_device(model: nn.Module) -> torch.device:
+    for p in model.parameters():
+        return p.device
+    for b in model.buffers():
+        return b.device
+    return torch.device("cpu")
+
+
+def _leaf(x, name: str, dtype, device) -> Tensor:
+    if isinstance(x, Tensor):
+        t = x.detach()
+    else:
+        try:
+            t = torch.as_tensor(np.asarray(x))
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"`{name}` must be a tensor or array of numbers: {e}") from None
+    if t.is_floating_point():
+        t = t.to(dtype)
+        if not torch.isfinite(t).all():
+            bad = (~torch.isfinite(t)).nonzero()[0].tolist()
+            raise ValueError(f"`{name}` contains NaN or inf (first at index {tuple(bad)}).")
+    elif t.dtype not in (
+        torch.int32,
+        torch.int64,
+        torch.uint8,
+        torch.int16,
+        torch.int8,
+        torch.bool,
+    ):
+        raise TypeError(f"`{name}` must hold real numbers or integers, got dtype {t.dtype}.")
+    if t.ndim < 1:
+        raise ValueError(f"`{name}` must have a batch axis first, got a scalar.")
+    if t.shape[0] == 0:
+        raise ValueError(f"`{name}` is empty (batch size 0).")
+    return t.to(device)
+
+
+class Batch:
+    """A batch of model inputs: positional ``args`` and keyword ``kwargs``, batch axis first."""
+
+    def __init__(self, args: tuple, kwargs: dict):
+        self.args, self.kwargs = args, kwargs
+        leaves, _ = tree_flatten((args, kwargs))
+        self.n = leaves[0].shape[0]
+
+    @classmethod
+    def from_user(cls, x, name: str, dtype, device) -> Batch:
+        if x is None:
+            raise ValueError(f"`{name}` must be a batch of inputs, got None.")
+        if isinstance(x, dict):
+            if not x:
+                raise ValueError(f"`{name}` is an empty dict of keyword inputs.")
+            args, kwargs = (), {k: _leaf(v, f"{name}[{k!r}]", dtype, device) for k, v in x.items()}
+        elif (
+            isinstance(x, (tuple, list))
+            and x
+            and all(isinstance(v, (Tensor, np.ndarray)) for v in x)
+        ):
+            args, kwargs = (
+                tuple(_leaf(v, f"{name}[{i}]", dtype, device) for i, v in enumerate(x)),
+                {},
+            )
+        else:
+            args, kwargs = (_leaf(x, name, dtype, device),), {}
+        leaves, _ = tree_flatten((args, kwargs))
+        sizes = {t.shape[0] for t in leaves}
+        if len(sizes) != 1:
+            raise ValueError(
+                f"every tensor in `{name}` must have the same batch size, got {sizes}."
+            )
+        return cls(args, kwargs)
+
+    def example_shapes(self):
+        return tree_map(lambda t: (tuple(t.shape[1:]), t.dtype), (self.args, self.kwargs))
+
+    def slice(self, i0: int, i1: int) -> Batch:
+        return Batch(*tree_map(lambda t: t[i0:i1], (self.args, self.kwargs)))
+
+    def tree(self):
+        return (self.args, self.kwargs)
+
+
+def prepare(model: nn.Module, x1, x2) -> tuple[Batch, Batch | None]:
+    """x1, x2 as Batches on the model's device (floats in its dtype); x2 None means x1."""
+    if not isinstance(model, nn.Module):
+        raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
+    dtype, device = model_dtype(model), model_device(model)
+    b1 = Batch.from_user(x1, "x1", dtype, device)
+    b2 = None if x2 is None else Batch.from_user(x2, "x2", dtype, device)
+    if b2 is not None and b1.example_shapes() != b2.example_shapes():
         raise ValueError(
-            f"`x1` and `x2` must have the same per-example shape, got {tuple(x1.shape[1:])} "
-            f"and {tuple(x2.shape[1:])}."
+            "`x1` and `x2` must have the same per-example shapes and dtypes, got "
+            f"{b1.example_shapes()} and {b2.example_shapes()}."
         )
-    return x1, x2
+    return b1, b2
 
 
-def trainable_params(model: nn.Module) -> dict[str, Tensor]:
-    params = {n: p for n, p in model.named_parameters() if p.requires_grad}
-    if not params:
-        raise ValueError(
-            "`model` has no trainable parameters: its NTK is zero. Pass a model with "
-            "parameters that require grad."
-        )
-    return params
-
-
-def forward_flat(model: nn.Module, x: Tensor) -> Tensor:
-    """model(x) reshaped to (N, outputs)."""
+@contextlib.contextmanager
+def eval_mode(model: nn.Module):
+    """The model in eval mode (BatchNorm running statistics, dropout off), restored after."""
+    modes = [(m, m.training) for m in model.modules()]
+    model.eval()
     try:
-        out = model(x)
+        yield
+    finally:
+        for m, mode in modes:
+            m.training = mode
+
+
+def flatten_outputs(out, n: int) -> Tensor:
+    """A tensor or a tuple/list/dict of tensors, as (n, O): flattened and concatenated."""
+    if isinstance(out, Tensor):
+        return out.reshape(n, -1)
+    if isinstance(out, dict):
+        parts = list(out.values())
+    elif isinstance(out, (tuple, list)):
+        parts = list(out)
+    else:
+        raise TypeError(
+            "`model` must return a tensor or a tuple/list/dict of tensors, got "
+            f"{type(out).__name__}."
+        )
+    if not parts or not all(isinstance(p, Tensor) for p in parts):
+        raise TypeError("`model` must return a tensor or a non-empty tuple/list/dict of tensors.")
+    return torch.cat([p.reshape(n, -1) for p in parts], dim=1)
+
+
+def call(model: nn.Module, state: dict, tree, n: int) -> Tensor:
+    """functional_call of the model on the input tree (args, kwargs), outputs as (n, O)."""
+    args, kwargs = tree
+    return flatten_outputs(functional_call(model, state, args, kwargs, strict=False), n)
+
+
+def single_fn(model: nn.Module, frozen: dict):
+    """f(params, example) -> (O,) for one example (batch axis added and removed)."""
+
+    def f(params, tree):
+        tree = tree_map(lambda t: t.unsqueeze(0), tree)
+        return call(model, {**frozen, **params}, tree, 1)[0]
+
+    return f
+
+
+def probe(model: nn.Module, batch: Batch, name: str = "x1") -> int:
+    """Run the model on two examples; the number of outputs O, or a clear error."""
+    small = batch.slice(0, min(2, batch.n))
+    try:
+        with torch.no_grad():
+            out = model(*small.args, **small.kwargs)
     except Exception as e:  # noqa: BLE001 - the model rejects the inputs: say which
         raise ValueError(
-            f"`model` rejected inputs of shape {tuple(x.shape)}: {type(e).__name__}: {e}"
+            f"`model` rejected inputs `{name}` of per-example shapes {batch.example_shapes()}: "
+            f"{type(e).__name__}: {e}"
         ) from None
-    if not isinstance(out, Tensor):
-        raise TypeError(f"`model` must return a tensor, got {type(out).__name__}.")
-    return out.reshape(out.shape[0], -1)
+    flat = flatten_outputs(out, small.n)
+    if flat.shape[1] == 0:
+        raise ValueError("`model` returned no outputs (0 values per example).")
+    if not flat.is_floating_point():
+        raise TypeError(f"`model` must return floating outputs, got {flat.dtype}.")
+    return flat.shape[1]

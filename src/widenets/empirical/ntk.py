@@ -1,121 +1,149 @@
-"""Empirical neural tangent kernel of a torch.nn.Module.
+"""Empirical NTK and NNGP of any ``torch.nn.Module``.
 
-Theta(x1, x2)[a, b] = sum_p df_a(x1)/dp df_b(x2)/dp over the trainable parameters p.
-``trace_outputs=True`` returns the mean over the diagonal a = b, which estimates the
-per-channel NTK of the infinite-width limit (where Theta = Theta_scalar (x) I).
+Theta(x1, x2)[a, b] = sum_{p in S} d f_a(x1)/dp d f_b(x2)/dp over a set S of parameters
+(all trainable ones by default). ``trace_outputs=True`` returns the mean over the diagonal
+a = b, which estimates the per-channel NTK of the infinite-width limit (where
+Theta = Theta_scalar (x) I_O); otherwise the full (N1, N2, O, O) block.
 
-Methods:
-- ``"jacobian"``: per-example Jacobians by ``torch.func.vmap(jacrev)`` over
-  ``functional_call``, contracted parameter by parameter.
-- ``"structured"``: for affine layers (``nn.Linear`` and widenets' Dense) the Jacobian is
-  never materialised: with layer input h and output y = s_w W h + s_b b,
-  Theta_layer(x1, x2)[a, b] = (s_w^2 h(x1).h(x2) + s_b^2) <dy f_a(x1), dy f_b(x2)>
-  (Novak et al. 2022, "Fast Finite Width Neural Tangent Kernel"), with the gradients
-  dy f obtained by one batched backward pass.
-- ``"auto"``: "structured" when every trainable parameter sits in a supported layer with
-  2-D activations, else "jacobian".
+The model is evaluated in eval mode (BatchNorm with its running statistics, dropout off)
+and restored afterwards: with batch statistics an example's output would depend on the
+rest of the batch and the per-example NTK would not be defined. Inputs are a tensor, a
+tuple of tensors (positional arguments) or a dict of tensors (keyword arguments), each
+with the batch axis first; outputs may be a tensor or a tuple/list/dict of tensors,
+flattened per example and concatenated (O values in all).
+
+Methods (see :mod:`.cost` for their estimated costs and :func:`explain`):
+
+- ``"jacobian"``: per-example Jacobians by ``vmap(jacrev)`` over ``functional_call``,
+  contracted parameter by parameter (the ``torch.func`` NTK tutorial, tiled).
+- ``"ntk_vector"``: rows of J(x1) by reverse mode, pushed through the x2 block in forward
+  mode (``jvp``), so J(x2) is never formed.
+- ``"structured"``: structured derivatives for ``nn.Linear``, ``nn.Conv1d/2d`` and
+  widenets' affine modules (Novak et al. 2022), Jacobians for any other parameter; see
+  :mod:`.structured`.
+- ``"auto"``: the method with the least estimated arithmetic.
+
+The kernel is computed in tiles of (b1, b2) examples so that memory is bounded; for x2
+None only tiles on or above the diagonal are computed and mirrored. Every entry is the
+same sum whatever the tiling, so the result does not depend on ``batch_size``.
 """
 
 from __future__ import annotations
 
 import torch
 from torch import Tensor, nn
-from torch.func import functional_call, jacrev, vmap
+from tqdm.auto import tqdm
 
-from widenets.empirical._common import forward_flat, prepare_inputs, trainable_params
-from widenets.modules import DenseLayer
+from widenets.empirical._common import Batch, eval_mode, prepare, probe
+from widenets.empirical._methods import JacobianMethod, NtkVectorMethod
+from widenets.empirical.cost import CostReport, estimate, forward_flops
+from widenets.empirical.params import select_params
+from widenets.empirical.structured import StructuredMethod, find_layers
 
-METHODS = ("auto", "jacobian", "structured")
-
-
-def _affine_scales(module: nn.Module) -> tuple[float, float] | None:
-    """(s_w, s_b) of y = s_w W h + s_b b for supported affine modules, else None."""
-    if isinstance(module, DenseLayer):
-        return module.weight_scale, module.bias_scale
-    if type(module) is nn.Linear:
-        return 1.0, 1.0
-    return None
+METHODS = ("auto", "jacobian", "ntk_vector", "structured")
+#: scalars held at once (features of two blocks and a tile); float64: 512 MiB
+MEMORY_SCALARS = 1 << 26
+#: show a progress bar by default from this many tiles on
+PROGRESS_TILES = 8
 
 
-def _structured_layers(model: nn.Module):
-    """Supported affine modules covering every trainable parameter, or None."""
-    params = trainable_params(model)
-    covered, layers = set(), []
-    for name, module in model.named_modules():
-        scales = _affine_scales(module)
-        if scales is None:
-            continue
-        own = {f"{name}.{n}" if name else n for n, p in module.named_parameters(recurse=False)}
-        trainable_own = {n for n in own if n in params}
-        if trainable_own:
-            layers.append((module, scales))
-            covered |= trainable_own
-    return layers if covered == set(params) else None
+def _check_batch_size(batch_size, n1, n2):
+    if batch_size is None:
+        return None
+    pair = (batch_size, batch_size) if isinstance(batch_size, int) else tuple(batch_size)
+    if len(pair) != 2 or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in pair):
+        raise ValueError(
+            f"`batch_size` must be a positive int or a pair of them, got {batch_size!r}."
+        )
+    return min(pair[0], n1), min(pair[1], n2)
 
 
-def _jacobians(model, params, buffers, x):
-    def f(p, xi):
-        return functional_call(model, (p, buffers), (xi.unsqueeze(0),)).reshape(-1)
+class _Setup:
+    """Everything the methods and the cost estimate need, computed once."""
 
-    return vmap(jacrev(f), in_dims=(None, 0))(params, x)
+    def __init__(self, model, x1: Batch, x2: Batch | None, params, trace, batch_size):
+        self.model, self.x1, self.x2, self.trace = model, x1, x2, trace
+        sel = select_params(model, params)
+        self.params = {k: v.detach() for k, v in sel.items()}
+        self.frozen = {k: v.detach() for k, v in model.named_parameters() if k not in sel}
+        self.frozen.update({k: v.detach() for k, v in model.named_buffers()})
+        self.n_out = probe(model, x1, "x1")
+        if x2 is not None:
+            probe(model, x2, "x2")
+        state = {**self.frozen, **self.params}
+        self.specs = find_layers(model, self.params, self.frozen, x1)
+        try:
+            self.f_flops = forward_flops(model, state, x1)
+        except Exception:  # noqa: BLE001 - an op the counter cannot trace: a rough guess
+            self.f_flops = 2.0 * sum(v.numel() for v in state.values())
+        n1 = x1.n
+        n2 = n1 if x2 is None else x2.n
+        self.n1, self.n2 = n1, n2
+        fixed = _check_batch_size(batch_size, n1, n2)
+        self.report = self._report(fixed or (n1, n2))
+        if fixed is None:  # halve the blocks until the cheapest method fits the budget
+            b1, b2 = n1, n2
+            while True:
+                rep = self._report((b1, b2))
+                best = min(rep.costs, key=lambda c: c.flops)
+                if best.scalars <= MEMORY_SCALARS or (b1 == 1 and b2 == 1):
+                    break
+                b1, b2 = (max(1, b1 // 2), b2) if b1 >= b2 else (b1, max(1, b2 // 2))
+            fixed = (b1, b2)
+        if x2 is None:
+            fixed = (min(fixed),) * 2
+        self.block = fixed
+        self.report = self._report(fixed)
+
+    def _report(self, block) -> CostReport:
+        return estimate(
+            self.n1, self.n2, self.n_out, self.params, self.specs, self.f_flops, block, self.trace
+        )
+
+    def method(self, name: str):
+        args = (self.model, self.params, self.frozen, self.n_out, self.trace)
+        if name == "jacobian":
+            return JacobianMethod(*args)
+        if name == "ntk_vector":
+            return NtkVectorMethod(*args)
+        return StructuredMethod(
+            *args, self.specs, max(1, int((self.block[0] * self.block[1]) ** 0.5))
+        )
 
 
-def _ntk_jacobian(model, x1, x2, trace):
-    params = {n: p.detach() for n, p in trainable_params(model).items()}
-    buffers = {n: b.detach() for n, b in model.named_buffers()}
-    j1 = _jacobians(model, params, buffers, x1)
-    j2 = j1 if x2 is None else _jacobians(model, params, buffers, x2)
+def _tiled(m, x1: Batch, x2: Batch | None, block, n_out, trace, progress) -> Tensor:
+    same = x2 is None
+    x2b = x1 if same else x2
+    b1, b2 = block
+    r1 = [(i, min(i + b1, x1.n)) for i in range(0, x1.n, b1)]
+    r2 = r1 if same else [(j, min(j + b2, x2b.n)) for j in range(0, x2b.n, b2)]
+    tiles = [(a, b) for ia, a in enumerate(r1) for ib, b in enumerate(r2) if not same or ib >= ia]
+    show = progress if progress is not None else len(tiles) >= PROGRESS_TILES
     out = None
-    for name in params:
-        a = j1[name].flatten(2)  # (N1, O, P)
-        b = j2[name].flatten(2)
-        if trace:
-            term = torch.einsum("iop,jop->ij", a, b) / a.shape[1]
-        else:
-            term = torch.einsum("iap,jbp->ijab", a, b)
-        out = term if out is None else out + term
-    return out
-
-
-def _layer_grads(model, layers, x):
-    """Inputs h and output-gradients G[o, n, :] = d f_o(x_n) / d y for each affine layer."""
-    captured = []
-
-    def hook(module, inputs, output):
-        captured.append((inputs[0].detach(), output))
-
-    handles = [m.register_forward_hook(hook) for m, _ in layers]
+    bar = tqdm(total=len(tiles), desc="empirical NTK", disable=not show, leave=False)
     try:
-        with torch.enable_grad():
-            out = forward_flat(model, x)
-            n, o = out.shape
-            cot = torch.zeros((o, n, o), dtype=out.dtype, device=out.device)
-            idx = torch.arange(o)
-            cot[idx, :, idx] = 1.0
-            grads = torch.autograd.grad(
-                out, [y for _, y in captured], grad_outputs=cot, is_grads_batched=True
-            )
+        for a in r1:
+            left = m.left(x1.slice(*a))
+            for b in r2:
+                if same and b[0] < a[0]:
+                    continue
+                if same and b == a and m.symmetric_right:
+                    right = left
+                else:
+                    right = m.right(x2b.slice(*b))
+                tile = m.pair(left, right)
+                if same and b == a:  # exactly symmetric, whatever the rounding of the products
+                    tile = (tile + (tile.T if trace else tile.permute(1, 0, 3, 2))) / 2
+                if out is None:
+                    shape = (x1.n, x2b.n) + (() if trace else (n_out, n_out))
+                    out = torch.empty(shape, dtype=tile.dtype, device=tile.device)
+                out[a[0] : a[1], b[0] : b[1]] = tile
+                if same and b != a:
+                    mirror = tile.transpose(0, 1)
+                    out[b[0] : b[1], a[0] : a[1]] = mirror if trace else mirror.transpose(2, 3)
+                bar.update(1)
     finally:
-        for h in handles:
-            h.remove()
-    return [(h, g) for (h, _), g in zip(captured, grads, strict=True)]
-
-
-def _ntk_structured(model, layers, x1, x2, trace):
-    g1 = _layer_grads(model, layers, x1)
-    g2 = g1 if x2 is None else _layer_grads(model, layers, x2)
-    if len(g1) != len(layers):
-        raise ValueError("structured NTK: each affine layer must be called exactly once.")
-    out = None
-    for (h1, d1), (h2, d2), (_, (sw, sb)) in zip(g1, g2, layers, strict=True):
-        scale = (h1 @ h2.T) * sw**2 + sb**2  # (N1, N2); bias term s_b^2 (0 when no bias)
-        if trace:
-            dd = torch.einsum("oik,ojk->ij", d1, d2) / d1.shape[0]
-            term = scale * dd
-        else:
-            dd = torch.einsum("aik,bjk->ijab", d1, d2)
-            term = scale[:, :, None, None] * dd
-        out = term if out is None else out + term
+        bar.close()
     return out
 
 
@@ -124,36 +152,126 @@ def ntk(
     x1,
     x2=None,
     *,
+    params=None,
     trace_outputs: bool = True,
     method: str = "auto",
+    batch_size=None,
+    progress: bool | None = None,
 ) -> Tensor:
     """Empirical NTK of ``model`` between x1 and x2 (x2 None: x1 with itself).
 
-    Returns (N1, N2) with ``trace_outputs`` (the mean over output channels of the diagonal
-    blocks), else (N1, N2, O, O). The model's outputs are flattened per example.
+    Args:
+        model: any ``torch.nn.Module`` (evaluated in eval mode, restored afterwards).
+        x1, x2: a tensor, tuple of tensors or dict of tensors, batch axis first.
+        params: the parameters to differentiate (see :mod:`widenets.empirical.params`):
+            None (all trainable), names, a predicate, or "readout" / "norm_affine" /
+            "no_embeddings".
+        trace_outputs: mean over the output channels' diagonal, (N1, N2); else
+            (N1, N2, O, O).
+        method: "auto", "jacobian", "ntk_vector" or "structured".
+        batch_size: examples per tile, an int or a pair (b1, b2); None picks tiles that
+            keep about ``MEMORY_SCALARS`` scalars in memory.
+        progress: show a progress bar over tiles (default: from 8 tiles on).
+
+    Returns:
+        A detached tensor in the model's dtype.
     """
     if method not in METHODS:
         raise ValueError(f"`method` must be one of {METHODS}, got {method!r}.")
-    x1, x2 = prepare_inputs(model, x1, x2)
-    layers = _structured_layers(model) if method in ("auto", "structured") else None
-    if method == "structured" and layers is None:
-        raise ValueError(
-            "method='structured' needs every trainable parameter in an nn.Linear or widenets "
-            "Dense layer; use method='jacobian'."
-        )
-    if layers is not None:
-        # bias-free layers have s_b = 0 in _affine_scales only via bias None:
-        layers = [(m, (sw, sb if m.bias is not None else 0.0)) for m, (sw, sb) in layers]
-        return _ntk_structured(model, layers, x1, x2, trace_outputs)
-    return _ntk_jacobian(model, x1, x2, trace_outputs)
+    x1, x2 = prepare(model, x1, x2)
+    with eval_mode(model):
+        setup = _Setup(model, x1, x2, params, trace_outputs, batch_size)
+        name = setup.report.method if method == "auto" else method
+        m = setup.method(name)
+        return _tiled(m, x1, x2, setup.block, setup.n_out, trace_outputs, progress).detach()
 
 
-def nngp(model: nn.Module, x1, x2=None, *, trace_outputs: bool = True) -> Tensor:
-    """Empirical NNGP: f(x1) f(x2)^T, averaged over output channels when traced."""
-    x1, x2 = prepare_inputs(model, x1, x2)
-    with torch.no_grad():
-        f1 = forward_flat(model, x1)
-        f2 = f1 if x2 is None else forward_flat(model, x2)
+def explain(
+    model: nn.Module,
+    x1,
+    x2=None,
+    *,
+    params=None,
+    trace_outputs: bool = True,
+    batch_size=None,
+) -> CostReport:
+    """Estimated FLOPs and memory of every NTK method for this model and these inputs.
+
+    ``print(explain(model, x1, x2))`` shows a table; ``.method`` is what ``"auto"`` uses.
+    """
+    x1, x2 = prepare(model, x1, x2)
+    with eval_mode(model):
+        return _Setup(model, x1, x2, params, trace_outputs, batch_size).report
+
+
+def _features(model: nn.Module, batch: Batch, layer: str | None, chunk: int) -> Tensor:
+    """Model outputs, or the inputs of module ``layer``, flattened to (N, d)."""
+    from widenets.empirical._common import flatten_outputs
+
+    target = None
+    if layer is not None:
+        mods = dict(model.named_modules())
+        if layer not in mods:
+            names = [n for n in mods if n]
+            raise ValueError(
+                f"`layer`: {layer!r} is not a submodule of `model`; submodules: {names}."
+            )
+        target = mods[layer]
+    feats = []
+    for i in range(0, batch.n, chunk):
+        part = batch.slice(i, min(i + chunk, batch.n))
+        seen = []
+        handle = None
+        if target is not None:
+            handle = target.register_forward_hook(
+                lambda mod, args, out, seen=seen: seen.append(args)
+            )
+        try:
+            with torch.no_grad():
+                out = model(*part.args, **part.kwargs)
+        except Exception as e:  # noqa: BLE001
+            raise ValueError(
+                f"`model` rejected inputs of per-example shapes {part.example_shapes()}: "
+                f"{type(e).__name__}: {e}"
+            ) from None
+        finally:
+            if handle is not None:
+                handle.remove()
+        if target is None:
+            feats.append(flatten_outputs(out, part.n))
+            continue
+        if len(seen) != 1 or not seen[0] or not isinstance(seen[0][0], Tensor):
+            raise ValueError(
+                f"`layer`: module {layer!r} must be called exactly once with a tensor first "
+                f"argument per forward pass; it was called {len(seen)} times."
+            )
+        feats.append(seen[0][0].reshape(part.n, -1))
+    return torch.cat(feats)
+
+
+def nngp(
+    model: nn.Module,
+    x1,
+    x2=None,
+    *,
+    layer: str | None = None,
+    trace_outputs: bool = True,
+    batch_size: int = 1024,
+) -> Tensor:
+    """Empirical NNGP: the Gram matrix of the outputs, or of the features entering ``layer``.
+
+    K(x1, x2) = phi(x1) . phi(x2) / d with phi the d flattened outputs (or the flattened
+    input of the submodule named ``layer``, e.g. the readout: the random-features
+    kernel), i.e. the mean over channels, which estimates the infinite-width NNGP. With
+    ``trace_outputs=False``, the (N1, N2, d, d) outer products phi_a(x1) phi_b(x2).
+    The model runs in eval mode, ``batch_size`` examples at a time.
+    """
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise ValueError(f"`batch_size` must be a positive int, got {batch_size!r}.")
+    b1, b2 = prepare(model, x1, x2)
+    with eval_mode(model):
+        f1 = _features(model, b1, layer, batch_size)
+        f2 = f1 if b2 is None else _features(model, b2, layer, batch_size)
     if trace_outputs:
         return f1 @ f2.T / f1.shape[1]
     return torch.einsum("ia,jb->ijab", f1, f2)

@@ -1,0 +1,358 @@
+"""Empirical NTK/NNGP of arbitrary torch modules: every method against an explicit
+per-example, per-output autograd Jacobian (float64, 1e-10), parameter subsets, batching,
+models with state, keyword and multi-output forwards, convergence to the analytic NTK."""
+
+import copy
+
+import pytest
+import torch
+from torch import nn
+
+import widenets as wn
+import widenets.empirical.structured as structured
+
+DT = torch.float64
+TOL = 1e-10
+METHODS = ["jacobian", "ntk_vector", "structured", "auto"]
+
+
+def _gen(seed):
+    return torch.Generator().manual_seed(seed)
+
+
+def full_jacobian(model, batch, names=None):
+    """(N, O, P) by one autograd.grad call per example and output (the slow reference)."""
+    named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
+    ps = [p for n, p in named if names is None or n in names]
+    model = copy.deepcopy(model).eval()
+    ps_copy = dict(model.named_parameters())
+    ps = [ps_copy[n] for n, p in named if names is None or n in names]
+    rows = []
+    n = next(iter(batch.values())).shape[0] if isinstance(batch, dict) else batch.shape[0]
+    for i in range(n):
+        if isinstance(batch, dict):
+            out = model(**{k: v[i : i + 1] for k, v in batch.items()})
+        else:
+            out = model(batch[i : i + 1])
+        if isinstance(out, tuple):
+            out = torch.cat([o.reshape(-1) for o in out])
+        out = out.reshape(-1)
+        for a in range(out.numel()):
+            g = torch.autograd.grad(out[a], ps, retain_graph=True, allow_unused=True)
+            g = [torch.zeros_like(p) if gi is None else gi for gi, p in zip(g, ps, strict=True)]
+            rows.append(torch.cat([gi.reshape(-1) for gi in g]))
+    return torch.stack(rows).reshape(n, -1, rows[0].numel())
+
+
+def reference(model, x1, x2=None, names=None):
+    j1 = full_jacobian(model, x1, names)
+    j2 = j1 if x2 is None else full_jacobian(model, x2, names)
+    full = torch.einsum("iap,jbp->ijab", j1, j2)
+    return full.diagonal(dim1=2, dim2=3).mean(-1), full
+
+
+def mlp():
+    torch.manual_seed(0)
+    return nn.Sequential(
+        nn.Linear(5, 16), nn.Tanh(), nn.Linear(16, 16), nn.ReLU(), nn.Linear(16, 3)
+    ).to(DT)
+
+
+def cnn():
+    """Conv2d (zero, circular padding, stride), Conv1d-free 2-D CNN with BatchNorm (eval)."""
+    torch.manual_seed(1)
+    m = nn.Sequential(
+        nn.Conv2d(2, 4, 3, padding=1),
+        nn.BatchNorm2d(4),
+        nn.ReLU(),
+        nn.Conv2d(4, 3, 3, stride=2, padding=1, padding_mode="circular"),
+        nn.BatchNorm2d(3),
+        nn.Tanh(),
+        nn.Flatten(),
+        nn.Linear(27, 2),
+    ).to(DT)
+    for bn in (m[1], m[4]):  # running statistics far from (0, 1), so eval mode matters
+        bn.running_mean.normal_(generator=_gen(2))
+        bn.running_var.uniform_(0.5, 2.0, generator=_gen(3))
+        bn.weight.data.uniform_(0.5, 1.5, generator=_gen(4))
+        bn.bias.data.normal_(generator=_gen(5))
+    return m
+
+
+class Conv1dNet(nn.Module):
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(2)
+        self.c1 = nn.Conv1d(3, 5, 3, dilation=2, padding=2).to(DT)
+        self.ln = nn.LayerNorm(5).to(DT)
+        self.fc = nn.Linear(5, 2).to(DT)  # applied over a (N, L, C) sequence
+
+    def forward(self, x):
+        h = torch.relu(self.c1(x)).transpose(1, 2)  # (N, L, 5)
+        return self.fc(self.ln(h)).mean(1)
+
+
+class TwoHeads(nn.Module):
+    """Keyword-argument forward, a shared trunk and a tuple of two outputs."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(3)
+        self.trunk = nn.Linear(4, 12).to(DT)
+        self.head_a = nn.Linear(12, 2).to(DT)
+        self.head_b = nn.Linear(12, 3, bias=False).to(DT)
+        self.drop = nn.Dropout(0.5)
+
+    def forward(self, x, *, shift):
+        h = self.drop(torch.tanh(self.trunk(x) + shift))
+        return self.head_a(h), torch.sin(self.head_b(h))
+
+
+def _x(shape, seed):
+    return torch.randn(*shape, generator=_gen(seed), dtype=DT)
+
+
+CASES = {
+    "mlp": (mlp, lambda: _x((6, 5), 10), lambda: _x((4, 5), 11)),
+    "cnn_bn": (cnn, lambda: _x((5, 2, 5, 5), 12), lambda: _x((3, 2, 5, 5), 13)),
+    "conv1d": (Conv1dNet, lambda: _x((5, 3, 7), 14), lambda: _x((3, 3, 7), 15)),
+    "multi_output_kwargs": (
+        TwoHeads,
+        lambda: {"x": _x((5, 4), 16), "shift": _x((5, 12), 17)},
+        lambda: {"x": _x((3, 4), 18), "shift": _x((3, 12), 19)},
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+@pytest.mark.parametrize("method", METHODS)
+def test_methods_match_explicit_jacobian(case, method):
+    make, make_x1, make_x2 = CASES[case]
+    model, x1, x2 = make(), make_x1(), make_x2()
+    model.train()  # the NTK is that of eval mode whatever the mode; modes are restored
+    ref_tr, ref_full = reference(model, x1)
+    ref12_tr, ref12_full = reference(model, x1, x2)
+    got = wn.empirical.ntk(model, x1, method=method)
+    assert got.shape == ref_tr.shape
+    torch.testing.assert_close(got, ref_tr, atol=TOL, rtol=0)
+    got_full = wn.empirical.ntk(model, x1, x2, method=method, trace_outputs=False)
+    assert got_full.shape == ref12_full.shape
+    torch.testing.assert_close(got_full, ref12_full, atol=TOL, rtol=0)
+    got_sym_full = wn.empirical.ntk(model, x1, method=method, trace_outputs=False, batch_size=2)
+    torch.testing.assert_close(got_sym_full, ref_full, atol=TOL, rtol=0)
+    got12 = wn.empirical.ntk(model, x1, x2, method=method, batch_size=(2, 3))
+    torch.testing.assert_close(got12, ref12_tr, atol=TOL, rtol=0)
+    assert all(m.training for m in model.modules())
+
+
+@pytest.mark.parametrize("mode", ["materialised", "pairwise"])
+@pytest.mark.parametrize("case", ["cnn_bn", "conv1d"])
+def test_structured_modes_for_layers_with_positions(case, mode, monkeypatch):
+    make, make_x1, make_x2 = CASES[case]
+    model, x1, x2 = make(), make_x1(), make_x2()
+    monkeypatch.setattr(structured, "FORCE_MODE", mode)
+    ref_tr, _ = reference(model, x1)
+    _, ref12_full = reference(model, x1, x2)
+    torch.testing.assert_close(
+        wn.empirical.ntk(model, x1, method="structured"), ref_tr, atol=TOL, rtol=0
+    )
+    got = wn.empirical.ntk(model, x1, x2, method="structured", trace_outputs=False)
+    torch.testing.assert_close(got, ref12_full, atol=TOL, rtol=0)
+
+
+def test_structured_covers_widenets_dense_layers():
+    net = wn.serial(wn.Dense(24, w_std=1.3, b_std=0.2), wn.Erf(), wn.Dense(3, w_std=1.1))
+    model = net.build((4,), seed=0, dtype=DT)
+    x = _x((5, 4), 20)
+    layers = structured.find_layers(
+        model, dict(model.named_parameters()), {}, wn.empirical._common.Batch((x,), {})
+    )
+    assert len(layers) == 2  # both Dense layers handled without Jacobians
+    ref_tr, ref_full = reference(model, x)
+    torch.testing.assert_close(
+        wn.empirical.ntk(model, x, method="structured"), ref_tr, atol=TOL, rtol=0
+    )
+    got = wn.empirical.ntk(model, x, method="structured", trace_outputs=False)
+    torch.testing.assert_close(got, ref_full, atol=TOL, rtol=0)
+
+
+def test_result_does_not_depend_on_batch_size():
+    model, x1, x2 = cnn(), _x((5, 2, 5, 5), 21), _x((4, 2, 5, 5), 22)
+    for method in ("jacobian", "ntk_vector", "structured"):
+        whole = wn.empirical.ntk(model, x1, x2, method=method)
+        for bs in (2, (3, 1)):
+            got = wn.empirical.ntk(model, x1, x2, method=method, batch_size=bs)
+            torch.testing.assert_close(got, whole, atol=1e-12, rtol=0)
+        sym = wn.empirical.ntk(model, x1, method=method)
+        torch.testing.assert_close(
+            wn.empirical.ntk(model, x1, method=method, batch_size=3), sym, atol=1e-12, rtol=0
+        )
+        torch.testing.assert_close(sym, sym.T, atol=0, rtol=0)
+
+
+def test_eval_mode_state_is_used_and_left_untouched():
+    model = cnn()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    model.train()
+    x = _x((4, 2, 5, 5), 23)
+    k_train_mode = wn.empirical.ntk(model, x)
+    model.eval()
+    assert torch.equal(k_train_mode, wn.empirical.ntk(model, x))
+    for k, v in model.state_dict().items():
+        assert torch.equal(v, before[k]), k  # running statistics not updated
+
+
+def test_dropout_is_off():
+    model = TwoHeads().train()
+    x = {"x": _x((4, 4), 24), "shift": _x((4, 12), 25)}
+    no_drop = copy.deepcopy(model)
+    no_drop.drop = nn.Identity()
+    for method in ("jacobian", "structured"):
+        a = wn.empirical.ntk(model, x, method=method)
+        torch.testing.assert_close(a, wn.empirical.ntk(model, x, method=method), atol=0, rtol=0)
+        torch.testing.assert_close(a, wn.empirical.ntk(no_drop, x, method=method), atol=TOL, rtol=0)
+
+
+def test_parameter_subsets_match_restricted_jacobian():
+    model, x = cnn(), _x((4, 2, 5, 5), 26)
+    bn_names = ["1.weight", "1.bias", "4.weight", "4.bias"]
+    assert wn.empirical.norm_affine(model) == bn_names
+    ref, _ = reference(model, x, names=set(bn_names))
+    for method in ("jacobian", "ntk_vector", "structured"):
+        got = wn.empirical.ntk(model, x, params="norm_affine", method=method)
+        torch.testing.assert_close(got, ref, atol=TOL, rtol=0)
+    by_pred = wn.empirical.ntk(model, x, params=lambda n, p: n.startswith(("1.", "4.")))
+    torch.testing.assert_close(by_pred, ref, atol=TOL, rtol=0)
+    by_prefix = wn.empirical.ntk(model, x, params=["1", "4"])
+    torch.testing.assert_close(by_prefix, ref, atol=TOL, rtol=0)
+    # bias of one conv only: structured handles a lone bias
+    ref_b, _ = reference(model, x, names={"0.bias", "7.weight"})
+    got_b = wn.empirical.ntk(model, x, params=["0.bias", "7.weight"], method="structured")
+    torch.testing.assert_close(got_b, ref_b, atol=TOL, rtol=0)
+
+
+def test_all_but_embeddings():
+    class Tok(nn.Module):
+        def __init__(self):
+            super().__init__()
+            torch.manual_seed(4)
+            self.emb = nn.Embedding(10, 6).to(DT)
+            self.fc = nn.Linear(6, 2).to(DT)
+
+        def forward(self, ids):
+            return self.fc(torch.tanh(self.emb(ids))).mean(1)
+
+    model = Tok()
+    ids = torch.randint(0, 10, (5, 4), generator=_gen(27))
+    assert wn.empirical.all_but_embeddings(model) == ["fc.weight", "fc.bias"]
+    got = wn.empirical.ntk(model, ids, params="no_embeddings")
+    h = torch.tanh(model.emb(ids)).mean(1).detach()  # fc is affine: mean commutes with it
+    torch.testing.assert_close(got, h @ h.T + 1, atol=TOL, rtol=0)
+    full = wn.empirical.ntk(model, ids, method="jacobian")
+    assert (full - got).abs().max() > 1e-3  # embeddings do contribute when included
+
+
+def test_readout_ntk_is_gram_of_last_hidden_features():
+    model, x1, x2 = mlp(), _x((6, 5), 28), _x((3, 5), 29)
+    assert wn.empirical.readout(model) == ["4.weight", "4.bias"]
+    h1 = model[3](model[2](model[1](model[0](x1)))).detach()
+    h2 = model[3](model[2](model[1](model[0](x2)))).detach()
+    gram = h1 @ h2.T  # y = W h + b: Theta = (h1 . h2 + 1) I
+    for method in ("jacobian", "ntk_vector", "structured"):
+        got = wn.empirical.ntk(model, x1, x2, params="readout", method=method)
+        torch.testing.assert_close(got, gram + 1, atol=TOL, rtol=0)
+    feat = wn.empirical.nngp(model, x1, x2, layer="4")  # mean over the 16 features
+    torch.testing.assert_close(feat * 16, gram, atol=TOL, rtol=0)
+    # widenets Dense (NTK parameterisation): Theta = s_w^2 h1.h2 + s_b^2
+    net = wn.serial(
+        wn.Dense(32, w_std=1.4, b_std=0.3), wn.Relu(), wn.Dense(2, w_std=1.2, b_std=0.5)
+    )
+    m = net.build((5,), seed=1, dtype=DT)
+    got = wn.empirical.ntk(m, x1, x2, params="readout")
+    feat = wn.empirical.nngp(m, x1, x2, layer="2")
+    torch.testing.assert_close(got, 1.2**2 * feat + 0.5**2, atol=TOL, rtol=0)
+
+
+def test_nngp_of_outputs():
+    model, x = TwoHeads(), {"x": _x((4, 4), 30), "shift": _x((4, 12), 31)}
+    a, b = model.eval()(**x)
+    f = torch.cat([a, b], 1).detach()
+    torch.testing.assert_close(wn.empirical.nngp(model, x), f @ f.T / 5, atol=TOL, rtol=0)
+    full = wn.empirical.nngp(model, x, trace_outputs=False)
+    assert full.shape == (4, 4, 5, 5)
+
+
+def test_explain_reports_every_method_and_auto_uses_its_choice():
+    model, x = mlp(), _x((8, 5), 32)
+    rep = wn.empirical.explain(model, x)
+    text = str(rep)
+    for name in ("jacobian", "ntk_vector", "structured", "<- auto"):
+        assert name in text
+    assert rep.method in ("jacobian", "ntk_vector", "structured")
+    assert rep.n_params == sum(p.numel() for p in model.parameters())
+    # a wide MLP: structured Gram products are far cheaper than Jacobian contraction
+    wide = nn.Sequential(
+        nn.Linear(5, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 1)
+    )
+    assert wn.empirical.explain(wide, _x((64, 5), 33).float()).method == "structured"
+
+
+@pytest.mark.parametrize("width_seeds", [(64, 256, 1024)])
+def test_wide_built_network_approaches_analytic_ntk(width_seeds):
+    """Relative error of the empirical NTK (mean over a wide readout) to net.kernel's NTK,
+    averaged over 2 initialisations: shrinks like 1/sqrt(width)."""
+    x = _x((6, 4), 34)
+
+    def net(w):
+        return wn.serial(
+            wn.Dense(w, w_std=1.5, b_std=0.1),
+            wn.Relu(),
+            wn.Dense(w, w_std=1.5, b_std=0.1),
+            wn.Relu(),
+            wn.Dense(w, w_std=1.5, b_std=0.1),
+        )
+
+    exact = net(8).kernel(x).ntk
+    errs = {}
+    for w in width_seeds:
+        e = 0.0
+        for s in range(2):
+            emp = wn.empirical.ntk(net(w).build((4,), seed=s, dtype=DT), x)
+            e += ((emp - exact).norm() / exact.norm()).item() / 2
+        errs[w] = e
+    assert errs[1024] < 0.05, errs
+    assert errs[1024] < errs[256] < errs[64], errs
+    assert errs[1024] < errs[64] / 2.5, errs
+
+
+def test_bad_input():
+    x = _x((3, 5), 35)
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        wn.empirical.ntk(nn.ReLU(), x)
+    frozen = mlp().requires_grad_(False)
+    with pytest.raises(ValueError, match="no trainable parameters"):
+        wn.empirical.ntk(frozen, x)
+    with pytest.raises(ValueError, match="selected no trainable parameter"):
+        wn.empirical.ntk(mlp(), x, params=lambda n, p: False)
+    with pytest.raises(ValueError, match="selected no trainable parameter"):
+        wn.empirical.ntk(mlp(), x, params="norm_affine")
+    with pytest.raises(ValueError, match="'nope' names no trainable parameter"):
+        wn.empirical.ntk(mlp(), x, params=["nope"])
+    with pytest.raises(TypeError, match="`params` must be"):
+        wn.empirical.ntk(mlp(), x, params=3)
+    with pytest.raises(ValueError, match="`model` rejected inputs"):
+        wn.empirical.ntk(mlp(), _x((3, 4), 36))
+    with pytest.raises(ValueError, match="`model` rejected inputs"):
+        wn.empirical.nngp(mlp(), _x((3, 4), 36))
+    with pytest.raises(ValueError, match="same per-example shapes"):
+        wn.empirical.ntk(mlp(), x, _x((3, 4), 36))
+    with pytest.raises(ValueError, match="`method` must be one of"):
+        wn.empirical.ntk(mlp(), x, method="fast")
+    with pytest.raises(ValueError, match="`batch_size` must be a positive int"):
+        wn.empirical.ntk(mlp(), x, batch_size=0)
+    with pytest.raises(ValueError, match="NaN or inf"):
+        wn.empirical.ntk(mlp(), x * float("nan"))
+    with pytest.raises(ValueError, match="`layer`: 'head' is not a submodule"):
+        wn.empirical.nngp(mlp(), x, layer="head")
+    with pytest.raises(TypeError, match="`model` must be a torch.nn.Module"):
+        wn.empirical.ntk(lambda t: t, x)
