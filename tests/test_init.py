@@ -108,8 +108,9 @@ def test_apply_to_torch_modules():
     init.apply(m, init.Orthogonal(), w_std=2.0, b_std=0.0, seed=0)
     w = m[0].weight.detach().double()
     # W = 2 / sqrt(100) * sqrt(200) Q, Q with orthonormal columns
-    torch.testing.assert_close(w.T @ w, torch.eye(100, dtype=w.dtype) * 4 * 200 / 100,
-                               atol=1e-4, rtol=1e-4)
+    torch.testing.assert_close(
+        w.T @ w, torch.eye(100, dtype=w.dtype) * 4 * 200 / 100, atol=1e-4, rtol=1e-4
+    )
     assert float(m[0].bias.detach().abs().max()) == 0.0
     init.apply(m, init.Sparse(0.5), seed=1)
     assert (m[2].weight != 0).sum() == round(0.5 * 6 * 12)
@@ -141,13 +142,15 @@ def test_pseudo_iid_nngp_matches_analytic_at_growing_width(name):
     # Nait Saada et al. 2024: these networks converge to the Gaussian-IID NNGP. The wide
     # readout Dense(64) averages 64 output channels per network; 24 networks per width.
     x = torch.randn(4, 6, generator=torch.Generator().manual_seed(3), dtype=torch.float64)
-    net = wn.serial(wn.Dense(64, 1.5, 0.1), wn.Relu(), wn.Dense(64, 1.5, 0.1), wn.Relu(),
-                    wn.Dense(64, 1.5, 0.1))
+    net = wn.serial(
+        wn.Dense(64, 1.5, 0.1), wn.Relu(), wn.Dense(64, 1.5, 0.1), wn.Relu(), wn.Dense(64, 1.5, 0.1)
+    )
     exact = net.kernel(x, get="nngp").nngp
     errs = []
     for width in (16, 256):
-        mc = wn.empirical.monte_carlo(net, x, n_samples=24, width=width, get="nngp",
-                                      init=PSEUDO[name], seed=1)
+        mc = wn.empirical.monte_carlo(
+            net, x, n_samples=24, width=width, get="nngp", init=PSEUDO[name], seed=1
+        )
         errs.append(float((mc.nngp - exact).norm() / exact.norm()))
         if width == 256:
             z = (mc.nngp - exact).abs() / mc.nngp_se
@@ -158,8 +161,9 @@ def test_pseudo_iid_nngp_matches_analytic_at_growing_width(name):
 def test_mean_field_readout_kernel_against_monte_carlo():
     # Readout y = (w / n) W h: NNGP w^2 K / n + b^2 and NTK K' + w^2 Theta / n at fan-in n.
     x = torch.randn(3, 5, generator=torch.Generator().manual_seed(0), dtype=torch.float64)
-    net = wn.serial(wn.Dense(64, 1.4, 0.1), wn.Relu(),
-                    wn.Dense(32, 1.2, 0.3, parameterization="mup"))
+    net = wn.serial(
+        wn.Dense(64, 1.4, 0.1), wn.Relu(), wn.Dense(32, 1.2, 0.3, parameterization="mup")
+    )
     assert net.layers[2].parameterization == "mean_field"
     k = net.kernel(x)
     ntk_net = wn.serial(wn.Dense(64, 1.4, 0.1), wn.Relu(), wn.Dense(32, 1.2 / 8, 0.3))

@@ -67,7 +67,9 @@ def apply(
                     new = new * (module.w_std / math.sqrt(fan_in))
                 w.copy_(new)
                 if module.bias is not None:
-                    b = torch.randn(module.bias.shape, generator=generator, dtype=w.dtype).to(w.device)
+                    b = torch.randn(module.bias.shape, generator=generator, dtype=w.dtype).to(
+                        w.device
+                    )
                     if module.parameterization == "standard":
                         b = b * module.b_std
                     module.bias.copy_(b)
@@ -78,7 +80,9 @@ def apply(
                 new = draw_weight(scheme, w.shape, fan_in, generator, w.dtype, w.device)
                 w.copy_(new * (w_std / math.sqrt(fan_in)))
                 if b_std is not None and module.bias is not None:
-                    b = torch.randn(module.bias.shape, generator=generator, dtype=w.dtype).to(w.device)
+                    b = torch.randn(module.bias.shape, generator=generator, dtype=w.dtype).to(
+                        w.device
+                    )
                     module.bias.copy_(b * b_std)
     if not found:
         raise ValueError(

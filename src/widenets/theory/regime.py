@@ -44,8 +44,10 @@ def _paired(initial, final):
         raise ValueError("`initial` and `final` must have the same parameter names.")
     for n in p0:
         if p0[n].shape != p1[n].shape:
-            raise ValueError(f"parameter {n!r} has shape {tuple(p0[n].shape)} initially and "
-                             f"{tuple(p1[n].shape)} finally.")
+            raise ValueError(
+                f"parameter {n!r} has shape {tuple(p0[n].shape)} initially and "
+                f"{tuple(p1[n].shape)} finally."
+            )
     return p0, p1
 
 
@@ -64,8 +66,9 @@ def kernel_distance(k0, kt) -> float:
     """1 - <K0, Kt>_F / (|K0|_F |Kt|_F): 0 for kernels equal up to a positive scale."""
     k0, kt = torch.as_tensor(k0, dtype=torch.float64), torch.as_tensor(kt, dtype=torch.float64)
     if k0.shape != kt.shape:
-        raise ValueError(f"kernels must have the same shape, got {tuple(k0.shape)} and "
-                         f"{tuple(kt.shape)}.")
+        raise ValueError(
+            f"kernels must have the same shape, got {tuple(k0.shape)} and {tuple(kt.shape)}."
+        )
     den = float(k0.norm() * kt.norm())
     if den == 0:
         raise ValueError("kernel_distance is undefined for a zero kernel.")
@@ -78,8 +81,9 @@ def kernel_target_alignment(k, y) -> float:
     y = torch.as_tensor(y, dtype=torch.float64)
     y = y[:, None] if y.ndim == 1 else y.reshape(y.shape[0], -1)
     if k.ndim != 2 or k.shape[0] != k.shape[1] or k.shape[0] != y.shape[0]:
-        raise ValueError(f"`k` must be (N, N) and `y` (N, ...), got {tuple(k.shape)} and "
-                         f"{tuple(y.shape)}.")
+        raise ValueError(
+            f"`k` must be (N, N) and `y` (N, ...), got {tuple(k.shape)} and {tuple(y.shape)}."
+        )
     yy = y @ y.T
     den = float(k.norm() * yy.norm())
     if den == 0:

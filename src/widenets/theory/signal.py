@@ -279,8 +279,9 @@ def edge_of_chaos(activation, b_std, w_std_bracket=(0.1, 10.0), tol: float = 1e-
     b = _t(_check_range(b_std, "b_std"))
     lo_w, hi_w = (float(v) for v in w_std_bracket)
     if not 0 <= lo_w < hi_w or not np.isfinite(hi_w):
-        raise ValueError(f"`w_std_bracket` must be (lo, hi) with 0 <= lo < hi, got "
-                         f"{w_std_bracket!r}.")
+        raise ValueError(
+            f"`w_std_bracket` must be (lo, hi) with 0 <= lo < hi, got {w_std_bracket!r}."
+        )
     b2 = b * b
     w_q, q_c = _edge_by_q(act, b2)
     ok_q = torch.isfinite(w_q) & (w_q >= lo_w) & (w_q <= hi_w)

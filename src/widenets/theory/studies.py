@@ -39,8 +39,7 @@ def critical_init_depth_study(
         raise ValueError(f"no edge of chaos found for {act!r} at b_std={b_std}.")
     ws = [f * w_crit for f in factors]
     runs = [
-        signal.propagate(act, w, b_std, depth, c0=c0, width=width, n_samples=n_samples,
-                         seed=seed)
+        signal.propagate(act, w, b_std, depth, c0=c0, width=width, n_samples=n_samples, seed=seed)
         for w in ws
     ]
     data = {
@@ -56,8 +55,15 @@ def critical_init_depth_study(
     layers = np.arange(1, depth + 1)
     for i, f in enumerate(factors):
         (line,) = ax.plot(layers, data["c_map"][i], label=f"map, w = {f:g} w_crit")
-        ax.errorbar(layers, data["c_empirical"][i], yerr=data["c_se"][i], fmt="o", ms=3,
-                    color=line.get_color(), label=f"width {width}")
+        ax.errorbar(
+            layers,
+            data["c_empirical"][i],
+            yerr=data["c_se"][i],
+            fmt="o",
+            ms=3,
+            color=line.get_color(),
+            label=f"width {width}",
+        )
     ax.set_xlabel("layer")
     ax.set_ylabel("correlation c")
     ax.set_title(f"{act!r}, b_std = {b_std}")
@@ -99,8 +105,13 @@ def pseudo_iid_study(
     from widenets.theory._plot import plt
 
     if net is None:
-        net = wn.serial(wn.Dense(64, 1.5, 0.1), wn.Relu(), wn.Dense(64, 1.5, 0.1), wn.Relu(),
-                        wn.Dense(64, 1.5, 0.1))
+        net = wn.serial(
+            wn.Dense(64, 1.5, 0.1),
+            wn.Relu(),
+            wn.Dense(64, 1.5, 0.1),
+            wn.Relu(),
+            wn.Dense(64, 1.5, 0.1),
+        )
     if x is None:
         x = torch.randn(6, 8, generator=torch.Generator().manual_seed(seed), dtype=torch.float64)
     schemes = default_schemes() if schemes is None else dict(schemes)
@@ -110,8 +121,9 @@ def pseudo_iid_study(
     for name, scheme in schemes.items():
         errs, zs = [], []
         for w in widths:
-            mc = wn.empirical.monte_carlo(net, x, n_samples=n_samples, seed=seed, width=w,
-                                          get="nngp", init=scheme)
+            mc = wn.empirical.monte_carlo(
+                net, x, n_samples=n_samples, seed=seed, width=w, get="nngp", init=scheme
+            )
             errs.append(float((mc.nngp - exact).norm() / exact.norm()))
             zs.append(float(((mc.nngp - exact).abs() / mc.nngp_se.clamp_min(1e-300)).max()))
         data["error"][name] = np.array(errs)
@@ -185,8 +197,9 @@ def lazy_rich_study(
     x = torch.as_tensor(x, dtype=torch.float64)
     y = torch.as_tensor(y, dtype=torch.float64)
     shape = (len(alphas), len(widths))
-    out = {k: np.zeros(shape) for k in ("kernel_distance", "weight_change", "alignment",
-                                        "train_loss")}
+    out = {
+        k: np.zeros(shape) for k in ("kernel_distance", "weight_change", "alignment", "train_loss")
+    }
     for i, a in enumerate(alphas):
         for j, w in enumerate(widths):
             m0, mt = train_scaled(net, x, y, a, width=w, steps=steps, lr=lr, seed=seed)
