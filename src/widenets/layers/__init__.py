@@ -1,8 +1,8 @@
 """Layers with an infinite-width (kernel) face and a finite-width (module) face."""
 
 from widenets.layers.activations import (
-    Abs,
     ABRelu,
+    Abs,
     Activation,
     Cos,
     Erf,
@@ -34,8 +34,33 @@ from widenets.layers.dense import Dense
 from widenets.layers.quadrature import Elementwise
 
 __all__ = [
-    "ABRelu", "Abs", "Activation", "BuildContext", "Cos", "Dense", "Elementwise", "Erf",
-    "FanInConcat", "FanInSum", "FanOut", "Gaussian", "Gelu", "Identity", "Layer",
-    "LeakyRelu", "Monomial", "Parallel", "Relu", "Scale", "Serial", "Sign", "Sin",
-    "fan_in_concat", "fan_in_sum", "fan_out", "parallel", "residual", "serial",
+    "ABRelu",
+    "Abs",
+    "Activation",
+    "BuildContext",
+    "Cos",
+    "Dense",
+    "Elementwise",
+    "Erf",
+    "FanInConcat",
+    "FanInSum",
+    "FanOut",
+    "Gaussian",
+    "Gelu",
+    "Identity",
+    "Layer",
+    "LeakyRelu",
+    "Monomial",
+    "Parallel",
+    "Relu",
+    "Scale",
+    "Serial",
+    "Sign",
+    "Sin",
+    "fan_in_concat",
+    "fan_in_sum",
+    "fan_out",
+    "parallel",
+    "residual",
+    "serial",
 ]

@@ -14,6 +14,7 @@ GELU; Gaussian integrals for sin, the Gaussian bump, sign and monomials.
 from __future__ import annotations
 
 import math
+
 import torch
 from torch import Tensor
 
