@@ -9,7 +9,7 @@ import torch
 import widenets as wn
 from widenets.theory import signal as S
 
-TANH = wn.Elementwise(torch.tanh, name="tanh")
+TANH = wn.Elementwise(torch.tanh, degree=64, name="tanh")  # smooth: 64 nodes suffice
 
 
 def test_relu_critical_point():
