@@ -8,7 +8,7 @@ One description, two networks::
     model = net.build((784,), seed=0)  # finite width: a torch.nn.Module
 """
 
-from widenets import data, empirical, predict, study
+from widenets import data, empirical, init, predict, study, theory
 from widenets._version import __version__
 from widenets.kernel import Kernel
 from widenets.layers import *  # noqa: F403
@@ -21,9 +21,11 @@ __all__ = [
     "__version__",
     "data",
     "empirical",
+    "init",
     "linearize",
     "predict",
     "study",
     "taylor",
+    "theory",
     *_layer_names,
 ]

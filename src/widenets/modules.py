@@ -102,6 +102,8 @@ class DenseLayer(nn.Module):
 
     - ``"ntk"``: W_ij ~ N(0, 1), b ~ N(0, 1); y = (w_std / sqrt(fan_in)) W x + b_std b.
     - ``"standard"``: W_ij ~ N(0, w_std^2 / fan_in), b ~ N(0, b_std^2); y = W x + b.
+    - ``"mean_field"``: W_ij ~ N(0, 1), b ~ N(0, 1); y = (w_std / fan_in) W x + b_std b
+      (the mean-field / maximal-update readout).
 
     ``weight`` has shape (out, in) as in ``nn.Linear``; ``bias`` is None when b_std is None.
     """
@@ -126,6 +128,9 @@ class DenseLayer(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias)
         if parameterization == "ntk":
             self.weight_scale = w_std / math.sqrt(in_features)
+            self.bias_scale = 0.0 if b_std is None else b_std
+        elif parameterization == "mean_field":
+            self.weight_scale = w_std / in_features
             self.bias_scale = 0.0 if b_std is None else b_std
         else:
             self.weight_scale = 1.0

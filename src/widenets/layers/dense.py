@@ -4,8 +4,19 @@ Kernel recursion (Neural Tangents' definitions; Lee et al. 2018, Jacot et al. 20
 
 - NTK parameterisation:  K' = w^2 K + b^2,   Theta' = K' + w^2 Theta;
 - standard:              K' = w^2 K + b^2,   Theta' = n_in K + [1 if bias] + w^2 Theta,
+- mean field ("mean_field", alias "mup"):  y = (w / n_in) W x + b b0 with W, b0 ~ N(0, 1),
+                         K' = (w^2 / n_in) K + b^2,   Theta' = K' + (w^2 / n_in) Theta,
 
 where n_in is the finite input width (the standard NTK grows with width).
+
+The mean-field layer is the readout of the mean-field / maximal-update parameterisation
+(Mei et al. 2018, Chizat & Bach 2018; Yang & Hu 2021: output multiplier 1/n, hidden layers
+as in the NTK parameterisation, whose per-layer learning rates are the optimiser's business).
+Its kernel face is that of the finite fan-in n_in carried by the kernel record (as for the
+standard parameterisation): the weight part of K' and Theta' vanishes like 1/n_in, so the
+infinite-width NNGP and NTK are degenerate (only the bias survives). ``n_in * Theta`` is the
+kernel that drives training at initialisation when the learning rate is scaled by n_in, but,
+unlike the NTK parameterisation, it does not stay constant during training (features learn).
 """
 
 from __future__ import annotations
@@ -16,13 +27,19 @@ from widenets.kernel import Kernel
 from widenets.layers.base import BuildContext, Layer
 from widenets.modules import DenseLayer
 
-PARAMETERIZATIONS = ("ntk", "standard")
+PARAMETERIZATIONS = ("ntk", "standard", "mean_field")
+ALIASES = {"mup": "mean_field", "mean-field": "mean_field", "meanfield": "mean_field"}
 
 
 def check_parameterization(p: str) -> str:
-    if not isinstance(p, str) or p.lower() not in PARAMETERIZATIONS:
-        raise ValueError(f"`parameterization` must be one of {PARAMETERIZATIONS}, got {p!r}.")
-    return p.lower()
+    q = p.lower() if isinstance(p, str) else p
+    q = ALIASES.get(q, q)
+    if q not in PARAMETERIZATIONS:
+        raise ValueError(
+            f"`parameterization` must be one of {PARAMETERIZATIONS} (or 'mup', an alias of "
+            f"'mean_field'), got {p!r}."
+        )
+    return q
 
 
 def affine(t, w_var: float, b_var: float):
@@ -40,7 +57,8 @@ class Dense(Layer):
         out_dim: width of the finite layer (the kernel is that of infinite width).
         w_std: weight standard deviation (times 1/sqrt(fan_in)).
         b_std: bias standard deviation; None for no bias parameter.
-        parameterization: "ntk" (default) or "standard".
+        parameterization: "ntk" (default), "standard", or "mean_field" (alias "mup": weight
+            multiplier w_std / fan_in, meant for the readout; see the module docstring).
     """
 
     name = "Dense"
@@ -60,7 +78,11 @@ class Dense(Layer):
     def __repr__(self) -> str:
         return (
             f"Dense({self.out_dim}, w_std={self.w_std}, b_std={self.b_std}"
-            + (", parameterization='standard'" if self.parameterization != "ntk" else "")
+            + (
+                f", parameterization={self.parameterization!r}"
+                if self.parameterization != "ntk"
+                else ""
+            )
             + ")"
         )
 
@@ -71,11 +93,13 @@ class Dense(Layer):
 
     def kernel_fn(self, k: Kernel) -> Kernel:
         w_var = self.w_std**2
+        if self.parameterization == "mean_field":
+            w_var = w_var / k.shape1[0]
         b_var = 0.0 if self.b_std is None else self.b_std**2
         nngp = affine(k.nngp, w_var, b_var)
         ntk = k.ntk
         if ntk is not None:
-            if self.parameterization == "ntk":
+            if self.parameterization in ("ntk", "mean_field"):
                 ntk = ntk * w_var
                 ntk += nngp
             else:

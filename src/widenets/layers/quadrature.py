@@ -12,6 +12,7 @@ which is taken from ``fn`` by autograd.
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 
 import numpy as np
@@ -24,10 +25,15 @@ from widenets.layers.activations import Activation, correlation, outer_sqrt
 DEFAULT_DEGREE = 128
 
 
+@functools.lru_cache(maxsize=32)
+def _hermite_numpy(degree: int) -> tuple[np.ndarray, np.ndarray]:
+    z, w = np.polynomial.hermite_e.hermegauss(degree)  # an eigenproblem: ~7 ms for 64
+    return z, w / w.sum()
+
+
 def hermite_nodes(degree: int, dtype, device=None) -> tuple[Tensor, Tensor]:
     """Nodes and weights of probabilists' Gauss-Hermite quadrature, weights summing to 1."""
-    z, w = np.polynomial.hermite_e.hermegauss(degree)
-    w = w / w.sum()
+    z, w = _hermite_numpy(degree)
     return (
         torch.as_tensor(z, dtype=dtype, device=device),
         torch.as_tensor(w, dtype=dtype, device=device),
