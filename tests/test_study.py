@@ -116,8 +116,10 @@ def test_end_to_end_files_present(cli_run):
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, f
     rows = list(csv.DictReader((out / "runs.csv").open()))
     per_net = [r for r in rows if not r["seed"].startswith("ensemble")]
-    assert len(per_net) == 2 * 2 * 2  # widths x seeds x (gd, sgd)
-    assert {r["method"] for r in per_net} == {"gd", "sgd"}
+    # widths x seeds x (gd, sgd), plus the linearisation of the first seed at each width
+    assert len([r for r in per_net if r["method"] in ("gd", "sgd")]) == 2 * 2 * 2
+    assert len([r for r in per_net if r["method"] == "linearized"]) == 2
+    assert {r["method"] for r in per_net} == {"gd", "sgd", "linearized"}
 
 
 def test_html_references_only_existing_files(cli_run):
