@@ -30,7 +30,9 @@ from widenets.layers.combinators import (
     residual,
     serial,
 )
+from widenets.layers.conv import Conv
 from widenets.layers.dense import Dense
+from widenets.layers.pooling import AvgPool, Flatten, GlobalAvgPool
 from widenets.layers.quadrature import Elementwise
 
 __all__ = [
@@ -38,4 +40,5 @@ __all__ = [
     "FanInConcat", "FanInSum", "FanOut", "Gaussian", "Gelu", "Identity", "Layer",
     "LeakyRelu", "Monomial", "Parallel", "Relu", "Scale", "Serial", "Sign", "Sin",
     "fan_in_concat", "fan_in_sum", "fan_out", "parallel", "residual", "serial",
+    "AvgPool", "Conv", "Flatten", "GlobalAvgPool",
 ]
