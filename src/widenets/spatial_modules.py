@@ -154,7 +154,7 @@ class SelfAttentionModule(nn.Module):
     softmax(Q_h K_h^T / sqrt(n_key)), out = concat_h(A_h V_h) w_o Wo^T / sqrt(H n_val) + b_std b.
     """
 
-    def __init__(self, wq, wk, wv, wo, bias, stds, linear_scaling):
+    def __init__(self, wq, wk, wv, wo, bias, stds, linear_scaling, mechanism="softmax"):
         super().__init__()
         self.wq = nn.Parameter(wq)  # (H, n_key, C)
         self.wk = None if wk is None else nn.Parameter(wk)
@@ -163,6 +163,7 @@ class SelfAttentionModule(nn.Module):
         self.bias = None if bias is None else nn.Parameter(bias)
         self.q_std, self.k_std, self.v_std, self.o_std, self.b_std = stds
         self.linear_scaling = linear_scaling
+        self.mechanism = mechanism
 
     def forward(self, x):
         n, c = x.shape[:2]
@@ -175,7 +176,9 @@ class SelfAttentionModule(nn.Module):
         v = torch.einsum("npc,hvc->nhpv", xs, self.wv) * (self.v_std * s)
         n_key = q.shape[-1]
         scale = 1.0 / n_key if self.linear_scaling else 1.0 / math.sqrt(n_key)
-        a = torch.softmax(q @ k.transpose(-1, -2) * scale, dim=-1)  # (N, H, P, P)
+        a = q @ k.transpose(-1, -2) * scale  # (N, H, P, P) logits
+        if self.mechanism == "softmax":
+            a = torch.softmax(a, dim=-1)
         heads = a @ v  # (N, H, P, n_val)
         heads = heads.permute(0, 2, 1, 3).flatten(2)  # (N, P, H * n_val)
         out = heads @ self.wo.T * (self.o_std / math.sqrt(heads.shape[-1]))

@@ -30,8 +30,10 @@ from widenets.layers.combinators import (
     residual,
     serial,
 )
+from widenets.layers.attention import GlobalSelfAttention
 from widenets.layers.conv import Conv
 from widenets.layers.dense import Dense
+from widenets.layers.normalization import Dropout, LayerNorm
 from widenets.layers.pooling import AvgPool, Flatten, GlobalAvgPool
 from widenets.layers.quadrature import Elementwise
 
@@ -40,5 +42,6 @@ __all__ = [
     "FanInConcat", "FanInSum", "FanOut", "Gaussian", "Gelu", "Identity", "Layer",
     "LeakyRelu", "Monomial", "Parallel", "Relu", "Scale", "Serial", "Sign", "Sin",
     "fan_in_concat", "fan_in_sum", "fan_out", "parallel", "residual", "serial",
-    "AvgPool", "Conv", "Flatten", "GlobalAvgPool",
+    "AvgPool", "Conv", "Dropout", "Flatten", "GlobalAvgPool", "GlobalSelfAttention",
+    "LayerNorm",
 ]
