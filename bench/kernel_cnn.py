@@ -136,7 +136,9 @@ def compare(configs, depth, channels, threads=None):
                     b = np.load(os.path.join(tmp, "nt.npy"))
                     diff = float(np.abs(a - b).max())
             if "error" in ours or "error" in nt:
-                print(f"{readout:7} {size:>5} {n:>5} | error: {ours.get('error')} {nt.get('error')}")
+                print(
+                    f"{readout:7} {size:>5} {n:>5} | error: {ours.get('error')} {nt.get('error')}"
+                )
                 continue
             per = 1e3 / (n * n)
             print(

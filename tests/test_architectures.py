@@ -3,9 +3,9 @@ whose readout picks the kernel layout."""
 
 import pytest
 import torch
+from tests._mc import assert_converges, images
 
 import widenets as wn
-from tests._mc import assert_converges, images
 
 A = wn.architectures
 

@@ -4,9 +4,9 @@ import math
 
 import pytest
 import torch
+from tests._mc import assert_converges, images
 
 import widenets as wn
-from tests._mc import assert_converges, images
 
 
 def _cnn(readout, parameterization="ntk"):

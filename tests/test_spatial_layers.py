@@ -3,10 +3,10 @@
 
 import pytest
 import torch
+from tests._mc import Z, assert_converges, images
 from torch.func import functional_call, jacrev
 
 import widenets as wn
-from tests._mc import Z, assert_converges, images
 
 
 def _net(*middle, readout=None):

@@ -25,9 +25,9 @@ from widenets.kernel import Kernel, input_kernel
 
 #: scalars per intermediate tile (float64: 2 MiB), sized for the CPU's L2/L3 caches
 TILE_NUMEL = 1 << 18
-#: scalars per intermediate tile for the full pixel-pair layout (float64: 32 MiB): larger
-#: tiles (float64: 8 MiB) amortise per-tile overhead yet stay near the caches (measured:
-#: 4x slower at 1 << 22 for a 16x16 CNN-GAP)
+#: scalars per intermediate tile for the full pixel-pair layout: larger tiles (float64:
+#: 8 MiB) amortise the per-tile overhead yet stay near the caches (measured: 4x slower at
+#: 1 << 22 for a 16x16 CNN-GAP)
 TILE_NUMEL_FULL = 1 << 20
 #: above this many pair-scalars a progress bar is shown by default
 PROGRESS_NUMEL = 1 << 26

@@ -1,8 +1,8 @@
 """Layers with an infinite-width (kernel) face and a finite-width (module) face."""
 
 from widenets.layers.activations import (
-    Abs,
     ABRelu,
+    Abs,
     Activation,
     Cos,
     Erf,
@@ -14,6 +14,7 @@ from widenets.layers.activations import (
     Sign,
     Sin,
 )
+from widenets.layers.attention import GlobalSelfAttention
 from widenets.layers.base import BuildContext, Layer
 from widenets.layers.combinators import (
     FanInConcat,
@@ -30,7 +31,6 @@ from widenets.layers.combinators import (
     residual,
     serial,
 )
-from widenets.layers.attention import GlobalSelfAttention
 from widenets.layers.conv import Conv
 from widenets.layers.dense import Dense
 from widenets.layers.normalization import Dropout, LayerNorm

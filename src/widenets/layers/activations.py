@@ -17,6 +17,7 @@ the variances of position s of x1 and position s' of x2 (``Kernel.pair_variances
 from __future__ import annotations
 
 import math
+
 import torch
 from torch import Tensor
 
@@ -79,9 +80,7 @@ class Activation(Layer):
         if k.full_spatial:  # cov1 holds every pair of positions of each input
             cov1 = self.pair(k.cov1, *k.self_pair_variances(1), False)[0]
             cov2 = (
-                cov1
-                if k.cov2 is k.cov1
-                else self.pair(k.cov2, *k.self_pair_variances(2), False)[0]
+                cov1 if k.cov2 is k.cov1 else self.pair(k.cov2, *k.self_pair_variances(2), False)[0]
             )
         else:
             cov1 = self.pair(k.cov1, k.cov1, k.cov1, False)[0]

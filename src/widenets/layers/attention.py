@@ -189,9 +189,7 @@ class GlobalSelfAttention(Layer):
         )
         return SelfAttentionModule(
             wq, wk, wv, wo, bias, stds, self.linear_scaling, self.attention_mechanism
-        ).to(
-            device=ctx.device
-        )
+        ).to(device=ctx.device)
 
     def _rewidth(self, width, keep):
         new = GlobalSelfAttention(

@@ -15,8 +15,9 @@ from widenets.layers.base import BuildContext, Layer
 from widenets.modules import FanInConcat as FanInConcatModule
 from widenets.modules import FanInSum as FanInSumModule
 from widenets.modules import FanOut as FanOutModule
-from widenets.modules import IdentityModule, Scale as ScaleModule
+from widenets.modules import IdentityModule
 from widenets.modules import Parallel as ParallelModule
+from widenets.modules import Scale as ScaleModule
 from widenets.modules import Serial as SerialModule
 
 
