@@ -11,8 +11,9 @@ a warm-up call) when that virtual environment exists; otherwise its columns say 
                                           # 14x14, bounded memory, with a progress bar
 
 Network: ``depth`` x [Conv(3x3, same, w_std=1.4, b_std=0.1) + ReLU], readout, Dense(1).
-Reported: seconds, milliseconds per kernel entry (N^2 entries of each of NNGP and NTK),
-peak RSS in MiB, and the ratio NT time / widenets time.
+Reported: wall seconds, milliseconds per kernel entry (N^2 entries of each of NNGP and
+NTK), peak RSS in MiB, the ratio NT time / widenets time, and the same ratio of CPU
+(process) times, which is the fairer one on a machine that other jobs keep busy.
 """
 
 from __future__ import annotations
@@ -45,13 +46,13 @@ _, _, kernel_fn = stax.serial(*layers, readout, stax.Dense(1, W_std=1.4, b_std=0
 kernel_fn = jax.jit(kernel_fn, static_argnames="get")
 warm = kernel_fn(x[:2], None, get=("nngp", "ntk"))
 jax.block_until_ready(warm.ntk)
-t = time.perf_counter()
+t, c = time.perf_counter(), time.process_time()
 k = kernel_fn(x, None, get=("nngp", "ntk"))
 jax.block_until_ready(k.ntk)
-dt = time.perf_counter() - t
+dt, cpu = time.perf_counter() - t, time.process_time() - c
 np.save(cfg["out"], np.asarray(k.nngp))
 rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-print(json.dumps({"seconds": dt, "rss_mib": rss}))
+print(json.dumps({"seconds": dt, "cpu": cpu, "rss_mib": rss}))
 """
 
 
@@ -76,12 +77,12 @@ def worker(cfg):
     x = torch.from_numpy(np.load(cfg["x"]))
     net = network(cfg["depth"], cfg["channels"], cfg["readout"])
     net.kernel(x[:2])  # warm-up (allocator, thread pool)
-    t = time.perf_counter()
+    t, c = time.perf_counter(), time.process_time()
     k = net.kernel(x, progress=cfg.get("progress", False))
-    dt = time.perf_counter() - t
+    dt, cpu = time.perf_counter() - t, time.process_time() - c
     np.save(cfg["out"], k.nngp.numpy())
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    print(json.dumps({"seconds": dt, "rss_mib": rss}))
+    print(json.dumps({"seconds": dt, "cpu": cpu, "rss_mib": rss}))
 
 
 def run(cmd, cfg, env=None):
@@ -108,7 +109,7 @@ def compare(configs, depth, channels, threads=None):
     print(f"threads: {threads or 'default'} (torch default here: {torch.get_num_threads()})")
     header = (
         f"{'readout':7} {'size':>5} {'N':>5} | {'wn s':>8} {'wn ms/entry':>11} {'wn MiB':>7} |"
-        f" {'NT s':>8} {'NT ms/entry':>11} {'NT MiB':>7} | {'NT/wn':>6} {'max|diff|':>9}"
+        f" {'NT s':>8} {'NT ms/entry':>11} {'NT MiB':>7} | {'NT/wn':>6} {'cpu':>6} {'max|diff|':>9}"
     )
     print(f"CNN: {depth} x [Conv 3x3 + ReLU], {channels} channels (finite face only), NNGP+NTK")
     print(header)
@@ -125,7 +126,7 @@ def compare(configs, depth, channels, threads=None):
                 dict(cfg, out=os.path.join(tmp, "wn.npy")),
                 env,
             )
-            nt = {"seconds": float("nan"), "rss_mib": float("nan")}
+            nt = {"seconds": float("nan"), "cpu": float("nan"), "rss_mib": float("nan")}
             diff = float("nan")
             if have_nt:
                 nt = run(
@@ -145,7 +146,8 @@ def compare(configs, depth, channels, threads=None):
                 f"{readout:7} {size:>3}^2 {n:>5} | {ours['seconds']:8.3f} "
                 f"{ours['seconds'] * per:11.4f} {ours['rss_mib']:7.0f} | {nt['seconds']:8.3f} "
                 f"{nt['seconds'] * per:11.4f} {nt['rss_mib']:7.0f} | "
-                f"{nt['seconds'] / ours['seconds']:6.2f} {diff:9.2e}",
+                f"{nt['seconds'] / ours['seconds']:6.2f} {nt['cpu'] / ours['cpu']:6.2f} "
+                f"{diff:9.2e}",
                 flush=True,
             )
 

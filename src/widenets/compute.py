@@ -34,7 +34,12 @@ PROGRESS_NUMEL = 1 << 26
 
 
 def _tile_sizes(
-    n1: int, n2: int, pair_cost: int, batch_size, budget_numel: int = TILE_NUMEL
+    n1: int,
+    n2: int,
+    pair_cost: int,
+    batch_size,
+    budget_numel: int = TILE_NUMEL,
+    square: bool = False,
 ) -> tuple[int, int]:
     if batch_size is not None:
         if isinstance(batch_size, int):
@@ -48,6 +53,12 @@ def _tile_sizes(
                 )
         return min(b1, n1), min(b2, n2)
     budget = max(1, budget_numel // max(1, pair_cost))
+    if square:
+        # spatial kernels recompute the per-input covariances of a tile's b1 + b2 inputs
+        # (as large as a pair's entries): square tiles make that a 2/sqrt(budget) share
+        b1 = min(n1, max(1, math.isqrt(budget)))
+        b2 = min(n2, max(1, budget // b1))
+        return b1, b2
     b2 = min(n2, max(1, min(8192, budget)))
     b1 = min(n1, max(1, budget // b2))
     return b1, b2
@@ -98,7 +109,7 @@ def evaluate_kernel(
     full = len(in_shape) > 1 and layer.needs_pixel_pairs()
     cost = layer.pair_cost(in_shape) * _spatial_factor(in_shape, full)
     budget = TILE_NUMEL_FULL if full else TILE_NUMEL
-    b1, b2 = _tile_sizes(n1, n2, cost, batch_size, budget)
+    b1, b2 = _tile_sizes(n1, n2, cost, batch_size, budget, square=len(in_shape) > 1)
 
     tiles = []
     for i0 in range(0, n1, b1):

@@ -140,12 +140,33 @@ def conv_window_mean(
     """The kernel map of a convolution's shared shifts (sum, not yet divided by prod(k))."""
     for i, ((out, lo, hi), k, s) in enumerate(zip(geoms, kernel, stride, strict=True)):
         axes = (n_batch + 2 * i, n_batch + 2 * i + 1) if full else (n_batch + i,)
-        for a in axes:
-            t = pad_axis(t, a, lo, hi, circular)
         if k == 1 and s == 1:
             continue
+        if not circular and s == 1 and out == t.shape[axes[0]] and 0 <= lo < k:
+            t = _same_shift_sum(t, axes, k, lo)
+            continue
+        for a in axes:
+            t = pad_axis(t, a, lo, hi, circular)
         t = shift_sum(t, axes, k, s, out)
     return t
+
+
+def _same_shift_sum(t: Tensor, axes: tuple[int, ...], k: int, lo: int) -> Tensor:
+    """sum_d t[p + d - lo] over taps d < k with zeros outside, stride 1, output size = input
+    size: no padded copy, each tap adds the overlapping block in place."""
+    n = t.shape[axes[0]]
+    out = t.clone()  # the tap with shift 0 (d = lo)
+    for d in range(k):
+        e = d - lo
+        if e == 0 or abs(e) >= n:
+            continue
+        dst = [slice(None)] * t.ndim
+        src = [slice(None)] * t.ndim
+        for a in axes:
+            dst[a] = slice(0, n - e) if e > 0 else slice(-e, n)
+            src[a] = slice(e, n) if e > 0 else slice(0, n + e)
+        out[tuple(dst)] += t[tuple(src)]
+    return out
 
 
 def pool_window_sum(
