@@ -13,7 +13,7 @@ $(STAMP): pyproject.toml constraints.txt
 	touch $(STAMP)
 
 demo: $(STAMP)
-	$(BIN)/python -m widenets.demo
+	$(BIN)/widenets study --out runs/demo
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow" -n 2

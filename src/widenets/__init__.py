@@ -8,10 +8,19 @@ One description, two networks::
     model = net.build((784,), seed=0)  # finite width: a torch.nn.Module
 """
 
-from widenets import architectures, empirical
+from widenets import architectures, data, empirical, predict, study
 from widenets._version import __version__
 from widenets.kernel import Kernel
 from widenets.layers import *  # noqa: F403
 from widenets.layers import __all__ as _layer_names
 
-__all__ = ["Kernel", "__version__", "architectures", "empirical", *_layer_names]
+__all__ = [
+    "Kernel",
+    "__version__",
+    "architectures",
+    "data",
+    "empirical",
+    "predict",
+    "study",
+    *_layer_names,
+]

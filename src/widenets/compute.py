@@ -21,10 +21,13 @@ import torch
 from torch import Tensor
 
 from widenets.errors import as_tensor, check_get, shape_str
-from widenets.kernel import Kernel, input_kernel
+from widenets.kernel import Kernel, input_kernel, input_variances, slice_pairs
 
 #: scalars per intermediate tile (float64: 2 MiB), sized for the CPU's L2/L3 caches
 TILE_NUMEL = 1 << 18
+#: scalars per input-kernel block: the input Gram is one matrix product per block (large
+#: products run faster), then the layers are folded over cache-sized row tiles of it
+BLOCK_NUMEL = 1 << 22
 #: scalars per intermediate tile for the full pixel-pair layout: larger tiles (float64:
 #: 8 MiB) amortise the per-tile overhead yet stay near the caches (measured: 4x slower at
 #: 1 << 22 for a 16x16 CNN-GAP)
@@ -111,56 +114,69 @@ def evaluate_kernel(
     budget = TILE_NUMEL_FULL if full else TILE_NUMEL
     b1, b2 = _tile_sizes(n1, n2, cost, batch_size, budget, square=len(in_shape) > 1)
 
-    tiles = []
-    for i0 in range(0, n1, b1):
+    rows_per_block = b1 * max(1, BLOCK_NUMEL // max(1, b1 * b2 * cost))
+    blocks = []  # (row start, row end, column start)
+    for i0 in range(0, n1, rows_per_block):
+        i1 = min(i0 + rows_per_block, n1)
         for j0 in range(i0 if same else 0, n2, b2):
-            tiles.append((i0, j0))
+            blocks.append((i0, i1, j0))
+    n_tiles = sum(math.ceil((i1 - i0) / b1) for i0, i1, _ in blocks)
+    # full layout: each block computes the pixel-pair covariances of its own inputs (all
+    # N inputs' at once would be N P^2 numbers)
+    var1 = None if full else input_variances(x1)
+    var2 = None if full else var1 if same else input_variances(x2)
     show = progress
     if show is None:
         show = n1 * n2 * cost >= PROGRESS_NUMEL
     bar = None
-    if show and len(tiles) > 1:
+    if show and n_tiles > 1:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(tiles), desc="kernel", unit="tile", leave=False)
+        bar = tqdm(total=n_tiles, desc="kernel", unit="tile", leave=False)
 
     nngp_out = ntk_out = cov1 = cov2 = None
     last = None
     try:
-        for i0, j0 in tiles:
-            i1, j1 = min(i0 + b1, n1), min(j0 + b2, n2)
-            offset = (i0 - j0) if same and j0 <= i0 < j1 else None
-            k = input_kernel(
-                x1[i0:i1],
+        for b0, b_end, j0 in blocks:
+            j1 = min(j0 + b2, n2)
+            offset = (b0 - j0) if same and b0 < j1 and j0 < b_end else None
+            block = input_kernel(
+                x1[b0:b_end],
                 x2[j0:j1],
-                x1_is_x2=same and i0 == j0 and i1 == j1,
                 diagonal_offset=offset,
                 compute_ntk=compute_ntk,
+                cov1=None if full else var1[b0:b_end],
+                cov2=None if full else var2[j0:j1],
                 full_spatial=full,
             )
-            k = layer.kernel_fn(k)
-            if isinstance(k, list):
-                raise ValueError(
-                    "the network ends with several branches; merge them with fan_in_sum "
-                    "or fan_in_concat."
-                )
-            if nngp_out is None:
-                tail = tuple(k.nngp.shape[2:])
-                nngp_out = torch.empty((n1, n2, *tail), dtype=dtype)
+            for r0 in range(0, b_end - b0, b1):
+                r1 = min(r0 + b1, b_end - b0)
+                i0, i1 = b0 + r0, b0 + r1
+                # on a set with itself, a tile needs only the columns from its own diagonal
+                c0 = max(0, i0 - j0) if same else 0
+                k = layer.kernel_fn(slice_pairs(block, r0, r1, c0))
+                if isinstance(k, list):
+                    raise ValueError(
+                        "the network ends with several branches; merge them with fan_in_sum "
+                        "or fan_in_concat."
+                    )
+                if nngp_out is None:
+                    tail = tuple(k.nngp.shape[2:])
+                    nngp_out = torch.empty((n1, n2, *tail), dtype=dtype)
+                    if compute_ntk:
+                        ntk_out = torch.empty((n1, n2, *tail), dtype=dtype)
+                    cov1 = torch.empty((n1, *k.cov1.shape[1:]), dtype=dtype)
+                    cov2 = cov1 if same else torch.empty((n2, *k.cov2.shape[1:]), dtype=dtype)
+                nngp_out[i0:i1, j0 + c0 : j1] = k.nngp
                 if compute_ntk:
-                    ntk_out = torch.empty((n1, n2, *tail), dtype=dtype)
-                cov1 = torch.empty((n1, *k.cov1.shape[1:]), dtype=dtype)
-                cov2 = cov1 if same else torch.empty((n2, *k.cov2.shape[1:]), dtype=dtype)
-            nngp_out[i0:i1, j0:j1] = k.nngp
-            if compute_ntk:
-                ntk_out[i0:i1, j0:j1] = k.ntk
-            if j0 == (i0 if same else 0):
-                cov1[i0:i1] = k.cov1
-            if not same and i0 == 0:
-                cov2[j0:j1] = k.cov2
-            last = k
-            if bar is not None:
-                bar.update()
+                    ntk_out[i0:i1, j0 + c0 : j1] = k.ntk
+                if j0 + c0 == (i0 if same else 0):
+                    cov1[i0:i1] = k.cov1
+                if not same and b0 == 0 and r0 == 0:
+                    cov2[j0:j1] = k.cov2
+                last = k
+                if bar is not None:
+                    bar.update()
     finally:
         if bar is not None:
             bar.close()

@@ -48,10 +48,10 @@ def as_tensor(x, name: str, dtype: torch.dtype, *, min_ndim: int = 2) -> Tensor:
     if isinstance(x, Tensor):
         t = x.detach()
     else:
-        try:
-            t = torch.as_tensor(np.asarray(x))
-        except (TypeError, ValueError) as e:
-            raise TypeError(f"`{name}` must be a tensor or array of numbers: {e}") from None
+        arr = np.asarray(x)
+        if arr.dtype.kind not in "fiub":
+            raise TypeError(f"`{name}` must hold real numbers, got an array of dtype {arr.dtype}.")
+        t = torch.as_tensor(arr)
     if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64, torch.uint8)):
         raise TypeError(f"`{name}` must hold real numbers, got dtype {t.dtype}.")
     if t.ndim < min_ndim:

@@ -140,6 +140,8 @@ def input_kernel(
     x1_is_x2: bool = False,
     diagonal_offset: int | None = None,
     compute_ntk: bool = True,
+    cov1: Tensor | None = None,
+    cov2: Tensor | None = None,
     full_spatial: bool = False,
 ) -> Kernel:
     """Kernel of the raw inputs: nngp = x1 . x2 / C over the channel axis (axis 1).
@@ -147,28 +149,27 @@ def input_kernel(
     Inputs are (N, C) or (N, C, *spatial): spatial positions are kept (one covariance per
     position, as convolutions need), channels are averaged. ``diagonal_offset`` marks that
     ``x1[r]`` and ``x2[r + offset]`` are the same input: those entries are set to the exact
-    variance so that the diagonal of a kernel of a set with itself is exact.
+    variance so that the diagonal of a kernel of a set with itself is exact. ``cov1`` and
+    ``cov2`` may be passed when already computed (see :func:`input_variances`).
     ``full_spatial`` keeps every pair of positions (see the module docstring).
     """
     channels = x1.shape[1]
     full_spatial = full_spatial and x1.ndim > 2
     if full_spatial:
         nngp = _full_gram(x1, x2, "ij")
-        cov1 = _full_gram(x1, x1, "i")
-        cov2 = cov1 if x1_is_x2 and x1 is x2 else _full_gram(x2, x2, "i")
     elif x1.ndim == 2:
         nngp = x1 @ x2.T
         nngp /= channels
     else:
         nngp = torch.einsum("ic...,jc...->ij...", x1, x2) / channels
-    if not full_spatial:
-        cov1 = (x1 * x1).sum(1) / channels
-        cov2 = cov1 if x1_is_x2 and x1 is x2 else (x2 * x2).sum(1) / channels
+    if cov1 is None:
+        cov1 = input_variances(x1, full_spatial)
+    if cov2 is None:
+        cov2 = cov1 if x1_is_x2 and x1 is x2 else input_variances(x2, full_spatial)
     if diagonal_offset is not None:
-        n = min(x1.shape[0], x2.shape[0] - diagonal_offset)
-        if n > 0:
-            r = torch.arange(n)
-            nngp[r, r + diagonal_offset] = cov1[:n]
+        r = torch.arange(max(0, -diagonal_offset), min(x1.shape[0], x2.shape[0] - diagonal_offset))
+        if len(r):
+            nngp[r, r + diagonal_offset] = cov1[r]
     ntk = torch.zeros_like(nngp) if compute_ntk else None
     return Kernel(
         nngp=nngp,
@@ -182,4 +183,25 @@ def input_kernel(
         is_input=True,
         full_spatial=full_spatial,
         diagonal_offset=diagonal_offset,
+    )
+
+
+def input_variances(x: Tensor, full_spatial: bool = False) -> Tensor:
+    """Per-input variances x . x / C over the channel axis, spatial axes kept; with
+    ``full_spatial`` the covariance of every pair of positions of each input."""
+    if full_spatial and x.ndim > 2:
+        return _full_gram(x, x, "i")
+    return (x * x).sum(1) / x.shape[1]
+
+
+def slice_pairs(k: Kernel, r0: int, r1: int, c0: int = 0) -> Kernel:
+    """The kernel of x1[r0:r1] against x2[c0:] (views, no copy)."""
+    offset = k.diagonal_offset
+    return k.replace(
+        nngp=k.nngp[r0:r1, c0:],
+        ntk=None if k.ntk is None else k.ntk[r0:r1, c0:],
+        cov1=k.cov1[r0:r1],
+        cov2=k.cov2[c0:],
+        x1_is_x2=False,
+        diagonal_offset=None if offset is None else offset + r0 - c0,
     )

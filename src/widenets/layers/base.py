@@ -134,9 +134,11 @@ class Layer:
 
         if isinstance(input_shape, int):
             input_shape = (input_shape,)
+        if isinstance(input_shape, str):
+            input_shape = None
         try:
             input_shape = tuple(int(s) for s in input_shape)
-        except TypeError:
+        except (TypeError, ValueError):
             raise ValueError(
                 f"`input_shape` must be a tuple of positive ints, got {input_shape!r}."
             ) from None

@@ -137,11 +137,10 @@ class Dropout(Layer):
             off = k.diagonal_offset
             if off is None:
                 return t
-            n = min(t.shape[0], t.shape[1] - off)
-            if n <= 0:
+            r = torch.arange(max(0, -off), min(t.shape[0], t.shape[1] - off))
+            if not len(r):
                 return t
             t = t.clone()
-            r = torch.arange(n)
             block = t[r, r + off]  # (n, spatial...)
             if k.full_spatial:
                 spatial_diagonal(block, 1).mul_(f)

@@ -21,7 +21,7 @@ from torch import Tensor
 from widenets.errors import check_positive_int
 from widenets.layers.activations import Activation, correlation, outer_sqrt
 
-DEFAULT_DEGREE = 64
+DEFAULT_DEGREE = 128
 
 
 def hermite_nodes(degree: int, dtype, device=None) -> tuple[Tensor, Tensor]:

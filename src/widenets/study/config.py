@@ -1,0 +1,236 @@
+"""The study's configuration: defaults, TOML input and output, and validation.
+
+A configuration is a flat set of keys (see :data:`DEFAULTS`). Values come, in increasing
+priority, from the defaults, a TOML file and explicit overrides (the command line). Every
+check runs in :func:`resolve`, before any work starts, and every error names the key.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import tomllib
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+
+from widenets.study.architectures import ACTIVATIONS, available_architectures
+
+
+@dataclass(frozen=True)
+class StudyConfig:
+    """Every setting of a study; ``widenets study`` writes it as ``config.toml``.
+
+    Model: ``arch`` (see :func:`available_architectures`), ``depth`` hidden layers,
+    ``activation`` (fc only), ``w_std``, ``b_std`` (NTK parameterisation).
+    Data: ``data`` (a :func:`widenets.data.available` name), ``n_train``, ``n_test``,
+    ``data_seed``, ``data_options`` (passed on to :func:`widenets.data.load`).
+    Infinite width: ``diag_reg`` (relative to the mean kernel diagonal) and the values
+    ``diag_reg_sweep`` tried; ``n_times`` points of the gradient-flow curve.
+    Finite width: ``widths``, ``seeds`` (networks 0..seeds-1 per width), ``steps`` of
+    full-batch gradient descent at ``learning_rate`` ("auto": ``lr_factor`` * n / lambda_max
+    of the infinite-width NTK, n = y_train.numel(); stable for lr_factor < 2), SGD with
+    ``sgd_batch_size`` for the same number of steps and the same learning rate (0: none),
+    ``center`` (train f(x) - f(x; theta_0), Lee et al. 2020), ``dtype`` of the networks,
+    ``n_checkpoints`` along training, ``linearize`` (train the linearisation of the first
+    ``linearize_seeds`` networks alongside), ``regime_points`` training inputs for the
+    empirical-NTK kernel distance.
+    """
+
+    arch: str = "fc"
+    depth: int = 2
+    activation: str = "relu"
+    w_std: float = 1.5
+    b_std: float = 0.05
+    data: str = "mnist5k"
+    n_train: int = 1000
+    n_test: int = 1000
+    data_seed: int = 0
+    data_options: dict = field(default_factory=dict)
+    diag_reg: float = 1e-4
+    diag_reg_sweep: list = field(default_factory=lambda: [0.0, 1e-6, 1e-4, 1e-2, 1e-1, 1.0])
+    n_times: int = 25
+    widths: list = field(default_factory=lambda: [64, 256, 1024])
+    seeds: int = 2
+    steps: int = 200
+    learning_rate: float | str = "auto"
+    lr_factor: float = 1.0
+    sgd_batch_size: int = 100
+    center: bool = True
+    dtype: str = "float32"
+    n_checkpoints: int = 12
+    linearize: bool = True
+    linearize_seeds: int = 1
+    regime_points: int = 100
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    def digest(self) -> str:
+        """A short hash of the configuration: finished stages are reused only if it matches."""
+        text = json.dumps(self.to_dict(), sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+    def to_toml(self) -> str:
+        return dump_toml(self.to_dict())
+
+
+KEYS = tuple(f.name for f in fields(StudyConfig))
+DEFAULTS = StudyConfig().to_dict()
+DTYPES = ("float32", "float64")
+
+
+def _fail(key, what, value):
+    raise ValueError(f"config key `{key}` must be {what}, got {value!r}.")
+
+
+def _int(key, value, minimum):
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        _fail(key, what, value)
+    return value
+
+
+def _real(key, value, *, positive=False):
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        _fail(key, "a finite number", value)
+    if value < 0 or (positive and value == 0):
+        _fail(key, "a positive number" if positive else "a non-negative number", value)
+    return float(value)
+
+
+def parse_widths(value) -> list[int]:
+    """Widths as a list of positive integers, from a list or a text like ``"64,256,1024"``."""
+    if isinstance(value, str):
+        parts = [p.strip() for p in value.split(",") if p.strip()]
+        out = []
+        for p in parts:
+            try:
+                out.append(int(p))
+            except ValueError:
+                _fail("widths", "positive integers (e.g. 64,256,1024)", value)
+        value = out
+    if not isinstance(value, (list, tuple)) or not value:
+        _fail("widths", "a non-empty list of positive integers", value)
+    for w in value:
+        if isinstance(w, bool) or not isinstance(w, int) or w < 1:
+            _fail("widths", "positive integers (e.g. 64,256,1024)", value)
+    return sorted(set(int(w) for w in value))
+
+
+def _check(cfg: dict) -> dict:
+    from widenets import data as wn_data
+
+    c = dict(cfg)
+    archs = available_architectures()
+    if c["arch"] not in archs:
+        raise ValueError(f"unknown architecture `arch`={c['arch']!r}; known: {sorted(archs)}.")
+    known_data = wn_data.available()
+    if c["data"] not in known_data:
+        raise ValueError(f"unknown dataset `data`={c['data']!r}; known: {known_data}.")
+    if c["activation"] not in ACTIVATIONS:
+        _fail("activation", f"one of {sorted(ACTIVATIONS)}", c["activation"])
+    c["depth"] = _int("depth", c["depth"], 1)
+    c["w_std"] = _real("w_std", c["w_std"], positive=True)
+    c["b_std"] = _real("b_std", c["b_std"])
+    c["n_train"] = _int("n_train", c["n_train"], 1)
+    c["n_test"] = _int("n_test", c["n_test"], 1)
+    c["data_seed"] = _int("data_seed", c["data_seed"], 0)
+    if not isinstance(c["data_options"], dict):
+        _fail("data_options", "a table (dict) of wn.data.load options", c["data_options"])
+    c["diag_reg"] = _real("diag_reg", c["diag_reg"])
+    sweep = c["diag_reg_sweep"]
+    if not isinstance(sweep, (list, tuple)):
+        _fail("diag_reg_sweep", "a list of non-negative numbers", sweep)
+    c["diag_reg_sweep"] = sorted({_real("diag_reg_sweep", r) for r in sweep} | {c["diag_reg"]})
+    c["n_times"] = _int("n_times", c["n_times"], 2)
+    c["widths"] = parse_widths(c["widths"])
+    c["seeds"] = _int("seeds", c["seeds"], 1)
+    c["steps"] = _int("steps", c["steps"], 1)
+    lr = c["learning_rate"]
+    if lr != "auto":
+        c["learning_rate"] = _real("learning_rate", lr, positive=True)
+    c["lr_factor"] = _real("lr_factor", c["lr_factor"], positive=True)
+    c["sgd_batch_size"] = _int("sgd_batch_size", c["sgd_batch_size"], 0)
+    if c["sgd_batch_size"] > c["n_train"]:
+        _fail("sgd_batch_size", f"at most n_train={c['n_train']}", c["sgd_batch_size"])
+    for key in ("center", "linearize"):
+        if not isinstance(c[key], bool):
+            _fail(key, "true or false", c[key])
+    if c["dtype"] not in DTYPES:
+        _fail("dtype", f"one of {DTYPES}", c["dtype"])
+    c["n_checkpoints"] = _int("n_checkpoints", c["n_checkpoints"], 2)
+    c["linearize_seeds"] = _int("linearize_seeds", c["linearize_seeds"], 0)
+    c["regime_points"] = _int("regime_points", c["regime_points"], 2)
+    c["regime_points"] = min(c["regime_points"], c["n_train"])
+    return c
+
+
+def load_toml(path) -> dict:
+    """The keys of a TOML file (flat, or grouped in tables whose keys are config keys)."""
+    path = Path(path)
+    if not path.is_file():
+        raise ValueError(f"config file {str(path)!r} does not exist.")
+    try:
+        with path.open("rb") as f:
+            raw = tomllib.load(f)
+    except tomllib.TOMLDecodeError as err:
+        raise ValueError(f"config file {str(path)!r} is not valid TOML: {err}") from None
+    flat = {}
+    for key, value in raw.items():
+        if isinstance(value, dict) and key not in KEYS:  # a [section] of keys
+            flat.update(value)
+        else:
+            flat[key] = value
+    return flat
+
+
+def resolve(config=None, **overrides) -> StudyConfig:
+    """A checked :class:`StudyConfig` from defaults, ``config`` and ``overrides``.
+
+    ``config`` is None, a :class:`StudyConfig`, a dict of keys, or the path of a TOML file;
+    ``overrides`` whose value is None are ignored. Unknown keys, unknown names and bad
+    values raise a ValueError naming the key, before any work starts.
+    """
+    if config is None:
+        given = {}
+    elif isinstance(config, StudyConfig):
+        given = config.to_dict()
+    elif isinstance(config, dict):
+        given = dict(config)
+    elif isinstance(config, (str, Path)):
+        given = load_toml(config)
+    else:
+        raise TypeError(
+            f"`config` must be a StudyConfig, a dict or a TOML path, got {type(config).__name__}."
+        )
+    given.update({k: v for k, v in overrides.items() if v is not None})
+    unknown = sorted(set(given) - set(KEYS))
+    if unknown:
+        raise ValueError(f"unknown config key(s) {unknown}; known keys: {list(KEYS)}.")
+    merged = {**StudyConfig().to_dict(), **given}
+    return StudyConfig(**_check(merged))
+
+
+# ---------------------------------------------------------------------------------------------
+# a minimal TOML writer for the flat configuration (tomllib only reads)
+
+
+def _toml_value(v) -> str:
+    if isinstance(v, bool):
+        return "true" if v else "false"
+    if isinstance(v, (int, float)):
+        return repr(v)
+    if isinstance(v, str):
+        return json.dumps(v)
+    if isinstance(v, (list, tuple)):
+        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
+    if isinstance(v, dict):
+        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + "}"
+    raise TypeError(f"cannot write {v!r} as TOML.")
+
+
+def dump_toml(d: dict) -> str:
+    lines = ["# widenets study: the fully resolved configuration (rerun with --config)"]
+    lines += [f"{k} = {_toml_value(v)}" for k, v in d.items()]
+    return "\n".join(lines) + "\n"

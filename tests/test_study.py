@@ -1,0 +1,321 @@
+"""`widenets study`: end to end on a tiny config, resume after an interruption, bad input."""
+
+from __future__ import annotations
+
+import csv
+import json
+import re
+
+import pytest
+import torch
+from typer.testing import CliRunner
+
+import widenets as wn
+from widenets.cli import app
+from widenets.study import StudyError, stages
+
+TINY = {
+    "data": "digits",
+    "n_train": 60,
+    "n_test": 40,
+    "widths": [8, 32],
+    "seeds": 2,
+    "steps": 8,
+    "n_checkpoints": 4,
+    "n_times": 5,
+    "regime_points": 10,
+    "sgd_batch_size": 20,
+    "diag_reg_sweep": [0.0, 0.01],
+}
+TOML = """
+data = "digits"
+n_train = 60
+n_test = 40
+seeds = 2
+steps = 8
+n_checkpoints = 4
+n_times = 5
+regime_points = 10
+sgd_batch_size = 20
+diag_reg_sweep = [0.0, 0.01]
+"""
+runner = CliRunner()
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _one_thread():
+    """Tiny networks: one thread avoids OpenMP contention on a shared machine."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+def _net(width, w_std=1.5, b_std=0.05):
+    return wn.serial(
+        wn.Dense(width, w_std=w_std, b_std=b_std),
+        wn.Relu(),
+        wn.Dense(width, w_std=w_std, b_std=b_std),
+        wn.Relu(),
+        wn.Dense(10, w_std=w_std, b_std=b_std),
+    )
+
+
+def _train_by_hand(ds, y, width, seed, lr, steps):
+    """The study's recipe written out: centred outputs, loss ||f - y||^2 / (2 y.numel())."""
+    model = _net(width).build((64,), seed=seed, dtype=torch.float32)
+    x, xt, yf = ds.x_train.float(), ds.x_test.float(), y.float()
+    with torch.no_grad():
+        f0, f0t = model(x), model(xt)
+    opt = torch.optim.SGD(model.parameters(), lr=lr)
+    for _ in range(steps):
+        opt.zero_grad()
+        (((model(x) - f0 - yf) ** 2).sum() / (2 * yf.numel())).backward()
+        opt.step()
+    with torch.no_grad():
+        return (model(xt) - f0t).double()
+
+
+@pytest.fixture(scope="module")
+def cli_run(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("study")
+    (tmp / "tiny.toml").write_text(TOML)
+    out = tmp / "out"
+    res = runner.invoke(
+        app,
+        [
+            "study",
+            "--config",
+            str(tmp / "tiny.toml"),
+            "--widths",
+            "8,32",
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    return out
+
+
+def test_end_to_end_files_present(cli_run):
+    out = cli_run
+    for name in ("results.json", "runs.csv", "index.html", "config.toml", "config.json"):
+        assert (out / name).is_file() and (out / name).stat().st_size > 0, name
+    assert not list(out.rglob("*.tmp")), "temporary files left behind"
+    figs = sorted((out / "figures").glob("*.png"))
+    assert {f.stem for f in figs} >= {
+        "accuracy_vs_width",
+        "distance_vs_width",
+        "training_curves",
+        "regime_vs_width",
+        "infinite_width",
+    }
+    for f in figs:
+        data = f.read_bytes()
+        assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, f
+    rows = list(csv.DictReader((out / "runs.csv").open()))
+    per_net = [r for r in rows if not r["seed"].startswith("ensemble")]
+    assert len(per_net) == 2 * 2 * 2  # widths x seeds x (gd, sgd)
+    assert {r["method"] for r in per_net} == {"gd", "sgd"}
+
+
+def test_html_references_only_existing_files(cli_run):
+    html = (cli_run / "index.html").read_text()
+    refs = re.findall(r'(?:src|href)="([^"]+)"', html)
+    assert any(r.endswith(".png") for r in refs)
+    for ref in refs:
+        assert (cli_run / ref).is_file(), ref
+
+
+def test_resolved_config_reruns_exactly(cli_run):
+    import tomllib
+
+    cfg = tomllib.loads((cli_run / "config.toml").read_text())
+    assert (
+        wn.study.resolve(cfg).to_dict()
+        == json.loads((cli_run / "results.json").read_text())["config"]
+    )
+    assert cfg["widths"] == [8, 32] and cfg["data"] == "digits"
+
+
+def test_json_numbers_equal_python_api(cli_run):
+    r = json.loads((cli_run / "results.json").read_text())
+    ds = wn.data.load("digits", n_train=60, n_test=40, seed=0)
+    y, y_test = ds.targets()
+    net = _net(32)
+    k, kt = net.kernel(ds.x_train), net.kernel(ds.x_test, ds.x_train)
+
+    mean, _ = wn.predict.gp_inference(k.nngp, y, kt.nngp, diag_reg=1e-4)
+    acc = (mean.argmax(1) == ds.y_test).double().mean().item()
+    assert r["infinite"]["nngp"]["accuracy"] == pytest.approx(acc, abs=1e-12)
+    assert r["infinite"]["nngp"]["mse"] == pytest.approx(((mean - y_test) ** 2).mean().item())
+
+    lam_max = torch.linalg.eigvalsh(k.ntk)[-1].item()
+    lr = y.numel() / lam_max
+    assert r["kernels"]["learning_rate"] == pytest.approx(lr, rel=1e-10)
+    pred = wn.predict.gradient_descent_mse(k.ntk, y, learning_rate=lr, diag_reg=1e-4)
+    f_inf = pred(None, kt.ntk)
+    assert r["infinite"]["ntk_t_inf"]["mse"] == pytest.approx(((f_inf - y_test) ** 2).mean().item())
+    flow = wn.predict.gradient_descent_mse(k.ntk, y, learning_rate=lr)
+    f_t = flow(lr * 8, kt.ntk)
+    assert r["infinite"]["ntk_at_training_time"]["mse"] == pytest.approx(
+        ((f_t - y_test) ** 2).mean().item()
+    )
+
+    outs = []
+    for seed in range(2):
+        f = _train_by_hand(ds, y, 32, seed, lr, 8)
+        outs.append(f)
+        row = next(x for x in r["finite"] if x["width"] == 32 and x["seed"] == seed)
+        assert row["gd"]["mse"] == pytest.approx(((f - y_test) ** 2).mean().item(), rel=1e-5)
+        assert row["gd"]["accuracy"] == (f.argmax(1) == ds.y_test).double().mean().item()
+        dist = ((f - f_t).norm() / f_t.norm()).item()
+        assert row["gd"]["distance_to_infinite"] == pytest.approx(dist, rel=1e-4)
+    ens = torch.stack(outs).mean(0)
+    e = r["ensembles"]["32"]["gd"]
+    assert e["mse"] == pytest.approx(((ens - y_test) ** 2).mean().item(), rel=1e-5)
+    assert e["distance_to_infinite"] == pytest.approx(
+        ((ens - f_t).norm() / f_t.norm()).item(), rel=1e-4
+    )
+    s = r["summary"]["32"]["gd"]["mse"]
+    assert s["n"] == 2
+
+
+def _strip(obj):
+    """Drop wall-clock times and run bookkeeping, which differ between runs."""
+    if isinstance(obj, dict):
+        return {k: _strip(v) for k, v in obj.items() if k not in ("seconds", "stages", "status")}
+    if isinstance(obj, list):
+        return [_strip(v) for v in obj]
+    return obj
+
+
+def test_resume_after_interruption_gives_same_results(tmp_path, monkeypatch):
+    full = wn.study.run(TINY, tmp_path / "full")
+
+    real = stages.finite_stage
+    calls = []
+
+    def interrupted(*args, **kwargs):
+        calls.append(args[-2:])
+        if len(calls) == 3:  # the third network: simulate Ctrl-C in the middle of the study
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(stages, "finite_stage", interrupted)
+    out = tmp_path / "resumed"
+    with pytest.raises(KeyboardInterrupt):
+        wn.study.run(TINY, out)
+    done = sorted(p.name for p in (out / "stages").glob("*.json"))
+    assert done == ["finite__w8__s0.json", "finite__w8__s1.json", "infinite.json", "kernels.json"]
+    partial = json.loads((out / "results.json").read_text())  # readable partial report
+    assert partial["status"].startswith("failed in stage 'finite/w32/s0'")
+    assert not list(out.rglob("*.tmp"))
+
+    calls.clear()
+    monkeypatch.setattr(
+        stages, "finite_stage", lambda *a, **k: (calls.append(a[-2:]), real(*a, **k))[1]
+    )
+    res = runner.invoke(
+        app, ["study", "--config", str(_toml(tmp_path)), "--out", str(out), "--resume", "--quiet"]
+    )
+    assert res.exit_code == 0, res.output
+    assert len(calls) == 2  # only the two unfinished networks ran
+    resumed = json.loads((out / "results.json").read_text())
+    assert resumed["stages"]["kernels"]["status"] == "resumed"
+    assert _strip(resumed) == _strip(json.loads(json.dumps(full)))
+    assert not (out / "status.json").exists()
+
+
+def _toml(tmp_path):
+    p = tmp_path / "tiny.toml"
+    p.write_text(TOML + "widths = [8, 32]\n")
+    return p
+
+
+def test_failing_stage_is_named_and_finished_output_stays(tmp_path, monkeypatch):
+    def boom(*args, **kwargs):
+        raise RuntimeError("out of cheese")
+
+    monkeypatch.setattr(stages, "finite_stage", boom)
+    with pytest.raises(StudyError, match=r"stage 'finite/w8/s0' failed: RuntimeError: out of"):
+        wn.study.run(TINY, tmp_path / "a")
+    status = json.loads((tmp_path / "a" / "status.json").read_text())
+    assert status["failed_stage"] == "finite/w8/s0"
+    partial = json.loads((tmp_path / "a" / "results.json").read_text())
+    assert partial["infinite"]["nngp"]["accuracy"] > 0.5
+    res = runner.invoke(
+        app, ["study", "--config", str(_toml(tmp_path)), "--out", str(tmp_path / "b"), "--quiet"]
+    )
+    assert res.exit_code == 1
+    assert "finite/w8/s0" in res.output and "out of cheese" in res.output
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--arch", "nope"], r"unknown architecture .*'nope'.*known: \[.*'fc'"),
+        (["--data", "nope"], r"unknown dataset .*'nope'.*known: \[.*'mnist5k'.*'digits'"),
+        (["--widths", "64,-3"], r"`widths` must be positive integers"),
+        (["--widths", "64,abc"], r"`widths` must be positive integers"),
+        (["--widths", "0"], r"`widths` must be positive integers"),
+        (["--seeds", "0"], r"`seeds` must be a positive integer"),
+    ],
+)
+def test_bad_command_line_fails_before_work(tmp_path, args, message):
+    out = tmp_path / "never"
+    res = runner.invoke(app, ["study", "--out", str(out), "--quiet", *args])
+    assert res.exit_code == 2, res.output
+    assert re.search(message, res.output.replace("\n", " ")), res.output
+    assert not out.exists()
+
+
+def test_unknown_config_key_and_unwritable_out(tmp_path):
+    bad = tmp_path / "bad.toml"
+    bad.write_text('data = "digits"\nwidht = [64]\n')
+    out = tmp_path / "never"
+    res = runner.invoke(app, ["study", "--config", str(bad), "--out", str(out)])
+    assert res.exit_code == 2
+    assert "unknown config key(s) ['widht']" in res.output and "widths" in res.output
+    assert not out.exists()
+    with pytest.raises(ValueError, match="unknown config key"):
+        wn.study.run({"depht": 3}, tmp_path / "never")
+
+    blocker = tmp_path / "a_file"
+    blocker.write_text("")
+    res = runner.invoke(app, ["study", "--out", str(blocker / "sub"), "--quiet"])
+    assert res.exit_code == 2
+    assert "not writable" in res.output
+    with pytest.raises(ValueError, match="`out`=.* is not writable"):
+        wn.study.run(TINY, blocker / "sub")
+    with pytest.raises(ValueError, match="`steps` must be a positive integer"):
+        wn.study.run({**TINY, "steps": 2.5}, tmp_path / "never")
+    assert not (tmp_path / "never").exists()
+
+
+def test_kernel_and_info_commands(tmp_path):
+    out = tmp_path / "k.pt"
+    res = runner.invoke(
+        app,
+        [
+            "kernel",
+            "--data",
+            "digits",
+            "--n-train",
+            "20",
+            "--n-test",
+            "10",
+            "--out",
+            str(out),
+            "--quiet",
+        ],
+    )
+    assert res.exit_code == 0, res.output
+    saved = torch.load(out, weights_only=True)
+    ds = wn.data.load("digits", n_train=20, n_test=10, seed=0)
+    k = _net(64).kernel(ds.x_test, ds.x_train)
+    torch.testing.assert_close(saved["ntk_test"], k.ntk)
+    assert json.loads(out.with_suffix(".json").read_text())["config"]["data"] == "digits"
+    res = runner.invoke(app, ["info"])
+    assert res.exit_code == 0 and "torch" in res.output and "mnist5k" in res.output
