@@ -160,3 +160,18 @@ def test_dropout_bad_rate():
         wn.Dropout(1.0)
     with pytest.raises(ValueError, match="mode"):
         wn.Dropout(0.1, mode="eval")
+
+
+@pytest.mark.parametrize("readout", [wn.Flatten(), wn.GlobalAvgPool()], ids=["vec", "gap"])
+def test_dropout_kernel_does_not_depend_on_tiles(readout):
+    """Dropout scales only same-input entries: tiles off the diagonal must find them too."""
+    net = wn.serial(wn.Conv(4, 3, w_std=1.3), wn.Relu(), wn.Dropout(0.3), readout, wn.Dense(1))
+    x = images(n=7, spatial=(4,))
+    ref = net.kernel(x, batch_size=7)
+    for bs in (1, 2, (3, 2)):
+        k = net.kernel(x, batch_size=bs)
+        torch.testing.assert_close(k.nngp, ref.nngp, rtol=1e-13, atol=1e-15)
+        torch.testing.assert_close(k.ntk, ref.ntk, rtol=1e-13, atol=1e-15)
+    # and the diagonal really is raised by 1/(1 - 0.3) relative to the off-diagonal scale
+    k_between = net.kernel(x[:3], x[3:])
+    torch.testing.assert_close(k_between.nngp, ref.nngp[:3, 3:], rtol=1e-13, atol=1e-15)

@@ -137,9 +137,10 @@ class Dropout(Layer):
             off = k.diagonal_offset
             if off is None:
                 return t
-            r = torch.arange(max(0, -off), min(t.shape[0], t.shape[1] - off))
-            if not len(r):
+            lo, hi = max(0, -off), min(t.shape[0], t.shape[1] - off)
+            if hi <= lo:
                 return t
+            r = torch.arange(lo, hi)
             t = t.clone()
             block = t[r, r + off]  # (n, spatial...)
             if k.full_spatial:
