@@ -8,7 +8,7 @@ One description, two networks::
     model = net.build((784,), seed=0)  # finite width: a torch.nn.Module
 """
 
-from widenets import data, empirical, init, predict, study, theory
+from widenets import architectures, data, empirical, init, predict, study, theory
 from widenets._version import __version__
 from widenets.kernel import Kernel
 from widenets.layers import *  # noqa: F403
@@ -19,6 +19,7 @@ __all__ = [
     "Kernel",
     "Taylor",
     "__version__",
+    "architectures",
     "data",
     "empirical",
     "init",

@@ -6,6 +6,11 @@ in cache and memory is bounded by the tile. For a set with itself (x2 is None) o
 tiles on or above the diagonal are computed and the rest is mirrored. Every entry is
 computed by the same elementwise operations whatever the tiling, so the result does not
 depend on the tile size.
+
+Spatial inputs are carried in the diagonal layout (each position with itself: cost linear
+in positions) unless a layer of the network needs every pair of positions (pooling,
+attention: ``Layer.needs_pixel_pairs``), in which case the full layout is used and tiles
+are sized so that one tile's pixel-pair tensors stay bounded (never all pairs at once).
 """
 
 from __future__ import annotations
@@ -23,11 +28,22 @@ TILE_NUMEL = 1 << 18
 #: scalars per input-kernel block: the input Gram is one matrix product per block (large
 #: products run faster), then the layers are folded over cache-sized row tiles of it
 BLOCK_NUMEL = 1 << 22
+#: scalars per intermediate tile for the full pixel-pair layout: larger tiles (float64:
+#: 8 MiB) amortise the per-tile overhead yet stay near the caches (measured: 4x slower at
+#: 1 << 22 for a 16x16 CNN-GAP)
+TILE_NUMEL_FULL = 1 << 20
 #: above this many pair-scalars a progress bar is shown by default
 PROGRESS_NUMEL = 1 << 26
 
 
-def _tile_sizes(n1: int, n2: int, pair_cost: int, batch_size) -> tuple[int, int]:
+def _tile_sizes(
+    n1: int,
+    n2: int,
+    pair_cost: int,
+    batch_size,
+    budget_numel: int = TILE_NUMEL,
+    square: bool = False,
+) -> tuple[int, int]:
     if batch_size is not None:
         if isinstance(batch_size, int):
             b1 = b2 = batch_size
@@ -39,15 +55,32 @@ def _tile_sizes(n1: int, n2: int, pair_cost: int, batch_size) -> tuple[int, int]
                     f"`batch_size` must be a positive int or a pair of them, got {batch_size!r}."
                 )
         return min(b1, n1), min(b2, n2)
-    budget = max(1, TILE_NUMEL // max(1, pair_cost))
+    budget = max(1, budget_numel // max(1, pair_cost))
+    if square:
+        # spatial kernels recompute the per-input covariances of a tile's b1 + b2 inputs
+        # (as large as a pair's entries): square tiles make that a 2/sqrt(budget) share
+        b1 = min(n1, max(1, math.isqrt(budget)))
+        b2 = min(n2, max(1, budget // b1))
+        return b1, b2
     b2 = min(n2, max(1, min(8192, budget)))
     b1 = min(n1, max(1, budget // b2))
     return b1, b2
 
 
-def _swap_pairs(t: Tensor) -> Tensor:
-    """K(x2, x1) from K(x1, x2): swap the two batch axes."""
-    return t.transpose(0, 1)
+def _swap_pairs(t: Tensor, full_spatial: bool = False) -> Tensor:
+    """K(x2, x1) from K(x1, x2): swap the two batch axes (and, in the full spatial layout,
+    the two positions of every spatial pair: K(x2, x1)[s', s] = K(x1, x2)[s, s'])."""
+    t = t.transpose(0, 1)
+    if full_spatial:
+        for a in range(2, t.ndim, 2):
+            t = t.transpose(a, a + 1)
+    return t
+
+
+def _spatial_factor(in_shape, full: bool) -> int:
+    """Scalars per pair and per unit of ``pair_cost``: positions (diagonal) or their square."""
+    positions = math.prod(in_shape[1:]) if len(in_shape) > 1 else 1
+    return positions * positions if full else positions
 
 
 def evaluate_kernel(
@@ -76,20 +109,25 @@ def evaluate_kernel(
     layer.out_shape(in_shape)  # architecture/shape errors before any work
     compute_ntk = "ntk" in names
     n1, n2 = x1.shape[0], x2.shape[0]
-    b1, b2 = _tile_sizes(n1, n2, layer.pair_cost(in_shape), batch_size)
+    full = len(in_shape) > 1 and layer.needs_pixel_pairs()
+    cost = layer.pair_cost(in_shape) * _spatial_factor(in_shape, full)
+    budget = TILE_NUMEL_FULL if full else TILE_NUMEL
+    b1, b2 = _tile_sizes(n1, n2, cost, batch_size, budget, square=len(in_shape) > 1)
 
-    rows_per_block = b1 * max(1, BLOCK_NUMEL // max(1, b1 * b2 * layer.pair_cost(in_shape)))
+    rows_per_block = b1 * max(1, BLOCK_NUMEL // max(1, b1 * b2 * cost))
     blocks = []  # (row start, row end, column start)
     for i0 in range(0, n1, rows_per_block):
         i1 = min(i0 + rows_per_block, n1)
         for j0 in range(i0 if same else 0, n2, b2):
             blocks.append((i0, i1, j0))
     n_tiles = sum(math.ceil((i1 - i0) / b1) for i0, i1, _ in blocks)
-    var1 = input_variances(x1)
-    var2 = var1 if same else input_variances(x2)
+    # full layout: each block computes the pixel-pair covariances of its own inputs (all
+    # N inputs' at once would be N P^2 numbers)
+    var1 = None if full else input_variances(x1)
+    var2 = None if full else var1 if same else input_variances(x2)
     show = progress
     if show is None:
-        show = n1 * n2 * layer.pair_cost(in_shape) >= PROGRESS_NUMEL
+        show = n1 * n2 * cost >= PROGRESS_NUMEL
     bar = None
     if show and n_tiles > 1:
         from tqdm.auto import tqdm
@@ -107,8 +145,9 @@ def evaluate_kernel(
                 x2[j0:j1],
                 diagonal_offset=offset,
                 compute_ntk=compute_ntk,
-                cov1=var1[b0:b_end],
-                cov2=var2[j0:j1],
+                cov1=None if full else var1[b0:b_end],
+                cov2=None if full else var2[j0:j1],
+                full_spatial=full,
             )
             for r0 in range(0, b_end - b0, b1):
                 r1 = min(r0 + b1, b_end - b0)
@@ -145,7 +184,7 @@ def evaluate_kernel(
     if same:
         for out in (nngp_out, ntk_out):
             if out is not None:
-                _mirror_upper(out, b1)
+                _mirror_upper(out, b1, last.full_spatial)
     if "nngp" not in names:
         nngp_out = None
     return Kernel(
@@ -158,19 +197,21 @@ def evaluate_kernel(
         x1_is_x2=same,
         is_gaussian=last.is_gaussian,
         is_input=last.is_input,
+        full_spatial=last.full_spatial,
+        diagonal_offset=0 if same else None,
     )
 
 
-def _mirror_upper(out: Tensor, b1: int) -> None:
+def _mirror_upper(out: Tensor, b1: int, full_spatial: bool = False) -> None:
     """Fill the part below the diagonal of a (N, N, ...) kernel from the part above."""
     n = out.shape[0]
     for i0 in range(0, n, b1):
         i1 = min(i0 + b1, n)
         if i0 > 0:
-            out[i0:i1, :i0] = _swap_pairs(out[:i0, i0:i1])
+            out[i0:i1, :i0] = _swap_pairs(out[:i0, i0:i1], full_spatial)
         block = out[i0:i1, i0:i1]
         rows, cols = torch.tril_indices(i1 - i0, i1 - i0, offset=-1)
-        block[rows, cols] = _swap_pairs(block)[rows, cols]
+        block[rows, cols] = _swap_pairs(block, full_spatial)[rows, cols]
 
 
 def tile_count(n1: int, n2: int, b1: int, b2: int) -> int:

@@ -8,8 +8,17 @@ record stores only the per-channel kernels (Neural Tangents' convention):
 - ``cov1[i]``    = E[f(x1_i)^2] and ``cov2[j]`` = E[f(x2_j)^2], the per-input variances that
   nonlinearities need to normalise ``nngp`` into a correlation.
 
-Leading axes are the batch axes (N1, N2); any trailing axes hold spatial positions
-(added by the convolutional layers).
+Leading axes are the batch axes (N1, N2); any trailing axes hold spatial positions, in
+one of two layouts chosen by the network from its own layers (``full_spatial``):
+
+- diagonal (``full_spatial=False``): ``nngp`` is (N1, N2, S1, ..., Sd), the covariance of
+  each position with the *same* position of the other input; ``cov1`` is (N1, S1, ..., Sd).
+  This is all that convolutions, nonlinearities and a Flatten readout need (cost linear in
+  the number of positions).
+- full (``full_spatial=True``): ``nngp`` is (N1, N2, S1, S1', ..., Sd, Sd'), every pair of
+  positions (axes interleaved as in Neural Tangents); ``cov1`` is (N1, S1, S1', ..., Sd, Sd'),
+  the covariance of each input's positions with each other. Needed by pooling and
+  attention (cost quadratic in positions).
 """
 
 from __future__ import annotations
@@ -37,6 +46,9 @@ class Kernel:
         is_gaussian: the layer's outputs are a Gaussian process at infinite width (true
             after an affine layer): the closed forms of nonlinearities assume it.
         is_input: the kernel is still the input kernel (no layer applied yet).
+        full_spatial: the spatial layout (see the module docstring).
+        diagonal_offset: ``x1[r]`` and ``x2[r + diagonal_offset]`` are the same input
+            (None: no input is shared); layers such as Dropout treat those entries apart.
     """
 
     nngp: Tensor | None
@@ -48,6 +60,8 @@ class Kernel:
     x1_is_x2: bool = False
     is_gaussian: bool = False
     is_input: bool = True
+    full_spatial: bool = False
+    diagonal_offset: int | None = None
 
     def replace(self, **changes) -> Kernel:
         """A copy with some fields changed (the record itself never changes)."""
@@ -56,11 +70,31 @@ class Kernel:
     @property
     def n_spatial(self) -> int:
         """Number of spatial axes carried per batch pair (0 for fully-connected nets)."""
+        if self.full_spatial:
+            return (self.cov1.ndim - 1) // 2
         return self.cov1.ndim - 1
 
+    def variances(self, which: int = 1) -> Tensor:
+        """Per-position variances (N, S1, ..., Sd) of x1 (``which=1``) or x2, in both layouts."""
+        cov = self.cov1 if which == 1 else self.cov2
+        return spatial_diagonal(cov, 1) if self.full_spatial else cov
+
     def pair_variances(self) -> tuple[Tensor, Tensor]:
-        """Variances of x1 and x2, shaped to broadcast against ``nngp``."""
-        return self.cov1.unsqueeze(1), self.cov2.unsqueeze(0)
+        """Variances of x1 and x2, shaped to broadcast against ``nngp``.
+
+        Diagonal layout: (N1, 1, S...) and (1, N2, S...). Full layout: the variance of
+        position s of x1 and of position s' of x2, (N1, 1, S1, 1, ...) and (1, N2, 1, S1', ...).
+        """
+        if not self.full_spatial:
+            return self.cov1.unsqueeze(1), self.cov2.unsqueeze(0)
+        q1 = self.variances(1)
+        q2 = q1 if self.cov2 is self.cov1 else self.variances(2)
+        return interleave(q1, 0).unsqueeze(1), interleave(q2, 1).unsqueeze(0)
+
+    def self_pair_variances(self, which: int = 1) -> tuple[Tensor, Tensor]:
+        """Full layout: variances broadcasting against ``cov1`` (or ``cov2``): position s and s'."""
+        q = self.variances(which)
+        return interleave(q, 0), interleave(q, 1)
 
     def __repr__(self) -> str:
         def shape(t):
@@ -72,6 +106,33 @@ class Kernel:
         )
 
 
+def spatial_diagonal(t: Tensor, n_batch: int) -> Tensor:
+    """(B..., S1, S1', ..., Sd, Sd') -> (B..., S1, ..., Sd): each position with itself."""
+    d = (t.ndim - n_batch) // 2
+    for _ in range(d):
+        t = t.diagonal(0, n_batch, n_batch + 1)
+    return t
+
+
+def interleave(q: Tensor, slot: int) -> Tensor:
+    """(N, S1, ..., Sd) -> (N, S1, 1, S2, 1, ...) (slot 0) or (N, 1, S1, 1, S2, ...) (slot 1)."""
+    shape = [q.shape[0]]
+    for s in q.shape[1:]:
+        shape += [s, 1] if slot == 0 else [1, s]
+    return q.reshape(shape)
+
+
+def _full_gram(a: Tensor, b: Tensor, batch: str) -> Tensor:
+    """Channel-averaged products of every position of a with every position of b."""
+    d = a.ndim - 2
+    letters = "abcdef"[:d]
+    upper = letters.upper()
+    pairs = "".join(x + y for x, y in zip(letters, upper, strict=True))
+    first, second = ("i", "j") if batch == "ij" else ("i", "i")
+    out = torch.einsum(f"{first}z{letters},{second}z{upper}->{batch}{pairs}", a, b)
+    return out / a.shape[1]
+
+
 def input_kernel(
     x1: Tensor,
     x2: Tensor,
@@ -81,6 +142,7 @@ def input_kernel(
     compute_ntk: bool = True,
     cov1: Tensor | None = None,
     cov2: Tensor | None = None,
+    full_spatial: bool = False,
 ) -> Kernel:
     """Kernel of the raw inputs: nngp = x1 . x2 / C over the channel axis (axis 1).
 
@@ -89,17 +151,21 @@ def input_kernel(
     ``x1[r]`` and ``x2[r + offset]`` are the same input: those entries are set to the exact
     variance so that the diagonal of a kernel of a set with itself is exact. ``cov1`` and
     ``cov2`` may be passed when already computed (see :func:`input_variances`).
+    ``full_spatial`` keeps every pair of positions (see the module docstring).
     """
     channels = x1.shape[1]
-    if x1.ndim == 2:
+    full_spatial = full_spatial and x1.ndim > 2
+    if full_spatial:
+        nngp = _full_gram(x1, x2, "ij")
+    elif x1.ndim == 2:
         nngp = x1 @ x2.T
         nngp /= channels
     else:
         nngp = torch.einsum("ic...,jc...->ij...", x1, x2) / channels
     if cov1 is None:
-        cov1 = input_variances(x1)
+        cov1 = input_variances(x1, full_spatial)
     if cov2 is None:
-        cov2 = cov1 if x1_is_x2 and x1 is x2 else input_variances(x2)
+        cov2 = cov1 if x1_is_x2 and x1 is x2 else input_variances(x2, full_spatial)
     if diagonal_offset is not None:
         r = torch.arange(max(0, -diagonal_offset), min(x1.shape[0], x2.shape[0] - diagonal_offset))
         if len(r):
@@ -115,20 +181,27 @@ def input_kernel(
         x1_is_x2=x1_is_x2,
         is_gaussian=False,
         is_input=True,
+        full_spatial=full_spatial,
+        diagonal_offset=diagonal_offset,
     )
 
 
-def input_variances(x: Tensor) -> Tensor:
-    """Per-input variances x . x / C over the channel axis, spatial axes kept."""
+def input_variances(x: Tensor, full_spatial: bool = False) -> Tensor:
+    """Per-input variances x . x / C over the channel axis, spatial axes kept; with
+    ``full_spatial`` the covariance of every pair of positions of each input."""
+    if full_spatial and x.ndim > 2:
+        return _full_gram(x, x, "i")
     return (x * x).sum(1) / x.shape[1]
 
 
 def slice_pairs(k: Kernel, r0: int, r1: int, c0: int = 0) -> Kernel:
     """The kernel of x1[r0:r1] against x2[c0:] (views, no copy)."""
+    offset = k.diagonal_offset
     return k.replace(
         nngp=k.nngp[r0:r1, c0:],
         ntk=None if k.ntk is None else k.ntk[r0:r1, c0:],
         cov1=k.cov1[r0:r1],
         cov2=k.cov2[c0:],
         x1_is_x2=False,
+        diagonal_offset=None if offset is None else offset + r0 - c0,
     )

@@ -14,6 +14,7 @@ from widenets.layers.activations import (
     Sign,
     Sin,
 )
+from widenets.layers.attention import GlobalSelfAttention
 from widenets.layers.base import BuildContext, Layer
 from widenets.layers.combinators import (
     FanInConcat,
@@ -30,7 +31,10 @@ from widenets.layers.combinators import (
     residual,
     serial,
 )
+from widenets.layers.conv import Conv
 from widenets.layers.dense import Dense
+from widenets.layers.normalization import Dropout, LayerNorm
+from widenets.layers.pooling import AvgPool, Flatten, GlobalAvgPool
 from widenets.layers.quadrature import Elementwise
 
 __all__ = [
@@ -63,4 +67,11 @@ __all__ = [
     "parallel",
     "residual",
     "serial",
+    "AvgPool",
+    "Conv",
+    "Dropout",
+    "Flatten",
+    "GlobalAvgPool",
+    "GlobalSelfAttention",
+    "LayerNorm",
 ]

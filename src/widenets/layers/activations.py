@@ -9,6 +9,9 @@ For a Gaussian pre-activation (u, v) ~ N(0, [[q1, K], [K, q2]]) each activation 
 The variances follow the same map with K = q1 = q2. Closed forms: the arc-cosine kernels
 of Cho & Saul 2009 for the ReLU family, Williams 1997 for erf, Tsuchida et al. 2020 for
 GELU; Gaussian integrals for sin, the Gaussian bump, sign and monomials.
+
+On spatial kernels the maps act per pair of positions: each entry K[s, s'] is paired with
+the variances of position s of x1 and position s' of x2 (``Kernel.pair_variances``).
 """
 
 from __future__ import annotations
@@ -74,8 +77,14 @@ class Activation(Layer):
         q1, q2 = k.pair_variances()
         nngp, dot = self.pair(k.nngp, q1, q2, k.ntk is not None)
         ntk = None if k.ntk is None else k.ntk * dot
-        cov1 = self.pair(k.cov1, k.cov1, k.cov1, False)[0]
-        cov2 = cov1 if k.cov2 is k.cov1 else self.pair(k.cov2, k.cov2, k.cov2, False)[0]
+        if k.full_spatial:  # cov1 holds every pair of positions of each input
+            cov1 = self.pair(k.cov1, *k.self_pair_variances(1), False)[0]
+            cov2 = (
+                cov1 if k.cov2 is k.cov1 else self.pair(k.cov2, *k.self_pair_variances(2), False)[0]
+            )
+        else:
+            cov1 = self.pair(k.cov1, k.cov1, k.cov1, False)[0]
+            cov2 = cov1 if k.cov2 is k.cov1 else self.pair(k.cov2, k.cov2, k.cov2, False)[0]
         return k.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2, is_gaussian=False)
 
     def make_module(self, in_shape, ctx: BuildContext):

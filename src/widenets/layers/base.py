@@ -39,6 +39,10 @@ class Layer:
     name: str = "Layer"
     #: whether the layer's output is Gaussian whenever its input is (affine layers: always)
     requires_gaussian_input: bool = False
+    #: whether the layer's kernel needs the covariance of every pair of spatial positions
+    #: (pooling, attention); if any layer of a network does, the network computes in the
+    #: full pixel-pair layout, else in the cheap diagonal one (see ``widenets.kernel``)
+    mixes_positions: bool = False
 
     # ----- the two faces, implemented by subclasses -------------------------------------
     def kernel_fn(self, k: Kernel | list[Kernel]) -> Kernel | list[Kernel]:
@@ -57,6 +61,10 @@ class Layer:
 
     def children(self) -> tuple[Layer, ...]:
         return ()
+
+    def needs_pixel_pairs(self) -> bool:
+        """Whether this layer or any layer inside it mixes spatial positions."""
+        return self.mixes_positions or any(c.needs_pixel_pairs() for c in self.children())
 
     def with_widths(self, width: int, *, keep_readout: bool = True) -> Layer:
         """A copy whose hidden widths (every ``out_dim``/channel count) are ``width``.

@@ -306,13 +306,28 @@ def fan_in_concat() -> FanInConcat:
     return FanInConcat()
 
 
-def residual(*branch: Layer, shortcut: Layer | None = None, branch_scale: float = 1.0) -> Serial:
-    """A residual block: ``shortcut(x) + branch_scale * branch(x)``.
+def residual(
+    *branch: Layer,
+    shortcut: Layer | None = None,
+    branch_scale: float = 1.0,
+    shortcut_scale: float = 1.0,
+) -> Serial:
+    """A residual block: ``shortcut_scale * shortcut(x) + branch_scale * branch(x)``.
 
-    The shortcut is the identity unless given (for example a 1x1 Dense when the branch
-    changes the channel count).
+    Built as ``fan_out(2)``, ``parallel(branch, shortcut)``, ``fan_in_sum()``, so the kernel
+    is K' = branch_scale^2 K_branch + shortcut_scale^2 K_shortcut (likewise Theta). The
+    shortcut is the identity unless given (for example a 1x1 Conv or Dense when the branch
+    changes the channel count). ``branch_scale = shortcut_scale = 1/sqrt(2)`` keeps the
+    variance of a deep stack constant.
     """
+    if not branch:
+        raise ValueError("`residual` needs at least one branch layer.")
     body = serial(*branch) if len(branch) != 1 else branch[0]
+    branch_scale = check_finite_real(branch_scale, "branch_scale")
+    shortcut_scale = check_finite_real(shortcut_scale, "shortcut_scale")
     if branch_scale != 1.0:
         body = serial(body, Scale(branch_scale))
-    return serial(fan_out(2), parallel(body, shortcut or Identity()), fan_in_sum())
+    short = shortcut or Identity()
+    if shortcut_scale != 1.0:
+        short = serial(short, Scale(shortcut_scale))
+    return serial(fan_out(2), parallel(body, short), fan_in_sum())

@@ -1,0 +1,233 @@
+"""Benchmark: CNN-VEC (Flatten readout) and CNN-GAP (GlobalAvgPool readout) NNGP + NTK
+kernels, widenets against Neural Tangents on the same inputs in the same run.
+
+Each configuration runs in its own subprocess so that its peak memory (max RSS) is its
+own. Neural Tangents is run from /tmp/nt-venv (JAX, float64, jitted kernel_fn, timed after
+a warm-up call) when that virtual environment exists; otherwise its columns say "absent".
+
+    python bench/kernel_cnn.py            # the comparison table (a few minutes on 2 cores)
+    python bench/kernel_cnn.py --quick    # smaller sizes
+    python bench/kernel_cnn.py --mnist-gap [--n 1000]   # CNN-GAP NNGP of N x N digits at
+                                          # 14x14, bounded memory, with a progress bar
+
+Network: ``depth`` x [Conv(3x3, same, w_std=1.4, b_std=0.1) + ReLU], readout, Dense(1).
+Reported: wall seconds, milliseconds per kernel entry (N^2 entries of each of NNGP and
+NTK), peak RSS in MiB, the ratio NT time / widenets time, and the same ratio of CPU
+(process) times, which is the fairer one on a machine that other jobs keep busy.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+
+NT_PYTHON = "/tmp/nt-venv/bin/python"
+HERE = os.path.dirname(os.path.abspath(__file__))
+SRC = os.path.join(os.path.dirname(HERE), "src")
+
+NT_WORKER = r"""
+import json, resource, sys, time
+import numpy as np
+import jax
+from neural_tangents import stax
+cfg = json.loads(sys.argv[1])
+x = np.load(cfg["x"]).transpose(0, 2, 3, 1)  # NCHW -> NHWC
+layers = []
+for _ in range(cfg["depth"]):
+    layers += [stax.Conv(cfg["channels"], (3, 3), padding="SAME", W_std=1.4, b_std=0.1),
+               stax.Relu()]
+readout = stax.Flatten() if cfg["readout"] == "vec" else stax.GlobalAvgPool()
+_, _, kernel_fn = stax.serial(*layers, readout, stax.Dense(1, W_std=1.4, b_std=0.1))
+kernel_fn = jax.jit(kernel_fn, static_argnames="get")
+warm = kernel_fn(x[:2], None, get=("nngp", "ntk"))
+jax.block_until_ready(warm.ntk)
+t, c = time.perf_counter(), time.process_time()
+k = kernel_fn(x, None, get=("nngp", "ntk"))
+jax.block_until_ready(k.ntk)
+dt, cpu = time.perf_counter() - t, time.process_time() - c
+np.save(cfg["out"], np.asarray(k.nngp))
+rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+print(json.dumps({"seconds": dt, "cpu": cpu, "rss_mib": rss}))
+"""
+
+
+def network(depth, channels, readout):
+    import widenets as wn
+
+    layers = []
+    for _ in range(depth):
+        layers += [wn.Conv(channels, (3, 3), w_std=1.4, b_std=0.1), wn.Relu()]
+    ro = wn.Flatten() if readout == "vec" else wn.GlobalAvgPool()
+    return wn.serial(*layers, ro, wn.Dense(1, w_std=1.4, b_std=0.1))
+
+
+def worker(cfg):
+    import resource
+
+    import numpy as np
+    import torch
+
+    if cfg.get("threads"):
+        torch.set_num_threads(cfg["threads"])
+    x = torch.from_numpy(np.load(cfg["x"]))
+    net = network(cfg["depth"], cfg["channels"], cfg["readout"])
+    net.kernel(x[:2])  # warm-up (allocator, thread pool)
+    t, c = time.perf_counter(), time.process_time()
+    k = net.kernel(x, progress=cfg.get("progress", False))
+    dt, cpu = time.perf_counter() - t, time.process_time() - c
+    np.save(cfg["out"], k.nngp.numpy())
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    print(json.dumps({"seconds": dt, "cpu": cpu, "rss_mib": rss}))
+
+
+def run(cmd, cfg, env=None):
+    out = subprocess.run(
+        [*cmd, json.dumps(cfg)], capture_output=True, text=True, env=env, check=False
+    )
+    if out.returncode != 0:
+        return {"error": out.stderr.strip().splitlines()[-1] if out.stderr else "failed"}
+    return json.loads(out.stdout.strip().splitlines()[-1])
+
+
+def compare(configs, depth, channels, threads=None):
+    import numpy as np
+
+    have_nt = os.path.exists(NT_PYTHON)
+    if not have_nt:
+        print(f"Neural Tangents: absent ({NT_PYTHON} not found); widenets only.\n")
+    env = dict(os.environ, PYTHONPATH=SRC + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    nt_env = dict(os.environ, JAX_ENABLE_X64="1", JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
+    if threads == 1:
+        nt_env["XLA_FLAGS"] = "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1"
+    import torch
+
+    print(f"threads: {threads or 'default'} (torch default here: {torch.get_num_threads()})")
+    header = (
+        f"{'readout':7} {'size':>5} {'N':>5} | {'wn s':>8} {'wn ms/entry':>11} {'wn MiB':>7} |"
+        f" {'NT s':>8} {'NT ms/entry':>11} {'NT MiB':>7} | {'NT/wn':>6} {'cpu':>6} {'max|diff|':>9}"
+    )
+    print(f"CNN: {depth} x [Conv 3x3 + ReLU], {channels} channels (finite face only), NNGP+NTK")
+    print(header)
+    print("-" * len(header))
+    rng = np.random.default_rng(0)
+    with tempfile.TemporaryDirectory() as tmp:
+        for readout, size, n in configs:
+            x = rng.standard_normal((n, 3, size, size))
+            path = os.path.join(tmp, "x.npy")
+            np.save(path, x)
+            cfg = dict(x=path, depth=depth, channels=channels, readout=readout, threads=threads)
+            ours = run(
+                [sys.executable, __file__, "--worker"],
+                dict(cfg, out=os.path.join(tmp, "wn.npy")),
+                env,
+            )
+            nt = {"seconds": float("nan"), "cpu": float("nan"), "rss_mib": float("nan")}
+            diff = float("nan")
+            if have_nt:
+                nt = run(
+                    [NT_PYTHON, "-c", NT_WORKER], dict(cfg, out=os.path.join(tmp, "nt.npy")), nt_env
+                )
+                if "error" not in nt and "error" not in ours:
+                    a = np.load(os.path.join(tmp, "wn.npy"))
+                    b = np.load(os.path.join(tmp, "nt.npy"))
+                    diff = float(np.abs(a - b).max())
+            if "error" in ours or "error" in nt:
+                print(
+                    f"{readout:7} {size:>5} {n:>5} | error: {ours.get('error')} {nt.get('error')}"
+                )
+                continue
+            per = 1e3 / (n * n)
+            print(
+                f"{readout:7} {size:>3}^2 {n:>5} | {ours['seconds']:8.3f} "
+                f"{ours['seconds'] * per:11.4f} {ours['rss_mib']:7.0f} | {nt['seconds']:8.3f} "
+                f"{nt['seconds'] * per:11.4f} {nt['rss_mib']:7.0f} | "
+                f"{nt['seconds'] / ours['seconds']:6.2f} {nt['cpu'] / ours['cpu']:6.2f} "
+                f"{diff:9.2e}",
+                flush=True,
+            )
+
+
+def mnist_gap(n, depth, channels, size=14):
+    """CNN-GAP NNGP of n x n digits at size x size, tiled, with a progress bar."""
+    import resource
+
+    import torch
+    import torch.nn.functional as F
+
+    x = None
+    try:
+        from widenets.data import load
+
+        data = load("mnist5k")
+        x = torch.as_tensor(data.x_train[:n], dtype=torch.float64)
+        x = x.reshape(len(x), 1, 28, 28) if x.ndim == 2 else x
+        source = "MNIST-5k"
+    except Exception as e:  # noqa: BLE001 - the data module may be absent: say so
+        print(f"widenets.data MNIST-5k unavailable ({type(e).__name__}: {e}); random digits.")
+        x = torch.randn(n, 1, 28, 28, dtype=torch.float64)
+        source = "random 28x28"
+    x = F.interpolate(x, size=(size, size), mode="area")
+    x = (x - x.mean()) / x.std()
+    net = network(depth, channels, "gap")
+    t = time.perf_counter()
+    k = net.kernel(x, get="nngp", progress=True)
+    dt = time.perf_counter() - t
+    rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    full_pairs_gib = n * n * (size**2) ** 2 * 8 / 2**30
+    print(
+        f"CNN-GAP ({depth} conv layers) NNGP of {n} x {n} {source} digits at {size}x{size}: "
+        f"{dt:.1f} s, peak RSS {rss:.0f} MiB (the whole pixel-pair tensor would be "
+        f"{full_pairs_gib:.0f} GiB); kernel {tuple(k.nngp.shape)}, "
+        f"torch threads {torch.get_num_threads()}"
+    )
+
+
+def main():
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
+    p.add_argument("--quick", action="store_true", help="smaller sizes")
+    p.add_argument("--depth", type=int, default=5)
+    p.add_argument("--mnist-gap", action="store_true", help="the bounded-memory CNN-GAP run")
+    p.add_argument("--n", type=int, default=1000, help="digits for --mnist-gap")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="threads for both libraries (1: single-threaded; use it on a busy machine, "
+        "where multithreaded runs wait on each other's cores)",
+    )
+    args, rest = p.parse_known_args()
+    if args.worker:
+        worker(json.loads(rest[0]))
+        return
+    if args.mnist_gap:
+        sys.path.insert(0, SRC)
+        if args.threads:
+            import torch
+
+            torch.set_num_threads(args.threads)
+        mnist_gap(args.n, args.depth, 1)
+        return
+    if args.quick:
+        configs = [("vec", 8, 64), ("gap", 8, 16), ("vec", 16, 32), ("gap", 16, 8)]
+    else:
+        configs = [
+            ("vec", 8, 100),
+            ("vec", 8, 400),
+            ("gap", 8, 32),
+            ("gap", 8, 96),
+            ("vec", 16, 100),
+            ("vec", 16, 200),
+            ("gap", 16, 12),
+            ("gap", 16, 24),
+        ]
+    compare(configs, args.depth, 1, args.threads)
+
+
+if __name__ == "__main__":
+    main()

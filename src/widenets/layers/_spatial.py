@@ -1,0 +1,186 @@
+"""Spatial helpers shared by convolution and pooling kernels: padding geometry and
+windowed sums over the position axes of a kernel, in both spatial layouts.
+
+A convolution with a k-tap filter (shift d = 0..k-1, stride s) maps a kernel as
+
+    K'[p, p'] = (1/k) sum_d K[s p + d, s p' + d]            (both positions move together),
+
+one spatial axis at a time, so a d-dimensional filter costs sum_i k_i slice-adds per
+entry rather than prod_i k_i (the filter is separable over axes). In the diagonal layout
+p = p' and it is a plain moving average; in the full layout it runs along the diagonals
+of each (S_i, S_i') plane. Pooling moves the two positions independently:
+K'[p, p'] = (1/k^2) sum_{d, d'} K[s p + d, s p' + d'].
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+from torch import Tensor
+
+from widenets.errors import check_positive_int, shape_str
+
+PADDINGS = ("same", "valid", "circular")
+
+
+def check_padding(padding: str) -> str:
+    if not isinstance(padding, str) or padding.lower() not in PADDINGS:
+        raise ValueError(f"`padding` must be one of {PADDINGS}, got {padding!r}.")
+    return padding.lower()
+
+
+def as_tuple(value, n: int | None, name: str) -> tuple[int, ...] | int:
+    """An int (kept as int: the dimension follows the input) or a tuple of positive ints."""
+    if isinstance(value, (tuple, list)):
+        if not value:
+            raise ValueError(f"`{name}` must not be empty.")
+        out = tuple(check_positive_int(v, name) for v in value)
+        if n is not None and len(out) != n:
+            raise ValueError(f"`{name}` must have {n} entries, got {value!r}.")
+        return out
+    return check_positive_int(value, name)
+
+
+def expand(value, d: int) -> tuple[int, ...]:
+    return value if isinstance(value, tuple) else (value,) * d
+
+
+def spatial_dims(layer, in_shape, dims: int | None) -> int:
+    """Number of spatial axes of a per-example (C, *spatial) shape, checked against ``dims``."""
+    if not isinstance(in_shape, tuple):
+        raise ValueError(f"{layer!r} takes a single input, got {len(in_shape)} branches.")
+    d = len(in_shape) - 1
+    if dims is not None and d != dims:
+        want = "(C, L)" if dims == 1 else "(C, H, W)" if dims == 2 else f"(C, +{dims} axes)"
+        hint = " Add a channel axis, e.g. x[:, None]." if d == dims - 1 else ""
+        raise ValueError(
+            f"{layer!r} has a {dims}-D window and needs per-example inputs {want}, channels "
+            f"first, got {shape_str(in_shape)}.{hint}"
+        )
+    if d < 1:
+        raise ValueError(
+            f"{layer!r} needs spatial axes: per-example inputs (C, L) or (C, H, W), channels "
+            f"first, got {shape_str(in_shape)}."
+        )
+    if d > 3:
+        raise ValueError(f"{layer!r} supports 1 to 3 spatial axes, got {shape_str(in_shape)}.")
+    return d
+
+
+def geometry(size: int, k: int, s: int, padding: str, what: str) -> tuple[int, int, int]:
+    """(output size, pad before, pad after) of a window of k taps with stride s.
+
+    "valid": no padding, out = (size - k) // s + 1 (an error if k > size). "same" and
+    "circular": out = ceil(size / s), padded by max((out - 1) s + k - size, 0) split with
+    the smaller half before (the convention of torch, TensorFlow and JAX).
+    """
+    if padding == "valid":
+        if k > size:
+            raise ValueError(
+                f"{what} of size {k} does not fit an input of size {size} with padding="
+                f"'valid'; use a smaller window or padding='same'."
+            )
+        return (size - k) // s + 1, 0, 0
+    out = math.ceil(size / s)
+    total = max((out - 1) * s + k - size, 0)
+    lo = total // 2
+    hi = total - lo
+    if padding == "circular" and max(lo, hi) > size:
+        raise ValueError(
+            f"{what} of size {k} is too large for circular padding of an input of size {size}."
+        )
+    return out, lo, hi
+
+
+def pad_axis(t: Tensor, axis: int, lo: int, hi: int, circular: bool) -> Tensor:
+    """Pad one axis with zeros or by wrapping around."""
+    if lo == 0 and hi == 0:
+        return t
+    n = t.shape[axis]
+    if circular:
+        parts = []
+        if lo:
+            parts.append(t.narrow(axis, n - lo, lo))
+        parts.append(t)
+        if hi:
+            parts.append(t.narrow(axis, 0, hi))
+        return torch.cat(parts, axis)
+    shape = list(t.shape)
+    shape[axis] = n + lo + hi
+    out = t.new_zeros(shape)
+    out.narrow(axis, lo, n).copy_(t)
+    return out
+
+
+def shift_sum(t: Tensor, axes: tuple[int, ...], k: int, s: int, out_len: int) -> Tensor:
+    """sum_{d<k} t[..., s p + d, ...] with the same shift d on every axis in ``axes``."""
+
+    def index(d):
+        idx = [slice(None)] * t.ndim
+        for a in axes:
+            idx[a] = slice(d, d + s * (out_len - 1) + 1, s)
+        return tuple(idx)
+
+    out = t[index(0)].clone()
+    for d in range(1, k):
+        out += t[index(d)]
+    return out
+
+
+def conv_window_mean(
+    t: Tensor,
+    n_batch: int,
+    full: bool,
+    geoms: tuple[tuple[int, int, int], ...],
+    kernel: tuple[int, ...],
+    stride: tuple[int, ...],
+    circular: bool,
+) -> Tensor:
+    """The kernel map of a convolution's shared shifts (sum, not yet divided by prod(k))."""
+    for i, ((out, lo, hi), k, s) in enumerate(zip(geoms, kernel, stride, strict=True)):
+        axes = (n_batch + 2 * i, n_batch + 2 * i + 1) if full else (n_batch + i,)
+        if k == 1 and s == 1:
+            continue
+        if not circular and s == 1 and out == t.shape[axes[0]] and 0 <= lo < k:
+            t = _same_shift_sum(t, axes, k, lo)
+            continue
+        for a in axes:
+            t = pad_axis(t, a, lo, hi, circular)
+        t = shift_sum(t, axes, k, s, out)
+    return t
+
+
+def _same_shift_sum(t: Tensor, axes: tuple[int, ...], k: int, lo: int) -> Tensor:
+    """sum_d t[p + d - lo] over taps d < k with zeros outside, stride 1, output size = input
+    size: no padded copy, each tap adds the overlapping block in place."""
+    n = t.shape[axes[0]]
+    out = t.clone()  # the tap with shift 0 (d = lo)
+    for d in range(k):
+        e = d - lo
+        if e == 0 or abs(e) >= n:
+            continue
+        dst = [slice(None)] * t.ndim
+        src = [slice(None)] * t.ndim
+        for a in axes:
+            dst[a] = slice(0, n - e) if e > 0 else slice(-e, n)
+            src[a] = slice(e, n) if e > 0 else slice(0, n + e)
+        out[tuple(dst)] += t[tuple(src)]
+    return out
+
+
+def pool_window_sum(
+    t: Tensor,
+    n_batch: int,
+    geoms: tuple[tuple[int, int, int], ...],
+    kernel: tuple[int, ...],
+    stride: tuple[int, ...],
+    circular: bool,
+) -> Tensor:
+    """Independent windowed sums over both positions of every pair (full layout only)."""
+    for i, ((out, lo, hi), k, s) in enumerate(zip(geoms, kernel, stride, strict=True)):
+        for a in (n_batch + 2 * i, n_batch + 2 * i + 1):
+            t = pad_axis(t, a, lo, hi, circular)
+            if not (k == 1 and s == 1):
+                t = shift_sum(t, (a,), k, s, out)
+    return t

@@ -1,0 +1,178 @@
+"""Convolution over 1-D or 2-D (or 3-D) channels-first inputs, both faces.
+
+With fan_in = C * prod(k) and the window mean M[K](p, p') = (1/prod k) sum_d K(s p + d,
+s p' + d) over the filter taps d (Novak et al. 2019, "Bayesian Deep CNNs with Many
+Channels are Gaussian Processes"; the definitions of Neural Tangents):
+
+- NTK parameterisation:  K' = w^2 M[K] + b^2,   Theta' = K' + w^2 M[Theta];
+- standard:              K' = w^2 M[K] + b^2,   Theta' = fan_in M[K] + [1 if bias] + w^2 M[Theta].
+
+Padded positions are zeros ("same") or wrap around ("circular"); the mean always divides
+by the full filter size, as the finite layer's fan_in does.
+"""
+
+from __future__ import annotations
+
+import math
+
+from widenets.errors import check_nonnegative, check_positive_int
+from widenets.init_default import draw_bias, draw_weight
+from widenets.kernel import Kernel
+from widenets.layers._spatial import (
+    as_tuple,
+    check_padding,
+    conv_window_mean,
+    expand,
+    geometry,
+    spatial_dims,
+)
+from widenets.layers.base import BuildContext, Layer
+from widenets.layers.dense import check_parameterization
+from widenets.spatial_modules import ConvLayer
+
+
+class Conv(Layer):
+    """Convolution with ``out_channels`` output channels (channels first).
+
+    Args:
+        out_channels: finite channel count (the kernel is that of infinitely many).
+        kernel_size: int (the same on every spatial axis; the number of axes follows the
+            input) or a tuple with one entry per spatial axis, e.g. (3, 3) for images.
+        stride: int or tuple.
+        padding: "same" (zeros; output size ceil(size / stride)), "valid" (none) or
+            "circular" (wrap around, as for a torus).
+        w_std: weight standard deviation (times 1/sqrt(fan_in), fan_in = C * prod(kernel)).
+        b_std: bias standard deviation; None for no bias.
+        parameterization: "ntk" (default) or "standard".
+    """
+
+    name = "Conv"
+
+    def __init__(
+        self,
+        out_channels: int,
+        kernel_size=3,
+        stride=1,
+        padding: str = "same",
+        w_std: float = 1.0,
+        b_std: float | None = None,
+        parameterization: str = "ntk",
+    ):
+        self.out_channels = check_positive_int(out_channels, "out_channels")
+        self.kernel_size = as_tuple(kernel_size, None, "kernel_size")
+        n = len(self.kernel_size) if isinstance(self.kernel_size, tuple) else None
+        self.stride = as_tuple(stride, n, "stride")
+        if n is None and isinstance(self.stride, tuple):
+            n = len(self.stride)
+        self.dims = n
+        self.padding = check_padding(padding)
+        self.w_std = check_nonnegative(w_std, "w_std")
+        self.b_std = check_nonnegative(b_std, "b_std", allow_none=True)
+        self.parameterization = check_parameterization(parameterization)
+
+    def __repr__(self):
+        return (
+            f"Conv({self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
+            f"padding={self.padding!r}, w_std={self.w_std}, b_std={self.b_std}"
+            + (", parameterization='standard'" if self.parameterization != "ntk" else "")
+            + ")"
+        )
+
+    def _geometry(self, in_shape):
+        d = spatial_dims(self, in_shape, self.dims)
+        ks, ss = expand(self.kernel_size, d), expand(self.stride, d)
+        geoms = tuple(
+            geometry(size, k, s, self.padding, f"{self!r}: the kernel")
+            for size, k, s in zip(in_shape[1:], ks, ss, strict=True)
+        )
+        return ks, ss, geoms
+
+    def out_shape(self, in_shape):
+        _, _, geoms = self._geometry(in_shape)
+        return (self.out_channels, *(g[0] for g in geoms))
+
+    def kernel_fn(self, k: Kernel) -> Kernel:
+        if isinstance(k, list):
+            raise ValueError(f"{self!r} takes a single input, got {len(k)} branches.")
+        ks, ss, geoms = self._geometry(k.shape1)
+        circular = self.padding == "circular"
+        w_var = self.w_std**2
+        b_var = 0.0 if self.b_std is None else self.b_std**2
+        inv = 1.0 / math.prod(ks)
+
+        def window_mean(t, n_batch):
+            out = conv_window_mean(t, n_batch, k.full_spatial, geoms, ks, ss, circular)
+            return out if out is not t else out.clone()
+
+        def affine(m):  # w^2 M + b^2 with M the window sum (not yet divided)
+            out = m * (w_var * inv)
+            if b_var:
+                out += b_var
+            return out
+
+        m_nngp = window_mean(k.nngp, 2)
+        nngp = affine(m_nngp)
+        ntk = k.ntk
+        if ntk is not None:
+            m_ntk = window_mean(ntk, 2)
+            if self.parameterization == "ntk":
+                ntk = m_ntk.mul_(w_var * inv).add_(nngp)
+            else:
+                fan_in = k.shape1[0] * math.prod(ks)
+                ntk = m_ntk.mul_(w_var * inv).add_(m_nngp, alpha=fan_in * inv)
+                if self.b_std is not None:
+                    ntk += 1.0
+        cov1 = affine(window_mean(k.cov1, 1))
+        cov2 = cov1 if k.cov2 is k.cov1 else affine(window_mean(k.cov2, 1))
+        out = (self.out_channels, *(g[0] for g in geoms))
+        return k.replace(
+            nngp=nngp,
+            ntk=ntk,
+            cov1=cov1,
+            cov2=cov2,
+            shape1=out,
+            shape2=out,
+            is_gaussian=True,
+            is_input=False,
+        )
+
+    def make_module(self, in_shape, ctx: BuildContext) -> ConvLayer:
+        ks, ss, geoms = self._geometry(in_shape)
+        c = in_shape[0]
+        fan_in = c * math.prod(ks)
+        w = draw_weight(ctx.init, (self.out_channels, c, *ks), fan_in, ctx.generator, ctx.dtype)
+        b = (
+            None
+            if self.b_std is None
+            else draw_bias((self.out_channels,), ctx.generator, ctx.dtype)
+        )
+        if self.parameterization == "standard":
+            w = w * (self.w_std / fan_in**0.5)
+            b = None if b is None else b * self.b_std
+        return ConvLayer(
+            c,
+            self.out_channels,
+            ks,
+            ss,
+            tuple((lo, hi) for _, lo, hi in geoms),
+            self.padding == "circular",
+            self.w_std,
+            self.b_std,
+            self.parameterization,
+            w,
+            b,
+        ).to(device=ctx.device)
+
+    def _rewidth(self, width, keep):
+        if keep:
+            return self, False
+        new = Conv(
+            width,
+            self.kernel_size,
+            self.stride,
+            self.padding,
+            self.w_std,
+            self.b_std,
+            self.parameterization,
+        )
+        return new, False

@@ -1,0 +1,170 @@
+"""LayerNorm and Dropout, both faces.
+
+LayerNorm (Neural Tangents' kernel): at infinite width the mean over channels of a
+zero-mean Gaussian layer vanishes and its mean square is the variance q, so normalising
+divides by a deterministic number: K'[p, p'] = K[p, p'] / sqrt((q1[p] + eps)(q2[p'] + eps))
+over channels, or with q replaced by its mean over positions when normalising over
+channels and space; Theta is divided alike. The input must be Gaussian (an affine layer's
+output): after a nonlinearity the channel mean does not vanish and this kernel is wrong.
+
+Dropout (train mode, drop probability p, kept units scaled by 1/(1 - p) as in torch): a
+unit's mask is shared only by the same input at the same position, so those entries
+(and the variances) are multiplied by E[m^2] = 1/(1 - p); every other entry is unchanged.
+In eval mode it is the identity.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+from widenets.errors import check_nonnegative
+from widenets.kernel import Kernel, interleave, spatial_diagonal
+from widenets.layers.base import BuildContext, Layer
+from widenets.spatial_modules import LayerNormModule
+
+NORM_AXES = ("channels", "channels+space")
+
+
+class LayerNorm(Layer):
+    """(x - mean) / sqrt(var + eps) per example.
+
+    Args:
+        over: "channels" (per position, over the channel axis) or "channels+space".
+        eps: added to the variance.
+    """
+
+    name = "LayerNorm"
+
+    def __init__(self, over: str = "channels", eps: float = 1e-12):
+        if over not in NORM_AXES:
+            raise ValueError(f"`over` must be one of {NORM_AXES}, got {over!r}.")
+        self.over = over
+        self.eps = check_nonnegative(eps, "eps")
+
+    def __repr__(self):
+        return f"LayerNorm(over={self.over!r}, eps={self.eps})"
+
+    def out_shape(self, in_shape):
+        if not isinstance(in_shape, tuple):
+            raise ValueError(f"{self!r} takes a single input, got {len(in_shape)} branches.")
+        return in_shape
+
+    def kernel_fn(self, k: Kernel) -> Kernel:
+        if isinstance(k, list):
+            raise ValueError(f"{self!r} takes a single input, got {len(k)} branches.")
+        if not k.is_gaussian:
+            raise ValueError(
+                f"{self!r} needs a Gaussian, zero-mean input (the output of Dense or Conv): "
+                "after a nonlinearity the channel mean does not vanish at infinite width."
+            )
+        spatial = self.over == "channels+space" and len(k.shape1) > 1
+        q1, q2 = k.variances(1), k.variances(2)
+        if spatial:
+            q1 = q1.flatten(1).mean(1)
+            q2 = q2.flatten(1).mean(1)
+        r1 = (q1 + self.eps).rsqrt()
+        r2 = r1 if k.cov2 is k.cov1 else (q2 + self.eps).rsqrt()
+        if spatial or k.n_spatial == 0:  # one number per example
+            rest = k.nngp.ndim - 2
+
+            def pair(a, b):
+                return a.reshape(-1, 1, *[1] * rest) * b.reshape(1, -1, *[1] * rest)
+
+            def own(a):
+                return (a * a).reshape(-1, *[1] * rest)
+
+        elif k.full_spatial:  # per position, every pair of positions
+
+            def pair(a, b):
+                return interleave(a, 0).unsqueeze(1) * interleave(b, 1).unsqueeze(0)
+
+            def own(a):
+                return interleave(a, 0) * interleave(a, 1)
+
+        else:  # per position, diagonal layout
+
+            def pair(a, b):
+                return a.unsqueeze(1) * b.unsqueeze(0)
+
+            def own(a):
+                return a * a
+
+        scale = pair(r1, r2)
+        nngp = k.nngp * scale
+        ntk = None if k.ntk is None else k.ntk * scale
+        cov1 = k.cov1 * own(r1)
+        cov2 = cov1 if k.cov2 is k.cov1 else k.cov2 * own(r2)
+        return k.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2)
+
+    def make_module(self, in_shape, ctx: BuildContext):
+        return LayerNormModule(self.over == "channels+space", self.eps)
+
+
+class Dropout(Layer):
+    """Dropout with drop probability ``rate`` (kept units scaled by 1/(1 - rate)).
+
+    Neural Tangents' ``Dropout(rate)`` takes the *keep* probability: its rate r is 1 - rate.
+
+    Args:
+        rate: probability of dropping a unit, in [0, 1).
+        mode: "train" (the kernel of a network with dropout on) or "test" (identity).
+    """
+
+    name = "Dropout"
+
+    def __init__(self, rate: float, mode: str = "train"):
+        rate = check_nonnegative(rate, "rate")
+        if rate >= 1.0:
+            raise ValueError(f"`rate` (the drop probability) must be in [0, 1), got {rate!r}.")
+        if mode not in ("train", "test"):
+            raise ValueError(f'`mode` must be "train" or "test", got {mode!r}.')
+        self.rate, self.mode = rate, mode
+
+    def __repr__(self):
+        return f"Dropout({self.rate}, mode={self.mode!r})"
+
+    def kernel_fn(self, k: Kernel) -> Kernel:
+        if isinstance(k, list):
+            raise ValueError(f"{self!r} takes a single input, got {len(k)} branches.")
+        if self.mode == "test" or self.rate == 0.0:
+            return k
+        if k.is_input:
+            raise ValueError(f"{self!r} on the inputs has no Gaussian-process kernel.")
+        f = 1.0 / (1.0 - self.rate)
+
+        def same_input(t):
+            off = k.diagonal_offset
+            if off is None:
+                return t
+            lo, hi = max(0, -off), min(t.shape[0], t.shape[1] - off)
+            if hi <= lo:
+                return t
+            r = torch.arange(lo, hi)
+            t = t.clone()
+            block = t[r, r + off]  # (n, spatial...)
+            if k.full_spatial:
+                spatial_diagonal(block, 1).mul_(f)
+            else:
+                block.mul_(f)
+            t[r, r + off] = block
+            return t
+
+        def self_cov(t):
+            if not k.full_spatial:
+                return t * f
+            t = t.clone()
+            spatial_diagonal(t, 1).mul_(f)
+            return t
+
+        cov1 = self_cov(k.cov1)
+        return k.replace(
+            nngp=same_input(k.nngp),
+            ntk=None if k.ntk is None else same_input(k.ntk),
+            cov1=cov1,
+            cov2=cov1 if k.cov2 is k.cov1 else self_cov(k.cov2),
+            is_gaussian=False,
+        )
+
+    def make_module(self, in_shape, ctx: BuildContext):
+        return nn.Dropout(self.rate) if self.mode == "train" else nn.Identity()

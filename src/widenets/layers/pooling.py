@@ -1,0 +1,169 @@
+"""Pooling and readouts of spatial networks: AvgPool, GlobalAvgPool, Flatten.
+
+Kernel maps (Novak et al. 2019; Neural Tangents):
+
+- AvgPool (window k, stride s): K'[p, p'] = (1/k^2) sum_{d, d'} K[s p + d, s p' + d'] per
+  axis; the two positions move independently, so it needs every pixel pair.
+- GlobalAvgPool: K' = (1/P^2) sum_{p, p'} K[p, p'] (every pixel pair).
+- Flatten: the next Dense sees C * P features, so K' = (1/P) sum_p K[p, p] (only each
+  position with itself: the cheap diagonal layout suffices).
+
+Theta follows the same linear maps.
+"""
+
+from __future__ import annotations
+
+import math
+
+from widenets.kernel import Kernel, spatial_diagonal
+from widenets.layers._spatial import (
+    as_tuple,
+    check_padding,
+    expand,
+    geometry,
+    pool_window_sum,
+    spatial_dims,
+)
+from widenets.layers.base import BuildContext, Layer
+from widenets.spatial_modules import AvgPoolModule, FlattenModule, GlobalAvgPoolModule
+
+
+def _single(layer, k):
+    if isinstance(k, list):
+        raise ValueError(f"{layer!r} takes a single input, got {len(k)} branches.")
+
+
+def _map(k: Kernel, fn) -> dict:
+    """Apply ``fn(t, n_batch)`` to nngp, ntk, cov1 and cov2."""
+    cov1 = fn(k.cov1, 1)
+    return dict(
+        nngp=fn(k.nngp, 2),
+        ntk=None if k.ntk is None else fn(k.ntk, 2),
+        cov1=cov1,
+        cov2=cov1 if k.cov2 is k.cov1 else fn(k.cov2, 1),
+    )
+
+
+class AvgPool(Layer):
+    """Average pooling over windows of ``window`` positions.
+
+    Args:
+        window: int (every spatial axis) or a tuple, one entry per spatial axis.
+        stride: int or tuple; None for the window (non-overlapping windows).
+        padding: "valid" (default: windows must fit), "same" (zeros, counted in the
+            mean) or "circular".
+    """
+
+    name = "AvgPool"
+    mixes_positions = True
+
+    def __init__(self, window=2, stride=None, padding: str = "valid"):
+        self.window = as_tuple(window, None, "window")
+        n = len(self.window) if isinstance(self.window, tuple) else None
+        self.stride = self.window if stride is None else as_tuple(stride, n, "stride")
+        if n is None and isinstance(self.stride, tuple):
+            n = len(self.stride)
+        self.dims = n
+        self.padding = check_padding(padding)
+
+    def __repr__(self):
+        return f"AvgPool(window={self.window}, stride={self.stride}, padding={self.padding!r})"
+
+    def _geometry(self, in_shape):
+        d = spatial_dims(self, in_shape, self.dims)
+        ks, ss = expand(self.window, d), expand(self.stride, d)
+        geoms = tuple(
+            geometry(size, k, s, self.padding, f"{self!r}: the pooling window")
+            for size, k, s in zip(in_shape[1:], ks, ss, strict=True)
+        )
+        return ks, ss, geoms
+
+    def out_shape(self, in_shape):
+        _, _, geoms = self._geometry(in_shape)
+        return (in_shape[0], *(g[0] for g in geoms))
+
+    def kernel_fn(self, k: Kernel) -> Kernel:
+        _single(self, k)
+        ks, ss, geoms = self._geometry(k.shape1)
+        if not k.full_spatial:
+            raise ValueError(f"{self!r} needs the full pixel-pair kernel (got the diagonal one).")
+        inv = 1.0 / math.prod(ks) ** 2
+        circular = self.padding == "circular"
+
+        def pool(t, n_batch):
+            return pool_window_sum(t, n_batch, geoms, ks, ss, circular) * inv
+
+        out = (k.shape1[0], *(g[0] for g in geoms))
+        return k.replace(**_map(k, pool), shape1=out, shape2=out)
+
+    def make_module(self, in_shape, ctx: BuildContext):
+        ks, ss, geoms = self._geometry(in_shape)
+        pads = tuple((lo, hi) for _, lo, hi in geoms)
+        return AvgPoolModule(ks, ss, pads, self.padding == "circular")
+
+
+class GlobalAvgPool(Layer):
+    """Mean over all spatial positions: (C, *spatial) -> (C,)."""
+
+    name = "GlobalAvgPool"
+    mixes_positions = True
+
+    def __repr__(self):
+        return "GlobalAvgPool()"
+
+    def out_shape(self, in_shape):
+        spatial_dims(self, in_shape, None)
+        return (in_shape[0],)
+
+    def kernel_fn(self, k: Kernel) -> Kernel:
+        _single(self, k)
+        spatial_dims(self, k.shape1, None)
+        if not k.full_spatial:
+            raise ValueError(f"{self!r} needs the full pixel-pair kernel (got the diagonal one).")
+
+        def mean(t, n_batch):
+            return t.flatten(n_batch).mean(-1)
+
+        out = (k.shape1[0],)
+        return k.replace(**_map(k, mean), shape1=out, shape2=out, full_spatial=False)
+
+    def make_module(self, in_shape, ctx: BuildContext):
+        return GlobalAvgPoolModule()
+
+
+class Flatten(Layer):
+    """(C, *spatial) -> (C * prod(spatial),), channels first as ``torch.flatten``.
+
+    The readout of a CNN without pooling (CNN-VEC): only each position's covariance with
+    itself enters, so a network ending in Flatten is computed in the diagonal layout.
+    """
+
+    name = "Flatten"
+
+    def __repr__(self):
+        return "Flatten()"
+
+    def out_shape(self, in_shape):
+        if not isinstance(in_shape, tuple):
+            raise ValueError(f"Flatten takes a single input, got {len(in_shape)} branches.")
+        return (math.prod(in_shape),)
+
+    def kernel_fn(self, k: Kernel) -> Kernel:
+        _single(self, k)
+        if len(k.shape1) == 1:
+            return k
+        full = k.full_spatial
+
+        def mean_diag(t, n_batch):
+            if full:
+                t = spatial_diagonal(t, n_batch)
+            return t.flatten(n_batch).mean(-1)
+
+        out = (math.prod(k.shape1),)
+        return k.replace(**_map(k, mean_diag), shape1=out, shape2=out, full_spatial=False)
+
+    def make_module(self, in_shape, ctx: BuildContext):
+        return FlattenModule()
+
+
+__all__ = ["AvgPool", "Flatten", "GlobalAvgPool"]
