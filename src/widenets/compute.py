@@ -23,11 +23,13 @@ from torch import Tensor
 from widenets.errors import as_tensor, check_get, shape_str
 from widenets.kernel import Kernel, input_kernel, input_variances, slice_pairs
 
-#: scalars per intermediate tile (float64: 2 MiB), sized for the CPU's L2/L3 caches
-TILE_NUMEL = 1 << 18
+#: scalars per intermediate tile (float64: 4 MiB): near the caches, yet large enough that
+#: the per-operation overhead is amortised (measured on the demo kernels, 2 cores: 2^17
+#: 0.58 s, 2^18 0.52 s, 2^19 0.48 s, 2^20 0.48 s, 2^21 0.52 s; `bench/kernel_fc.py`)
+TILE_NUMEL = 1 << 19
 #: scalars per input-kernel block: the input Gram is one matrix product per block (large
 #: products run faster), then the layers are folded over cache-sized row tiles of it
-BLOCK_NUMEL = 1 << 22
+BLOCK_NUMEL = 1 << 21
 #: scalars per intermediate tile for the full pixel-pair layout: larger tiles (float64:
 #: 8 MiB) amortise the per-tile overhead yet stay near the caches (measured: 4x slower at
 #: 1 << 22 for a 16x16 CNN-GAP)
@@ -167,9 +169,14 @@ def evaluate_kernel(
                         ntk_out = torch.empty((n1, n2, *tail), dtype=dtype)
                     cov1 = torch.empty((n1, *k.cov1.shape[1:]), dtype=dtype)
                     cov2 = cov1 if same else torch.empty((n2, *k.cov2.shape[1:]), dtype=dtype)
-                nngp_out[i0:i1, j0 + c0 : j1] = k.nngp
-                if compute_ntk:
-                    ntk_out[i0:i1, j0 + c0 : j1] = k.ntk
+                cs = j0 + c0
+                for out, t in ((nngp_out, k.nngp), (ntk_out, k.ntk)):
+                    if out is None:
+                        continue
+                    out[i0:i1, cs:j1] = t
+                    if same and j1 > i1:  # mirror below the diagonal while the tile is hot
+                        m0 = max(cs, i1)
+                        out[m0:j1, i0:i1] = _swap_pairs(t[:, m0 - cs :], k.full_spatial)
                 if j0 + c0 == (i0 if same else 0):
                     cov1[i0:i1] = k.cov1
                 if not same and b0 == 0 and r0 == 0:
@@ -184,7 +191,7 @@ def evaluate_kernel(
     if same:
         for out in (nngp_out, ntk_out):
             if out is not None:
-                _mirror_upper(out, b1, last.full_spatial)
+                _symmetrize_diagonal_blocks(out, b1, last.full_spatial)
     if "nngp" not in names:
         nngp_out = None
     return Kernel(
@@ -202,13 +209,12 @@ def evaluate_kernel(
     )
 
 
-def _mirror_upper(out: Tensor, b1: int, full_spatial: bool = False) -> None:
-    """Fill the part below the diagonal of a (N, N, ...) kernel from the part above."""
+def _symmetrize_diagonal_blocks(out: Tensor, b1: int, full_spatial: bool = False) -> None:
+    """In each diagonal (b1 x b1) block of a (N, N, ...) kernel, copy the upper triangle
+    onto the lower one (the rest below the diagonal was mirrored tile by tile)."""
     n = out.shape[0]
     for i0 in range(0, n, b1):
         i1 = min(i0 + b1, n)
-        if i0 > 0:
-            out[i0:i1, :i0] = _swap_pairs(out[:i0, i0:i1], full_spatial)
         block = out[i0:i1, i0:i1]
         rows, cols = torch.tril_indices(i1 - i0, i1 - i0, offset=-1)
         block[rows, cols] = _swap_pairs(block, full_spatial)[rows, cols]

@@ -63,7 +63,8 @@ def as_tensor(x, name: str, dtype: torch.dtype, *, min_ndim: int = 2) -> Tensor:
     if t.shape[0] == 0:
         raise ValueError(f"`{name}` is empty (batch size 0).")
     t = t.to(dtype)
-    if not torch.isfinite(t).all():
+    # one reduction first (no temporary); only if it is not finite, locate the bad entry
+    if not torch.isfinite(t.sum()) and not torch.isfinite(t).all():
         bad = (~torch.isfinite(t)).nonzero()[0].tolist()
         raise ValueError(f"`{name}` contains NaN or inf (first at index {tuple(bad)}).")
     return t

@@ -157,9 +157,8 @@ def input_kernel(
     full_spatial = full_spatial and x1.ndim > 2
     if full_spatial:
         nngp = _full_gram(x1, x2, "ij")
-    elif x1.ndim == 2:
-        nngp = x1 @ x2.T
-        nngp /= channels
+    elif x1.ndim == 2:  # the 1/C scaling inside the matrix product (no extra pass)
+        nngp = torch.addmm(x1.new_empty(()), x1, x2.T, beta=0.0, alpha=1.0 / channels)
     else:
         nngp = torch.einsum("ic...,jc...->ij...", x1, x2) / channels
     if cov1 is None:
@@ -170,7 +169,8 @@ def input_kernel(
         r = torch.arange(max(0, -diagonal_offset), min(x1.shape[0], x2.shape[0] - diagonal_offset))
         if len(r):
             nngp[r, r + diagonal_offset] = cov1[r]
-    ntk = torch.zeros_like(nngp) if compute_ntk else None
+    # the input NTK is zero: a broadcast view, never written (layers do not work in place)
+    ntk = nngp.new_zeros(()).expand_as(nngp) if compute_ntk else None
     return Kernel(
         nngp=nngp,
         ntk=ntk,

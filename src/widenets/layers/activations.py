@@ -53,6 +53,18 @@ def correlation(nngp: Tensor, s: Tensor) -> Tensor:
     return c
 
 
+def snap_angles_(theta: Tensor) -> Tensor:
+    """Set angles within sqrt(2 * 64 ulp) of 0 or pi to 0 or pi, in place.
+
+    That is |c| within 64 ulp of 1: round-off puts the correlation of an input with itself
+    a few ulp off 1, where arccos has infinite slope (c = 1 - 1e-16 gives theta = 1.5e-8).
+    """
+    tol = math.sqrt(2 * 64 * torch.finfo(theta.dtype).eps)
+    theta.masked_fill_(theta < tol, 0.0)
+    theta.masked_fill_(theta > PI - tol, PI)
+    return theta
+
+
 class Activation(Layer):
     """Base class: ``fn`` is the finite face, ``pair`` the closed-form kernel map."""
 
@@ -115,13 +127,15 @@ class ABRelu(Activation):
 
     def pair(self, nngp, q1, q2, want_dot):
         a, b = self.a, self.b
-        s = outer_sqrt(q1, q2)
-        c = correlation(nngp, s)
-        pi_minus_theta = torch.acos(c).neg_().add_(PI)
-        # sin(theta) = sqrt(1 - c^2)
-        sin_theta = torch.mul(c, c).neg_().add_(1.0).clamp_min_(0.0).sqrt_()
-        j = torch.addcmul(sin_theta, pi_minus_theta, c)
-        out = j.mul_(s).mul_((b - a) ** 2 / (2 * PI))
+        tiny = torch.finfo(nngp.dtype).tiny
+        sq1, sq2 = q1.sqrt().clamp_min(tiny), q2.sqrt().clamp_min(tiny)
+        # c = K / sqrt(q1 q2) by two broadcast products (no division over the tile)
+        c = torch.mul(nngp, sq1.reciprocal()).mul_(sq2.reciprocal()).clamp_(-1.0, 1.0)
+        theta = snap_angles_(torch.acos(c))
+        sin_theta = torch.sin(theta)
+        pi_minus_theta = torch.rsub(theta, PI)
+        j = sin_theta.addcmul_(pi_minus_theta, c)
+        out = j.mul_(sq1 * ((b - a) ** 2 / (2 * PI))).mul_(sq2)
         if a != 0.0:
             out.add_(nngp, alpha=a * b)
         dot = None
