@@ -80,7 +80,17 @@ def nt_missing_reason() -> str | None:
     return None
 
 
-def _env() -> dict:
+def single_thread_env() -> dict:
+    """Environment variables that keep XLA (and BLAS) on one thread."""
+    return {
+        "XLA_FLAGS": "--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads=1",
+        "OMP_NUM_THREADS": "1",
+        "OPENBLAS_NUM_THREADS": "1",
+        "MKL_NUM_THREADS": "1",
+    }
+
+
+def _env(extra: dict | None) -> dict:
     env = dict(os.environ)
     env.update(
         JAX_ENABLE_X64="1",
@@ -89,6 +99,7 @@ def _env() -> dict:
         PYTHONWARNINGS="ignore",
     )
     env.pop("PYTHONPATH", None)  # keep the project's sources out of NT's interpreter
+    env.update(extra or {})
     return env
 
 
@@ -97,6 +108,7 @@ def run_nt(
     inputs: dict[str, np.ndarray] | None = None,
     *,
     timeout: float = 1800.0,
+    env: dict | None = None,
 ) -> tuple[dict[str, np.ndarray], dict]:
     """Run ``script`` with Neural Tangents' interpreter; return (saved arrays, report).
 
@@ -105,6 +117,7 @@ def run_nt(
             ``block`` (see the module docstring). ``jax_enable_x64`` is already set.
         inputs: arrays the script reads with ``load(name)``.
         timeout: seconds before the subprocess is killed.
+        env: extra environment variables (e.g. :func:`single_thread_env`).
 
     Raises:
         NTUnavailable: the interpreter is missing.
@@ -121,7 +134,7 @@ def run_nt(
             f.write(_PRELUDE + "\n" + script)
         proc = subprocess.run(
             [nt_python(), path, tmp],
-            env=_env(),
+            env=_env(env),
             capture_output=True,
             text=True,
             timeout=timeout,

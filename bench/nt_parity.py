@@ -42,8 +42,8 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import widenets as wn  # noqa: E402
-from widenets.layers.quadrature import DEFAULT_DEGREE  # noqa: E402
 from _nt import NTUnavailable, nt_missing_reason, run_nt  # noqa: E402
+from widenets.layers.quadrature import DEFAULT_DEGREE  # noqa: E402
 
 #: Gauss-Hermite points per dimension for both libraries' numerical tanh (set by --deg)
 DEGREE = DEFAULT_DEGREE
