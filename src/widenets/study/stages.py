@@ -174,6 +174,11 @@ def relative_weight_change(p0: list[torch.Tensor], pt: list[torch.Tensor]) -> fl
     return math.sqrt(float(num) / float(den))
 
 
+class TrainingDiverged(RuntimeError):
+    """Gradient descent blew up: the learning rate exceeds 2n / lambda_max of the model's
+    own (empirical) NTK, which at small width can be far above the infinite-width one."""
+
+
 class _Trainer:
     """Trains ``fn`` (a module) on L = ||f - y||^2 / (2 y.numel()) with torch.optim.SGD and
     records the test outputs and scores at the checkpoint steps (time t = lr * step)."""
@@ -193,7 +198,7 @@ class _Trainer:
             f0, f0t = torch.zeros_like(f0), torch.zeros_like(f0t)
         opt = torch.optim.SGD([p for p in module.parameters() if p.requires_grad], lr=self.lr)
         records, outputs, n = [], [], self.x.shape[0]
-        order, pos = None, 0
+        order, pos, first_loss = None, 0, None
         for step in range(self.cfg.steps + 1):
             if step in self.steps:
                 with torch.no_grad():
@@ -223,6 +228,13 @@ class _Trainer:
                 xb, yb, fb = self.x, self.y, f0
             opt.zero_grad()
             loss = ((module(xb) - fb - yb) ** 2).sum() / (2 * yb.numel())
+            value = float(loss)
+            first_loss = value if first_loss is None else first_loss
+            if not math.isfinite(value) or value > 1e6 * max(first_loss, 1e-12):
+                raise TrainingDiverged(
+                    f"diverged at step {step} (loss {value:.3g} from {first_loss:.3g}) with "
+                    f"learning rate {self.lr:.4g}"
+                )
             loss.backward()
             opt.step()
             self.tick(1)
@@ -282,6 +294,8 @@ def finite_stage(cfg, ds, y, y_test, K, inf_tensors, lr, width, seed, tick=lambd
                 records[-1]["distance_to_network"] = rel_distance(f_lin, f_gd)
                 result["linearized"] = {"checkpoints": records, **records[-1]}
                 tensors["linearized_test"] = f_lin
+            except TrainingDiverged as err:
+                result["linearized"] = {"skipped": f"linearised network {err}"}
             except Exception as err:  # noqa: BLE001 - report, do not lose the stage
                 result["linearized"] = {"skipped": f"widenets.linearize failed: {err!r}"}
     result["seconds"] = time.perf_counter() - t0
