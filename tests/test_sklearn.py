@@ -103,7 +103,7 @@ def test_predict_proba_is_argmax_probability_of_gaussian_outputs():
         clf = cls(depth=2, diag_reg=1e-2).fit(x[::2], y[::2])
         proba = clf.predict_proba(x[1::2])
         np.testing.assert_array_equal(clf.classes_[proba.argmax(1)], clf.predict(x[1::2]))
-        assert clf.score(x[1::2], y[1::2]) > 0.85
+        assert clf.score(x[1::2], y[1::2]) > 0.8  # chance: 1/3
 
 
 def test_network_architecture_and_string_labels():
