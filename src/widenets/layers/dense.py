@@ -10,6 +10,8 @@ where n_in is the finite input width (the standard NTK grows with width).
 
 from __future__ import annotations
 
+import torch
+
 from widenets.errors import check_nonnegative, check_positive_int
 from widenets.init_default import draw_bias, draw_weight
 from widenets.kernel import Kernel
@@ -25,6 +27,15 @@ def check_parameterization(p: str) -> str:
     return p.lower()
 
 
+def _scale(value, name: str, allow_none: bool):
+    """A float >= 0, or a 0-dim tensor >= 0 kept as is (so that kernels are differentiable in
+    it, e.g. as a learnable hyperparameter in :mod:`widenets.gpytorch`)."""
+    if isinstance(value, torch.Tensor) and value.ndim == 0 and value.is_floating_point():
+        check_nonnegative(value.detach().item(), name)
+        return value
+    return check_nonnegative(value, name, allow_none=allow_none)
+
+
 def affine(t, w_var: float, b_var: float):
     """w^2 t + b^2, without modifying t."""
     out = t * w_var
@@ -38,8 +49,9 @@ class Dense(Layer):
 
     Args:
         out_dim: width of the finite layer (the kernel is that of infinite width).
-        w_std: weight standard deviation (times 1/sqrt(fan_in)).
-        b_std: bias standard deviation; None for no bias parameter.
+        w_std: weight standard deviation (times 1/sqrt(fan_in)); a float, or a 0-dim float
+            tensor for a kernel differentiable in it (the finite face needs a float).
+        b_std: bias standard deviation (float or 0-dim tensor); None for no bias parameter.
         parameterization: "ntk" (default) or "standard".
     """
 
@@ -53,8 +65,8 @@ class Dense(Layer):
         parameterization: str = "ntk",
     ):
         self.out_dim = check_positive_int(out_dim, "out_dim")
-        self.w_std = check_nonnegative(w_std, "w_std")
-        self.b_std = check_nonnegative(b_std, "b_std", allow_none=True)
+        self.w_std = _scale(w_std, "w_std", allow_none=False)
+        self.b_std = _scale(b_std, "b_std", allow_none=True)
         self.parameterization = check_parameterization(parameterization)
 
     def __repr__(self) -> str:
