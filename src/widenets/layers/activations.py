@@ -39,6 +39,13 @@ def outer_sqrt(q1: Tensor, q2: Tensor) -> Tensor:
     return q1.sqrt().clamp_min(tiny) * q2.sqrt().clamp_min(tiny)
 
 
+def tracks_grad(*tensors: Tensor) -> bool:
+    """Whether autograd records through these tensors (e.g. learnable w_std/b_std): then the
+    kernel maps take their out-of-place branch, since the in-place fast path would
+    overwrite values that backward needs."""
+    return torch.is_grad_enabled() and any(t.requires_grad for t in tensors)
+
+
 def correlation(nngp: Tensor, s: Tensor) -> Tensor:
     """c = K / sqrt(q1 q2), clipped to [-1, 1]; within 64 ulp of +-1 it is set to +-1.
 
@@ -47,6 +54,11 @@ def correlation(nngp: Tensor, s: Tensor) -> Tensor:
     """
     c = nngp / s
     tol = 64 * torch.finfo(c.dtype).eps
+    if tracks_grad(c):  # differentiable; snapped entries get zero gradient
+        c = c.clamp(-1.0, 1.0)
+        one = torch.ones_like(c)
+        c = torch.where(c > 1.0 - tol, one, c)
+        return torch.where(c < -1.0 + tol, -one, c)
     c.clamp_(-1.0, 1.0)
     c.masked_fill_(c > 1.0 - tol, 1.0)
     c.masked_fill_(c < -1.0 + tol, -1.0)
@@ -127,6 +139,9 @@ class ABRelu(Activation):
 
     def pair(self, nngp, q1, q2, want_dot):
         a, b = self.a, self.b
+        if tracks_grad(nngp, q1, q2):  # differentiable (out-of-place) path, e.g. GPyTorch
+            s = outer_sqrt(q1, q2)
+            return self._pair_autograd(nngp, s, correlation(nngp, s), want_dot)
         tiny = torch.finfo(nngp.dtype).tiny
         sq1, sq2 = q1.sqrt().clamp_min(tiny), q2.sqrt().clamp_min(tiny)
         # c = K / sqrt(q1 q2) by two broadcast products (no division over the tile)
@@ -143,6 +158,19 @@ class ABRelu(Activation):
             dot = pi_minus_theta.mul_((b - a) ** 2 / (2 * PI))
             if a != 0.0:
                 dot.add_(a * b)
+        return out, dot
+
+    def _pair_autograd(self, nngp, s, c, want_dot):
+        """The same closed form, out of place (differentiable in w_std/b_std)."""
+        a, b = self.a, self.b
+        coef = (b - a) ** 2 / (2 * PI)
+        pi_minus_theta = PI - torch.acos(c)
+        # where |c| = 1 the snapped c has zero gradient: keep sqrt's infinite slope out
+        inside = c.abs() < 1.0
+        one_minus = torch.where(inside, 1.0 - c * c, torch.ones_like(c))
+        sin_theta = torch.where(inside, one_minus.sqrt(), torch.zeros_like(c))
+        out = (sin_theta + pi_minus_theta * c) * s * coef + (a * b) * nngp
+        dot = pi_minus_theta * coef + a * b if want_dot else None
         return out, dot
 
 
@@ -212,6 +240,14 @@ class Erf(Activation):
     def pair(self, nngp, q1, q2, want_dot):
         b2 = self.b**2
         d = outer_sqrt(1 + 2 * b2 * q1, 1 + 2 * b2 * q2)  # sqrt((1+2b^2 q1)(1+2b^2 q2))
+        if tracks_grad(nngp, q1, q2):  # the same, out of place (differentiable)
+            r = (nngp * (2 * b2) / d).clamp(-1.0, 1.0)
+            out = torch.asin(r) * (self.a**2 * 2 / PI) + self.c**2
+            dot = None
+            if want_dot:
+                one_minus = (1.0 - r * r).clamp_min(0.0)
+                dot = (d * d * one_minus).rsqrt() * (self.a**2 * b2 * 4 / PI)
+            return out, dot
         r = (nngp * (2 * b2)).div_(d).clamp_(-1.0, 1.0)
         out = torch.asin(r).mul_(self.a**2 * 2 / PI)
         if self.c:

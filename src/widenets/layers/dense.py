@@ -44,8 +44,19 @@ def check_parameterization(p: str) -> str:
     return q
 
 
+def _scale(value, name: str, allow_none: bool):
+    """A float >= 0, or a 0-dim tensor >= 0 kept as is (so that kernels are differentiable in
+    it, e.g. as a learnable hyperparameter in :mod:`widenets.gpytorch`)."""
+    if isinstance(value, torch.Tensor) and value.ndim == 0 and value.is_floating_point():
+        check_nonnegative(value.detach().item(), name)
+        return value
+    return check_nonnegative(value, name, allow_none=allow_none)
+
+
 def affine(t, w_var: float, b_var: float):
     """w^2 t + b^2, without modifying t (one pass: b^2 broadcast plus w^2 t)."""
+    if isinstance(w_var, torch.Tensor) or isinstance(b_var, torch.Tensor):
+        return t * w_var + b_var  # differentiable in tensor-valued scales
     if b_var:
         return torch.add(t.new_full((), b_var), t, alpha=w_var)
     return t * w_var
@@ -56,8 +67,9 @@ class Dense(Layer):
 
     Args:
         out_dim: width of the finite layer (the kernel is that of infinite width).
-        w_std: weight standard deviation (times 1/sqrt(fan_in)).
-        b_std: bias standard deviation; None for no bias parameter.
+        w_std: weight standard deviation (times 1/sqrt(fan_in)); a float, or a 0-dim float
+            tensor for a kernel differentiable in it (the finite face needs a float).
+        b_std: bias standard deviation (float or 0-dim tensor); None for no bias parameter.
         parameterization: "ntk" (default), "standard", or "mean_field" (alias "mup": weight
             multiplier w_std / fan_in, meant for the readout; see the module docstring).
     """
@@ -72,8 +84,8 @@ class Dense(Layer):
         parameterization: str = "ntk",
     ):
         self.out_dim = check_positive_int(out_dim, "out_dim")
-        self.w_std = check_nonnegative(w_std, "w_std")
-        self.b_std = check_nonnegative(b_std, "b_std", allow_none=True)
+        self.w_std = _scale(w_std, "w_std", allow_none=False)
+        self.b_std = _scale(b_std, "b_std", allow_none=True)
         self.parameterization = check_parameterization(parameterization)
 
     def __repr__(self) -> str:
@@ -101,7 +113,10 @@ class Dense(Layer):
         ntk = k.ntk
         if ntk is not None:
             if self.parameterization in ("ntk", "mean_field"):
-                ntk = torch.add(nngp, ntk, alpha=w_var)
+                if isinstance(w_var, torch.Tensor):
+                    ntk = ntk * w_var + nngp
+                else:
+                    ntk = torch.add(nngp, ntk, alpha=w_var)
             else:
                 ntk = ntk * w_var
                 ntk.add_(k.nngp, alpha=float(k.shape1[0]))

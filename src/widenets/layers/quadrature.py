@@ -75,7 +75,11 @@ class Elementwise(Activation):
         return self._fn(x)
 
     def derivative(self, x: Tensor) -> Tensor:
-        """phi'(x) by autograd (``fn`` must be elementwise)."""
+        """phi'(x) by autograd (``fn`` must be elementwise); differentiable itself when
+        ``x`` tracks gradients (e.g. of learnable w_std/b_std)."""
+        if x.requires_grad and torch.is_grad_enabled():
+            (g,) = torch.autograd.grad(self._fn(x).sum(), x, create_graph=True, allow_unused=True)
+            return torch.zeros_like(x) if g is None else g
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
             (g,) = torch.autograd.grad(self._fn(x).sum(), x, allow_unused=True)

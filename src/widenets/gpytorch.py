@@ -1,0 +1,210 @@
+"""GPyTorch kernels of infinitely wide networks, with learnable weight and bias scales.
+
+:class:`NetworkKernel` wraps any widenets network's NNGP or NTK as a
+``gpytorch.kernels.Kernel``. Every affine layer of the network (every layer with ``w_std`` and
+``b_std`` attributes, e.g. :class:`~widenets.Dense`) gets the kernel's shared hyperparameters
+``w_std`` and ``b_std``, constrained positive (softplus, GPyTorch's ``Positive``); layers built
+without a bias (``b_std=None``) keep none. The recursion
+
+    K' = w^2 K + b^2,   Theta' = K' + w^2 Theta     (Dense, NTK parameterisation)
+    K' = E[phi(u) phi(v)],   Theta' = Theta E[phi'(u) phi'(v)]     (activations)
+
+is evaluated on tensors that carry autograd, so the marginal likelihood of an ``ExactGP`` (or a
+BoTorch ``SingleTaskGP``) is differentiated through every layer with respect to ``w_std``,
+``b_std`` and the inputs. The float path of ``net.kernel`` is unchanged: the layers only take
+their out-of-place, differentiable branch when their inputs track gradients.
+
+Needs the optional extra ``pip install widenets[gpytorch]``::
+
+    import gpytorch, widenets as wn
+    from widenets.gpytorch import NetworkKernel
+
+    net = wn.serial(wn.Dense(512, 1.5, 0.1), wn.Relu(), wn.Dense(1, 1.5, 0.1))
+    covar = NetworkKernel(net, get="ntk")   # w_std, b_std start at 1.5, 0.1
+"""
+
+from __future__ import annotations
+
+import copy
+import itertools
+
+import torch
+from torch import Tensor
+
+try:
+    import gpytorch
+    from gpytorch.constraints import Positive
+    from gpytorch.kernels import Kernel as _GPyTorchKernel
+except ImportError as err:  # pragma: no cover - exercised only without the extra
+    raise ImportError(
+        "widenets.gpytorch needs the optional package `gpytorch`: install it with "
+        "`pip install widenets[gpytorch]`."
+    ) from err
+
+from widenets.kernel import input_kernel
+from widenets.layers.base import Layer
+
+#: initial value given to a zero ``b_std`` (a positive constraint cannot start at 0)
+MIN_INITIAL_STD = 1e-4
+
+
+def _affine_layers(layer: Layer):
+    """Every layer of the tree with ``w_std`` and ``b_std`` attributes, in order."""
+    if hasattr(layer, "w_std") and hasattr(layer, "b_std"):
+        yield layer
+    for child in layer.children():
+        yield from _affine_layers(child)
+
+
+def with_scales(layer: Layer, w_std: Tensor, b_std: Tensor) -> Layer:
+    """A copy of the network whose affine layers use the (0-dim tensor) ``w_std``, ``b_std``.
+
+    Layers without a bias keep none. The copy shares every other layer object; only the
+    attributes holding sub-layers (a layer or a tuple of layers) are replaced.
+    """
+    new = copy.copy(layer)
+    for name, value in vars(layer).items():
+        if isinstance(value, Layer):
+            setattr(new, name, with_scales(value, w_std, b_std))
+        elif isinstance(value, tuple) and value and all(isinstance(v, Layer) for v in value):
+            setattr(new, name, tuple(with_scales(v, w_std, b_std) for v in value))
+    if hasattr(layer, "w_std") and hasattr(layer, "b_std"):
+        new.w_std = w_std
+        if layer.b_std is not None:
+            new.b_std = b_std
+    return new
+
+
+def differentiable_kernel(net: Layer, x1: Tensor, x2: Tensor | None = None, get: str = "ntk"):
+    """``getattr(net.kernel(x1, x2), get)`` in one tile, with autograd through every layer.
+
+    Unlike :meth:`Layer.kernel` (tiled, for large float kernels) this evaluates the whole
+    (N1, N2) block at once in the inputs' dtype, so it is meant for GP-sized data sets.
+    """
+    same = x2 is None
+    x2 = x1 if same else x2
+    net.out_shape(tuple(x1.shape[1:]))
+    k = input_kernel(
+        x1, x2, x1_is_x2=same, diagonal_offset=0 if same else None, compute_ntk=get == "ntk"
+    )
+    k = net.kernel_fn(k)
+    if isinstance(k, list):
+        raise ValueError(
+            "the network ends with several branches; merge them with fan_in_sum or fan_in_concat."
+        )
+    return getattr(k, get)
+
+
+class NetworkKernel(_GPyTorchKernel):
+    """The NNGP or NTK of a widenets network as a GPyTorch kernel.
+
+    Args:
+        net: any widenets network (a ``Layer``); inputs are GPyTorch's (..., n, d) matrices,
+            so the network takes examples of shape (d,).
+        get: "ntk" (default) or "nngp".
+        w_std, b_std: initial values of the shared hyperparameters; None takes them from the
+            network's first affine layer.
+        w_std_constraint, b_std_constraint: GPyTorch constraints (default ``Positive()``).
+        **kwargs: passed to ``gpytorch.kernels.Kernel`` (``batch_shape``, ``active_dims``...).
+
+    The kernel's output is that of a single output channel; wrap it in a ``ScaleKernel`` for
+    a separate output scale (``w_std`` of the readout already sets one).
+    """
+
+    has_lengthscale = False
+
+    def __init__(
+        self,
+        net: Layer,
+        get: str = "ntk",
+        w_std: float | None = None,
+        b_std: float | None = None,
+        w_std_constraint=None,
+        b_std_constraint=None,
+        **kwargs,
+    ):
+        if not isinstance(net, Layer):
+            raise TypeError(f"`net` must be a widenets network (Layer), got {type(net).__name__}.")
+        if get not in ("nngp", "ntk"):
+            raise ValueError(f'`get` must be "nngp" or "ntk", got {get!r}.')
+        affine = list(_affine_layers(net))
+        if not affine:
+            raise ValueError(
+                "`net` has no layer with w_std and b_std (e.g. Dense): nothing to learn."
+            )
+        if w_std is None:
+            w_std = float(affine[0].w_std)
+        if b_std is None:
+            b_std = next((float(a.b_std) for a in affine if a.b_std is not None), 0.0)
+        super().__init__(**kwargs)
+        self.net = net
+        self.get = get
+        for name, init, constraint in (
+            ("w_std", w_std, w_std_constraint),
+            ("b_std", b_std, b_std_constraint),
+        ):
+            constraint = Positive() if constraint is None else constraint
+            self.register_parameter(
+                f"raw_{name}", torch.nn.Parameter(torch.zeros(*self.batch_shape, 1, 1))
+            )
+            self.register_constraint(f"raw_{name}", constraint)
+            self._set(name, max(float(init), MIN_INITIAL_STD))
+
+    def _set(self, name: str, value) -> None:
+        raw = getattr(self, f"raw_{name}")
+        value = torch.as_tensor(value, dtype=raw.dtype, device=raw.device).expand_as(raw)
+        constraint = getattr(self, f"raw_{name}_constraint")
+        self.initialize(**{f"raw_{name}": constraint.inverse_transform(value)})
+
+    @property
+    def w_std(self) -> Tensor:
+        return self.raw_w_std_constraint.transform(self.raw_w_std)
+
+    @w_std.setter
+    def w_std(self, value) -> None:
+        self._set("w_std", value)
+
+    @property
+    def b_std(self) -> Tensor:
+        return self.raw_b_std_constraint.transform(self.raw_b_std)
+
+    @b_std.setter
+    def b_std(self, value) -> None:
+        self._set("b_std", value)
+
+    def network(self, batch_index: tuple[int, ...] = ()) -> Layer:
+        """The network with the current hyperparameters (of one batch element)."""
+        w = self.w_std[batch_index].reshape(())
+        b = self.b_std[batch_index].reshape(())
+        return with_scales(self.net, w, b)
+
+    def forward(self, x1: Tensor, x2: Tensor, diag: bool = False, last_dim_is_batch=False, **_):
+        if last_dim_is_batch:
+            raise NotImplementedError("NetworkKernel does not support last_dim_is_batch.")
+        same = x1 is x2 or (x1.shape == x2.shape and torch.equal(x1, x2))
+        batch = torch.broadcast_shapes(x1.shape[:-2], x2.shape[:-2], self.batch_shape)
+        x1b = x1.expand(*batch, *x1.shape[-2:])
+        x2b = x2.expand(*batch, *x2.shape[-2:])
+        out = []
+        for idx in _indices(batch):
+            net = self.network(self._hyper_index(idx))
+            k = differentiable_kernel(net, x1b[idx], None if same else x2b[idx], self.get)
+            out.append(k.diagonal() if diag else k)
+        if not batch:
+            return out[0]
+        return torch.stack(out).reshape(*batch, *out[0].shape)
+
+    def _hyper_index(self, idx: tuple[int, ...]) -> tuple[int, ...]:
+        """Index into the hyperparameters' batch shape (broadcast) of a batch element."""
+        nb = len(self.batch_shape)
+        if not nb:
+            return ()
+        tail = idx[len(idx) - nb :]
+        return tuple(i if s > 1 else 0 for i, s in zip(tail, self.batch_shape, strict=True))
+
+
+def _indices(shape) -> list[tuple[int, ...]]:
+    return list(itertools.product(*(range(s) for s in shape)))
+
+
+__all__ = ["NetworkKernel", "differentiable_kernel", "gpytorch", "with_scales"]

@@ -1,0 +1,364 @@
+"""scikit-learn estimators backed by infinitely wide networks.
+
+:class:`NNGPRegressor`, :class:`NTKRegressor`, :class:`NNGPClassifier` and
+:class:`NTKClassifier` fit the closed-form predictions of an infinitely wide network:
+
+- the mean is that of the infinite ensemble of networks trained by gradient flow on the MSE
+  loss for time ``t`` (Lee et al. 2019), computed by :func:`widenets.predict.gradient_descent_mse`
+  on the NTK (``NTK*``) or on the NNGP kernel (``NNGP*``, i.e. training only the readout). At
+  ``t = inf`` (the default) this is kernel ridge regression
+  ``f(x) = K(x, X) (K(X, X) + diag_reg * mean(diag K) * I)^{-1} y``, which for the NNGP
+  kernel is the Bayesian posterior mean (Lee et al. 2018);
+- classifiers regress centred one-hot targets ``e_y - 1/C`` (as in Arora et al. 2020 and
+  Neural Tangents' examples) and predict the class with the largest output.
+
+Parameters are set in ``__init__`` and only read in ``fit`` (scikit-learn's convention), so
+the estimators work in ``Pipeline``, ``GridSearchCV`` and ``cross_val_score``::
+
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+    from widenets.sklearn import NTKClassifier
+
+    clf = make_pipeline(StandardScaler(), NTKClassifier(depth=3, diag_reg=1e-3))
+    clf.fit(X_train, y_train).score(X_test, y_test)
+
+The architecture is either ``architecture="fc"`` with ``depth`` hidden layers of the
+activation ``activation`` and weight/bias scales ``w_std``/``b_std`` (NTK parameterisation),
+or any widenets network (a :class:`~widenets.Layer`, e.g. a ``serial``), in which case
+``depth``, ``activation``, ``w_std`` and ``b_std`` are ignored.
+
+Predictive distribution (``return_std`` of the regressors, ``predict_proba`` of the
+classifiers). At infinite width the outputs are Gaussian with covariance ``Sigma (x) I`` over
+the output channels, so every output shares the same predictive variance ``sigma^2(x)``:
+
+- NNGP at ``t = inf``: the GP posterior variance ``K(x,x) - K(x,X) (K + reg I)^{-1} K(X,x)``
+  (Rasmussen & Williams eq. 2.26, ``diag_reg`` acting as observation noise; latent f);
+- otherwise: the variance over random initialisations of the infinite ensemble of trained
+  networks (Lee et al. 2019, eq. 16), ``K(x,x) + Theta_x M K M Theta_x^T - 2 Theta_x M K_x^T``
+  with ``M = Theta^{-1} (I - exp(-Theta t))`` (``Theta = K`` for the NNGP estimators).
+
+``predict_proba`` of a classifier is the probability, under that Gaussian predictive, that
+class ``c`` has the largest output: with independent outputs ``f_j ~ N(mu_j, sigma^2)``,
+
+    P(c) = E_{z ~ N(0, 1)} [ prod_{j != c} Phi((mu_c - mu_j) / sigma + z) ],
+
+evaluated by Gauss-Hermite quadrature and normalised to sum to one. For the NTK classifiers
+it is the fraction of an infinite ensemble of trained wide networks that votes for ``c``; for
+the NNGP classifier at ``t = inf`` the posterior probability that ``c`` has the largest
+latent output. It is well defined whenever ``sigma > 0``; where ``sigma = 0`` (training inputs
+with ``diag_reg = 0``) it is the indicator of the argmax. These probabilities depend on the
+kernel's overall scale (``w_std``, ``b_std``) relative to the targets: they are not calibrated
+likelihoods of a classification model. Because ``sigma`` varies between inputs, the ranking of
+``predict_proba[:, 1]`` can differ from that of ``decision_function`` (the mean difference).
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
+from sklearn.utils.multiclass import check_classification_targets, type_of_target
+from sklearn.utils.validation import check_is_fitted, validate_data
+
+from widenets import layers as L
+from widenets.layers.base import Layer
+from widenets.predict import gradient_descent_mse
+from widenets.predict._linalg import Spectrum, regularize
+
+#: activation names accepted by ``architecture="fc"``
+ACTIVATIONS = {
+    "relu": L.Relu,
+    "erf": L.Erf,
+    "gelu": L.Gelu,
+    "abs": L.Abs,
+    "leaky_relu": L.LeakyRelu,
+    "sin": L.Sin,
+    "cos": L.Cos,
+    "sign": L.Sign,
+}
+ARCHITECTURES = ("fc",)
+_HERMITE_DEGREE = 48
+
+
+def fc_network(depth: int, activation="relu", w_std: float = 1.5, b_std: float = 0.05) -> Layer:
+    """``depth`` x [Dense(512, w_std, b_std), activation] + Dense(1, w_std, b_std).
+
+    The hidden width is irrelevant to the infinite-width kernels in the NTK parameterisation.
+    ``activation`` is a name in :data:`ACTIVATIONS` or a widenets activation layer.
+    """
+    if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 0:
+        raise ValueError(f"`depth` must be a non-negative integer, got {depth!r}.")
+    if isinstance(activation, str):
+        if activation.lower() not in ACTIVATIONS:
+            raise ValueError(
+                f"`activation` must be one of {sorted(ACTIVATIONS)} or a widenets activation "
+                f"layer, got {activation!r}."
+            )
+        make = ACTIVATIONS[activation.lower()]
+    elif isinstance(activation, Layer):
+        make = lambda: activation  # noqa: E731 - layers are immutable, sharing is safe
+    else:
+        raise ValueError(
+            f"`activation` must be a name or a widenets activation layer, got {activation!r}."
+        )
+    hidden = []
+    for _ in range(int(depth)):
+        hidden += [L.Dense(512, w_std, b_std), make()]
+    return L.serial(*hidden, L.Dense(1, w_std, b_std))
+
+
+def _check_t(t) -> float:
+    if t is None:
+        return math.inf
+    try:
+        t = float(t)
+    except (TypeError, ValueError):
+        raise ValueError(f"`t` must be a non-negative number or inf, got {t!r}.") from None
+    if math.isnan(t) or t < 0:
+        raise ValueError(f"`t` must be a non-negative number or inf, got {t!r}.")
+    return t
+
+
+def _check_diag_reg(diag_reg) -> float:
+    try:
+        r = float(diag_reg)
+    except (TypeError, ValueError):
+        raise ValueError(f"`diag_reg` must be a non-negative number, got {diag_reg!r}.") from None
+    if not math.isfinite(r) or r < 0:
+        raise ValueError(f"`diag_reg` must be a finite non-negative number, got {diag_reg!r}.")
+    return r
+
+
+class _WideNetwork(BaseEstimator):
+    """Shared fit/predict of the four estimators; ``_kind`` is "nngp" or "ntk"."""
+
+    _kind = "ntk"
+
+    def __init__(
+        self,
+        architecture="fc",
+        depth: int = 2,
+        activation="relu",
+        w_std: float = 1.5,
+        b_std: float = 0.05,
+        diag_reg: float = 1e-4,
+        t: float = math.inf,
+    ):
+        self.architecture = architecture
+        self.depth = depth
+        self.activation = activation
+        self.w_std = w_std
+        self.b_std = b_std
+        self.diag_reg = diag_reg
+        self.t = t
+
+    # ----- pieces ------------------------------------------------------------------------------
+    def _network(self) -> Layer:
+        if isinstance(self.architecture, Layer):
+            return self.architecture
+        if isinstance(self.architecture, str) and self.architecture.lower() in ARCHITECTURES:
+            return fc_network(self.depth, self.activation, self.w_std, self.b_std)
+        raise ValueError(
+            f"`architecture` must be one of {ARCHITECTURES} or a widenets network (Layer), got "
+            f"{self.architecture!r}."
+        )
+
+    def _kernels(self, x1, x2=None):
+        return self.network_.kernel(x1, x2, get=("nngp", "ntk"), progress=False)
+
+    def _fit_targets(self, X, y2d: np.ndarray):
+        """Store the train kernels and the gradient-flow predictor for targets (N, O)."""
+        self.network_ = self._network()
+        self._t = _check_t(self.t)
+        self._reg = _check_diag_reg(self.diag_reg)
+        self.X_fit_ = np.array(X, dtype=np.float64, copy=True)
+        x = torch.from_numpy(self.X_fit_)
+        k = self._kernels(x)
+        self.k_train_ = {"nngp": k.nngp, "ntk": k.ntk}
+        self.y_fit_ = torch.from_numpy(np.asarray(y2d, dtype=np.float64))
+        self.predictor_ = gradient_descent_mse(
+            self.k_train_[self._kind], self.y_fit_, diag_reg=self._reg
+        )
+
+    def _mean_and_var(self, X, want_var: bool):
+        """Predictive mean (N_test, O) and, if asked, variance (N_test,) as numpy arrays."""
+        check_is_fitted(self, "predictor_")
+        X = validate_data(self, X, reset=False, dtype=np.float64)
+        x = torch.from_numpy(np.ascontiguousarray(X))
+        k = self._kernels(x, torch.from_numpy(self.X_fit_))
+        theta_x = k.ntk if self._kind == "ntk" else k.nngp
+        mean = self.predictor_(self._t, theta_x).numpy()
+        if not want_var:
+            return mean, None
+        var = self._variance(k.cov1, k.nngp, theta_x)
+        return mean, var.clamp_min(0.0).numpy()
+
+    def _variance(self, k_xx_diag, k_x, theta_x):
+        """sigma^2(x) of one output channel (see the module docstring)."""
+        k_train = self.k_train_["nngp"]
+        theta = regularize(self.k_train_[self._kind], self._reg, False)
+        chol, info = torch.linalg.cholesky_ex(theta)
+        if math.isinf(self._t) and int(info) == 0:
+            w = torch.cholesky_solve(theta_x.T, chol).T  # Theta_x Theta^{-1}
+        else:  # finite t, or a singular kernel at t = inf (pseudo-inverse)
+            spec = Spectrum(theta)
+            tau = torch.tensor([self._t / self.y_fit_.numel()], dtype=torch.float64)
+            h = spec.growth_over_e(tau)[0]  # eigenvalues of M
+            w = ((theta_x @ spec.evecs) * h) @ spec.evecs.T  # Theta_x M
+        if self._kind == "nngp" and math.isinf(self._t):  # Bayesian posterior
+            return k_xx_diag - (w * k_x).sum(1)
+        return k_xx_diag + ((w @ k_train) * w).sum(1) - 2 * (w * k_x).sum(1)
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.input_tags.allow_nan = False
+        return tags
+
+
+class _Regressor(RegressorMixin, _WideNetwork):
+    def fit(self, X, y):
+        """Fit to inputs X (N, D) and targets y (N,) or (N, O).
+
+        The targets are centred by their training mean (a constant prior mean), so the
+        predictions revert to it far from the data.
+        """
+        X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True, multi_output=True)
+        y = np.asarray(y, dtype=np.float64)
+        self._y_1d = y.ndim == 1
+        y2 = y.reshape(len(y), -1)
+        self.y_mean_ = y2.mean(0)
+        self._fit_targets(X, y2 - self.y_mean_)
+        return self
+
+    def predict(self, X, return_std: bool = False):
+        """Predictive mean (N,) or (N, O); with ``return_std`` also its std (see module doc)."""
+        mean, var = self._mean_and_var(X, return_std)
+        mean = mean + self.y_mean_
+        if self._y_1d:
+            mean = mean[:, 0]
+        if return_std:
+            return mean, np.sqrt(var)
+        return mean
+
+    def __sklearn_tags__(self):
+        tags = super().__sklearn_tags__()
+        tags.target_tags.multi_output = True
+        tags.target_tags.single_output = True
+        return tags
+
+
+class _Classifier(ClassifierMixin, _WideNetwork):
+    def fit(self, X, y):
+        """Fit to inputs X (N, D) and class labels y (N,): regression on centred one-hot
+        targets e_y - 1/C."""
+        X, y = validate_data(self, X, y, dtype=np.float64)
+        check_classification_targets(y)
+        kind = type_of_target(y)
+        if kind not in ("binary", "multiclass"):
+            raise ValueError(f"`y` must hold binary or multiclass labels, got {kind} targets.")
+        self.classes_, codes = np.unique(y, return_inverse=True)
+        n_classes = len(self.classes_)
+        if n_classes < 2:
+            raise ValueError(
+                f"The number of classes has to be greater than one; got {n_classes} class."
+            )
+        targets = np.eye(n_classes)[codes] - 1.0 / n_classes
+        self._fit_targets(X, targets)
+        return self
+
+    def decision_function(self, X):
+        """Network outputs per class (N, C); for two classes the difference f_1 - f_0 (N,),
+        positive for ``classes_[1]`` (scikit-learn's convention)."""
+        mean, _ = self._mean_and_var(X, False)
+        if len(self.classes_) == 2:
+            return mean[:, 1] - mean[:, 0]
+        return mean
+
+    def predict(self, X):
+        """The class with the largest output."""
+        mean, _ = self._mean_and_var(X, False)
+        return self.classes_[np.argmax(mean, axis=1)]
+
+    def predict_proba(self, X):
+        """P(class c has the largest output) under the Gaussian predictive (module doc)."""
+        mean, var = self._mean_and_var(X, True)
+        return _argmax_probabilities(mean, np.sqrt(var))
+
+    def predict_log_proba(self, X):
+        with np.errstate(divide="ignore"):
+            return np.log(self.predict_proba(X))
+
+
+def _argmax_probabilities(mean: np.ndarray, std: np.ndarray) -> np.ndarray:
+    """P(argmax_j f_j = c) for independent f_j ~ N(mean_j, std^2) (shared std per row).
+
+    P(c) = E_z[prod_{j != c} Phi((mean_c - mean_j) / std + z)] by probabilists'
+    Gauss-Hermite quadrature; rows with std = 0 give the indicator of the argmax.
+    """
+    from scipy.special import log_ndtr
+
+    z, w = np.polynomial.hermite_e.hermegauss(_HERMITE_DEGREE)
+    w = w / w.sum()
+    n, c = mean.shape
+    out = np.zeros((n, c))
+    scale = np.abs(mean).max(axis=1) if c else np.zeros(n)
+    ok = std > 1e-12 * np.maximum(scale, 1e-300)
+    if ok.any():
+        mu, s = mean[ok], std[ok][:, None, None]
+        gap = (mu[:, :, None] - mu[:, None, :]) / s  # (n, c, j): (mu_c - mu_j) / s
+        # log prod_{j != c} Phi(gap + z), the j = c term removed (its gap is 0)
+        logphi = log_ndtr(gap[..., None] + z)  # (n, c, j, q)
+        logprod = logphi.sum(2) - log_ndtr(z)[None, None, :]
+        out[ok] = np.exp(logprod) @ w
+    if (~ok).any():
+        out[~ok] = np.eye(c)[np.argmax(mean[~ok], axis=1)]
+    return out / out.sum(axis=1, keepdims=True)
+
+
+class NNGPRegressor(_Regressor):
+    """Regression with an infinitely wide network's NNGP kernel (Bayesian posterior at t=inf).
+
+    Args:
+        architecture: "fc" (a fully-connected net of ``depth`` hidden layers) or any widenets
+            network (a ``Layer``; then ``depth``/``activation``/``w_std``/``b_std`` are unused).
+        depth: number of hidden layers of "fc".
+        activation: activation name of "fc" (see :data:`ACTIVATIONS`) or a widenets activation.
+        w_std, b_std: weight and bias standard deviations of every Dense layer of "fc".
+        diag_reg: ridge regulariser relative to the mean diagonal of the train kernel.
+        t: training time of gradient flow on the readout (inf: the posterior mean).
+    """
+
+    _kind = "nngp"
+
+
+class NTKRegressor(_Regressor):
+    """Regression with the mean of an infinite ensemble of wide networks trained by gradient
+    flow for time ``t`` (the NTK; arguments as :class:`NNGPRegressor`)."""
+
+    _kind = "ntk"
+
+
+class NNGPClassifier(_Classifier):
+    """Classification by NNGP regression on centred one-hot targets (arguments as
+    :class:`NNGPRegressor`)."""
+
+    _kind = "nngp"
+
+
+class NTKClassifier(_Classifier):
+    """Classification by NTK regression on centred one-hot targets, i.e. by an infinite
+    ensemble of wide networks trained on the MSE loss (arguments as :class:`NNGPRegressor`)."""
+
+    _kind = "ntk"
+
+
+__all__ = [
+    "ACTIVATIONS",
+    "NNGPClassifier",
+    "NNGPRegressor",
+    "NTKClassifier",
+    "NTKRegressor",
+    "fc_network",
+]
