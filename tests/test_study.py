@@ -321,3 +321,12 @@ def test_kernel_and_info_commands(tmp_path):
     assert json.loads(out.with_suffix(".json").read_text())["config"]["data"] == "digits"
     res = runner.invoke(app, ["info"])
     assert res.exit_code == 0 and "torch" in res.output and "mnist5k" in res.output
+
+
+def test_diverging_training_is_detected_and_named(tmp_path):
+    """A learning rate far above 2n / lambda_max makes gradient descent blow up: the stage
+    fails with the reason instead of filling the report with inf/NaN."""
+    with pytest.raises(StudyError, match=r"stage 'finite/w8/s0' failed: .*diverged at step"):
+        wn.study.run(dict(TINY, learning_rate=1e4), tmp_path / "out")
+    status = json.loads((tmp_path / "out" / "status.json").read_text())
+    assert "diverged" in json.dumps(status)
