@@ -158,3 +158,14 @@ def test_bad_conv_arguments():
         wn.Conv(4, (3, 3), stride=(1, 2, 1))
     with pytest.raises(ValueError, match="out_channels"):
         wn.Conv(0)
+
+
+def test_conv_rejects_mean_field_parameterisation():
+    """Only Dense implements the mean-field scaling: Conv must not silently mis-scale."""
+    import pytest
+
+    import widenets as wn
+
+    for p in ("mean_field", "mup"):
+        with pytest.raises(ValueError, match="`parameterization` of Conv must be 'ntk' or"):
+            wn.Conv(4, (3, 3), parameterization=p)

@@ -69,6 +69,11 @@ class Conv(Layer):
         self.w_std = check_nonnegative(w_std, "w_std")
         self.b_std = check_nonnegative(b_std, "b_std", allow_none=True)
         self.parameterization = check_parameterization(parameterization)
+        if self.parameterization not in ("ntk", "standard"):
+            raise ValueError(
+                f"`parameterization` of Conv must be 'ntk' or 'standard', got {parameterization!r}"
+                " (the mean-field parameterisation is for the Dense readout)."
+            )
 
     def __repr__(self):
         return (
