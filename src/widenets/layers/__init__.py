@@ -31,6 +31,7 @@ from widenets.layers.combinators import (
     serial,
 )
 from widenets.layers.dense import Dense
+from widenets.layers.deq import DEQ, DEQModule, FixedPointError
 from widenets.layers.quadrature import Elementwise
 
 __all__ = [
@@ -39,12 +40,15 @@ __all__ = [
     "Activation",
     "BuildContext",
     "Cos",
+    "DEQ",
+    "DEQModule",
     "Dense",
     "Elementwise",
     "Erf",
     "FanInConcat",
     "FanInSum",
     "FanOut",
+    "FixedPointError",
     "Gaussian",
     "Gelu",
     "Identity",
