@@ -8,10 +8,19 @@ One description, two networks::
     model = net.build((784,), seed=0)  # finite width: a torch.nn.Module
 """
 
-from widenets import data, empirical, predict, theory
+from widenets import data, empirical, predict, priors, theory
 from widenets._version import __version__
 from widenets.kernel import Kernel
 from widenets.layers import *  # noqa: F403
 from widenets.layers import __all__ as _layer_names
 
-__all__ = ["Kernel", "__version__", "data", "empirical", "predict", "theory", *_layer_names]
+__all__ = [
+    "Kernel",
+    "__version__",
+    "data",
+    "empirical",
+    "predict",
+    "priors",
+    "theory",
+    *_layer_names,
+]
