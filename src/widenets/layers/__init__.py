@@ -33,6 +33,7 @@ from widenets.layers.combinators import (
 from widenets.layers.dense import Dense
 from widenets.layers.deq import DEQ, DEQModule, FixedPointError
 from widenets.layers.quadrature import Elementwise
+from widenets.layers.spiky import SpikySmooth, spike_kernel, spiky_smooth_kernel
 
 __all__ = [
     "ABRelu",
@@ -61,10 +62,13 @@ __all__ = [
     "Serial",
     "Sign",
     "Sin",
+    "SpikySmooth",
     "fan_in_concat",
     "fan_in_sum",
     "fan_out",
     "parallel",
     "residual",
     "serial",
+    "spike_kernel",
+    "spiky_smooth_kernel",
 ]
