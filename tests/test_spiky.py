@@ -139,3 +139,24 @@ def test_spiky_smooth_kernel():
         wn.spiky_smooth_kernel(k.ntk, x1, x2, rho=1.0, gamma=0.1, spike="cauchy")
     with pytest.raises(ValueError, match="smooth"):
         wn.spiky_smooth_kernel(k.ntk.T, x1, x2, rho=1.0, gamma=0.1)
+
+
+def test_example_spiky_estimators_overfit_benignly():
+    """examples/spiky_smooth.py at a reduced size: all ridgeless estimators interpolate; the
+    spiky ones generalise like the ridge reference, the plain ReLU NTK does not."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "spiky_smooth.py"
+    spec = importlib.util.spec_from_file_location("spiky_smooth_example", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    res = mod.run(n_train=200, n_test=400, seed=1, verbose=False)
+    relu_train, relu_test = res["ReLU NTK, ridgeless"]
+    ref_test = res["ReLU NTK, ridge 0.1 (reference)"][1]
+    for name in ("spiky-smooth kernel, ridgeless", "spiky-smooth activation NTK, ridgeless"):
+        train, test = res[name]
+        assert train < 1e-10, (name, train)
+        assert test < relu_test / 2.5, (name, test, relu_test)
+        assert test < 1.3 * ref_test, (name, test, ref_test)
+    assert relu_train < 1e-10
