@@ -176,3 +176,18 @@ def test_bad_arguments():
         wn.DEQ(8, wn.Relu(), tol=0.0)
     with pytest.raises(ValueError, match=r"\(N, C\)"):
         wn.DEQ(8, wn.Relu()).kernel(torch.randn(3, 2, 5))
+
+
+def test_kernel_does_not_depend_on_tiles(inputs):
+    net = wn.serial(wn.DEQ(8, wn.Relu(), w_std=1.2, b_std=0.1), wn.Dense(1))
+    full = net.kernel(inputs)
+    tiled = net.kernel(inputs, batch_size=3)
+    cross = net.kernel(inputs[:3], inputs[3:], batch_size=(2, 3))
+    for name in ("nngp", "ntk"):
+        scale = getattr(full, name).abs().max()
+        torch.testing.assert_close(
+            getattr(tiled, name), getattr(full, name), rtol=0, atol=1e-12 * scale
+        )
+        torch.testing.assert_close(
+            getattr(cross, name), getattr(full, name)[:3, 3:], rtol=0, atol=1e-12 * scale
+        )

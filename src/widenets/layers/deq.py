@@ -40,6 +40,11 @@ from widenets.layers.activations import Activation
 from widenets.layers.base import BuildContext, Layer
 
 
+def _amax(t: Tensor) -> float:
+    """max |t| as a float (0 for an empty tile)."""
+    return float(t.abs().max()) if t.numel() else 0.0
+
+
 class FixedPointError(RuntimeError):
     """A fixed-point iteration did not converge; ``iterations`` and ``residual`` say how far."""
 
@@ -186,7 +191,7 @@ class DEQ(Layer):
         if want_ntk:
             if self.depth is None:
                 gain = w2 * dot
-                worst = float(gain.max()) if gain.numel() else 0.0
+                worst = _amax(gain)
                 if not worst < 1.0:
                     raise ValueError(
                         f"{self!r}: the NTK of the equilibrium is infinite: w_std^2 "
@@ -219,12 +224,8 @@ class DEQ(Layer):
             new_k = w2 * e + kx
             new_q1 = w2 * eq1 + qx1
             new_q2 = new_q1 if same else w2 * eq2 + qx2
-            scale = max(float(new_q1.abs().max()), float(new_q2.abs().max()), 1e-300)
-            res = max(
-                float((new_k - kk).abs().max()) if kk.numel() else 0.0,
-                float((new_q1 - q1).abs().max()),
-                float((new_q2 - q2).abs().max()),
-            )
+            scale = max(_amax(new_q1), _amax(new_q2), 1e-300)
+            res = max(_amax(new_k - kk), _amax(new_q1 - q1), _amax(new_q2 - q2))
             res = res / scale if math.isfinite(scale) else math.inf
             kk, q1, q2 = new_k, new_q1, new_q2
             if not math.isfinite(res) or not math.isfinite(scale):
