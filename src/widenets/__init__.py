@@ -8,7 +8,7 @@ One description, two networks::
     model = net.build((784,), seed=0)  # finite width: a torch.nn.Module
 """
 
-from widenets import architectures, data, empirical, init, predict, study, theory
+from widenets import architectures, data, empirical, init, predict, priors, study, theory
 from widenets._version import __version__
 from widenets.kernel import Kernel
 from widenets.layers import *  # noqa: F403
@@ -17,7 +17,6 @@ from widenets.linearize import Taylor, linearize, taylor
 
 __all__ = [
     "Kernel",
-    "Taylor",
     "__version__",
     "architectures",
     "data",
@@ -25,7 +24,9 @@ __all__ = [
     "init",
     "linearize",
     "predict",
+    "priors",
     "study",
+    "Taylor",
     "taylor",
     "theory",
     *_layer_names,

@@ -33,9 +33,11 @@ from widenets.layers.combinators import (
 )
 from widenets.layers.conv import Conv
 from widenets.layers.dense import Dense
+from widenets.layers.deq import DEQ, DEQModule, FixedPointError
 from widenets.layers.normalization import Dropout, LayerNorm
 from widenets.layers.pooling import AvgPool, Flatten, GlobalAvgPool
 from widenets.layers.quadrature import Elementwise
+from widenets.layers.spiky import SpikySmooth, spike_kernel, spiky_smooth_kernel
 
 __all__ = [
     "ABRelu",
@@ -43,12 +45,15 @@ __all__ = [
     "Activation",
     "BuildContext",
     "Cos",
+    "DEQ",
+    "DEQModule",
     "Dense",
     "Elementwise",
     "Erf",
     "FanInConcat",
     "FanInSum",
     "FanOut",
+    "FixedPointError",
     "Gaussian",
     "Gelu",
     "Identity",
@@ -61,6 +66,7 @@ __all__ = [
     "Serial",
     "Sign",
     "Sin",
+    "SpikySmooth",
     "fan_in_concat",
     "fan_in_sum",
     "fan_out",
@@ -74,4 +80,6 @@ __all__ = [
     "GlobalAvgPool",
     "GlobalSelfAttention",
     "LayerNorm",
+    "spike_kernel",
+    "spiky_smooth_kernel",
 ]

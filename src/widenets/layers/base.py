@@ -121,6 +121,7 @@ class Layer:
         device=None,
         init=None,
         generator: torch.Generator | None = None,
+        last_layer_variance_prior=None,
     ) -> nn.Module:
         """The finite-width network as a ``torch.nn.Module``.
 
@@ -129,9 +130,17 @@ class Layer:
             seed: seed of the parameter draw (ignored if ``generator`` is given).
             dtype, device: of the parameters.
             init: a :mod:`widenets.init` scheme for the weights (Gaussian IID by default).
+            last_layer_variance_prior: None, or a :class:`widenets.priors.InverseGamma`
+                (or an (alpha, beta) pair): sigma^2 is drawn from it after the weights and
+                the output is multiplied by sqrt(sigma^2) (a scale mixture of NNGPs); the
+                module is then a :class:`widenets.priors.ScaledOutput` with ``variance``.
         """
         from widenets.errors import check_positive_int
 
+        if last_layer_variance_prior is not None:
+            from widenets.priors import as_variance_prior
+
+            last_layer_variance_prior = as_variance_prior(last_layer_variance_prior)
         if isinstance(input_shape, int):
             input_shape = (input_shape,)
         if isinstance(input_shape, str):
@@ -155,6 +164,10 @@ class Layer:
                 generator.manual_seed(int(seed))
         ctx = BuildContext(generator=generator, dtype=dtype, device=device, init=init)
         module = self.make_module(input_shape, ctx)
+        if last_layer_variance_prior is not None:
+            from widenets.priors import apply_variance_prior
+
+            module = apply_variance_prior(module, last_layer_variance_prior, generator)
         module.input_shape = input_shape
         return module
 
