@@ -182,3 +182,23 @@ def as_initial_outputs(fx, shape: tuple[int, ...], name: str, *, device: torch.d
             f"got shape {tuple(t.shape)}."
         ) from None
     return t.to(device, torch.float64)
+
+
+def posterior_inputs(k_train_train, y_train, k_test_train, k_test_test, diag_reg):
+    """Checked inputs of a posterior given kernels: (k_dd, y, k_td, k_tt, diag_reg, dtype).
+
+    ``k_test_train`` None means the training points themselves; ``k_tt`` is None when
+    ``k_test_test`` is; ``dtype`` is the promoted dtype of the results.
+    """
+    k_dd = as_train_kernel(k_train_train)
+    n = k_dd.shape[0]
+    device = k_dd.device
+    y = as_targets(y_train, n, device=device)
+    diag_reg = check_scalar(diag_reg, "diag_reg", positive=False)
+    k_td = k_dd if k_test_train is None else as_matrix(k_test_train, "k_test_train", device=device)
+    check_test_train(k_td, n)
+    k_tt = None
+    if k_test_test is not None:
+        k_tt = as_matrix(k_test_test, "k_test_test", device=device)
+        check_test_test(k_tt, k_td.shape[0])
+    return k_dd, y, k_td, k_tt, diag_reg, result_dtype(k_dd, y, k_td, k_tt)

@@ -50,20 +50,10 @@ def gp_inference(
         ValueError: bad shapes, NaN/inf, negative ``diag_reg``, or a regularised
             ``k_train_train`` that is not positive definite (increase ``diag_reg``).
     """
-    k_dd = v.as_train_kernel(k_train_train)
-    n = k_dd.shape[0]
-    device = k_dd.device
-    y = v.as_targets(y_train, n, device=device)
-    diag_reg = v.check_scalar(diag_reg, "diag_reg", positive=False)
-    k_td = (
-        k_dd if k_test_train is None else v.as_matrix(k_test_train, "k_test_train", device=device)
+    k_dd, y, k_td, k_tt, diag_reg, dtype = v.posterior_inputs(
+        k_train_train, y_train, k_test_train, k_test_test, diag_reg
     )
-    v.check_test_train(k_td, n)
-    k_tt = None
-    if k_test_test is not None:
-        k_tt = v.as_matrix(k_test_test, "k_test_test", device=device)
-        v.check_test_test(k_tt, k_td.shape[0])
-    dtype = v.result_dtype(k_dd, y, k_td, k_tt)
+    n = k_dd.shape[0]
 
     chol = cholesky(regularize(k_dd, diag_reg, diag_reg_absolute_scale))
     y2 = y.to(torch.float64).reshape(n, -1)
