@@ -97,6 +97,24 @@ class Elementwise(nn.Module):
         return self.name
 
 
+def parameterization_scales(
+    parameterization: str, w_std: float, b_std: float | None, fan_in: int
+) -> tuple[float, float]:
+    """(weight scale, bias scale) applied in the forward pass of an affine layer.
+
+    "ntk": w_std / sqrt(fan_in) and b_std (parameters drawn N(0, 1)); "mean_field":
+    w_std / fan_in and b_std; "standard": 1 and 1 (the scales are in the drawn parameters).
+    """
+    bias_scale = 0.0 if b_std is None else b_std
+    if parameterization == "ntk":
+        return w_std / math.sqrt(fan_in), bias_scale
+    if parameterization == "mean_field":
+        return w_std / fan_in, bias_scale
+    if parameterization == "standard":
+        return 1.0, 1.0
+    raise ValueError(f"unknown parameterization {parameterization!r}")
+
+
 class DenseLayer(nn.Module):
     """Affine map over the channel axis (1) with Neural Tangents' parameterisations.
 
@@ -126,15 +144,9 @@ class DenseLayer(nn.Module):
         self.parameterization = parameterization
         self.weight = nn.Parameter(weight)
         self.bias = None if bias is None else nn.Parameter(bias)
-        if parameterization == "ntk":
-            self.weight_scale = w_std / math.sqrt(in_features)
-            self.bias_scale = 0.0 if b_std is None else b_std
-        elif parameterization == "mean_field":
-            self.weight_scale = w_std / in_features
-            self.bias_scale = 0.0 if b_std is None else b_std
-        else:
-            self.weight_scale = 1.0
-            self.bias_scale = 1.0
+        self.weight_scale, self.bias_scale = parameterization_scales(
+            parameterization, w_std, b_std, in_features
+        )
 
     def forward(self, x: Tensor) -> Tensor:
         if x.ndim == 2:

@@ -16,6 +16,8 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor, nn
 
+from widenets.modules import parameterization_scales
+
 
 def _pad(x: Tensor, pads: tuple[tuple[int, int], ...], circular: bool) -> Tensor:
     """Pad the spatial axes of (N, C, *spatial); ``pads`` is ((lo, hi), ...) per axis."""
@@ -74,13 +76,9 @@ class ConvLayer(nn.Module):
         self.parameterization = parameterization
         self.weight = nn.Parameter(weight)
         self.bias = None if bias is None else nn.Parameter(bias)
-        fan_in = in_channels * math.prod(kernel_size)
-        if parameterization == "ntk":
-            self.weight_scale = w_std / math.sqrt(fan_in)
-            self.bias_scale = 0.0 if b_std is None else b_std
-        else:
-            self.weight_scale = 1.0
-            self.bias_scale = 1.0
+        self.weight_scale, self.bias_scale = parameterization_scales(
+            parameterization, w_std, b_std, in_channels * math.prod(kernel_size)
+        )
         self._conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[len(kernel_size)]
 
     def forward(self, x: Tensor) -> Tensor:
