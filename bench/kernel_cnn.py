@@ -9,6 +9,7 @@ a warm-up call) when that virtual environment exists; otherwise its columns say 
     python bench/kernel_cnn.py --quick    # smaller sizes
     python bench/kernel_cnn.py --mnist-gap [--n 1000]   # CNN-GAP NNGP of N x N digits at
                                           # 14x14, bounded memory, with a progress bar
+    python bench/kernel_cnn.py --tile-sweep   # full-layout tile budgets (compute.py)
 
 Network: ``depth`` x [Conv(3x3, same, w_std=1.4, b_std=0.1) + ReLU], readout, Dense(1).
 Each library computes the kernel twice on the same inputs in a fresh process: the first
@@ -195,6 +196,38 @@ def mnist_gap(n, depth, channels, size=14):
     )
 
 
+def tile_sweep(threads=None):
+    """Steady-state time of CNN-GAP kernels for several full-layout tile budgets."""
+    import numpy as np
+    import torch
+
+    import widenets.compute as compute
+
+    if threads:
+        torch.set_num_threads(threads)
+    cases = [(32, 3, 8, ("nngp", "ntk")), (40, 1, 14, ("nngp",)), (24, 3, 16, ("nngp", "ntk"))]
+    default = (compute.TILE_NUMEL_FULL, compute.MIN_PAIRS_FULL)
+    print(
+        f"torch threads {torch.get_num_threads()}; default budget 2^"
+        f"{default[0].bit_length() - 1}, at least {default[1]} pairs a tile"
+    )
+    for n, c, size, get in cases:
+        x = torch.from_numpy(np.random.default_rng(0).standard_normal((n, c, size, size)))
+        net = network(5, 1, "gap")
+        row = []
+        for log2 in (18, 19, 20, 21):
+            compute.TILE_NUMEL_FULL, compute.MIN_PAIRS_FULL = 1 << log2, 1
+            net.kernel(x, get=get)  # warm-up
+            times = []
+            for _ in range(2):
+                t = time.perf_counter()
+                net.kernel(x, get=get)
+                times.append(time.perf_counter() - t)
+            row.append(f"2^{log2}: {min(times):.3f}-{max(times):.3f} s")
+        compute.TILE_NUMEL_FULL, compute.MIN_PAIRS_FULL = default
+        print(f"{size}x{size} N={n} {'+'.join(get)}: " + ", ".join(row), flush=True)
+
+
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
@@ -202,6 +235,7 @@ def main():
     p.add_argument("--depth", type=int, default=5)
     p.add_argument("--mnist-gap", action="store_true", help="the bounded-memory CNN-GAP run")
     p.add_argument("--n", type=int, default=1000, help="digits for --mnist-gap")
+    p.add_argument("--tile-sweep", action="store_true", help="time full-layout tile budgets")
     p.add_argument(
         "--threads",
         type=int,
@@ -212,6 +246,10 @@ def main():
     args, rest = p.parse_known_args()
     if args.worker:
         worker(json.loads(rest[0]))
+        return
+    if args.tile_sweep:
+        sys.path.insert(0, SRC)
+        tile_sweep(args.threads)
         return
     if args.mnist_gap:
         sys.path.insert(0, SRC)

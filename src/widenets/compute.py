@@ -30,10 +30,15 @@ TILE_NUMEL = 1 << 19
 #: scalars per input-kernel block: the input Gram is one matrix product per block (large
 #: products run faster), then the layers are folded over cache-sized row tiles of it
 BLOCK_NUMEL = 1 << 21
-#: scalars per intermediate tile for the full pixel-pair layout: larger tiles (float64:
-#: 8 MiB) amortise the per-tile overhead yet stay near the caches (measured: 4x slower at
-#: 1 << 22 for a 16x16 CNN-GAP)
-TILE_NUMEL_FULL = 1 << 20
+#: scalars per intermediate tile for the full pixel-pair layout (float64: 4 MiB), and the
+#: fewest input pairs a tile holds (each tile recomputes the pixel-pair covariances of its
+#: own b1 + b2 inputs, a 2/b share of a b x b tile). Smaller tiles stay in cache: steady
+#: state of 5-layer CNN-GAPs for budgets 2^18 / 2^19 / 2^20 / 2^21 (one pair minimum,
+#: ``python bench/kernel_cnn.py --tile-sweep``, 2 cores): 8x8, N=32, 2 threads:
+#: 0.25 / 0.27-0.33 / 0.32-0.45 / 0.44-0.57 s; 14x14, N=40, NNGP, 1 thread:
+#: 5.6 / 4.9 / 4.9-5.4 / 6.5 s; 16x16, N=24, 2 threads: 2.5-3.0 / 2.3 / 2.2-2.3 s
+TILE_NUMEL_FULL = 1 << 19
+MIN_PAIRS_FULL = 16
 #: above this many pair-scalars a progress bar is shown by default
 PROGRESS_NUMEL = 1 << 26
 
@@ -113,7 +118,7 @@ def evaluate_kernel(
     n1, n2 = x1.shape[0], x2.shape[0]
     full = len(in_shape) > 1 and layer.needs_pixel_pairs()
     cost = layer.pair_cost(in_shape) * _spatial_factor(in_shape, full)
-    budget = TILE_NUMEL_FULL if full else TILE_NUMEL
+    budget = max(TILE_NUMEL_FULL, MIN_PAIRS_FULL * cost) if full else TILE_NUMEL
     b1, b2 = _tile_sizes(n1, n2, cost, batch_size, budget, square=len(in_shape) > 1)
 
     rows_per_block = b1 * max(1, BLOCK_NUMEL // max(1, b1 * b2 * cost))
@@ -122,7 +127,12 @@ def evaluate_kernel(
         i1 = min(i0 + rows_per_block, n1)
         for j0 in range(i0 if same else 0, n2, b2):
             blocks.append((i0, i1, j0))
-    n_tiles = sum(math.ceil((i1 - i0) / b1) for i0, i1, _ in blocks)
+    n_tiles = sum(
+        1
+        for b0, b_end, j0 in blocks
+        for i0 in range(b0, b_end, b1)
+        if not same or i0 < min(j0 + b2, n2)
+    )
     # full layout: each block computes the pixel-pair covariances of its own inputs (all
     # N inputs' at once would be N P^2 numbers)
     var1 = None if full else input_variances(x1)
@@ -156,6 +166,8 @@ def evaluate_kernel(
                 i0, i1 = b0 + r0, b0 + r1
                 # on a set with itself, a tile needs only the columns from its own diagonal
                 c0 = max(0, i0 - j0) if same else 0
+                if c0 >= j1 - j0:  # wholly below the diagonal: mirrored from another tile
+                    continue
                 k = layer.kernel_fn(slice_pairs(block, r0, r1, c0))
                 if isinstance(k, list):
                     raise ValueError(
