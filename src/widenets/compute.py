@@ -30,15 +30,15 @@ TILE_NUMEL = 1 << 19
 #: scalars per input-kernel block: the input Gram is one matrix product per block (large
 #: products run faster), then the layers are folded over cache-sized row tiles of it
 BLOCK_NUMEL = 1 << 21
-#: scalars per intermediate tile for the full pixel-pair layout (float64: 4 MiB), and the
-#: fewest input pairs a tile holds (each tile recomputes the pixel-pair covariances of its
-#: own b1 + b2 inputs, a 2/b share of a b x b tile). Smaller tiles stay in cache: steady
-#: state of 5-layer CNN-GAPs for budgets 2^18 / 2^19 / 2^20 / 2^21 (one pair minimum,
-#: ``python bench/kernel_cnn.py --tile-sweep``, 2 cores): 8x8, N=32, 2 threads:
-#: 0.25 / 0.27-0.33 / 0.32-0.45 / 0.44-0.57 s; 14x14, N=40, NNGP, 1 thread:
-#: 5.6 / 4.9 / 4.9-5.4 / 6.5 s; 16x16, N=24, 2 threads: 2.5-3.0 / 2.3 / 2.2-2.3 s
+#: scalars per intermediate tile for the full pixel-pair layout (float64: 4 MiB), raised
+#: (up to twice that) until a tile holds MIN_PAIRS_FULL input pairs: each tile recomputes
+#: the pixel-pair covariances of its own b1 + b2 inputs, a 2/b share of a b x b tile, yet
+#: smaller tiles stay in cache. Steady state of 5-layer CNN-GAPs for budgets 2^18 / 2^19 /
+#: 2^20 / 2^21 (``python bench/kernel_cnn.py --tile-sweep``, 2 threads, 2 cores): 8x8 N=32
+#: 0.30 / 0.31-0.33 / 0.42-0.47 / 0.44 s; 14x14 N=40 (NNGP) 4.5-6.2 / 4.0-4.3 / 3.4 /
+#: 4.2-4.4 s; 16x16 N=24 3.2-3.5 / 3.0-3.1 / 2.9-3.0 / 3.8-3.9 s
 TILE_NUMEL_FULL = 1 << 19
-MIN_PAIRS_FULL = 16
+MIN_PAIRS_FULL = 24
 #: above this many pair-scalars a progress bar is shown by default
 PROGRESS_NUMEL = 1 << 26
 
@@ -118,7 +118,9 @@ def evaluate_kernel(
     n1, n2 = x1.shape[0], x2.shape[0]
     full = len(in_shape) > 1 and layer.needs_pixel_pairs()
     cost = layer.pair_cost(in_shape) * _spatial_factor(in_shape, full)
-    budget = max(TILE_NUMEL_FULL, MIN_PAIRS_FULL * cost) if full else TILE_NUMEL
+    budget = TILE_NUMEL
+    if full:
+        budget = max(TILE_NUMEL_FULL, min(MIN_PAIRS_FULL * cost, 2 * TILE_NUMEL_FULL))
     b1, b2 = _tile_sizes(n1, n2, cost, batch_size, budget, square=len(in_shape) > 1)
 
     rows_per_block = b1 * max(1, BLOCK_NUMEL // max(1, b1 * b2 * cost))
