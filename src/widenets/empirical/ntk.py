@@ -18,14 +18,18 @@ Methods (see :mod:`.cost` for their estimated costs and :func:`explain`):
   contracted parameter by parameter (the ``torch.func`` NTK tutorial, tiled).
 - ``"ntk_vector"``: rows of J(x1) by reverse mode, pushed through the x2 block in forward
   mode (``jvp``), so J(x2) is never formed.
-- ``"structured"``: structured derivatives for ``nn.Linear``, ``nn.Conv1d/2d`` and
-  widenets' affine modules (Novak et al. 2022), Jacobians for any other parameter; see
-  :mod:`.structured`.
-- ``"auto"``: the method with the least estimated arithmetic.
+- ``"structured"``: structured derivatives for ``nn.Linear``, ``nn.Conv1d/2d``,
+  eval-mode BatchNorm, LayerNorm, GroupNorm and widenets' affine modules (Novak et al.
+  2022), Jacobians for any other parameter; when every parameter is in such a layer and
+  the model treats examples independently, from batched forward and reverse passes
+  instead of per-example ``vmap``; see :mod:`.structured`.
+- ``"auto"``: the method with the least estimated arithmetic among those that fit the
+  memory budget (near-ties go to the one holding less).
 
-The kernel is computed in tiles of (b1, b2) examples so that memory is bounded; for x2
-None only tiles on or above the diagonal are computed and mirrored. Every entry is the
-same sum whatever the tiling, so the result does not depend on ``batch_size``.
+The kernel is computed in tiles of (b1, b2) examples so that memory is bounded (the tiles
+are sized for the method used: at most ``MEMORY_SCALARS`` scalars held, by the estimate);
+for x2 None only tiles on or above the diagonal are computed and mirrored. Every entry is
+the same sum whatever the tiling, so the result does not depend on ``batch_size``.
 """
 
 from __future__ import annotations
@@ -217,7 +221,7 @@ def ntk(
             (N1, N2, O, O).
         method: "auto", "jacobian", "ntk_vector" or "structured".
         batch_size: examples per tile, an int or a pair (b1, b2); None picks tiles that
-            keep about ``MEMORY_SCALARS`` scalars in memory.
+            keep about ``MEMORY_SCALARS`` scalars in memory for the method used.
         progress: show a progress bar over tiles (default: from 8 tiles on).
 
     Returns:
