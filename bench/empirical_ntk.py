@@ -14,9 +14,10 @@ Contestants (all compute the traced NTK, Theta(x, x) of shape (N, N), in float32
   implementations 1/2/3 (MLP only; run in /tmp/nt-venv through a subprocess when present;
   time of the second, compiled call).
 
-Each measurement runs in a fresh subprocess, after a warm-up call on two examples (for
-Neural Tangents: after the first, compiling call). "peak MiB" is the peak resident memory
-during the measured call above the resident memory before it (the peak is reset through
+Each measurement runs in a fresh subprocess (``--repeat k``: k of them; the median time and
+the largest peak are reported), after a warm-up call on two examples (Neural Tangents:
+after the first, compiling call). "peak MiB" is the peak resident memory during the
+measured call above the resident memory before it (the peak is reset through
 /proc/self/clear_refs; CPU), or ``torch.cuda.max_memory_allocated`` (GPU); for Neural
 Tangents the arrays kept by the first call (parameters, inputs) are in the base. The
 tutorial's pairwise NTK-vector method holds N^2 O^2 products at once and is run only up to
@@ -332,6 +333,19 @@ def measure(arch, width, n, method, device, timeout):
     return json.loads(res.stdout.strip().splitlines()[-1])
 
 
+def _median(runs: list[dict]) -> dict:
+    """The run of median time, with the spread of times and the largest peak memory."""
+    order = sorted(runs, key=lambda r: r["secs"])
+    out = dict(order[len(order) // 2])
+    out.update(
+        secs_min=order[0]["secs"],
+        secs_max=order[-1]["secs"],
+        peak_mib=max(r["peak_mib"] for r in runs),
+        runs=len(runs),
+    )
+    return out
+
+
 def main():
     ap = argparse.ArgumentParser(
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
@@ -347,6 +361,9 @@ def main():
     ap.add_argument("--methods", nargs="+", default=list(OURS + WHOLE + BASELINES + NT))
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--timeout", type=int, default=600, help="seconds per measurement")
+    ap.add_argument(
+        "--repeat", type=int, default=1, help="measurements per case (each in a fresh process)"
+    )
     ap.add_argument("--loop-max-n", type=int, default=256, help="skip the slow loop above this N")
     ap.add_argument("--ntkvp-max-n", type=int, default=16, help="skip tutorial_ntkvp above this N")
     ap.add_argument(
@@ -387,7 +404,12 @@ def main():
                 if gib > args.max_jac_gib:
                     print(f"{arch:<7}{w:>6}{n:>5}  {method:<15}  skipped: J needs {gib:.0f} GiB")
                     continue
-            r = measure(arch, w, n, method, args.device, args.timeout)
+            runs = []
+            for _ in range(args.repeat):
+                runs.append(measure(arch, w, n, method, args.device, args.timeout))
+                if "error" in runs[-1]:
+                    break
+            r = runs[-1] if "error" in runs[-1] else _median(runs)
             r.update(arch=arch, width=w, n=n, method=method)
             results.append(r)
             if "error" in r:
@@ -396,6 +418,9 @@ def main():
                 note = f"chose {r['chose']}" if "chose" in r else ""
                 if "first_call_secs" in r:
                     note = f"first call (compile) {r['first_call_secs']:.2f}s"
+                if len(runs) > 1:
+                    spread = f"{r['secs_min']:.3f}-{r['secs_max']:.3f}s"
+                    note = f"median of {len(runs)} ({spread}) {note}"
                 row = f"{arch:<7}{w:>6}{n:>5}  {method:<15}"
                 print(f"{row}{r['secs']:>9.3f}{r['peak_mib']:>10.1f}  {note}")
             sys.stdout.flush()

@@ -9,7 +9,8 @@ diagonal, each example pair once):
 - jacobian: a forward pass and O reverse passes with weight gradients, F (1 + 2 O), for
   every example whose Jacobian is formed (the left block of a row of tiles, the right
   block of each tile off the diagonal), then 2 k O P per pair of examples; holds the
-  Jacobians of two blocks, (b1 + b2) O P, and the reverse passes of a block, b O A.
+  Jacobians of two blocks, (b1 + b2) O P (one block if a single tile covers x1 with
+  itself), and the reverse passes of a block, b O A.
 - ntk_vector: F (1 + 2 O) for the rows of J(x1), then 3 F O per pair (forward-mode
   products through the x2 block); holds b1 O P rows and the tangents of b1 O b2 passes.
 - structured: F (1 + O) per example (reverse passes for the g's, no weight gradients),
@@ -152,12 +153,15 @@ def estimate(
     b1, b2 = block
     tile = b1 * b2 * (1 if trace else o**2)
     pairs, feats, per_tile, _ = _tiling(n1, n2, b1, b2, same)
+    # examples whose features a tile holds: one block when x2 is None and one tile covers
+    # it (the diagonal tile reuses its left features), else the two blocks of the tile
+    span = b1 if same and b1 >= n1 else b1 + b2
     rep = CostReport(n1, n2, o, p, f, block, budget=budget)
     rep.costs.append(
         MethodCost(
             "jacobian",
             feats * f * (1 + 2 * o) + pairs * 2 * k * o * p,
-            (b1 + b2) * o * p + max(b1, b2) * (o + 1) * act + tile,
+            span * o * p + max(b1, b2) * (o + 1) * act + tile,
         )
     )
     rep.costs.append(
@@ -177,7 +181,9 @@ def estimate(
     if forced == "per_example" or forced in variants:
         variants = [forced]
     options = [
-        _structured(v, specs, shape, p_rest, trace, block, pairs, feats, per_tile, tile, budget)
+        _structured(
+            v, specs, shape, p_rest, trace, block, span, pairs, feats, per_tile, tile, budget
+        )
         for v in variants
     ]
     fit = [c for c in options if c.scalars <= budget] or options
@@ -190,7 +196,9 @@ def estimate(
 C_ACT = 3.0
 
 
-def _structured(variant, specs, shape, p_rest, trace, block, pairs, feats, per_tile, tile, budget):
+def _structured(
+    variant, specs, shape, p_rest, trace, block, span, pairs, feats, per_tile, tile, budget
+):
     """The structured method's cost in one variant (see structured.VARIANTS)."""
     o, f, act = shape.n_out, shape.f_flops, shape.act
     k = 1 if trace else o
@@ -204,15 +212,15 @@ def _structured(variant, specs, shape, p_rest, trace, block, pairs, feats, per_t
         held = chunk * C_ACT * act + tile
     elif variant == "streamed":  # one forward, one reverse pass per output
         flops = examples * f * (1 + o)
-        held = (b1 + b2) * C_ACT * act + tile
+        held = span * C_ACT * act + tile
     else:
         flops = examples * f * (1 + o) + pairs * 2 * k * o * p_rest
-        held = (b1 + b2) * o * (p_rest + shape.y_numel) + max(b1, b2) * (o + 1) * act + tile
+        held = span * o * (p_rest + shape.y_numel) + max(b1, b2) * (o + 1) * act + tile
     modes, layer_held = {}, []
     for s in specs:
         c = layer_cost(s, max(1, int((b1 * b2) ** 0.5)), o, trace, one, variant == "per_output")
         flops += examples * c.per_example + pairs * c.per_pair
-        layer_held.append((b1 + b2) * c.held_example + b1 * b2 * c.held_pair)
+        layer_held.append(span * c.held_example + b1 * b2 * c.held_pair)
         modes[c.mode] = modes.get(c.mode, 0) + 1
     if layer_held:  # streamed: one layer's features at a time; else all of them
         held += max(layer_held) if variant == "streamed" else sum(layer_held)
