@@ -296,6 +296,22 @@ def test_explain_reports_every_method_and_auto_uses_its_choice():
         nn.Linear(5, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 1)
     )
     assert wn.empirical.explain(wide, _x((64, 5), 33).float()).method == "structured"
+    # a CNN with BatchNorm: as much arithmetic as Jacobians, a fraction of the memory
+    torch.manual_seed(5)
+    conv = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1, bias=False),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 10),
+    )
+    rep = wn.empirical.explain(conv, torch.randn(64, 3, 16, 16))
+    assert rep.method == "structured", rep
+    assert rep.cost("structured").scalars < rep.cost("jacobian").scalars / 2, rep
 
 
 @pytest.mark.parametrize("width_seeds", [(64, 256, 1024)])
