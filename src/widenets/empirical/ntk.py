@@ -80,13 +80,7 @@ class _Setup:
         if x2 is not None:
             probe(model, x2, "x2")
         state = {**self.frozen, **self.params}
-        try:
-            self.specs = find_layers(model, self.params, self.frozen, x1)
-        except Exception as e:  # noqa: BLE001 - say that it is the single example
-            raise ValueError(
-                "`model` fails on a single example (the empirical NTK is computed example "
-                f"by example): {type(e).__name__}: {e}"
-            ) from None
+        self.specs = find_layers(model, self.params, self.frozen, x1)
         try:
             f_flops = forward_flops(model, state, x1)
         except Exception:  # noqa: BLE001 - an op the counter cannot trace: a rough guess

@@ -27,15 +27,21 @@ share a parameter: small per-example Jacobians, formed from g without a weight p
 The g's of all layers come from reverse passes with respect to a zero "probe" added to
 each layer's output, never with respect to the weights. Two ways:
 
-- ``batched``: one forward pass of a whole block of examples and one reverse pass per
-  output, as in training (fast convolution kernels, no per-example weight gradients).
-  It needs every differentiated parameter to sit in a supported layer and the model to
-  treat the examples of a batch independently (checked on a few examples, see
-  :func:`batch_independent`). Traced kernels are then streamed: the reverse pass of one
-  output at a time is contracted layer by layer into the tile, so neither the Jacobian
-  nor the g's of all outputs are ever held.
-- per example (``vmap(jacrev)``), for any model; parameters outside supported layers get
-  their Jacobians in the same pass.
+- batched: forward passes over whole blocks of examples and one reverse pass per output,
+  as in training (fast convolution kernels, no per-example weight gradients). It needs
+  every differentiated parameter to sit in a supported layer and the model to treat the
+  examples of a batch independently (checked on a few examples, see
+  :func:`batch_independent`). Traced kernels are streamed, one output at a time, so
+  neither the Jacobian nor the g's of all outputs are ever held: either one forward pass
+  per tile, each layer's g contracted into the tile as soon as the reverse pass reaches
+  it ("streamed"), or one output's features of each block formed in chunks of examples,
+  a forward and a reverse pass each, then contracted ("per_output", which holds those
+  features instead of a whole block's activations). Untraced kernels hold the g's of all
+  outputs of a block ("batched").
+- per example (``vmap(jacrev)``, "per_example"), for any model; parameters outside
+  supported layers get their Jacobians in the same pass.
+
+:mod:`widenets.empirical.cost` picks the variant (``explain`` prints it).
 
 Supported layers: ``nn.Linear`` (over the last axis), ``nn.Conv1d`` / ``nn.Conv2d``
 (groups 1, any padding mode, stride, dilation), eval-mode ``nn.BatchNorm1d/2d/3d`` (with
@@ -308,6 +314,11 @@ def find_layers(model: nn.Module, params: dict, frozen: dict, batch: Batch) -> l
     try:
         with torch.no_grad():
             call(model, {**frozen, **params}, batch.slice(0, 1).tree(), 1)
+    except Exception as e:  # noqa: BLE001 - say that it is the single example
+        raise ValueError(
+            "`model` fails on a single example (the empirical NTK is computed example by "
+            f"example): {type(e).__name__}: {e}"
+        ) from None
     finally:
         for h in handles:
             h.remove()
