@@ -2,18 +2,26 @@
 every widenets method against baselines measured in the same run.
 
 Contestants (all compute the traced NTK, Theta(x, x) of shape (N, N), in float32):
-- widenets ``jacobian``, ``ntk_vector``, ``structured`` and ``auto``;
+- widenets ``jacobian``, ``ntk_vector``, ``structured`` and ``auto`` (tiles that hold at most
+  ``widenets.empirical.ntk.MEMORY_SCALARS`` scalars), and ``jacobian_whole``: one tile for
+  the whole batch (``batch_size=N``), as much memory as it takes;
 - ``loop``: a per-example, per-output ``torch.autograd.grad`` loop building J, then J J^T;
+- ``jjt_gemm``: only the product J J^T of a random (N, O P) matrix, the arithmetic floor of
+  any Jacobian contraction (and the second half of ``loop``);
 - ``tutorial_jac`` / ``tutorial_ntkvp``: the two methods of the torch.func NTK tutorial
   (vmap(jacrev) then a per-parameter einsum; vmap over pairs of vjp-then-jvp), untiled;
 - ``nt_jac`` / ``nt_ntkvp`` / ``nt_structured``: Neural Tangents' ``empirical_ntk_fn`` with
   implementations 1/2/3 (MLP only; run in /tmp/nt-venv through a subprocess when present;
   time of the second, compiled call).
 
-Each measurement runs in a fresh subprocess, so "peak MiB" is the growth of the process's
-peak resident memory during the call (CPU) or ``torch.cuda.max_memory_allocated`` (GPU);
-for Neural Tangents it spans both calls, compilation included. The tutorial's pairwise
-NTK-vector method holds N^2 O^2 products at once and is run only up to --ntkvp-max-n.
+Each measurement runs in a fresh subprocess (``--repeat k``: k of them; the median time and
+the largest peak are reported), after a warm-up call on two examples (Neural Tangents:
+after the first, compiling call). "peak MiB" is the peak resident memory during the
+measured call above the resident memory before it (the peak is reset through
+/proc/self/clear_refs; CPU), or ``torch.cuda.max_memory_allocated`` (GPU); for Neural
+Tangents the arrays kept by the first call (parameters, inputs) are in the base. The
+tutorial's pairwise NTK-vector method holds N^2 O^2 products at once and is run only up to
+--ntkvp-max-n.
 
     python bench/empirical_ntk.py                 # default sizes, a few minutes on a CPU
     python bench/empirical_ntk.py --full          # widths 512..4096, N 64..512
@@ -35,7 +43,9 @@ HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.path.join(os.path.dirname(HERE), "src")
 NT_PYTHON = "/tmp/nt-venv/bin/python"
 OURS = ("jacobian", "ntk_vector", "structured", "auto")
-BASELINES = ("loop", "tutorial_jac", "tutorial_ntkvp")
+#: widenets methods with one tile for the whole batch (``batch_size=N``: no memory bound)
+WHOLE = ("jacobian_whole",)
+BASELINES = ("loop", "jjt_gemm", "tutorial_jac", "tutorial_ntkvp")
 NT = ("nt_jac", "nt_ntkvp", "nt_structured")
 MLP_IN, N_OUT = 256, 10  # MLP inputs: 16 x 16 images, flattened
 
@@ -107,6 +117,21 @@ def ntk_loop(model, x):
     return torch.einsum("iap,jap->ij", j, j) / j.shape[1]
 
 
+def jjt_gemm_fn(model, x):
+    """J J^T for a random J of the model's Jacobian size (N, O P): the contraction alone
+    (J is drawn before the clock starts)."""
+    import torch
+
+    n_p = sum(p.numel() for p in model.parameters())
+    j = torch.randn(x.shape[0], N_OUT * n_p, dtype=x.dtype, device=x.device)
+
+    def run(xx):
+        jj = j[: xx.shape[0]]
+        return jj @ jj.T / N_OUT
+
+    return run
+
+
 def _tutorial_fns(model):
     from torch.func import functional_call
 
@@ -168,8 +193,33 @@ def n_params(arch, width) -> int:
 
 
 # ----------------------------------------------------------------- one measurement
-def _peak_rss_mib() -> float:
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+def _status_mib(field: str) -> float:
+    with open("/proc/self/status") as fh:
+        for line in fh:
+            if line.startswith(field + ":"):
+                return int(line.split()[1]) / 1024
+    raise KeyError(field)
+
+
+def _start_peak() -> float:
+    """Reset the peak resident memory to the current one (Linux clear_refs); the current
+    resident memory, from which the peak of the measured call is counted."""
+    import gc
+
+    gc.collect()
+    try:
+        with open("/proc/self/clear_refs", "w") as fh:
+            fh.write("5")
+        return _status_mib("VmRSS")
+    except OSError:  # no reset: count from the peak so far (underestimates)
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+
+
+def _peak_mib() -> float:
+    try:
+        return _status_mib("VmHWM")
+    except (OSError, KeyError):
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
 
 
 def measure_one(arch, width, n, method, device):
@@ -183,9 +233,16 @@ def measure_one(arch, width, n, method, device):
     shape = (1, 16, 16) if arch == "mlp" else (3, 32, 32)
     x = torch.randn(n, *shape, device=device)
 
+    gemm = jjt_gemm_fn(model, x) if method == "jjt_gemm" else None
+
     def run(xx):
         if method in OURS:
             return wn.empirical.ntk(model, xx, method=method, progress=False)
+        if method in WHOLE:
+            name = method.removesuffix("_whole")
+            return wn.empirical.ntk(model, xx, method=name, batch_size=xx.shape[0], progress=False)
+        if gemm is not None:
+            return gemm(xx)
         fn = {
             "loop": ntk_loop,
             "tutorial_jac": ntk_tutorial_jac,
@@ -198,7 +255,7 @@ def measure_one(arch, width, n, method, device):
         torch.cuda.synchronize()
         torch.cuda.reset_peak_memory_stats()
         base = torch.cuda.memory_allocated()
-    base_rss = _peak_rss_mib()
+    base_rss = _start_peak()
     t0 = time.perf_counter()
     k = run(x)
     if device == "cuda":
@@ -207,10 +264,14 @@ def measure_one(arch, width, n, method, device):
     if device == "cuda":
         peak = (torch.cuda.max_memory_allocated() - base) / 2**20
     else:
-        peak = _peak_rss_mib() - base_rss
+        peak = _peak_mib() - base_rss
     extra = {}
-    if method == "auto":
-        extra["chose"] = wn.empirical.explain(model, x).method
+    if method in ("auto", "structured"):
+        rep = wn.empirical.explain(model, x)
+        chose = rep.method if method == "auto" else "structured"
+        if chose == "structured":
+            chose += f" ({rep.cost('structured').variant})"
+        extra["chose"] = chose
     return {"secs": secs, "peak_mib": peak, "checksum": float(k.double().trace()), **extra}
 
 
@@ -229,14 +290,21 @@ NT_SCRIPT = textwrap.dedent(
     _, params = init(key, (1, 16, 16, 1))
     x = jax.random.normal(key, (n, 16, 16, 1), jnp.float32)
     fn = jax.jit(nt.empirical_ntk_fn(apply_fn, trace_axes=(-1,), implementation=impl))
-    base = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    def status(field):
+        with open("/proc/self/status") as fh:
+            for line in fh:
+                if line.startswith(field + ":"):
+                    return int(line.split()[1]) / 1024
     t0 = time.perf_counter()
     fn(x, None, params).block_until_ready()
     first = time.perf_counter() - t0
+    with open("/proc/self/clear_refs", "w") as fh:  # peak of the second call only
+        fh.write("5")
+    base = status("VmRSS")
     t0 = time.perf_counter()
     k = fn(x, None, params).block_until_ready()
     secs = time.perf_counter() - t0
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024 - base
+    peak = status("VmHWM") - base
     print(json.dumps({"secs": secs, "first_call_secs": first, "peak_mib": peak,
                       "checksum": float(jnp.trace(k) / 10)}))
     """
@@ -259,9 +327,23 @@ def measure(arch, width, n, method, device, timeout):
     except subprocess.TimeoutExpired:
         return {"error": f"timeout > {timeout}s"}
     if res.returncode != 0:
-        tail = (res.stderr or res.stdout).strip().splitlines()[-1:] or ["?"]
-        return {"error": tail[0][:120]}
+        lines = (res.stderr or res.stdout).strip().splitlines() or ["?"]
+        errors = [ln for ln in lines if "Error" in ln or "error" in ln]
+        return {"error": (errors or lines)[-1][:120]}
     return json.loads(res.stdout.strip().splitlines()[-1])
+
+
+def _median(runs: list[dict]) -> dict:
+    """The run of median time, with the spread of times and the largest peak memory."""
+    order = sorted(runs, key=lambda r: r["secs"])
+    out = dict(order[len(order) // 2])
+    out.update(
+        secs_min=order[0]["secs"],
+        secs_max=order[-1]["secs"],
+        peak_mib=max(r["peak_mib"] for r in runs),
+        runs=len(runs),
+    )
+    return out
 
 
 def main():
@@ -276,9 +358,12 @@ def main():
     ap.add_argument("--ns", nargs="+", type=int, help="MLP batch sizes N")
     ap.add_argument("--resnet-width", type=int, default=16)
     ap.add_argument("--resnet-ns", nargs="+", type=int)
-    ap.add_argument("--methods", nargs="+", default=list(OURS + BASELINES + NT))
+    ap.add_argument("--methods", nargs="+", default=list(OURS + WHOLE + BASELINES + NT))
     ap.add_argument("--device", default="cpu", choices=["cpu", "cuda"])
     ap.add_argument("--timeout", type=int, default=600, help="seconds per measurement")
+    ap.add_argument(
+        "--repeat", type=int, default=1, help="measurements per case (each in a fresh process)"
+    )
     ap.add_argument("--loop-max-n", type=int, default=256, help="skip the slow loop above this N")
     ap.add_argument("--ntkvp-max-n", type=int, default=16, help="skip tutorial_ntkvp above this N")
     ap.add_argument(
@@ -314,12 +399,17 @@ def main():
                 continue
             if method == "tutorial_ntkvp" and n > args.ntkvp_max_n:
                 continue
-            if method in ("loop", "tutorial_jac", "tutorial_ntkvp"):
+            if method in ("loop", "jjt_gemm", "tutorial_jac", "tutorial_ntkvp") + WHOLE:
                 gib = 2 * n * N_OUT * n_params(arch, w) * 4 / 2**30
                 if gib > args.max_jac_gib:
                     print(f"{arch:<7}{w:>6}{n:>5}  {method:<15}  skipped: J needs {gib:.0f} GiB")
                     continue
-            r = measure(arch, w, n, method, args.device, args.timeout)
+            runs = []
+            for _ in range(args.repeat):
+                runs.append(measure(arch, w, n, method, args.device, args.timeout))
+                if "error" in runs[-1]:
+                    break
+            r = runs[-1] if "error" in runs[-1] else _median(runs)
             r.update(arch=arch, width=w, n=n, method=method)
             results.append(r)
             if "error" in r:
@@ -328,6 +418,9 @@ def main():
                 note = f"chose {r['chose']}" if "chose" in r else ""
                 if "first_call_secs" in r:
                     note = f"first call (compile) {r['first_call_secs']:.2f}s"
+                if len(runs) > 1:
+                    spread = f"{r['secs_min']:.3f}-{r['secs_max']:.3f}s"
+                    note = f"median of {len(runs)} ({spread}) {note}"
                 row = f"{arch:<7}{w:>6}{n:>5}  {method:<15}"
                 print(f"{row}{r['secs']:>9.3f}{r['peak_mib']:>10.1f}  {note}")
             sys.stdout.flush()

@@ -3,6 +3,7 @@ per-example, per-output autograd Jacobian (float64, 1e-10), parameter subsets, b
 models with state, keyword and multi-output forwards, convergence to the analytic NTK."""
 
 import copy
+import importlib
 
 import pytest
 import torch
@@ -295,6 +296,22 @@ def test_explain_reports_every_method_and_auto_uses_its_choice():
         nn.Linear(5, 1024), nn.ReLU(), nn.Linear(1024, 1024), nn.ReLU(), nn.Linear(1024, 1)
     )
     assert wn.empirical.explain(wide, _x((64, 5), 33).float()).method == "structured"
+    # a CNN with BatchNorm: as much arithmetic as Jacobians, a fraction of the memory
+    torch.manual_seed(5)
+    conv = nn.Sequential(
+        nn.Conv2d(3, 16, 3, padding=1, bias=False),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.Conv2d(16, 16, 3, stride=2, padding=1, bias=False),
+        nn.BatchNorm2d(16),
+        nn.ReLU(),
+        nn.AdaptiveAvgPool2d(1),
+        nn.Flatten(),
+        nn.Linear(16, 10),
+    )
+    rep = wn.empirical.explain(conv, torch.randn(64, 3, 16, 16))
+    assert rep.method == "structured", rep
+    assert rep.cost("structured").scalars < rep.cost("jacobian").scalars / 2, rep
 
 
 @pytest.mark.parametrize("width_seeds", [(64, 256, 1024)])
@@ -356,3 +373,178 @@ def test_bad_input():
         wn.empirical.nngp(mlp(), x, layer="head")
     with pytest.raises(TypeError, match="`model` must be a torch.nn.Module"):
         wn.empirical.ntk(lambda t: t, x)
+
+
+# ---------------------------------------------------------------- structured variants
+VARIANTS = list(structured.VARIANTS)
+
+
+class NormNet(nn.Module):
+    """BatchNorm1d on vectors, GroupNorm and LayerNorm over (C, L), an in-place ReLU right
+    after a convolution, a bias-free Conv1d with circular padding."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(6)
+        self.c1 = nn.Conv1d(3, 6, 3, padding=1, padding_mode="circular", bias=False).to(DT)
+        self.act = nn.ReLU(inplace=True)
+        self.gn = nn.GroupNorm(2, 6).to(DT)
+        self.ln = nn.LayerNorm((6, 5)).to(DT)
+        self.fc = nn.Linear(30, 4).to(DT)
+        self.bn = nn.BatchNorm1d(4).to(DT)
+        self.out = nn.Linear(4, 2).to(DT)
+        for p in (self.gn.weight, self.ln.weight, self.bn.weight):
+            p.data.uniform_(0.5, 1.5, generator=_gen(7))
+        for p in (self.gn.bias, self.ln.bias, self.bn.bias):
+            p.data.normal_(generator=_gen(8))
+        self.bn.running_mean.normal_(generator=_gen(9))
+        self.bn.running_var.uniform_(0.5, 2.0, generator=_gen(10))
+
+    def forward(self, x):
+        h = self.ln(torch.tanh(self.gn(self.act(self.c1(x)))))
+        return self.out(torch.sin(self.bn(self.fc(h.flatten(1)))))
+
+
+def widenets_cnn():
+    net = wn.serial(
+        wn.Conv(4, (3, 3), padding="circular", w_std=1.3, b_std=0.2),
+        wn.Relu(),
+        wn.Conv(3, (2, 2), stride=2, padding="same", w_std=1.1),
+        wn.Erf(),
+        wn.Flatten(),
+        wn.Dense(2, w_std=1.2, b_std=0.1),
+    )
+    return net.build((2, 5, 5), seed=3, dtype=DT)
+
+
+VARIANT_CASES = {
+    **CASES,
+    "norms": (NormNet, lambda: _x((5, 3, 5), 40), lambda: _x((3, 3, 5), 41)),
+    "widenets_cnn": (widenets_cnn, lambda: _x((5, 2, 5, 5), 42), lambda: _x((3, 2, 5, 5), 43)),
+}
+
+
+@pytest.mark.parametrize("case", list(VARIANT_CASES))
+@pytest.mark.parametrize("variant", VARIANTS)
+def test_structured_variants_match_explicit_jacobian(case, variant, monkeypatch):
+    """Every way of computing the structured NTK (per example under vmap; batched, held;
+    streamed; per output) against the explicit Jacobian, traced and untraced, with one
+    tile and with several (off-diagonal tiles run passes over two blocks)."""
+    make, make_x1, make_x2 = VARIANT_CASES[case]
+    model, x1, x2 = make(), make_x1(), make_x2()
+    monkeypatch.setattr(structured, "FORCE_VARIANT", variant)
+    ref_tr, ref_full = reference(model, x1)
+    ref12_tr, ref12_full = reference(model, x1, x2)
+    got = wn.empirical.ntk(model, x1, method="structured")
+    torch.testing.assert_close(got, ref_tr, atol=TOL, rtol=0)
+    got = wn.empirical.ntk(model, x1, method="structured", batch_size=2)
+    torch.testing.assert_close(got, ref_tr, atol=TOL, rtol=0)
+    got = wn.empirical.ntk(model, x1, x2, method="structured", batch_size=(2, 3))
+    torch.testing.assert_close(got, ref12_tr, atol=TOL, rtol=0)
+    got = wn.empirical.ntk(model, x1, x2, method="structured", trace_outputs=False)
+    torch.testing.assert_close(got, ref12_full, atol=TOL, rtol=0)
+    got = wn.empirical.ntk(model, x1, method="structured", trace_outputs=False, batch_size=3)
+    torch.testing.assert_close(got, ref_full, atol=TOL, rtol=0)
+
+
+def test_every_layer_of_the_test_models_is_structured():
+    """No Jacobian fallback, so the batched variants are the ones used by default."""
+    for case in ("mlp", "cnn_bn", "conv1d", "multi_output_kwargs", "norms", "widenets_cnn"):
+        make, make_x1, _ = VARIANT_CASES[case]
+        rep = wn.empirical.explain(make(), make_x1())
+        cost = rep.cost("structured")
+        assert cost.variant in ("streamed", "per_output"), (case, cost)
+        assert "by Jacobian" not in cost.note, (case, cost.note)
+
+
+@pytest.mark.parametrize("mode", ["materialised", "pairwise"])
+@pytest.mark.parametrize("variant", ["streamed", "per_output", "batched"])
+def test_batched_variants_in_both_modes_for_layers_with_positions(mode, variant, monkeypatch):
+    monkeypatch.setattr(structured, "FORCE_MODE", mode)
+    monkeypatch.setattr(structured, "FORCE_VARIANT", variant)
+    for case in ("cnn_bn", "conv1d", "norms"):
+        make, make_x1, make_x2 = VARIANT_CASES[case]
+        model, x1, x2 = make(), make_x1(), make_x2()
+        ref12_tr, ref12_full = reference(model, x1, x2)
+        got = wn.empirical.ntk(model, x1, x2, method="structured", batch_size=(3, 2))
+        torch.testing.assert_close(got, ref12_tr, atol=TOL, rtol=0)
+        if variant == "batched":
+            got = wn.empirical.ntk(model, x1, x2, method="structured", trace_outputs=False)
+            torch.testing.assert_close(got, ref12_full, atol=TOL, rtol=0)
+
+
+def test_tiny_memory_budget_gives_the_same_kernel(monkeypatch):
+    """Blocks of one example and per-output passes of one example (chunks of 1)."""
+    ntk_mod = importlib.import_module("widenets.empirical.ntk")
+    model, x1, x2 = cnn(), _x((5, 2, 5, 5), 44), _x((3, 2, 5, 5), 45)
+    ref_tr, _ = reference(model, x1)
+    ref12_tr, _ = reference(model, x1, x2)
+    monkeypatch.setattr(ntk_mod, "MEMORY_SCALARS", 1000)
+    for variant in ("streamed", "per_output"):
+        monkeypatch.setattr(structured, "FORCE_VARIANT", variant)
+        cost = wn.empirical.explain(model, x1, x2).cost("structured")
+        if variant == "per_output":
+            assert cost.chunk == 1
+        got = wn.empirical.ntk(model, x1, method="structured")
+        torch.testing.assert_close(got, ref_tr, atol=TOL, rtol=0)
+        got = wn.empirical.ntk(model, x1, x2, method="structured")
+        torch.testing.assert_close(got, ref12_tr, atol=TOL, rtol=0)
+
+
+class MixesBatch(nn.Module):
+    """Outputs depend on the other examples of the batch (a batch mean): batched passes
+    would be wrong, so structured must fall back to per-example passes."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(11)
+        self.fc1 = nn.Linear(4, 8).to(DT)
+        self.fc2 = nn.Linear(8, 2).to(DT)
+
+    def forward(self, x):
+        h = torch.tanh(self.fc1(x))
+        return self.fc2(h + 0.5 * h.mean(0, keepdim=True))
+
+
+def test_batch_mixing_model_falls_back_to_per_example_passes():
+    model, x1, x2 = MixesBatch(), _x((5, 4), 46), _x((3, 4), 47)
+    rep = wn.empirical.explain(model, x1, x2)
+    assert rep.cost("structured").variant == "per_example"
+    ref12_tr, ref12_full = reference(model, x1, x2)  # each example alone, as vmap does
+    got = wn.empirical.ntk(model, x1, x2, method="structured")
+    torch.testing.assert_close(got, ref12_tr, atol=TOL, rtol=0)
+    got = wn.empirical.ntk(model, x1, x2, method="structured", trace_outputs=False)
+    torch.testing.assert_close(got, ref12_full, atol=TOL, rtol=0)
+
+
+class FakeAffine(nn.Module):
+    """Claims the widenets protocol (weight_scale, bias_scale, a 2-D weight) but is not
+    affine: must not be read as a dense layer."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(12)
+        self.weight = nn.Parameter(torch.randn(3, 4, dtype=DT))
+        self.bias = nn.Parameter(torch.randn(3, dtype=DT))
+        self.weight_scale, self.bias_scale = 0.5, 1.0
+
+    def forward(self, x):
+        return torch.tanh(x @ self.weight.T * self.weight_scale) + self.bias
+
+
+def test_layer_that_is_not_what_it_claims_is_left_to_jacobians():
+    model = nn.Sequential(FakeAffine(), nn.Linear(3, 2).to(DT))
+    x = _x((4, 4), 48)
+    params, frozen = dict(model.named_parameters()), {}
+    specs = structured.find_layers(model, params, frozen, wn.empirical._common.Batch((x,), {}))
+    assert [s.key for s in specs] == ["1"]
+    ref_tr, _ = reference(model, x)
+    got = wn.empirical.ntk(model, x, method="structured")
+    torch.testing.assert_close(got, ref_tr, atol=TOL, rtol=0)
+
+
+def test_model_that_fails_on_one_example_gets_a_clear_error():
+    """BatchNorm without running statistics normalises by the batch even in eval mode."""
+    model = nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5, track_running_stats=False)).to(DT)
+    with pytest.raises(ValueError, match="fails on a single example"):
+        wn.empirical.ntk(model, _x((6, 4), 49))

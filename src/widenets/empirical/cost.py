@@ -1,33 +1,44 @@
 """Cost estimates of the empirical-NTK methods, and the choice ``method="auto"`` makes.
 
 With F the forward FLOPs of one example (counted by ``torch.utils.flop_counter`` on one
-example), P the number of differentiated parameters, O outputs, N1 x N2 pairs and k = 1
-(traced) or O (untraced):
+example), A the activations it saves for a reverse pass (counted on one example), P the
+number of differentiated parameters, O outputs, k = 1 (traced) or O (untraced), and the
+kernel computed in tiles of b1 x b2 examples (for x2 None only the tiles on or above the
+diagonal, each example pair once):
 
-- jacobian: (N1 + N2) O (F + 2F) to build per-example Jacobians (one reverse pass per
-  output, weight gradients included), 2 N1 N2 k O P to contract them; holds b O P
-  scalars per block of b examples.
-- ntk_vector: N1 O 3F for the rows of J(x1), then N1 O N2 3F for the forward-mode
-  products through the x2 block; holds b1 O P scalars.
-- structured: (N1 + N2) O 2F for the output-gradients (no weight gradients), plus the
-  per-layer costs of :func:`widenets.empirical.structured.layer_cost`, plus the Jacobian
-  contraction of the parameters outside supported layers.
+- jacobian: a forward pass and O reverse passes with weight gradients, F (1 + 2 O), for
+  every example whose Jacobian is formed (the left block of a row of tiles, the right
+  block of each tile off the diagonal), then 2 k O P per pair of examples; holds the
+  Jacobians of two blocks, (b1 + b2) O P (one block if a single tile covers x1 with
+  itself), and the reverse passes of a block, b O A.
+- ntk_vector: F (1 + 2 O) for the rows of J(x1), then 3 F O per pair (forward-mode
+  products through the x2 block); holds b1 O P rows and the tangents of b1 O b2 passes.
+- structured: F (1 + O) per example (reverse passes for the g's, no weight gradients),
+  plus the per-layer costs of :func:`widenets.empirical.structured.layer_cost`, plus the
+  Jacobian contraction of the parameters outside supported layers. Batched and traced
+  ("streamed"), each tile runs its own passes over both blocks and holds the activations
+  of those passes and the features of one output and one layer at a time.
 
 These are estimates of arithmetic, not timings; ``explain`` prints them so the choice can
-be checked and overridden with ``method=...``.
+be checked and overridden with ``method=...``. ``auto`` takes the fewest FLOPs; estimates
+within :data:`TIE` of each other count as a tie, broken by the smaller memory.
 """
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
+from widenets.empirical import structured
 from widenets.empirical._common import Batch, call
 from widenets.empirical.structured import layer_cost
 
 METHODS = ("jacobian", "ntk_vector", "structured")
+#: estimates within this factor of the fewest FLOPs are a tie, broken by memory
+TIE = 1.25
 
 
 def forward_flops(model, state: dict, batch: Batch) -> float:
@@ -38,17 +49,35 @@ def forward_flops(model, state: dict, batch: Batch) -> float:
     return float(max(counter.get_total_flops(), 1))
 
 
+def activation_numel(model, params: dict, frozen: dict, batch: Batch) -> float:
+    """Scalars one example's forward pass saves for the reverse pass (not the weights)."""
+    own = {v.data_ptr() for v in params.values()} | {v.data_ptr() for v in frozen.values()}
+    seen: dict = {}
+
+    def pack(t):
+        if t.data_ptr() not in own:
+            seen[(t.data_ptr(), t.numel())] = t.numel()
+        return t
+
+    state = {**frozen, **{k: v.detach().requires_grad_() for k, v in params.items()}}
+    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+        call(model, state, batch.slice(0, 1).tree(), 1)
+    return float(sum(seen.values()))
+
+
 @dataclass
 class MethodCost:
     method: str
     flops: float
     scalars: float  # largest number of scalars held at once (features of a block + tile)
     note: str = ""
+    variant: str | None = None  # structured: how (structured.VARIANTS)
+    chunk: int | None = None  # structured, per output: examples per pass
 
 
 @dataclass
 class CostReport:
-    """Estimated cost of each method; ``method`` is what ``"auto"`` picks (least FLOPs)."""
+    """Estimated cost of each method; ``method`` is what ``"auto"`` picks."""
 
     n1: int
     n2: int
@@ -57,10 +86,17 @@ class CostReport:
     forward_flops: float
     block: tuple[int, int]
     costs: list[MethodCost] = field(default_factory=list)
+    budget: float = math.inf  # scalars; methods holding more are chosen only if none fit
 
     @property
     def method(self) -> str:
-        return min(self.costs, key=lambda c: c.flops).method
+        fit = [c for c in self.costs if c.scalars <= self.budget] or self.costs
+        least = min(c.flops for c in fit)
+        ties = [c for c in fit if c.flops <= TIE * least]
+        return min(ties, key=lambda c: (c.scalars, c.flops)).method
+
+    def cost(self, method: str) -> MethodCost:
+        return next(c for c in self.costs if c.method == method)
 
     def __str__(self) -> str:
         lines = [
@@ -79,41 +115,117 @@ class CostReport:
     __repr__ = __str__
 
 
-def estimate(n1, n2, n_out, params, specs, f_flops, block, trace) -> CostReport:
+@dataclass
+class Shape:
+    """What the estimate needs to know about the model, measured once."""
+
+    n_out: int
+    f_flops: float
+    act: float  # activations saved per example
+    y_numel: float  # outputs of the structured layers per example (their g's)
+    batched: bool  # structured: batched passes (see structured.batch_independent)
+
+
+def _tiling(n1, n2, b1, b2, same):
+    """(example pairs contracted, examples whose features are formed for left/right
+    blocks, examples run through per-tile passes, tiles)."""
+    t1, t2 = math.ceil(n1 / b1), math.ceil(n2 / b2)
+    if same:
+        tiles = t1 * (t1 + 1) // 2
+        pairs = n1 * (n1 + b1) / 2
+        feats = n1 + n1 * (t1 - 1) / 2
+        per_tile = n1 + (t1 - 1) * n1
+    else:
+        tiles = t1 * t2
+        pairs = n1 * n2
+        feats = n1 + t1 * n2
+        per_tile = t1 * n2 + t2 * n1
+    return pairs, feats, per_tile, tiles
+
+
+def estimate(
+    n1, n2, params, specs, shape: Shape, block, trace, same=False, budget=math.inf
+) -> CostReport:
     """The cost of every method for this model and batch (see module docstring)."""
-    k = 1 if trace else n_out
+    o, f, act = shape.n_out, shape.f_flops, shape.act
+    k = 1 if trace else o
     p = sum(v.numel() for v in params.values())
     b1, b2 = block
-    tile = b1 * b2 * (1 if trace else n_out**2)
-    rep = CostReport(n1, n2, n_out, p, f_flops, block)
+    tile = b1 * b2 * (1 if trace else o**2)
+    pairs, feats, per_tile, _ = _tiling(n1, n2, b1, b2, same)
+    # examples whose features a tile holds: one block when x2 is None and one tile covers
+    # it (the diagonal tile reuses its left features), else the two blocks of the tile
+    span = b1 if same and b1 >= n1 else b1 + b2
+    rep = CostReport(n1, n2, o, p, f, block, budget=budget)
     rep.costs.append(
         MethodCost(
             "jacobian",
-            (n1 + n2) * n_out * 3 * f_flops + 2 * n1 * n2 * k * n_out * p,
-            (b1 + b2) * n_out * p + tile,
+            feats * f * (1 + 2 * o) + pairs * 2 * k * o * p,
+            span * o * p + max(b1, b2) * (o + 1) * act + tile,
         )
     )
     rep.costs.append(
         MethodCost(
             "ntk_vector",
-            n1 * n_out * 3 * f_flops + n1 * n_out * n2 * 3 * f_flops,
-            b1 * n_out * p + b1 * n_out * b2 * n_out + tile,
+            n1 * f * (1 + 2 * o) + pairs * o * 3 * f,
+            b1 * o * p + b1 * o * b2 * act + (o + 1) * b1 * act + tile,
         )
     )
     covered = {s.weight for s in specs} | {s.bias for s in specs}
     p_rest = sum(v.numel() for n, v in params.items() if n not in covered)
-    flops = (n1 + n2) * n_out * 2 * f_flops + 2 * n1 * n2 * k * n_out * p_rest
-    held = (b1 + b2) * n_out * p_rest + tile
-    modes = {}
-    bb = max(1, int((b1 * b2) ** 0.5))
+    if not (shape.batched and not p_rest):
+        variants = ["per_example"]
+    else:
+        variants = ["streamed", "per_output"] if trace else ["batched"]
+    forced = structured.FORCE_VARIANT
+    if forced == "per_example" or forced in variants:
+        variants = [forced]
+    options = [
+        _structured(
+            v, specs, shape, p_rest, trace, block, span, pairs, feats, per_tile, tile, budget
+        )
+        for v in variants
+    ]
+    fit = [c for c in options if c.scalars <= budget] or options
+    rep.costs.append(min(fit, key=lambda c: (c.flops, c.scalars)))
+    return rep
+
+
+#: scalars a batched pass holds per example, in units of its saved activations
+#: (the activations, the reverse pass's transients, allocator slack)
+C_ACT = 3.0
+
+
+def _structured(
+    variant, specs, shape, p_rest, trace, block, span, pairs, feats, per_tile, tile, budget
+):
+    """The structured method's cost in one variant (see structured.VARIANTS)."""
+    o, f, act = shape.n_out, shape.f_flops, shape.act
+    k = 1 if trace else o
+    b1, b2 = block
+    one = variant in ("streamed", "per_output")
+    examples = per_tile if one else feats
+    chunk = None
+    if variant == "per_output":  # a forward and a reverse pass per output
+        flops = examples * o * 2 * f
+        chunk = int(max(1, min(max(b1, b2), budget / 4 / (C_ACT * max(act, 1.0)))))
+        held = chunk * C_ACT * act + tile
+    elif variant == "streamed":  # one forward, one reverse pass per output
+        flops = examples * f * (1 + o)
+        held = span * C_ACT * act + tile
+    else:
+        flops = examples * f * (1 + o) + pairs * 2 * k * o * p_rest
+        held = span * o * (p_rest + shape.y_numel) + max(b1, b2) * (o + 1) * act + tile
+    modes, layer_held = {}, []
     for s in specs:
-        mode, fl, mem = layer_cost(s, bb, n_out, trace)
-        scale = n1 * n2 / (bb * bb)
-        flops += fl * scale
-        held += mem
-        modes[mode] = modes.get(mode, 0) + 1
-    note = f"{len(specs)} structured layers " + str(modes) if specs else "no supported layers"
+        c = layer_cost(s, max(1, int((b1 * b2) ** 0.5)), o, trace, one, variant == "per_output")
+        flops += examples * c.per_example + pairs * c.per_pair
+        layer_held.append(span * c.held_example + b1 * b2 * c.held_pair)
+        modes[c.mode] = modes.get(c.mode, 0) + 1
+    if layer_held:  # streamed: one layer's features at a time; else all of them
+        held += max(layer_held) if variant == "streamed" else sum(layer_held)
+    how = variant.replace("_", " ") + (f", chunks of {chunk}" if chunk else "")
+    note = f"{len(specs)} structured layers {modes}, {how}" if specs else "no supported layers"
     if p_rest:
         note += f", {p_rest:,} params by Jacobian"
-    rep.costs.append(MethodCost("structured", flops, held, note))
-    return rep
+    return MethodCost("structured", flops, held, note, variant, chunk)

@@ -18,27 +18,34 @@ Methods (see :mod:`.cost` for their estimated costs and :func:`explain`):
   contracted parameter by parameter (the ``torch.func`` NTK tutorial, tiled).
 - ``"ntk_vector"``: rows of J(x1) by reverse mode, pushed through the x2 block in forward
   mode (``jvp``), so J(x2) is never formed.
-- ``"structured"``: structured derivatives for ``nn.Linear``, ``nn.Conv1d/2d`` and
-  widenets' affine modules (Novak et al. 2022), Jacobians for any other parameter; see
-  :mod:`.structured`.
-- ``"auto"``: the method with the least estimated arithmetic.
+- ``"structured"``: structured derivatives for ``nn.Linear``, ``nn.Conv1d/2d``,
+  eval-mode BatchNorm, LayerNorm, GroupNorm and widenets' affine modules (Novak et al.
+  2022), Jacobians for any other parameter; when every parameter is in such a layer and
+  the model treats examples independently, from batched forward and reverse passes
+  instead of per-example ``vmap``; see :mod:`.structured`.
+- ``"auto"``: the method with the least estimated arithmetic among those that fit the
+  memory budget (near-ties go to the one holding less).
 
-The kernel is computed in tiles of (b1, b2) examples so that memory is bounded; for x2
-None only tiles on or above the diagonal are computed and mirrored. Every entry is the
-same sum whatever the tiling, so the result does not depend on ``batch_size``.
+The kernel is computed in tiles of (b1, b2) examples so that memory is bounded (the tiles
+are sized for the method used: at most ``MEMORY_SCALARS`` scalars held, by the estimate);
+for x2 None only tiles on or above the diagonal are computed and mirrored. Every entry is
+the same sum whatever the tiling, so the result does not depend on ``batch_size``.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from torch import Tensor, nn
 from tqdm.auto import tqdm
 
+from widenets.empirical import structured
 from widenets.empirical._common import Batch, eval_mode, prepare, probe
 from widenets.empirical._methods import JacobianMethod, NtkVectorMethod
-from widenets.empirical.cost import CostReport, estimate, forward_flops
+from widenets.empirical.cost import CostReport, Shape, activation_numel, estimate, forward_flops
 from widenets.empirical.params import select_params
-from widenets.empirical.structured import StructuredMethod, find_layers
+from widenets.empirical.structured import StructuredMethod, batch_independent, find_layers
 
 METHODS = ("auto", "jacobian", "ntk_vector", "structured")
 #: scalars held at once (features of two blocks and a tile); float64: 512 MiB
@@ -61,7 +68,9 @@ def _check_batch_size(batch_size, n1, n2):
 class _Setup:
     """Everything the methods and the cost estimate need, computed once."""
 
-    def __init__(self, model, x1: Batch, x2: Batch | None, params, trace, batch_size):
+    def __init__(
+        self, model, x1: Batch, x2: Batch | None, params, trace, batch_size, method="auto"
+    ):
         self.model, self.x1, self.x2, self.trace = model, x1, x2, trace
         sel = select_params(model, params)
         self.params = {k: v.detach() for k, v in sel.items()}
@@ -73,31 +82,62 @@ class _Setup:
         state = {**self.frozen, **self.params}
         self.specs = find_layers(model, self.params, self.frozen, x1)
         try:
-            self.f_flops = forward_flops(model, state, x1)
+            f_flops = forward_flops(model, state, x1)
         except Exception:  # noqa: BLE001 - an op the counter cannot trace: a rough guess
-            self.f_flops = 2.0 * sum(v.numel() for v in state.values())
+            f_flops = 2.0 * sum(v.numel() for v in state.values())
+        try:
+            act = activation_numel(model, self.params, self.frozen, x1)
+        except Exception:  # noqa: BLE001 - a rough guess: the forward's outputs
+            act = f_flops / 100
+        covered = {s.weight for s in self.specs} | {s.bias for s in self.specs}
+        batched = bool(self.specs) and all(k in covered for k in self.params)
+        if structured.FORCE_VARIANT is not None:
+            batched = batched and structured.FORCE_VARIANT != "per_example"
+        elif batched:
+            batched = batch_independent(model, state, x1, x2)
+        self.batched = batched
+        y_numel = float(sum(math.prod(s.y_shape) for s in self.specs))
+        self.shape = Shape(self.n_out, f_flops, act, y_numel, batched)
         n1 = x1.n
         n2 = n1 if x2 is None else x2.n
         self.n1, self.n2 = n1, n2
         fixed = _check_batch_size(batch_size, n1, n2)
-        self.report = self._report(fixed or (n1, n2))
-        if fixed is None:  # halve the blocks until the cheapest method fits the budget
-            b1, b2 = n1, n2
-            while True:
-                rep = self._report((b1, b2))
-                best = min(rep.costs, key=lambda c: c.flops)
-                if best.scalars <= MEMORY_SCALARS or (b1 == 1 and b2 == 1):
-                    break
-                b1, b2 = (max(1, b1 // 2), b2) if b1 >= b2 else (b1, max(1, b2 // 2))
-            fixed = (b1, b2)
+        if x2 is not None and fixed is None:
+            fixed = self._fit(method, n1, n2, lambda b1, b2: b1 >= b2)
+        elif fixed is None:
+            fixed = self._fit(method, n1, n2, None)
         if x2 is None:
             fixed = (min(fixed),) * 2
         self.block = fixed
         self.report = self._report(fixed)
+        self.method_name = self.report.method if method == "auto" else method
+
+    def _fit(self, method, b1, b2, halve_first):
+        """Halve the blocks until the method used (for "auto": the one it would pick among
+        those that fit) holds at most MEMORY_SCALARS scalars."""
+        while True:
+            rep = self._report((b1, b2))
+            name = rep.method if method == "auto" else method
+            if rep.cost(name).scalars <= MEMORY_SCALARS or (b1 == 1 and b2 == 1):
+                return b1, b2
+            if halve_first is None:  # x2 None: square blocks
+                b1 = b2 = max(1, b1 // 2)
+            elif halve_first(b1, b2):
+                b1 = max(1, b1 // 2)
+            else:
+                b2 = max(1, b2 // 2)
 
     def _report(self, block) -> CostReport:
         return estimate(
-            self.n1, self.n2, self.n_out, self.params, self.specs, self.f_flops, block, self.trace
+            self.n1,
+            self.n2,
+            self.params,
+            self.specs,
+            self.shape,
+            block,
+            self.trace,
+            same=self.x2 is None,
+            budget=MEMORY_SCALARS,
         )
 
     def method(self, name: str):
@@ -106,8 +146,13 @@ class _Setup:
             return JacobianMethod(*args)
         if name == "ntk_vector":
             return NtkVectorMethod(*args)
+        cost = self.report.cost("structured")
         return StructuredMethod(
-            *args, self.specs, max(1, int((self.block[0] * self.block[1]) ** 0.5))
+            *args,
+            self.specs,
+            max(1, int((self.block[0] * self.block[1]) ** 0.5)),
+            variant=cost.variant,
+            chunk=cost.chunk,
         )
 
 
@@ -170,7 +215,7 @@ def ntk(
             (N1, N2, O, O).
         method: "auto", "jacobian", "ntk_vector" or "structured".
         batch_size: examples per tile, an int or a pair (b1, b2); None picks tiles that
-            keep about ``MEMORY_SCALARS`` scalars in memory.
+            keep about ``MEMORY_SCALARS`` scalars in memory for the method used.
         progress: show a progress bar over tiles (default: from 8 tiles on).
 
     Returns:
@@ -180,9 +225,8 @@ def ntk(
         raise ValueError(f"`method` must be one of {METHODS}, got {method!r}.")
     x1, x2 = prepare(model, x1, x2)
     with eval_mode(model):
-        setup = _Setup(model, x1, x2, params, trace_outputs, batch_size)
-        name = setup.report.method if method == "auto" else method
-        m = setup.method(name)
+        setup = _Setup(model, x1, x2, params, trace_outputs, batch_size, method)
+        m = setup.method(setup.method_name)
         return _tiled(m, x1, x2, setup.block, setup.n_out, trace_outputs, progress).detach()
 
 
