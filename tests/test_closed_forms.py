@@ -48,6 +48,18 @@ def test_relu_diagonal_is_exact(inputs):
     )
 
 
+def test_relu_of_opposite_inputs_is_exactly_zero(inputs):
+    """x and -x have c = -1: E[relu(u) relu(-u)] = 0 and the step factor is 0, so with no
+    biases both kernels of the pair vanish exactly."""
+    x = torch.cat([inputs, -inputs])
+    net = wn.serial(wn.Dense(8, w_std=W), wn.Relu(), wn.Dense(1, w_std=W))
+    k = net.kernel(x)
+    n = len(inputs)
+    for t in (k.nngp, k.ntk):
+        assert torch.equal(torch.diagonal(t[:n, n:]), torch.zeros(n, dtype=t.dtype))
+        assert (torch.diagonal(t[:n, :n]) > 0).all()
+
+
 def test_erf_against_arcsine_kernel(inputs):
     net = wn.serial(wn.Dense(8, w_std=W, b_std=B), wn.Erf(), wn.Dense(1, w_std=W, b_std=B))
     k = net.kernel(inputs)

@@ -20,6 +20,7 @@ import math
 import torch
 from torch import Tensor
 
+from widenets._malloc import keep_freed_memory
 from widenets.errors import as_tensor, check_get, shape_str
 from widenets.kernel import Kernel, input_kernel, input_variances, slice_pairs
 
@@ -50,6 +51,7 @@ def _tile_sizes(
     batch_size,
     budget_numel: int = TILE_NUMEL,
     square: bool = False,
+    thin_rows: bool = False,
 ) -> tuple[int, int]:
     if batch_size is not None:
         if isinstance(batch_size, int):
@@ -63,6 +65,12 @@ def _tile_sizes(
                 )
         return min(b1, n1), min(b2, n2)
     budget = max(1, budget_numel // max(1, pair_cost))
+    if thin_rows:
+        # a set with itself in the diagonal layout: a row tile computes its whole
+        # (b1, b1) diagonal square, of which half is mirrored, so the wasted share is about
+        # b1 / N; the per-input variances cost only (b1 + b2) positions a tile
+        b1 = min(n1, max(16, math.isqrt(budget) // 4))
+        return b1, min(n2, max(1, budget // b1))
     if square:
         # spatial kernels recompute the per-input covariances of a tile's b1 + b2 inputs
         # (as large as a pair's entries): square tiles make that a 2/sqrt(budget) share
@@ -102,6 +110,7 @@ def evaluate_kernel(
 ) -> Kernel:
     """Fold ``layer`` over the input kernel of (x1, x2), tile by tile. See ``Layer.kernel``."""
     names = check_get(get)
+    keep_freed_memory()
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise ValueError(f"`dtype` must be a floating torch dtype, got {dtype!r}.")
     x1 = as_tensor(x1, "x1", dtype)
@@ -121,7 +130,15 @@ def evaluate_kernel(
     budget = TILE_NUMEL
     if full:
         budget = max(TILE_NUMEL_FULL, min(MIN_PAIRS_FULL * cost, 2 * TILE_NUMEL_FULL))
-    b1, b2 = _tile_sizes(n1, n2, cost, batch_size, budget, square=len(in_shape) > 1)
+    b1, b2 = _tile_sizes(
+        n1,
+        n2,
+        cost,
+        batch_size,
+        budget,
+        square=len(in_shape) > 1,
+        thin_rows=same and not full and len(in_shape) > 1,
+    )
 
     rows_per_block = b1 * max(1, BLOCK_NUMEL // max(1, b1 * b2 * cost))
     blocks = []  # (row start, row end, column start)

@@ -113,8 +113,11 @@ def pad_axis(t: Tensor, axis: int, lo: int, hi: int, circular: bool) -> Tensor:
     return out
 
 
-def shift_sum(t: Tensor, axes: tuple[int, ...], k: int, s: int, out_len: int) -> Tensor:
-    """sum_{d<k} t[..., s p + d, ...] with the same shift d on every axis in ``axes``."""
+def shift_sum(
+    t: Tensor, axes: tuple[int, ...], k: int, s: int, out_len: int, scale: float | None = None
+) -> Tensor:
+    """sum_{d<k} t[..., s p + d, ...] with the same shift d on every axis in ``axes``
+    (times ``scale`` when given, folded into the same passes)."""
 
     def index(d):
         idx = [slice(None)] * t.ndim
@@ -122,9 +125,9 @@ def shift_sum(t: Tensor, axes: tuple[int, ...], k: int, s: int, out_len: int) ->
             idx[a] = slice(d, d + s * (out_len - 1) + 1, s)
         return tuple(idx)
 
-    out = t[index(0)].clone()
+    out = t[index(0)].clone() if scale is None else t[index(0)] * scale
     for d in range(1, k):
-        out += t[index(d)]
+        out.add_(t[index(d)], alpha=1.0 if scale is None else scale)
     return out
 
 
@@ -136,26 +139,33 @@ def conv_window_mean(
     kernel: tuple[int, ...],
     stride: tuple[int, ...],
     circular: bool,
+    scale: float | None = None,
 ) -> Tensor:
-    """The kernel map of a convolution's shared shifts (sum, not yet divided by prod(k))."""
+    """The kernel map of a convolution's shared shifts: the window sum, times ``scale``
+    when given (folded into the first axis's passes). Returns ``t`` itself only when
+    there is nothing to do (a 1x1 filter with stride 1 and no scale)."""
     for i, ((out, lo, hi), k, s) in enumerate(zip(geoms, kernel, stride, strict=True)):
         axes = (n_batch + 2 * i, n_batch + 2 * i + 1) if full else (n_batch + i,)
         if k == 1 and s == 1:
             continue
         if not circular and s == 1 and out == t.shape[axes[0]] and 0 <= lo < k:
-            t = _same_shift_sum(t, axes, k, lo)
-            continue
-        for a in axes:
-            t = pad_axis(t, a, lo, hi, circular)
-        t = shift_sum(t, axes, k, s, out)
-    return t
+            t = _same_shift_sum(t, axes, k, lo, scale)
+        else:
+            for a in axes:
+                t = pad_axis(t, a, lo, hi, circular)
+            t = shift_sum(t, axes, k, s, out, scale)
+        scale = None  # applied once
+    return t if scale is None else t * scale
 
 
-def _same_shift_sum(t: Tensor, axes: tuple[int, ...], k: int, lo: int) -> Tensor:
-    """sum_d t[p + d - lo] over taps d < k with zeros outside, stride 1, output size = input
-    size: no padded copy, each tap adds the overlapping block in place."""
+def _same_shift_sum(
+    t: Tensor, axes: tuple[int, ...], k: int, lo: int, scale: float | None = None
+) -> Tensor:
+    """sum_d t[p + d - lo] over taps d < k with zeros outside (times ``scale``), stride 1,
+    output size = input size: no padded copy, each tap adds the overlapping block in place."""
     n = t.shape[axes[0]]
-    out = t.clone()  # the tap with shift 0 (d = lo)
+    out = t.clone() if scale is None else t * scale  # the tap with shift 0 (d = lo)
+    alpha = 1.0 if scale is None else scale
     for d in range(k):
         e = d - lo
         if e == 0 or abs(e) >= n:
@@ -165,7 +175,7 @@ def _same_shift_sum(t: Tensor, axes: tuple[int, ...], k: int, lo: int) -> Tensor
         for a in axes:
             dst[a] = slice(0, n - e) if e > 0 else slice(-e, n)
             src[a] = slice(e, n) if e > 0 else slice(0, n + e)
-        out[tuple(dst)] += t[tuple(src)]
+        out[tuple(dst)].add_(t[tuple(src)], alpha=alpha)
     return out
 
 

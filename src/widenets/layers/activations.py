@@ -144,18 +144,18 @@ class ABRelu(Activation):
             return self._pair_autograd(nngp, s, correlation(nngp, s), want_dot)
         tiny = torch.finfo(nngp.dtype).tiny
         sq1, sq2 = q1.sqrt().clamp_min(tiny), q2.sqrt().clamp_min(tiny)
-        # c = K / sqrt(q1 q2) by two broadcast products (no division over the tile)
-        c = torch.mul(nngp, sq1.reciprocal()).mul_(sq2.reciprocal()).clamp_(-1.0, 1.0)
-        theta = snap_angles_(torch.acos(c))
-        sin_theta = torch.sin(theta)
-        pi_minus_theta = torch.rsub(theta, PI)
-        j = sin_theta.addcmul_(pi_minus_theta, c)
-        out = j.mul_(sq1 * ((b - a) ** 2 / (2 * PI))).mul_(sq2)
+        coef = (b - a) ** 2 / (2 * PI)
+        # -c = -K / sqrt(q1 q2) by two broadcast products (no division over the tile), and
+        # phi = pi - theta = arccos(-c), so that sin(theta) = sin(phi): no pass for pi - theta
+        neg_c = torch.mul(nngp, sq1.reciprocal().neg_()).mul_(sq2.reciprocal()).clamp_(-1.0, 1.0)
+        phi = snap_angles_(torch.acos(neg_c))
+        j = torch.sin(phi).addcmul_(phi, neg_c, value=-1.0)  # sin(theta) + (pi - theta) c
+        out = j.mul_(sq1 * coef).mul_(sq2)
         if a != 0.0:
             out.add_(nngp, alpha=a * b)
         dot = None
         if want_dot:
-            dot = pi_minus_theta.mul_((b - a) ** 2 / (2 * PI))
+            dot = phi.mul_(coef)
             if a != 0.0:
                 dot.add_(a * b)
         return out, dot

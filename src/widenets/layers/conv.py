@@ -15,6 +15,8 @@ from __future__ import annotations
 
 import math
 
+from torch import Tensor
+
 from widenets.errors import check_nonnegative, check_positive_int
 from widenets.init_default import draw_bias, draw_weight
 from widenets.kernel import Kernel
@@ -29,6 +31,12 @@ from widenets.layers._spatial import (
 from widenets.layers.base import BuildContext, Layer
 from widenets.layers.dense import check_parameterization
 from widenets.spatial_modules import ConvLayer
+
+
+def tracks_grad_params(*values) -> bool:
+    """Whether a hyperparameter is a tensor (e.g. a learnable w_std): then the scale is
+    applied out of place, since the folded path takes Python numbers."""
+    return any(isinstance(v, Tensor) for v in values)
 
 
 class Conv(Layer):
@@ -105,8 +113,8 @@ class Conv(Layer):
         b_var = 0.0 if self.b_std is None else self.b_std**2
         inv = 1.0 / math.prod(ks)
 
-        def window_mean(t, n_batch):
-            out = conv_window_mean(t, n_batch, k.full_spatial, geoms, ks, ss, circular)
+        def window_mean(t, n_batch, scale=None):  # the window sum, times scale if given
+            out = conv_window_mean(t, n_batch, k.full_spatial, geoms, ks, ss, circular, scale)
             return out if out is not t else out.clone()
 
         def affine(m):  # w^2 M + b^2 with M the window sum (not yet divided)
@@ -115,18 +123,27 @@ class Conv(Layer):
                 out += b_var
             return out
 
-        m_nngp = window_mean(k.nngp, 2)
-        nngp = affine(m_nngp)
         ntk = k.ntk
-        if ntk is not None:
-            m_ntk = window_mean(ntk, 2)
-            if self.parameterization == "ntk":
-                ntk = m_ntk.mul_(w_var * inv).add_(nngp)
-            else:
-                fan_in = k.shape1[0] * math.prod(ks)
-                ntk = m_ntk.mul_(w_var * inv).add_(m_nngp, alpha=fan_in * inv)
-                if self.b_std is not None:
-                    ntk += 1.0
+        if self.parameterization == "ntk" and not tracks_grad_params(w_var, b_var):
+            # the scale w^2 / prod(k) folded into the window sum's passes
+            scale = w_var * inv
+            nngp = window_mean(k.nngp, 2, scale)
+            if b_var:
+                nngp += b_var
+            if ntk is not None:  # the input NTK is zero: Theta' = K'
+                ntk = nngp.clone() if k.is_input else window_mean(ntk, 2, scale).add_(nngp)
+        else:
+            m_nngp = window_mean(k.nngp, 2)
+            nngp = affine(m_nngp)
+            if ntk is not None:
+                m_ntk = window_mean(ntk, 2)
+                if self.parameterization == "ntk":
+                    ntk = m_ntk.mul_(w_var * inv).add_(nngp)
+                else:
+                    fan_in = k.shape1[0] * math.prod(ks)
+                    ntk = m_ntk.mul_(w_var * inv).add_(m_nngp, alpha=fan_in * inv)
+                    if self.b_std is not None:
+                        ntk += 1.0
         cov1 = affine(window_mean(k.cov1, 1))
         cov2 = cov1 if k.cov2 is k.cov1 else affine(window_mean(k.cov2, 1))
         out = (self.out_channels, *(g[0] for g in geoms))
