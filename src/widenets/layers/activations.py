@@ -90,6 +90,10 @@ class Activation(Layer):
         """Return (E[phi(u) phi(v)], E[phi'(u) phi'(v)] or None), broadcasting q1, q2."""
         raise NotImplementedError
 
+    def variance(self, q: Tensor) -> Tensor:
+        """E[phi(u)^2] for u ~ N(0, q): the pair map at c = 1 (a closed form may override)."""
+        return self.pair(q, q, q, False)[0]
+
     def kernel_fn(self, k: Kernel) -> Kernel:
         if isinstance(k, list):
             raise ValueError(f"{self!r} takes a single input, got {len(k)} branches.")
@@ -107,8 +111,8 @@ class Activation(Layer):
                 cov1 if k.cov2 is k.cov1 else self.pair(k.cov2, *k.self_pair_variances(2), False)[0]
             )
         else:
-            cov1 = self.pair(k.cov1, k.cov1, k.cov1, False)[0]
-            cov2 = cov1 if k.cov2 is k.cov1 else self.pair(k.cov2, k.cov2, k.cov2, False)[0]
+            cov1 = self.variance(k.cov1)
+            cov2 = cov1 if k.cov2 is k.cov1 else self.variance(k.cov2)
         return k.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2, is_gaussian=False)
 
     def make_module(self, in_shape, ctx: BuildContext):
@@ -159,6 +163,10 @@ class ABRelu(Activation):
             if a != 0.0:
                 dot.add_(a * b)
         return out, dot
+
+    def variance(self, q):
+        """E[phi(u)^2] = (a^2 + b^2) q / 2: the arc-cosine map at theta = 0, no arccos."""
+        return q * ((self.a**2 + self.b**2) / 2)
 
     def _pair_autograd(self, nngp, s, c, want_dot):
         """The same closed form, out of place (differentiable in w_std/b_std)."""
