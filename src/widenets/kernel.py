@@ -133,6 +133,11 @@ def _full_gram(a: Tensor, b: Tensor, batch: str) -> Tensor:
     return out / a.shape[1]
 
 
+#: up to this many input channels the diagonal-layout input Gram is formed by broadcast
+#: products, one pass per channel, rather than a batched matrix product over positions
+SMALL_CHANNELS = 8
+
+
 def input_kernel(
     x1: Tensor,
     x2: Tensor,
@@ -159,6 +164,11 @@ def input_kernel(
         nngp = _full_gram(x1, x2, "ij")
     elif x1.ndim == 2:  # the 1/C scaling inside the matrix product (no extra pass)
         nngp = torch.addmm(x1.new_empty(()), x1, x2.T, beta=0.0, alpha=1.0 / channels)
+    elif channels <= SMALL_CHANNELS:  # a product of few channels: broadcast multiply-adds
+        scaled = x1 * (1.0 / channels)  # (the bmm of an einsum over 3 channels is 4x slower)
+        nngp = torch.mul(scaled[:, None, 0], x2[None, :, 0])
+        for c in range(1, channels):
+            nngp.addcmul_(scaled[:, None, c], x2[None, :, c])
     else:
         nngp = torch.einsum("ic...,jc...->ij...", x1, x2) / channels
     if cov1 is None:

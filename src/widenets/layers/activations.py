@@ -91,7 +91,8 @@ class Activation(Layer):
         raise NotImplementedError
 
     def variance(self, q: Tensor) -> Tensor:
-        """E[phi(u)^2] for u ~ N(0, q): the pair map at c = 1 (a closed form may override)."""
+        """E[phi(u)^2] for u ~ N(0, q): the pair map at c = 1. (Not a separate closed form:
+        the diagonal of a kernel of a set with itself must equal it bit for bit.)"""
         return self.pair(q, q, q, False)[0]
 
     def kernel_fn(self, k: Kernel) -> Kernel:
@@ -163,10 +164,6 @@ class ABRelu(Activation):
             if a != 0.0:
                 dot.add_(a * b)
         return out, dot
-
-    def variance(self, q):
-        """E[phi(u)^2] = (a^2 + b^2) q / 2: the arc-cosine map at theta = 0, no arccos."""
-        return q * ((self.a**2 + self.b**2) / 2)
 
     def _pair_autograd(self, nngp, s, c, want_dot):
         """The same closed form, out of place (differentiable in w_std/b_std)."""
