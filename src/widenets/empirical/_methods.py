@@ -10,6 +10,7 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 from torch.func import jacrev, jvp, vmap
+from torch.utils._pytree import tree_map
 
 from widenets.empirical._common import Batch, call, single_fn
 
@@ -95,3 +96,120 @@ class NtkVectorMethod:
         if self.trace:
             return out.diagonal(dim1=2, dim2=3).mean(-1)
         return out
+
+
+#: rows of a square Gram block computed by one matrix product in :func:`add_gram`
+GRAM_BLOCK = 64
+
+
+def add_gram(out: Tensor, a: Tensor, b: Tensor | None) -> None:
+    """out += a b^T; for b None (a a^T), only the row blocks on and above the diagonal are
+    added (about half the arithmetic of one product): see :func:`mirror_upper`."""
+    if b is not None:
+        out.addmm_(a, b.T)
+        return
+    n = a.shape[0]
+    for i0 in range(0, n, GRAM_BLOCK):
+        i1 = min(i0 + GRAM_BLOCK, n)
+        out[i0:i1, i0:].addmm_(a[i0:i1], a[i0:].T)
+
+
+def mirror_upper(out: Tensor) -> Tensor:
+    """The symmetric matrix whose upper triangle is that of ``out``."""
+    return torch.triu(out) + torch.triu(out, 1).T
+
+
+def parameter_slices(params: dict[str, Tensor], per_slice: int) -> list[list[tuple]] | None:
+    """Group the parameters into slices of at most ``per_slice`` scalars: whole tensors
+    packed together (entries (name, None, None)), or runs of rows (first axis) of a larger
+    one ((name, row start, row end)). None if a single row is already larger."""
+    slices, current, size = [], [], 0
+    for name, p in params.items():
+        if p.numel() <= per_slice:
+            if size + p.numel() > per_slice and current:
+                slices.append(current)
+                current, size = [], 0
+            current.append((name, None, None))
+            size += p.numel()
+            continue
+        row = p.numel() // p.shape[0]
+        if row > per_slice:
+            return None
+        step = per_slice // row
+        slices.extend([(name, r0, min(r0 + step, p.shape[0]))] for r0 in range(0, p.shape[0], step))
+    if current:
+        slices.append(current)
+    return slices
+
+
+class StreamedJacobian:
+    """Jacobian contraction of the whole kernel, streamed over parameter slices.
+
+    Theta = sum over parameter slices s (and, traced, outputs a) of J_s,a(x1) J_s,a(x2)^T.
+    Each slice's Jacobian of every example is formed once, by vmap(jacrev) with only that
+    slice differentiated, contracted into the kernel and freed: memory holds one slice's
+    (N1 + N2) x outputs x slice-size Jacobian, never J, and no example's Jacobian is formed
+    twice (tiles of examples form each block's Jacobian again for every tile it is in).
+    On a set with itself only the Gram blocks on or above the diagonal are multiplied.
+    """
+
+    name = "jacobian"
+
+    def __init__(self, model, params, frozen, n_out, trace, slices, outputs_per_pass, chunk):
+        self.model, self.params, self.frozen = model, params, frozen
+        self.n_out, self.trace, self.slices = n_out, trace, slices
+        self.per_pass, self.chunk = outputs_per_pass, chunk
+
+    @classmethod
+    def plan(cls, model, params, frozen, n_out, trace, n_examples, budget, act_per_example):
+        """The streamed method if one slice's Jacobians fit ``budget`` scalars, else None."""
+        outputs = 1 if trace else n_out  # traced: one output a pass, the least arithmetic
+        slices = parameter_slices(params, max(1, budget // (n_examples * outputs)))
+        if slices is None:
+            return None
+        chunk = max(1, int(budget // max(1.0, 4.0 * act_per_example * outputs)))
+        return cls(model, params, frozen, n_out, trace, slices, outputs, chunk)
+
+    def passes(self) -> int:
+        return len(self.slices) * (self.n_out // self.per_pass)
+
+    def _jacobians(self, sl, outs: list[int], batch: Batch) -> Tensor:
+        """(n, len(outs), slice size): d f_outs / d slice for every example of the batch."""
+        params = self.params
+        parts = {k: params[k] if r0 is None else params[k][r0:r1] for k, r0, r1 in sl}
+        rows = {k: (r0, r1) for k, r0, r1 in sl if r0 is not None}
+
+        def f(part, tree):
+            state = {**self.frozen, **params, **part}
+            for k, (r0, r1) in rows.items():
+                state[k] = torch.cat([params[k][:r0], part[k], params[k][r1:]], 0)
+            tree = tree_map(lambda t: t.unsqueeze(0), tree)
+            return call(self.model, state, tree, 1)[0, outs]
+
+        jac = vmap(jacrev(f), in_dims=(None, 0), chunk_size=self.chunk)(parts, batch.tree())
+        return torch.cat([v.reshape(batch.n, len(outs), -1) for v in jac.values()], 2)
+
+    def kernel(self, x1: Batch, x2: Batch | None, bar=None) -> Tensor:
+        ref = next(iter(self.params.values()))
+        rep = 1 if self.trace else self.n_out
+        n2 = x1.n if x2 is None else x2.n
+        out = torch.zeros((x1.n * rep, n2 * rep), dtype=ref.dtype, device=ref.device)
+        for sl in self.slices:
+            for a0 in range(0, self.n_out, self.per_pass):
+                outs = list(range(a0, a0 + self.per_pass))
+                j1 = self._jacobians(sl, outs, x1)
+                j2 = None if x2 is None else self._jacobians(sl, outs, x2)
+                # traced: (n, 1, s), one output; untraced: rows i O + a of (n O, s)
+                add_gram(
+                    out,
+                    j1.reshape(-1, j1.shape[2]),
+                    None if j2 is None else j2.reshape(-1, j2.shape[2]),
+                )
+                del j1, j2
+                if bar is not None:
+                    bar.update(1)
+        if x2 is None:
+            out = mirror_upper(out)
+        if self.trace:
+            return out / self.n_out
+        return out.reshape(x1.n, self.n_out, n2, self.n_out).permute(0, 2, 1, 3)

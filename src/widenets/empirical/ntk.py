@@ -42,7 +42,7 @@ from tqdm.auto import tqdm
 
 from widenets.empirical import structured
 from widenets.empirical._common import Batch, eval_mode, prepare, probe
-from widenets.empirical._methods import JacobianMethod, NtkVectorMethod
+from widenets.empirical._methods import JacobianMethod, NtkVectorMethod, StreamedJacobian
 from widenets.empirical.cost import CostReport, Shape, activation_numel, estimate, forward_flops
 from widenets.empirical.params import select_params
 from widenets.empirical.structured import StructuredMethod, batch_independent, find_layers
@@ -52,6 +52,8 @@ METHODS = ("auto", "jacobian", "ntk_vector", "structured")
 MEMORY_SCALARS = 1 << 26
 #: show a progress bar by default from this many tiles on
 PROGRESS_TILES = 8
+#: ... or, for the streamed Jacobian contraction, from this many parameter-slice passes on
+PROGRESS_PASSES = 64
 
 
 def _check_batch_size(batch_size, n1, n2):
@@ -226,8 +228,37 @@ def ntk(
     x1, x2 = prepare(model, x1, x2)
     with eval_mode(model):
         setup = _Setup(model, x1, x2, params, trace_outputs, batch_size, method)
+        if setup.method_name == "jacobian" and batch_size is None:
+            streamed = _streamed_jacobian(setup, x1, x2)
+            if streamed is not None:
+                return _run_streamed(streamed, x1, x2, progress).detach()
         m = setup.method(setup.method_name)
         return _tiled(m, x1, x2, setup.block, setup.n_out, trace_outputs, progress).detach()
+
+
+def _streamed_jacobian(setup: _Setup, x1: Batch, x2: Batch | None) -> StreamedJacobian | None:
+    """Jacobian contraction streamed over parameter slices (no Jacobian formed twice), if
+    one slice's Jacobians of all examples fit the memory budget; else None (tiles)."""
+    n = x1.n + (0 if x2 is None else x2.n)
+    return StreamedJacobian.plan(
+        setup.model,
+        setup.params,
+        setup.frozen,
+        setup.n_out,
+        setup.trace,
+        n,
+        MEMORY_SCALARS,
+        setup.shape.act,
+    )
+
+
+def _run_streamed(m: StreamedJacobian, x1, x2, progress) -> Tensor:
+    show = progress if progress is not None else m.passes() >= PROGRESS_PASSES
+    bar = tqdm(total=m.passes(), desc="empirical NTK", disable=not show, leave=False)
+    try:
+        return m.kernel(x1, x2, bar)
+    finally:
+        bar.close()
 
 
 def explain(
