@@ -99,7 +99,7 @@ class NtkVectorMethod:
 
 
 #: rows of a square Gram block computed by one matrix product in :func:`add_gram`
-GRAM_BLOCK = 64
+GRAM_BLOCK = 128
 
 
 def add_gram(out: Tensor, a: Tensor, b: Tensor | None) -> None:
@@ -173,8 +173,9 @@ class StreamedJacobian:
     def passes(self) -> int:
         return len(self.slices) * (self.n_out // self.per_pass)
 
-    def _jacobians(self, sl, outs: list[int], batch: Batch) -> Tensor:
-        """(n, len(outs), slice size): d f_outs / d slice for every example of the batch."""
+    def _jacobians(self, sl, outs: list[int], batch: Batch) -> list[Tensor]:
+        """[(n, len(outs), numel)] per tensor of the slice: d f_outs / d part, every example
+        (kept apart: the Gram is a sum over them, and joining them would copy J)."""
         params = self.params
         parts = {k: params[k] if r0 is None else params[k][r0:r1] for k, r0, r1 in sl}
         rows = {k: (r0, r1) for k, r0, r1 in sl if r0 is not None}
@@ -187,7 +188,7 @@ class StreamedJacobian:
             return call(self.model, state, tree, 1)[0, outs]
 
         jac = vmap(jacrev(f), in_dims=(None, 0), chunk_size=self.chunk)(parts, batch.tree())
-        return torch.cat([v.reshape(batch.n, len(outs), -1) for v in jac.values()], 2)
+        return [v.reshape(batch.n, len(outs), -1) for v in jac.values()]
 
     def kernel(self, x1: Batch, x2: Batch | None, bar=None) -> Tensor:
         ref = next(iter(self.params.values()))
@@ -198,13 +199,14 @@ class StreamedJacobian:
             for a0 in range(0, self.n_out, self.per_pass):
                 outs = list(range(a0, a0 + self.per_pass))
                 j1 = self._jacobians(sl, outs, x1)
-                j2 = None if x2 is None else self._jacobians(sl, outs, x2)
-                # traced: (n, 1, s), one output; untraced: rows i O + a of (n O, s)
-                add_gram(
-                    out,
-                    j1.reshape(-1, j1.shape[2]),
-                    None if j2 is None else j2.reshape(-1, j2.shape[2]),
-                )
+                j2 = [None] * len(j1) if x2 is None else self._jacobians(sl, outs, x2)
+                for a, b in zip(j1, j2, strict=True):
+                    # traced: (n, 1, s), one output; untraced: rows i O + a of (n O, s)
+                    add_gram(
+                        out,
+                        a.reshape(-1, a.shape[2]),
+                        None if b is None else b.reshape(-1, b.shape[2]),
+                    )
                 del j1, j2
                 if bar is not None:
                     bar.update(1)

@@ -144,9 +144,11 @@ def _tiling(n1, n2, b1, b2, same):
 
 
 def estimate(
-    n1, n2, params, specs, shape: Shape, block, trace, same=False, budget=math.inf
+    n1, n2, params, specs, shape: Shape, block, trace, same=False, budget=math.inf, stream=False
 ) -> CostReport:
-    """The cost of every method for this model and batch (see module docstring)."""
+    """The cost of every method for this model and batch (see module docstring);
+    ``stream``: the Jacobian contraction may stream over parameter slices (no batch_size
+    given), which it does when a slice fits the budget."""
     o, f, act = shape.n_out, shape.f_flops, shape.act
     k = 1 if trace else o
     p = sum(v.numel() for v in params.values())
@@ -157,8 +159,10 @@ def estimate(
     # it (the diagonal tile reuses its left features), else the two blocks of the tile
     span = b1 if same and b1 >= n1 else b1 + b2
     rep = CostReport(n1, n2, o, p, f, block, budget=budget)
+    streamed = _streamed_jacobian(n1, n2, params, shape, trace, same, budget) if stream else None
     rep.costs.append(
-        MethodCost(
+        streamed
+        or MethodCost(
             "jacobian",
             feats * f * (1 + 2 * o) + pairs * 2 * k * o * p,
             span * o * p + max(b1, b2) * (o + 1) * act + tile,
@@ -189,6 +193,39 @@ def estimate(
     fit = [c for c in options if c.scalars <= budget] or options
     rep.costs.append(min(fit, key=lambda c: (c.flops, c.scalars)))
     return rep
+
+
+def _streamed_jacobian(n1, n2, params, shape: Shape, trace, same, budget) -> MethodCost | None:
+    """Jacobian contraction streamed over parameter slices (``_methods.StreamedJacobian``):
+    per slice and output (traced) or slice (untraced) one pass over all examples,
+    F (1 + 2 k'), k' its outputs; then the Gram, about half of it on a set with itself."""
+    from widenets.empirical._methods import parameter_slices
+
+    if not math.isfinite(budget):
+        return None
+    o, f = shape.n_out, shape.f_flops
+    n = n1 if same else n1 + n2
+    outputs = 1 if trace else o
+    slices = parameter_slices(params, max(1, int(budget // (n * outputs))))
+    if slices is None:
+        return None
+    passes = len(slices) * (o // outputs)
+    p = sum(v.numel() for v in params.values())
+    pairs = n1 * (n1 + 128) / 2 if same else n1 * n2
+    per_slice = max(
+        sum(
+            params[k].numel() if r0 is None else (r1 - r0) * params[k][0].numel()
+            for k, r0, r1 in sl
+        )
+        for sl in slices
+    )
+    chunk = min(n, max(1, int(budget // max(1.0, 4.0 * shape.act * outputs))))
+    return MethodCost(
+        "jacobian",
+        passes * n * f * (1 + 2 * outputs) + pairs * 2 * (1 if trace else o) * o * p,
+        n * outputs * per_slice + chunk * (outputs + 1) * shape.act + n1 * n2 * outputs**2,
+        f"streamed, {len(slices)} parameter slices",
+    )
 
 
 #: scalars a batched pass holds per example, in units of its saved activations

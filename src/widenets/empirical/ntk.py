@@ -104,6 +104,7 @@ class _Setup:
         n2 = n1 if x2 is None else x2.n
         self.n1, self.n2 = n1, n2
         fixed = _check_batch_size(batch_size, n1, n2)
+        self.stream = fixed is None  # no batch_size: the Jacobian contraction may stream
         if x2 is not None and fixed is None:
             fixed = self._fit(method, n1, n2, lambda b1, b2: b1 >= b2)
         elif fixed is None:
@@ -140,6 +141,7 @@ class _Setup:
             self.trace,
             same=self.x2 is None,
             budget=MEMORY_SCALARS,
+            stream=self.stream,
         )
 
     def method(self, name: str):
