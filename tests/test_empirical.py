@@ -146,12 +146,14 @@ def test_methods_match_explicit_jacobian(case, method):
     assert all(m.training for m in model.modules())
 
 
-@pytest.mark.parametrize("budget", [6 * 40, 10 * 40, 1 << 12, 16])
+@pytest.mark.parametrize("budget", [600, 2400, 16])
 @pytest.mark.parametrize("case", ["mlp", "cnn_bn", "multi_output_kwargs"])
 def test_streamed_jacobian_slices_match_explicit_jacobian(case, budget, monkeypatch):
-    """The streamed Jacobian contraction with small budgets: weights cut into runs of rows,
-    small tensors packed together, the half Gram of a set with itself in 2-row blocks; at
-    16 scalars a row does not fit and the tiles take over. Same answers at 1e-10."""
+    """The streamed Jacobian contraction with small budgets: small tensors packed into
+    several slices, the MLP's 16 x 16 weight cut into runs of rows, the half Gram of a set
+    with itself in 2-row blocks; at 16 scalars a row does not fit and the tiles take over
+    (and for the cross kernels, whose slices hold more examples, they may at any budget).
+    The same answers at 1e-10."""
     methods = importlib.import_module("widenets.empirical._methods")
     ntk_module = importlib.import_module("widenets.empirical.ntk")
 
@@ -164,10 +166,10 @@ def test_streamed_jacobian_slices_match_explicit_jacobian(case, budget, monkeypa
     plan = methods.StreamedJacobian.plan(model, params, {}, 1, True, n, budget, 1.0)
     if budget == 16:
         assert plan is None  # the traced kernel of x1 with itself falls back to tiles
-    elif budget < 1 << 12:
-        assert plan.passes() > 1
+    else:
+        assert plan.passes() > 1 or budget == 2400
         sliced = any(r0 is not None for sl in plan.slices for _, r0, _ in sl)
-        assert sliced or case == "multi_output_kwargs"  # (its largest tensor has 48 scalars)
+        assert sliced == (case == "mlp" and budget == 600), plan.slices
     ref_tr, ref_full = reference(model, x1)
     _, ref12_full = reference(model, x1, x2)
     got = wn.empirical.ntk(model, x1, method="jacobian")

@@ -7,6 +7,8 @@ sum_p J(x1_i)[a, p] J(x2_j)[b, p]. Traced tiles are the mean of the a = b diagon
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 from torch.func import jacrev, jvp, vmap
@@ -119,10 +121,15 @@ def mirror_upper(out: Tensor) -> Tensor:
     return torch.triu(out) + torch.triu(out, 1).T
 
 
+#: most slices one parameter tensor is cut into: each slice's reverse pass still forms the
+#: gradient of the whole tensor (then keeps its rows), so more would repeat that work
+MAX_PIECES = 4
+
+
 def parameter_slices(params: dict[str, Tensor], per_slice: int) -> list[list[tuple]] | None:
     """Group the parameters into slices of at most ``per_slice`` scalars: whole tensors
     packed together (entries (name, None, None)), or runs of rows (first axis) of a larger
-    one ((name, row start, row end)). None if a single row is already larger."""
+    one ((name, row start, row end)). None if a tensor would need more than MAX_PIECES."""
     slices, current, size = [], [], 0
     for name, p in params.items():
         if p.numel() <= per_slice:
@@ -133,7 +140,7 @@ def parameter_slices(params: dict[str, Tensor], per_slice: int) -> list[list[tup
             size += p.numel()
             continue
         row = p.numel() // p.shape[0]
-        if row > per_slice:
+        if row > per_slice or math.ceil(p.shape[0] / (per_slice // row)) > MAX_PIECES:
             return None
         step = per_slice // row
         slices.extend([(name, r0, min(r0 + step, p.shape[0]))] for r0 in range(0, p.shape[0], step))
@@ -167,7 +174,11 @@ class StreamedJacobian:
         slices = parameter_slices(params, max(1, budget // (n_examples * outputs)))
         if slices is None:
             return None
-        chunk = max(1, int(budget // max(1.0, 4.0 * act_per_example * outputs)))
+        # examples a vmap chunk runs: their activations, and the whole-tensor gradients of
+        # a cut tensor, within the budget
+        cut = max([params[k].numel() for sl in slices for k, r0, _ in sl if r0 is not None] or [0])
+        held = 4.0 * act_per_example * outputs + cut * outputs
+        chunk = max(1, int(budget // max(1.0, held)))
         return cls(model, params, frozen, n_out, trace, slices, outputs, chunk)
 
     def passes(self) -> int:
