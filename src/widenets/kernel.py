@@ -165,7 +165,9 @@ def input_kernel(
     elif x1.ndim == 2:  # the 1/C scaling inside the matrix product (no extra pass)
         nngp = torch.addmm(x1.new_empty(()), x1, x2.T, beta=0.0, alpha=1.0 / channels)
     elif channels <= SMALL_CHANNELS:  # a product of few channels: broadcast multiply-adds
-        scaled = x1 * (1.0 / channels)  # (the bmm of an einsum over 3 channels is 4x slower)
+        # (the einsum's batched matmul over positions with K = 3, and its division, were
+        # 12% of a 5-layer CNN-VEC kernel of 100 8x8 images in torch.profiler)
+        scaled = x1 * (1.0 / channels)
         nngp = torch.mul(scaled[:, None, 0], x2[None, :, 0])
         for c in range(1, channels):
             nngp.addcmul_(scaled[:, None, c], x2[None, :, c])
