@@ -10,7 +10,9 @@ diagonal, each example pair once):
   every example whose Jacobian is formed (the left block of a row of tiles, the right
   block of each tile off the diagonal), then 2 k O P per pair of examples; holds the
   Jacobians of two blocks, (b1 + b2) O P (one block if a single tile covers x1 with
-  itself), and the reverse passes of a block, b O A.
+  itself), and the reverse passes of a block, b O A. Streamed over parameter slices (no
+  ``batch_size``): one pass over all N examples per slice and output (traced), holding one
+  slice's Jacobians; see :func:`_streamed_jacobian`.
 - ntk_vector: F (1 + 2 O) for the rows of J(x1), then 3 F O per pair (forward-mode
   products through the x2 block); holds b1 O P rows and the tangents of b1 O b2 passes.
 - structured: F (1 + O) per example (reverse passes for the g's, no weight gradients),

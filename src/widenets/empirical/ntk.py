@@ -15,7 +15,10 @@ flattened per example and concatenated (O values in all).
 Methods (see :mod:`.cost` for their estimated costs and :func:`explain`):
 
 - ``"jacobian"``: per-example Jacobians by ``vmap(jacrev)`` over ``functional_call``,
-  contracted parameter by parameter (the ``torch.func`` NTK tutorial, tiled).
+  contracted parameter by parameter (the ``torch.func`` NTK tutorial). Without
+  ``batch_size`` it streams over parameter slices (``_methods.StreamedJacobian``: each
+  example's Jacobian formed once, one slice at a time); otherwise, or when a tensor would
+  need more than 4 slices, in tiles of examples.
 - ``"ntk_vector"``: rows of J(x1) by reverse mode, pushed through the x2 block in forward
   mode (``jvp``), so J(x2) is never formed.
 - ``"structured"``: structured derivatives for ``nn.Linear``, ``nn.Conv1d/2d``,
