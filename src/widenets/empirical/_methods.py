@@ -149,6 +149,14 @@ def parameter_slices(params: dict[str, Tensor], per_slice: int) -> list[list[tup
     return slices
 
 
+def vmap_chunk(params, slices, act_per_example, outputs, budget) -> int:
+    """Examples one vmap chunk of a streamed pass runs: their activations and, for a tensor
+    cut into row slices, its whole per-example gradients, within ``budget`` scalars."""
+    cut = max([params[k].numel() for sl in slices for k, r0, _ in sl if r0 is not None] or [0])
+    held = 4.0 * act_per_example * outputs + cut * outputs
+    return max(1, int(budget // max(1.0, held)))
+
+
 class StreamedJacobian:
     """Jacobian contraction of the whole kernel, streamed over parameter slices.
 
@@ -174,11 +182,7 @@ class StreamedJacobian:
         slices = parameter_slices(params, max(1, budget // (n_examples * outputs)))
         if slices is None:
             return None
-        # examples a vmap chunk runs: their activations, and the whole-tensor gradients of
-        # a cut tensor, within the budget
-        cut = max([params[k].numel() for sl in slices for k, r0, _ in sl if r0 is not None] or [0])
-        held = 4.0 * act_per_example * outputs + cut * outputs
-        chunk = max(1, int(budget // max(1.0, held)))
+        chunk = vmap_chunk(params, slices, act_per_example, outputs, budget)
         return cls(model, params, frozen, n_out, trace, slices, outputs, chunk)
 
     def passes(self) -> int:

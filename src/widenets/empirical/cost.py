@@ -201,7 +201,7 @@ def _streamed_jacobian(n1, n2, params, shape: Shape, trace, same, budget) -> Met
     """Jacobian contraction streamed over parameter slices (``_methods.StreamedJacobian``):
     per slice and output (traced) or slice (untraced) one pass over all examples,
     F (1 + 2 k'), k' its outputs; then the Gram, about half of it on a set with itself."""
-    from widenets.empirical._methods import parameter_slices
+    from widenets.empirical._methods import parameter_slices, vmap_chunk
 
     if not math.isfinite(budget):
         return None
@@ -221,7 +221,7 @@ def _streamed_jacobian(n1, n2, params, shape: Shape, trace, same, budget) -> Met
         )
         for sl in slices
     )
-    chunk = min(n, max(1, int(budget // max(1.0, 4.0 * shape.act * outputs))))
+    chunk = min(n, vmap_chunk(params, slices, shape.act, outputs, budget))
     return MethodCost(
         "jacobian",
         passes * n * f * (1 + 2 * outputs) + pairs * 2 * (1 if trace else o) * o * p,

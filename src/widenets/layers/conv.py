@@ -33,7 +33,7 @@ from widenets.layers.dense import check_parameterization
 from widenets.spatial_modules import ConvLayer
 
 
-def tracks_grad_params(*values) -> bool:
+def any_tensor(*values) -> bool:
     """Whether a hyperparameter is a tensor (e.g. a learnable w_std): then the scale is
     applied out of place, since the folded path takes Python numbers."""
     return any(isinstance(v, Tensor) for v in values)
@@ -124,7 +124,7 @@ class Conv(Layer):
             return out
 
         ntk = k.ntk
-        if self.parameterization == "ntk" and not tracks_grad_params(w_var, b_var):
+        if self.parameterization == "ntk" and not any_tensor(w_var, b_var):
             # the scale w^2 / prod(k) folded into the window sum's passes
             scale = w_var * inv
             nngp = window_mean(k.nngp, 2, scale)
