@@ -15,6 +15,10 @@ one of two layouts chosen by the network from its own layers (``full_spatial``):
   each position with the *same* position of the other input; ``cov1`` is (N1, S1, ..., Sd).
   This is all that convolutions, nonlinearities and a Flatten readout need (cost linear in
   the number of positions).
+- packed (``pairs`` set, diagonal layout only): a set with itself keeps only the pairs
+  i <= j of its symmetric kernel, listed: ``nngp`` is (M, 1, S1, ..., Sd), entry m the
+  pair (``cov1[pairs[0][m]]``, ``cov2[pairs[1][m]]``), ``cov1`` (the same tensor as
+  ``cov2``) the variances of every input the list touches. Half the work of the square.
 - full (``full_spatial=True``): ``nngp`` is (N1, N2, S1, S1', ..., Sd, Sd'), every pair of
   positions (axes interleaved as in Neural Tangents); ``cov1`` is (N1, S1, S1', ..., Sd, Sd'),
   the covariance of each input's positions with each other. Needed by pooling and
@@ -49,6 +53,8 @@ class Kernel:
         full_spatial: the spatial layout (see the module docstring).
         diagonal_offset: ``x1[r]`` and ``x2[r + diagonal_offset]`` are the same input
             (None: no input is shared); layers such as Dropout treat those entries apart.
+        pairs: the packed layout (see the module docstring): the (M,) indices into
+            ``cov1`` and ``cov2`` of the inputs of each listed pair, or None.
     """
 
     nngp: Tensor | None
@@ -62,6 +68,7 @@ class Kernel:
     is_input: bool = True
     full_spatial: bool = False
     diagonal_offset: int | None = None
+    pairs: tuple[Tensor, Tensor] | None = None
 
     def replace(self, **changes) -> Kernel:
         """A copy with some fields changed (the record itself never changes)."""
@@ -82,14 +89,24 @@ class Kernel:
     def pair_variances(self) -> tuple[Tensor, Tensor]:
         """Variances of x1 and x2, shaped to broadcast against ``nngp``.
 
-        Diagonal layout: (N1, 1, S...) and (1, N2, S...). Full layout: the variance of
-        position s of x1 and of position s' of x2, (N1, 1, S1, 1, ...) and (1, N2, 1, S1', ...).
+        Diagonal layout: (N1, 1, S...) and (1, N2, S...) (packed: (M, 1, S...) both). Full
+        layout: the variance of position s of x1 and of position s' of x2, (N1, 1, S1, 1, ...)
+        and (1, N2, 1, S1', ...).
         """
         if not self.full_spatial:
-            return self.cov1.unsqueeze(1), self.cov2.unsqueeze(0)
+            return self.gather_pairs(self.cov1, self.cov2)
         q1 = self.variances(1)
         q2 = q1 if self.cov2 is self.cov1 else self.variances(2)
         return interleave(q1, 0).unsqueeze(1), interleave(q2, 1).unsqueeze(0)
+
+    def gather_pairs(self, a: Tensor, b: Tensor) -> tuple[Tensor, Tensor]:
+        """Per-input tensors a (N1, ...) of x1 and b (N2, ...) of x2 shaped to broadcast
+        against a diagonal-layout ``nngp``: (N1, 1, ...) and (1, N2, ...), or in the packed
+        layout the entries of each listed pair, (M, 1, ...) both."""
+        if self.pairs is None:
+            return a.unsqueeze(1), b.unsqueeze(0)
+        i, j = self.pairs
+        return a.index_select(0, i).unsqueeze(1), b.index_select(0, j).unsqueeze(1)
 
     def self_pair_variances(self, which: int = 1) -> tuple[Tensor, Tensor]:
         """Full layout: variances broadcasting against ``cov1`` (or ``cov2``): position s and s'."""

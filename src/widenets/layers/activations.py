@@ -81,6 +81,7 @@ class Activation(Layer):
     """Base class: ``fn`` is the finite face, ``pair`` the closed-form kernel map."""
 
     name = "Activation"
+    handles_packed_pairs = True
     requires_gaussian_input = True
 
     def fn(self, x: Tensor) -> Tensor:
@@ -89,6 +90,11 @@ class Activation(Layer):
     def pair(self, nngp: Tensor, q1: Tensor, q2: Tensor, want_dot: bool):
         """Return (E[phi(u) phi(v)], E[phi'(u) phi'(v)] or None), broadcasting q1, q2."""
         raise NotImplementedError
+
+    def pair_of_kernel(self, k: Kernel):
+        """``pair`` on a kernel record's nngp and its variances shaped to broadcast."""
+        q1, q2 = k.pair_variances()
+        return self.pair(k.nngp, q1, q2, k.ntk is not None)
 
     def variance(self, q: Tensor) -> Tensor:
         """E[phi(u)^2] for u ~ N(0, q): the pair map at c = 1. (Not a separate closed form:
@@ -103,8 +109,7 @@ class Activation(Layer):
                 f"{self!r} needs a Gaussian input: put an affine layer (Dense, Conv) before "
                 "it. The closed-form kernel of a nonlinearity assumes Gaussian pre-activations."
             )
-        q1, q2 = k.pair_variances()
-        nngp, dot = self.pair(k.nngp, q1, q2, k.ntk is not None)
+        nngp, dot = self.pair_of_kernel(k)
         ntk = None if k.ntk is None else k.ntk * dot
         if k.full_spatial:  # cov1 holds every pair of positions of each input
             cov1 = self.pair(k.cov1, *k.self_pair_variances(1), False)[0]
@@ -142,20 +147,42 @@ class ABRelu(Activation):
     def fn(self, x):
         return torch.where(x > 0, self.b * x, self.a * x)
 
+    def _root_factors(self, q: Tensor) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """-1/sqrt(q), 1/sqrt(q), sqrt(q) (b - a)^2 / (2 pi) and sqrt(q), per entry of q."""
+        root = q.sqrt().clamp_min(torch.finfo(q.dtype).tiny)
+        inv = root.reciprocal()
+        return inv.neg(), inv, root * ((self.b - self.a) ** 2 / (2 * PI)), root
+
     def pair(self, nngp, q1, q2, want_dot):
-        a, b = self.a, self.b
         if tracks_grad(nngp, q1, q2):  # differentiable (out-of-place) path, e.g. GPyTorch
             s = outer_sqrt(q1, q2)
             return self._pair_autograd(nngp, s, correlation(nngp, s), want_dot)
-        tiny = torch.finfo(nngp.dtype).tiny
-        sq1, sq2 = q1.sqrt().clamp_min(tiny), q2.sqrt().clamp_min(tiny)
+        neg_inv1, _, scaled1, _ = f1 = self._root_factors(q1)
+        _, inv2, _, root2 = f1 if q2 is q1 else self._root_factors(q2)
+        return self._pair_from_roots(nngp, neg_inv1, inv2, scaled1, root2, want_dot)
+
+    def pair_of_kernel(self, k: Kernel):
+        if k.pairs is None or tracks_grad(k.nngp, k.cov1, k.cov2):
+            return super().pair_of_kernel(k)
+        # packed pairs: the square-root factors are formed once per input, then gathered
+        # for each pair (rather than gathering variances and taking roots per pair)
+        f1 = self._root_factors(k.cov1)
+        f2 = f1 if k.cov2 is k.cov1 else self._root_factors(k.cov2)
+        neg_inv1, inv2 = k.gather_pairs(f1[0], f2[1])
+        scaled1, root2 = k.gather_pairs(f1[2], f2[3])
+        return self._pair_from_roots(k.nngp, neg_inv1, inv2, scaled1, root2, k.ntk is not None)
+
+    def _pair_from_roots(self, nngp, neg_inv1, inv2, scaled1, root2, want_dot):
+        """The closed form from -1/sqrt(q1), 1/sqrt(q2), sqrt(q1) coef and sqrt(q2)
+        (whatever their broadcast shapes, the same operations per entry)."""
+        a, b = self.a, self.b
         coef = (b - a) ** 2 / (2 * PI)
         # -c = -K / sqrt(q1 q2) by two broadcast products (no division over the tile), and
         # phi = pi - theta = arccos(-c), so that sin(theta) = sin(phi): no pass for pi - theta
-        neg_c = torch.mul(nngp, sq1.reciprocal().neg_()).mul_(sq2.reciprocal()).clamp_(-1.0, 1.0)
+        neg_c = torch.mul(nngp, neg_inv1).mul_(inv2).clamp_(-1.0, 1.0)
         phi = snap_angles_(torch.acos(neg_c))
         j = torch.sin(phi).addcmul_(phi, neg_c, value=-1.0)  # sin(theta) + (pi - theta) c
-        out = j.mul_(sq1 * coef).mul_(sq2)
+        out = j.mul_(scaled1).mul_(root2)
         if a != 0.0:
             out.add_(nngp, alpha=a * b)
         dot = None

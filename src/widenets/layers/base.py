@@ -43,6 +43,11 @@ class Layer:
     #: (pooling, attention); if any layer of a network does, the network computes in the
     #: full pixel-pair layout, else in the cheap diagonal one (see ``widenets.kernel``)
     mixes_positions: bool = False
+    #: whether ``kernel_fn`` accepts the packed pair layout (``Kernel.pairs``: only the
+    #: pairs i <= j of a set with itself, listed), by treating the leading axes as one
+    #: list of pairs and per-input tensors through ``Kernel.gather_pairs``; a network
+    #: computes packed when every layer in it does (``packs_pairs``)
+    handles_packed_pairs: bool = False
 
     # ----- the two faces, implemented by subclasses -------------------------------------
     def kernel_fn(self, k: Kernel | list[Kernel]) -> Kernel | list[Kernel]:
@@ -65,6 +70,10 @@ class Layer:
     def needs_pixel_pairs(self) -> bool:
         """Whether this layer or any layer inside it mixes spatial positions."""
         return self.mixes_positions or any(c.needs_pixel_pairs() for c in self.children())
+
+    def packs_pairs(self) -> bool:
+        """Whether this layer and every layer inside it accept the packed pair layout."""
+        return self.handles_packed_pairs and all(c.packs_pairs() for c in self.children())
 
     def with_widths(self, width: int, *, keep_readout: bool = True) -> Layer:
         """A copy whose hidden widths (every ``out_dim``/channel count) are ``width``.

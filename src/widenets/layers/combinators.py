@@ -31,6 +31,7 @@ class Serial(Layer):
     """Layers applied in sequence: ``serial(a, b, c)`` computes c(b(a(x)))."""
 
     name = "serial"
+    handles_packed_pairs = True
 
     def __init__(self, *layers: Layer):
         if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
@@ -86,6 +87,7 @@ class Parallel(Layer):
     """Branch i applied to input i of a list (after ``fan_out``)."""
 
     name = "parallel"
+    handles_packed_pairs = True
 
     def __init__(self, *branches: Layer):
         if not branches:
@@ -132,6 +134,7 @@ class FanOut(Layer):
     """One input to a list of ``n`` identical ones."""
 
     name = "fan_out"
+    handles_packed_pairs = True
 
     def __init__(self, n: int):
         self.n = check_positive_int(n, "n")
@@ -162,6 +165,7 @@ class FanInSum(Layer):
     """Sum of branches: K = sum_i K_i, Theta = sum_i Theta_i (independent branches)."""
 
     name = "fan_in_sum"
+    handles_packed_pairs = True
 
     def __repr__(self):
         return "fan_in_sum()"
@@ -199,6 +203,7 @@ class FanInConcat(Layer):
     """Concatenation over channels: K = sum_i n_i K_i / sum_i n_i (n_i finite channels)."""
 
     name = "fan_in_concat"
+    handles_packed_pairs = True
 
     def __repr__(self):
         return "fan_in_concat()"
@@ -245,6 +250,7 @@ class Identity(Layer):
     """The identity: both faces pass their input through."""
 
     name = "Identity"
+    handles_packed_pairs = True
 
     def __repr__(self):
         return "Identity()"
@@ -260,6 +266,7 @@ class Scale(Layer):
     """Multiplication by a constant c: K' = c^2 K, Theta' = c^2 Theta."""
 
     name = "Scale"
+    handles_packed_pairs = True
 
     def __init__(self, factor: float):
         self.factor = check_finite_real(factor, "factor")

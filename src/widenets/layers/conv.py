@@ -55,6 +55,7 @@ class Conv(Layer):
     """
 
     name = "Conv"
+    handles_packed_pairs = True
 
     def __init__(
         self,

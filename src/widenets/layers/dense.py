@@ -75,6 +75,7 @@ class Dense(Layer):
     """
 
     name = "Dense"
+    handles_packed_pairs = True
 
     def __init__(
         self,

@@ -139,6 +139,7 @@ class Flatten(Layer):
     """
 
     name = "Flatten"
+    handles_packed_pairs = True
 
     def __repr__(self):
         return "Flatten()"

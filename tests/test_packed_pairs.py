@@ -1,0 +1,115 @@
+"""The packed pair layout (a spatial set with itself in the diagonal layout: only the pairs
+i <= j are computed) gives the tiled path's kernels bit for bit, in one chunk or many."""
+
+import pytest
+import torch
+
+import widenets as wn
+import widenets.compute as compute
+from widenets.compute import _packed_chunks
+
+
+def _images(n=23, channels=3, size=(6, 5), seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, channels, *size, generator=g, dtype=torch.float64)
+
+
+def _block(act):
+    return wn.serial(wn.Conv(4, (3, 3), w_std=1.4, b_std=0.1), act)
+
+
+NETWORKS = {
+    "cnn-vec relu": lambda: wn.serial(
+        _block(wn.Relu()), _block(wn.Relu()), wn.Flatten(), wn.Dense(1, w_std=1.2, b_std=0.1)
+    ),
+    "leaky, erf, standard": lambda: wn.serial(
+        wn.Conv(3, (2, 3), w_std=1.3, b_std=0.2, parameterization="standard"),
+        wn.LeakyRelu(0.1),
+        wn.Conv(3, (3, 1), padding="circular", w_std=1.1),
+        wn.Erf(),
+        wn.Flatten(),
+        wn.Dense(2, w_std=1.0, b_std=0.3),
+    ),
+    "residual, concat": lambda: wn.serial(
+        wn.Conv(4, (3, 3), w_std=1.2),
+        wn.fan_out(2),
+        wn.parallel(wn.Identity(), _block(wn.Gelu())),
+        wn.fan_in_sum(),
+        wn.fan_out(2),
+        wn.parallel(_block(wn.Relu()), wn.serial(wn.Scale(0.5), wn.Conv(2, 1))),
+        wn.fan_in_concat(),
+        wn.Flatten(),
+        wn.Dense(1),
+    ),
+    "spatial output": lambda: wn.serial(_block(wn.Abs()), wn.Conv(2, (3, 3), stride=2)),
+    "1-D": lambda: wn.serial(
+        wn.Conv(3, 3, w_std=1.5, b_std=0.1), wn.Relu(), wn.Flatten(), wn.Dense(1)
+    ),
+}
+
+
+def _tiled_and_packed(net, x, get=("nngp", "ntk")):
+    assert net.packs_pairs()
+    return net.kernel(x, batch_size=(4, 6), get=get), net.kernel(x, get=get)
+
+
+@pytest.mark.parametrize("name", list(NETWORKS))
+def test_packed_equals_tiled_bit_for_bit(name):
+    net = NETWORKS[name]()
+    x = _images(size=(7,)) if name == "1-D" else _images()
+    tiled, packed = _tiled_and_packed(net, x)
+    for field in ("nngp", "ntk", "cov1", "cov2"):
+        a, b = getattr(tiled, field), getattr(packed, field)
+        assert a.shape == b.shape and torch.equal(a, b), field
+    assert torch.equal(packed.ntk, packed.ntk.transpose(0, 1))
+
+
+def test_packed_in_many_chunks_equals_one_chunk(monkeypatch):
+    net = NETWORKS["cnn-vec relu"]()
+    x = _images(n=31)
+    one = net.kernel(x)
+    monkeypatch.setattr(compute, "PACKED_NUMEL", 1)  # a row a chunk
+    many = net.kernel(x, progress=True)
+    assert torch.equal(one.nngp, many.nngp) and torch.equal(one.ntk, many.ntk)
+    torch.testing.assert_close(torch.diagonal(many.nngp), many.cov1, rtol=1e-15, atol=0)
+
+
+def test_packed_nngp_only():
+    net = NETWORKS["cnn-vec relu"]()
+    tiled, packed = _tiled_and_packed(net, _images(), get="nngp")
+    assert packed.ntk is None and torch.equal(tiled.nngp, packed.nngp)
+
+
+def test_packed_path_is_taken_only_where_every_layer_handles_it(monkeypatch):
+    calls = []
+    real = compute._evaluate_packed
+
+    def spy(*args, **kwargs):
+        calls.append(1)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(compute, "_evaluate_packed", spy)
+    x = _images(n=9)
+    cnn = NETWORKS["cnn-vec relu"]()
+    cnn.kernel(x)
+    assert calls == [1]
+    cnn.kernel(x, x)  # two sets: no symmetry to use
+    cnn.kernel(x, batch_size=3)  # tiles asked for
+    wn.serial(wn.Conv(2, 3), wn.Relu(), wn.GlobalAvgPool(), wn.Dense(1)).kernel(x)  # full
+    wn.serial(wn.Dense(3), wn.Relu(), wn.Dense(1)).kernel(x[:, :, 0, 0])  # not spatial
+    ln = wn.serial(wn.Conv(2, 3), wn.LayerNorm(), wn.Relu(), wn.Flatten(), wn.Dense(1))
+    assert not ln.packs_pairs()
+    ref = ln.kernel(x)  # LayerNorm does not handle packed pairs: tiled
+    assert calls == [1]
+    torch.testing.assert_close(ref.ntk, ln.kernel(x, batch_size=2).ntk, rtol=1e-13, atol=0)
+
+
+@pytest.mark.parametrize("n, budget", [(1, 1), (2, 1), (10, 10), (100, 4096), (57, 333)])
+def test_packed_chunks_cover_every_row_once(n, budget):
+    chunks = _packed_chunks(n, budget)
+    assert chunks[0][0] == 0 and chunks[-1][1] == n
+    assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:], strict=False))
+    sizes = [sum(n - i for i in range(r0, r1)) for r0, r1 in chunks]
+    # no chunk passes the budget by a row or more, unless it is a single row
+    assert all(s < budget + n or r1 - r0 == 1 for s, (r0, r1) in zip(sizes, chunks, strict=True))
+    assert len(chunks) <= -(-(n * (n + 1) // 2) // budget) + 1
