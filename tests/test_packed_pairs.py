@@ -7,6 +7,7 @@ import torch
 import widenets as wn
 import widenets.compute as compute
 from widenets.compute import _packed_chunks
+from widenets.layers.base import Layer
 
 
 def _images(n=23, channels=3, size=(6, 5), seed=0):
@@ -39,6 +40,18 @@ NETWORKS = {
         wn.parallel(_block(wn.Relu()), wn.serial(wn.Scale(0.5), wn.Conv(2, 1))),
         wn.fan_in_concat(),
         wn.Flatten(),
+        wn.Dense(1),
+    ),
+    "layernorm, dropout": lambda: wn.serial(
+        wn.Conv(4, (3, 3), w_std=1.3, b_std=0.2),
+        wn.LayerNorm(over="channels"),
+        wn.Relu(),
+        wn.Dropout(0.2),
+        wn.Conv(3, (3, 3), w_std=1.2),
+        wn.LayerNorm(over="channels+space"),
+        wn.Erf(),
+        wn.Flatten(),
+        wn.Dropout(0.1),
         wn.Dense(1),
     ),
     "spatial output": lambda: wn.serial(_block(wn.Abs()), wn.Conv(2, (3, 3), stride=2)),
@@ -97,11 +110,16 @@ def test_packed_path_is_taken_only_where_every_layer_handles_it(monkeypatch):
     cnn.kernel(x, batch_size=3)  # tiles asked for
     wn.serial(wn.Conv(2, 3), wn.Relu(), wn.GlobalAvgPool(), wn.Dense(1)).kernel(x)  # full
     wn.serial(wn.Dense(3), wn.Relu(), wn.Dense(1)).kernel(x[:, :, 0, 0])  # not spatial
-    ln = wn.serial(wn.Conv(2, 3), wn.LayerNorm(), wn.Relu(), wn.Flatten(), wn.Dense(1))
-    assert not ln.packs_pairs()
-    ref = ln.kernel(x)  # LayerNorm does not handle packed pairs: tiled
+
+    class Own(Layer):  # a layer of the user's that does not declare packed pairs
+        def kernel_fn(self, k):
+            return k
+
+    own = wn.serial(wn.Conv(2, 3), Own(), wn.Relu(), wn.Flatten(), wn.Dense(1))
+    assert not own.packs_pairs()
+    ref = own.kernel(x)  # tiled
     assert calls == [1]
-    torch.testing.assert_close(ref.ntk, ln.kernel(x, batch_size=2).ntk, rtol=1e-13, atol=0)
+    torch.testing.assert_close(ref.ntk, own.kernel(x, batch_size=2).ntk, rtol=1e-13, atol=0)
 
 
 @pytest.mark.parametrize("n, budget", [(1, 1), (2, 1), (10, 10), (100, 4096), (57, 333)])

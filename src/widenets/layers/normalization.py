@@ -35,6 +35,7 @@ class LayerNorm(Layer):
     """
 
     name = "LayerNorm"
+    handles_packed_pairs = True
 
     def __init__(self, over: str = "channels", eps: float = 1e-12):
         if over not in NORM_AXES:
@@ -69,7 +70,9 @@ class LayerNorm(Layer):
             rest = k.nngp.ndim - 2
 
             def pair(a, b):
-                return a.reshape(-1, 1, *[1] * rest) * b.reshape(1, -1, *[1] * rest)
+                a, b = k.gather_pairs(a, b)  # (N1, 1) and (1, N2), or packed (M, 1) both
+                ab = a * b
+                return ab.reshape(*ab.shape, *[1] * rest)
 
             def own(a):
                 return (a * a).reshape(-1, *[1] * rest)
@@ -85,7 +88,8 @@ class LayerNorm(Layer):
         else:  # per position, diagonal layout
 
             def pair(a, b):
-                return a.unsqueeze(1) * b.unsqueeze(0)
+                a, b = k.gather_pairs(a, b)
+                return a * b
 
             def own(a):
                 return a * a
@@ -112,6 +116,7 @@ class Dropout(Layer):
     """
 
     name = "Dropout"
+    handles_packed_pairs = True
 
     def __init__(self, rate: float, mode: str = "train"):
         rate = check_nonnegative(rate, "rate")
@@ -134,6 +139,11 @@ class Dropout(Layer):
         f = 1.0 / (1.0 - self.rate)
 
         def same_input(t):
+            if k.pairs is not None:  # packed: the listed pairs of an input with itself
+                r = torch.nonzero(k.pairs[0] == k.pairs[1]).squeeze(1)
+                t = t.clone()
+                t[r] = t[r].mul_(f)
+                return t
             off = k.diagonal_offset
             if off is None:
                 return t
