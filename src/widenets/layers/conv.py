@@ -125,12 +125,19 @@ class Conv(Layer):
             return out
 
         ntk = k.ntk
-        if self.parameterization == "ntk" and not any_tensor(w_var, b_var):
-            # the scale w^2 / prod(k) folded into the window sum's passes
-            scale = w_var * inv
-            nngp = window_mean(k.nngp, 2, scale)
+        folded = self.parameterization == "ntk" and not any_tensor(w_var, b_var)
+        scale = w_var * inv
+
+        def affine_sum(t, n_batch):  # w^2 M + b^2, the same passes for nngp and variances
+            if not folded:  # (the diagonal of a set with itself then equals cov1 exactly)
+                return affine(window_mean(t, n_batch))
+            out = window_mean(t, n_batch, scale)  # w^2 / prod(k) folded into the sum's passes
             if b_var:
-                nngp += b_var
+                out += b_var
+            return out
+
+        if folded:
+            nngp = affine_sum(k.nngp, 2)
             if ntk is not None:  # the input NTK is zero: Theta' = K'
                 ntk = nngp.clone() if k.is_input else window_mean(ntk, 2, scale).add_(nngp)
         else:
@@ -145,8 +152,8 @@ class Conv(Layer):
                     ntk = m_ntk.mul_(w_var * inv).add_(m_nngp, alpha=fan_in * inv)
                     if self.b_std is not None:
                         ntk += 1.0
-        cov1 = affine(window_mean(k.cov1, 1))
-        cov2 = cov1 if k.cov2 is k.cov1 else affine(window_mean(k.cov2, 1))
+        cov1 = affine_sum(k.cov1, 1)
+        cov2 = cov1 if k.cov2 is k.cov1 else affine_sum(k.cov2, 1)
         out = (self.out_channels, *(g[0] for g in geoms))
         return k.replace(
             nngp=nngp,
