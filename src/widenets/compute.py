@@ -164,14 +164,7 @@ def evaluate_kernel(
     # N inputs' at once would be N P^2 numbers)
     var1 = None if full else input_variances(x1)
     var2 = None if full else var1 if same else input_variances(x2)
-    show = progress
-    if show is None:
-        show = n1 * n2 * cost >= PROGRESS_NUMEL
-    bar = None
-    if show and n_tiles > 1:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=n_tiles, desc="kernel", unit="tile", leave=False)
+    bar = _progress_bar(n_tiles, n1 * n2 * cost >= PROGRESS_NUMEL if progress is None else progress)
 
     nngp_out = ntk_out = cov1 = cov2 = None
     last = None
@@ -195,12 +188,7 @@ def evaluate_kernel(
                 c0 = max(0, i0 - j0) if same else 0
                 if c0 >= j1 - j0:  # wholly below the diagonal: mirrored from another tile
                     continue
-                k = layer.kernel_fn(slice_pairs(block, r0, r1, c0))
-                if isinstance(k, list):
-                    raise ValueError(
-                        "the network ends with several branches; merge them with fan_in_sum "
-                        "or fan_in_concat."
-                    )
+                k = _one_kernel(layer.kernel_fn(slice_pairs(block, r0, r1, c0)))
                 if nngp_out is None:
                     tail = tuple(k.nngp.shape[2:])
                     nngp_out = torch.empty((n1, n2, *tail), dtype=dtype)
@@ -231,11 +219,14 @@ def evaluate_kernel(
         for out in (nngp_out, ntk_out):
             if out is not None:
                 _symmetrize_diagonal_blocks(out, b1, last.full_spatial)
-    if "nngp" not in names:
-        nngp_out = None
+    return _assembled(names, nngp_out, ntk_out, cov1, cov2, last, same)
+
+
+def _assembled(names, nngp, ntk, cov1, cov2, last: Kernel, same: bool) -> Kernel:
+    """The whole kernel from its assembled tensors and the flags of the last tile."""
     return Kernel(
-        nngp=nngp_out,
-        ntk=ntk_out,
+        nngp=nngp if "nngp" in names else None,
+        ntk=ntk,
         cov1=cov1,
         cov2=cov2,
         shape1=last.shape1,
@@ -246,6 +237,24 @@ def evaluate_kernel(
         full_spatial=last.full_spatial,
         diagonal_offset=0 if same else None,
     )
+
+
+def _progress_bar(tiles: int, show: bool):
+    """A tqdm bar over the tiles when asked for and there is more than one, else None."""
+    if not show or tiles <= 1:
+        return None
+    from tqdm.auto import tqdm
+
+    return tqdm(total=tiles, desc="kernel", unit="tile", leave=False)
+
+
+def _one_kernel(k):
+    """The network's output kernel: an error if it ended with several branches."""
+    if isinstance(k, list):
+        raise ValueError(
+            "the network ends with several branches; merge them with fan_in_sum or fan_in_concat."
+        )
+    return k
 
 
 def _packed_chunks(n: int, budget_pairs: int) -> list[tuple[int, int]]:
@@ -273,12 +282,9 @@ def _evaluate_packed(layer, x: Tensor, names, dtype, cost: int, progress) -> Ker
     compute_ntk = "ntk" in names
     var = input_variances(x)
     chunks = _packed_chunks(n, max(1, PACKED_NUMEL // max(1, cost)))
-    bar = None
-    show = n * n * cost >= PROGRESS_NUMEL if progress is None else progress
-    if show and len(chunks) > 1:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(chunks), desc="kernel", unit="tile", leave=False)
+    bar = _progress_bar(
+        len(chunks), n * n * cost >= PROGRESS_NUMEL if progress is None else progress
+    )
     nngp_out = ntk_out = cov_out = last = None
     try:
         for r0, r1 in chunks:
@@ -295,22 +301,19 @@ def _evaluate_packed(layer, x: Tensor, names, dtype, cost: int, progress) -> Ker
             nngp = block.nngp.reshape(rows * cols, *block.nngp.shape[2:])
             nngp = nngp.index_select(0, i * cols + j).unsqueeze(1)
             cov = var[r0:]
-            k = layer.kernel_fn(
-                block.replace(
-                    nngp=nngp,
-                    ntk=nngp.new_zeros(()).expand_as(nngp) if compute_ntk else None,
-                    cov1=cov,
-                    cov2=cov,
-                    x1_is_x2=True,
-                    diagonal_offset=None,
-                    pairs=(i, j),
+            k = _one_kernel(
+                layer.kernel_fn(
+                    block.replace(
+                        nngp=nngp,
+                        ntk=nngp.new_zeros(()).expand_as(nngp) if compute_ntk else None,
+                        cov1=cov,
+                        cov2=cov,
+                        x1_is_x2=True,
+                        diagonal_offset=None,
+                        pairs=(i, j),
+                    )
                 )
             )
-            if isinstance(k, list):
-                raise ValueError(
-                    "the network ends with several branches; merge them with fan_in_sum "
-                    "or fan_in_concat."
-                )
             if nngp_out is None:
                 tail = tuple(k.nngp.shape[2:])
                 nngp_out = torch.empty((n, n, *tail), dtype=dtype)
@@ -329,19 +332,7 @@ def _evaluate_packed(layer, x: Tensor, names, dtype, cost: int, progress) -> Ker
     finally:
         if bar is not None:
             bar.close()
-    return Kernel(
-        nngp=nngp_out if "nngp" in names else None,
-        ntk=ntk_out,
-        cov1=cov_out,
-        cov2=cov_out,
-        shape1=last.shape1,
-        shape2=last.shape2,
-        x1_is_x2=True,
-        is_gaussian=last.is_gaussian,
-        is_input=last.is_input,
-        full_spatial=False,
-        diagonal_offset=0,
-    )
+    return _assembled(names, nngp_out, ntk_out, cov_out, cov_out, last, True)
 
 
 def _symmetrize_diagonal_blocks(out: Tensor, b1: int, full_spatial: bool = False) -> None:
