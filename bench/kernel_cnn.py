@@ -7,6 +7,7 @@ a warm-up call) when that virtual environment exists; otherwise its columns say 
 
     python bench/kernel_cnn.py            # the comparison table (a few minutes on 2 cores)
     python bench/kernel_cnn.py --quick    # smaller sizes
+    python bench/kernel_cnn.py --cross    # N inputs against N others (a test-train kernel)
     python bench/kernel_cnn.py --mnist-gap [--n 1000]   # CNN-GAP NNGP of N x N digits at
                                           # 14x14, bounded memory, with a progress bar
     python bench/kernel_cnn.py --tile-sweep   # full-layout tile budgets (compute.py)
@@ -43,6 +44,7 @@ import jax
 from neural_tangents import stax
 cfg = json.loads(sys.argv[1])
 x = np.load(cfg["x"]).transpose(0, 2, 3, 1)  # NCHW -> NHWC
+x2 = np.load(cfg["x2"]).transpose(0, 2, 3, 1) if cfg.get("x2") else None
 layers = []
 for _ in range(cfg["depth"]):
     layers += [stax.Conv(cfg["channels"], (3, 3), padding="SAME", W_std=1.4, b_std=0.1),
@@ -53,7 +55,7 @@ kernel_fn = jax.jit(kernel_fn, static_argnames="get")
 times = []
 for _ in range(1 + cfg["repeats"]):  # the first call on these shapes compiles
     t, c = time.perf_counter(), time.process_time()
-    k = kernel_fn(x, None, get=("nngp", "ntk"))
+    k = kernel_fn(x, x2, get=("nngp", "ntk"))
     jax.block_until_ready(k.ntk)
     times.append((time.perf_counter() - t, time.process_time() - c))
 np.save(cfg["out"], np.asarray(k.nngp))
@@ -82,11 +84,12 @@ def worker(cfg):
     if cfg.get("threads"):
         torch.set_num_threads(cfg["threads"])
     x = torch.from_numpy(np.load(cfg["x"]))
+    x2 = torch.from_numpy(np.load(cfg["x2"])) if cfg.get("x2") else None
     net = network(cfg["depth"], cfg["channels"], cfg["readout"])
     times = []
     for _ in range(1 + cfg["repeats"]):  # first call in a fresh process, then steady state
         t, c = time.perf_counter(), time.process_time()
-        k = net.kernel(x, progress=cfg.get("progress", False))
+        k = net.kernel(x, x2, progress=cfg.get("progress", False))
         times.append((time.perf_counter() - t, time.process_time() - c))
     np.save(cfg["out"], k.nngp.numpy())
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
@@ -103,7 +106,7 @@ def run(cmd, cfg, env=None):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def compare(configs, depth, channels, threads=None, repeats=3):
+def compare(configs, depth, channels, threads=None, repeats=3, cross=False):
     import numpy as np
 
     have_nt = os.path.exists(NT_PYTHON)
@@ -121,7 +124,11 @@ def compare(configs, depth, channels, threads=None, repeats=3):
         f" {'NT s':>8} {'NT ms/entry':>11} {'NT MiB':>7} | {'NT/wn':>6} {'cpu':>6} {'1st':>6}"
         f" {'max|diff|':>9}"
     )
-    print(f"CNN: {depth} x [Conv 3x3 + ReLU], {channels} channels (finite face only), NNGP+NTK")
+    what = "N inputs against N others" if cross else "N inputs with themselves"
+    print(
+        f"CNN: {depth} x [Conv 3x3 + ReLU], {channels} channels (finite face only), NNGP+NTK, "
+        f"{what}"
+    )
     print(header)
     print("-" * len(header))
     rng = np.random.default_rng(0)
@@ -130,8 +137,13 @@ def compare(configs, depth, channels, threads=None, repeats=3):
             x = rng.standard_normal((n, 3, size, size))
             path = os.path.join(tmp, "x.npy")
             np.save(path, x)
+            path2 = None
+            if cross:
+                path2 = os.path.join(tmp, "x2.npy")
+                np.save(path2, rng.standard_normal((n, 3, size, size)))
             cfg = dict(
                 x=path,
+                x2=path2,
                 depth=depth,
                 channels=channels,
                 readout=readout,
@@ -245,6 +257,7 @@ def main():
     p.add_argument("--mnist-gap", action="store_true", help="the bounded-memory CNN-GAP run")
     p.add_argument("--n", type=int, default=1000, help="digits for --mnist-gap")
     p.add_argument("--tile-sweep", action="store_true", help="time full-layout tile budgets")
+    p.add_argument("--cross", action="store_true", help="kernels of N inputs against N others")
     p.add_argument(
         "--repeats", type=int, default=3, help="steady-state calls per library (fastest kept)"
     )
@@ -284,7 +297,7 @@ def main():
             ("gap", 16, 12),
             ("gap", 16, 24),
         ]
-    compare(configs, args.depth, 1, args.threads, args.repeats)
+    compare(configs, args.depth, 1, args.threads, args.repeats, args.cross)
 
 
 if __name__ == "__main__":
