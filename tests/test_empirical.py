@@ -615,3 +615,28 @@ def test_model_that_fails_on_one_example_gets_a_clear_error():
     model = nn.Sequential(nn.Linear(4, 5), nn.BatchNorm1d(5, track_running_stats=False)).to(DT)
     with pytest.raises(ValueError, match="fails on a single example"):
         wn.empirical.ntk(model, _x((6, 4), 49))
+
+
+def test_activation_estimate_leaves_out_tensors_made_from_the_weights_alone():
+    """A forward that scales its weight (as widenets' own layers do) saves that scaled
+    weight for the reverse pass once, not once per example."""
+    from widenets.empirical._common import Batch
+    from widenets.empirical.cost import activation_numel
+
+    class ScaledMLP(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.w1 = nn.Parameter(torch.randn(30, 20, dtype=torch.float64))
+            self.w2 = nn.Parameter(torch.randn(300, 30, dtype=torch.float64))
+
+        def forward(self, x):  # the reverse pass into w1 needs the scaled w2 (9,000 scalars)
+            return torch.tanh(x @ (self.w1 * 0.2).T) @ (self.w2 * 0.1).T
+
+    model = ScaledMLP()
+    params = dict(model.named_parameters())
+    batch = Batch((torch.randn(5, 20, dtype=torch.float64),), {})
+    act = activation_numel(model, params, {}, batch)
+    # per example: the input (20) and the hidden layer (30, before and after tanh)
+    assert 20 <= act <= 20 + 3 * 30
+    one = Batch((batch.args[0][:1],), {})
+    assert activation_numel(model, params, {}, one) >= 9000  # one example: nothing to subtract

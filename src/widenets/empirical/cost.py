@@ -52,19 +52,28 @@ def forward_flops(model, state: dict, batch: Batch) -> float:
 
 
 def activation_numel(model, params: dict, frozen: dict, batch: Batch) -> float:
-    """Scalars one example's forward pass saves for the reverse pass (not the weights)."""
+    """Scalars one example's forward pass saves for the reverse pass: what a pass over two
+    examples saves beyond a pass over one, so that tensors made from the weights alone (a
+    weight times its scale, computed in each forward) are not counted per example."""
     own = {v.data_ptr() for v in params.values()} | {v.data_ptr() for v in frozen.values()}
-    seen: dict = {}
-
-    def pack(t):
-        if t.data_ptr() not in own:
-            seen[(t.data_ptr(), t.numel())] = t.numel()
-        return t
-
     state = {**frozen, **{k: v.detach().requires_grad_() for k, v in params.items()}}
-    with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        call(model, state, batch.slice(0, 1).tree(), 1)
-    return float(sum(seen.values()))
+
+    def saved(n: int) -> float:
+        seen: dict = {}
+
+        def pack(t):
+            if t.data_ptr() not in own:
+                seen[(t.data_ptr(), t.numel())] = t.numel()
+            return t
+
+        with torch.enable_grad(), torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
+            call(model, state, batch.slice(0, n).tree(), n)
+        return float(sum(seen.values()))
+
+    one = saved(1)
+    if batch.n < 2:
+        return one
+    return max(saved(2) - one, 0.0)
 
 
 @dataclass
