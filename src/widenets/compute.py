@@ -297,7 +297,7 @@ def _evaluate_packed(layer, x: Tensor, names, dtype, cost: int, progress) -> Ker
                 cov1=var[r0:r1],
                 cov2=var[r0:],
             )
-            i, j = torch.triu_indices(rows, cols)
+            i, j = torch.triu_indices(rows, cols, device=x.device)
             nngp = block.nngp.reshape(rows * cols, *block.nngp.shape[2:])
             nngp = nngp.index_select(0, i * cols + j).unsqueeze(1)
             cov = var[r0:]
@@ -318,12 +318,13 @@ def _evaluate_packed(layer, x: Tensor, names, dtype, cost: int, progress) -> Ker
                 tail = tuple(k.nngp.shape[2:])
                 nngp_out = torch.empty((n, n, *tail), dtype=dtype)
                 ntk_out = torch.empty((n, n, *tail), dtype=dtype) if compute_ntk else None
-                cov_out = k.cov1  # the first chunk starts at row 0: every input
-            upper = (i + r0) * n + (j + r0)
-            lower = (j + r0) * n + (i + r0)
+                cov_out = k.cov1.cpu()  # the first chunk starts at row 0: every input
+            # the whole kernel is assembled on the CPU, as the tiled path does
+            ic, jc = i.cpu() + r0, j.cpu() + r0
+            upper, lower = ic * n + jc, jc * n + ic
             for out, t in ((nngp_out, k.nngp), (ntk_out, k.ntk)):
                 if out is not None:
-                    flat, t = out.view(n * n, -1), t.reshape(len(i), -1)
+                    flat, t = out.view(n * n, -1), t.reshape(len(i), -1).to(out.device)
                     flat.index_copy_(0, upper, t)
                     flat.index_copy_(0, lower, t)
             last = k
