@@ -82,7 +82,7 @@ def _tile_sizes(
     if wide_rows:
         # two sets in the diagonal layout: rows against as many columns as fit (at least
         # MIN_WIDE_ROWS rows a tile, which bounds the per-input variance passes of a tile's
-        # b1 + b2 inputs to a few percent of its pairs), split into tiles of equal size
+        # b1 + b2 inputs to a few percent of its pairs), then evened out into equal tiles
         b2 = min(n2, max(1, budget // MIN_WIDE_ROWS))
         b1 = min(n1, max(1, budget // b2))
         return _even(n1, b1), _even(n2, b2)
