@@ -90,6 +90,35 @@ def test_packed_in_many_chunks_equals_one_chunk(monkeypatch):
     assert torch.equal(torch.diagonal(many.nngp), many.cov1)
 
 
+@pytest.mark.parametrize("name", list(NETWORKS))
+def test_packed_in_square_blocks_equals_tiled(name, monkeypatch):
+    """Beyond MIN_WIDE_ROWS whole rows a tile, the triangle is cut into square blocks (the
+    diagonal ones listed, the others plain rectangles): the same bits again."""
+    net = NETWORKS[name]()
+    x = _images(n=31, size=(7,)) if name == "1-D" else _images(n=31)
+    tiled = net.kernel(x, batch_size=(4, 6))
+    cost = net.pair_cost(tuple(x.shape[1:])) * x[0, 0].numel()
+    monkeypatch.setattr(compute, "PACKED_NUMEL", 25 * cost)  # blocks of 5 inputs
+    tiles = compute._packed_tiles(31, 25)
+    assert len(tiles) > 1 and any(c0 > r0 for r0, _, c0, _ in tiles)
+    packed = net.kernel(x)
+    for field in ("nngp", "ntk", "cov1"):
+        assert torch.equal(getattr(tiled, field), getattr(packed, field)), field
+
+
+@pytest.mark.parametrize("n, budget", [(1, 1), (31, 25), (100, 64), (40, 4096)])
+def test_packed_tiles_cover_the_upper_triangle_once(n, budget):
+    covered = torch.zeros(n, n, dtype=torch.int64)
+    for r0, r1, c0, c1 in compute._packed_tiles(n, budget):
+        for i in range(r0, r1):
+            for j in range(max(i, c0), c1):
+                covered[i, j] += 1
+        # the budget holds unless whole rows are taken (fewer than MIN_WIDE_ROWS fit then
+        # only at n <= budget // MIN_WIDE_ROWS, where a row has at most budget/16 pairs)
+        assert (r1 - r0) * (c1 - c0) <= 2 * budget or c1 == n
+    assert torch.equal(covered, torch.triu(torch.ones(n, n, dtype=torch.int64)))
+
+
 def test_packed_nngp_only():
     net = NETWORKS["cnn-vec relu"]()
     tiled, packed = _tiled_and_packed(net, _images(), get="nngp")

@@ -298,59 +298,84 @@ def _packed_chunks(n: int, budget_pairs: int) -> list[tuple[int, int]]:
     return chunks
 
 
+def _packed_tiles(n: int, budget_pairs: int) -> list[tuple[int, int, int, int]]:
+    """Tiles (r0, r1, c0, c1) of the upper triangle of an (n, n) kernel, rows [r0, r1)
+    against columns [c0, c1). While at least MIN_WIDE_ROWS whole rows fit the budget, the
+    tiles are chunks of whole rows (``_packed_chunks``, c0 = r0, c1 = n); beyond, square
+    blocks of about sqrt(budget) inputs, so that no tile outgrows the budget however large
+    n is: those on the diagonal (c0 = r0) hold a triangle, the others a full rectangle."""
+    if n <= max(1, budget_pairs // MIN_WIDE_ROWS):
+        return [(r0, r1, r0, n) for r0, r1 in _packed_chunks(n, budget_pairs)]
+    b = _even(n, max(1, math.isqrt(budget_pairs)))
+    edges = [*range(0, n, b), n]
+    return [
+        (edges[r], edges[r + 1], edges[c], edges[c + 1])
+        for r in range(len(edges) - 1)
+        for c in range(r, len(edges) - 1)
+    ]
+
+
 def _evaluate_packed(layer, x: Tensor, names, dtype, cost: int, progress) -> Kernel:
     """A spatial set with itself in the diagonal layout, packed (``Kernel.pairs``): only
-    the pairs i <= j are computed, listed, in chunks of rows; each computed pair is written
-    to both (i, j) and (j, i). The operations per entry are those of the tiled path."""
+    the pairs i <= j are computed, in tiles of the upper triangle (``_packed_tiles``); a
+    tile that meets the diagonal lists its pairs, one above it is a plain rectangle of two
+    sets. Each computed pair is written to both (i, j) and (j, i). The operations per entry
+    are those of the tiled path."""
     n = x.shape[0]
     compute_ntk = "ntk" in names
     var = input_variances(x)
-    chunks = _packed_chunks(n, max(1, PACKED_NUMEL // max(1, cost)))
+    tiles = _packed_tiles(n, max(1, PACKED_NUMEL // max(1, cost)))
     bar = _progress_bar(
-        len(chunks), n * n * cost >= PROGRESS_NUMEL if progress is None else progress
+        len(tiles), n * n * cost >= PROGRESS_NUMEL if progress is None else progress
     )
     nngp_out = ntk_out = cov_out = last = None
     try:
-        for r0, r1 in chunks:
-            rows, cols = r1 - r0, n - r0
+        for r0, r1, c0, c1 in tiles:
+            rows, cols = r1 - r0, c1 - c0
+            on_diagonal = c0 == r0
             block = input_kernel(
                 x[r0:r1],
-                x[r0:],
-                diagonal_offset=0,
-                compute_ntk=False,
+                x[c0:c1],
+                diagonal_offset=0 if on_diagonal else None,
+                compute_ntk=compute_ntk and not on_diagonal,
                 cov1=var[r0:r1],
-                cov2=var[r0:],
+                cov2=var[c0:c1],
             )
-            i, j = torch.triu_indices(rows, cols, device=x.device)
-            nngp = block.nngp.reshape(rows * cols, *block.nngp.shape[2:])
-            nngp = nngp.index_select(0, i * cols + j).unsqueeze(1)
-            cov = var[r0:]
-            k = _one_kernel(
-                layer.kernel_fn(
-                    block.replace(
-                        nngp=nngp,
-                        ntk=nngp.new_zeros(()).expand_as(nngp) if compute_ntk else None,
-                        cov1=cov,
-                        cov2=cov,
-                        x1_is_x2=True,
-                        diagonal_offset=None,
-                        pairs=(i, j),
-                    )
+            if on_diagonal:  # the pairs i <= j, listed
+                i, j = torch.triu_indices(rows, cols, device=x.device)
+                nngp = block.nngp.reshape(rows * cols, *block.nngp.shape[2:])
+                nngp = nngp.index_select(0, i * cols + j).unsqueeze(1)
+                cov = var[c0:c1]
+                block = block.replace(
+                    nngp=nngp,
+                    ntk=nngp.new_zeros(()).expand_as(nngp) if compute_ntk else None,
+                    cov1=cov,
+                    cov2=cov,
+                    x1_is_x2=True,
+                    diagonal_offset=None,
+                    pairs=(i, j),
                 )
-            )
+            k = _one_kernel(layer.kernel_fn(block))
             if nngp_out is None:
                 tail = tuple(k.nngp.shape[2:])
                 nngp_out = torch.empty((n, n, *tail), dtype=dtype)
                 ntk_out = torch.empty((n, n, *tail), dtype=dtype) if compute_ntk else None
-                cov_out = k.cov1.cpu()  # the first chunk starts at row 0: every input
+                cov_out = torch.empty((n, *k.cov1.shape[1:]), dtype=dtype)
             # the whole kernel is assembled on the CPU, as the tiled path does
-            ic, jc = i.cpu() + r0, j.cpu() + r0
-            upper, lower = ic * n + jc, jc * n + ic
+            if on_diagonal:
+                cov_out[r0:r1] = k.cov1[:rows]
+                ic, jc = i.cpu() + r0, j.cpu() + c0
+                upper, lower = ic * n + jc, jc * n + ic
             for out, t in ((nngp_out, k.nngp), (ntk_out, k.ntk)):
-                if out is not None:
+                if out is None:
+                    continue
+                if on_diagonal:
                     flat, t = out.view(n * n, -1), t.reshape(len(i), -1).to(out.device)
                     flat.index_copy_(0, upper, t)
                     flat.index_copy_(0, lower, t)
+                else:  # above the diagonal: mirrored below it
+                    out[r0:r1, c0:c1] = t
+                    out[c0:c1, r0:r1] = t.transpose(0, 1)
             last = k
             if bar is not None:
                 bar.update()
