@@ -188,11 +188,10 @@ def evaluate_kernel(
     # N inputs' at once would be N P^2 numbers)
     var1 = None if full else input_variances(x1)
     var2 = None if full else var1 if same else input_variances(x2)
-    bar = _progress_bar(n_tiles, n1 * n2 * cost >= PROGRESS_NUMEL if progress is None else progress)
 
     nngp_out = ntk_out = cov1 = cov2 = None
     last = None
-    try:
+    with _progress_bar(n_tiles, progress, n1 * n2 * cost) as bar:
         for b0, b_end, j0 in blocks:
             j1 = min(j0 + b2, n2)
             offset = (b0 - j0) if same and b0 < j1 and j0 < b_end else None
@@ -233,11 +232,7 @@ def evaluate_kernel(
                 if not same and b0 == 0 and r0 == 0:
                     cov2[j0:j1] = k.cov2
                 last = k
-                if bar is not None:
-                    bar.update()
-    finally:
-        if bar is not None:
-            bar.close()
+                bar.update()
 
     if same:
         for out in (nngp_out, ntk_out):
@@ -263,13 +258,17 @@ def _assembled(names, nngp, ntk, cov1, cov2, last: Kernel, same: bool) -> Kernel
     )
 
 
-def _progress_bar(tiles: int, show: bool):
-    """A tqdm bar over the tiles when asked for and there is more than one, else None."""
-    if not show or tiles <= 1:
-        return None
+def _progress_bar(tiles: int, progress: bool | None, scalars: int):
+    """A tqdm bar over the tiles, disabled (drawing nothing) unless ``progress`` asks for
+    it (None: from PROGRESS_NUMEL pair-scalars on) and there is more than one tile; a
+    context manager that closes it."""
     from tqdm.auto import tqdm
 
-    return tqdm(total=tiles, desc="kernel", unit="tile", leave=False)
+    show = scalars >= PROGRESS_NUMEL if progress is None else progress
+
+    return tqdm(
+        total=tiles, desc="kernel", unit="tile", leave=False, disable=not show or tiles <= 1
+    )
 
 
 def _one_kernel(k):
@@ -325,11 +324,8 @@ def _evaluate_packed(layer, x: Tensor, names, dtype, cost: int, progress) -> Ker
     compute_ntk = "ntk" in names
     var = input_variances(x)
     tiles = _packed_tiles(n, max(1, PACKED_NUMEL // max(1, cost)))
-    bar = _progress_bar(
-        len(tiles), n * n * cost >= PROGRESS_NUMEL if progress is None else progress
-    )
     nngp_out = ntk_out = cov_out = last = None
-    try:
+    with _progress_bar(len(tiles), progress, n * n * cost) as bar:
         for r0, r1, c0, c1 in tiles:
             rows, cols = r1 - r0, c1 - c0
             on_diagonal = c0 == r0
@@ -377,11 +373,7 @@ def _evaluate_packed(layer, x: Tensor, names, dtype, cost: int, progress) -> Ker
                     out[r0:r1, c0:c1] = t
                     out[c0:c1, r0:r1] = t.transpose(0, 1)
             last = k
-            if bar is not None:
-                bar.update()
-    finally:
-        if bar is not None:
-            bar.close()
+            bar.update()
     return _assembled(names, nngp_out, ntk_out, cov_out, cov_out, last, True)
 
 
