@@ -640,3 +640,30 @@ def test_activation_estimate_leaves_out_tensors_made_from_the_weights_alone():
     assert 20 <= act <= 20 + 3 * 30
     one = Batch((batch.args[0][:1],), {})
     assert activation_numel(model, params, {}, one) >= 9000  # one example: nothing to subtract
+
+
+@pytest.mark.parametrize("batched", [True, False])
+@pytest.mark.parametrize("variant", ["streamed", "batched"])
+def test_reverse_passes_batched_over_outputs_or_one_by_one(batched, variant, monkeypatch):
+    """The reverse passes of several outputs as one pass over one-hot cotangents, or one
+    output at a time: both give the explicit Jacobian's kernel."""
+    monkeypatch.setattr(structured, "FORCE_VARIANT", variant)
+    if not batched:
+        monkeypatch.setattr(structured, "REVERSE_SCALARS", 0)
+    ran = []
+    real = structured.StructuredMethod._batched_reverse
+
+    def spy(self, *args):
+        ran.append(real(self, *args))
+        return ran[-1]
+
+    monkeypatch.setattr(structured.StructuredMethod, "_batched_reverse", spy)
+    for case in ("mlp", "cnn_bn", "multi_output_kwargs"):
+        make, make_x1, make_x2 = VARIANT_CASES[case]
+        model, x1, x2 = make(), make_x1(), make_x2()
+        ref12_tr, ref12_full = reference(model, x1, x2)
+        got = wn.empirical.ntk(model, x1, x2, method="structured", batch_size=(3, 2))
+        torch.testing.assert_close(got, ref12_tr, atol=TOL, rtol=0)
+        got = wn.empirical.ntk(model, x1, x2, method="structured", trace_outputs=False)
+        torch.testing.assert_close(got, ref12_full, atol=TOL, rtol=0)
+    assert ran and all(ran) == batched and (any(ran) == batched)

@@ -493,6 +493,12 @@ class _Feats:
         )
 
 
+#: most outputs whose reverse passes run as one batched pass (``_batched_reverse``), and
+#: most scalars of layer g's such a pass returns
+REVERSE_BATCH = 64
+REVERSE_SCALARS = 1 << 22
+
+
 class StructuredMethod:
     """Structured derivatives for supported layers, Jacobians for the rest.
 
@@ -588,8 +594,12 @@ class StructuredMethod:
     def _reverse(self, out: Tensor, probes: dict, outputs, on_grad) -> None:
         """One reverse pass per output a in ``outputs``; ``on_grad(spec, g, a)`` receives
         each layer's g = d f_a / d y (n, *y_shape) as soon as it is computed, which is
-        then freed (layers that f_a does not depend on are skipped)."""
+        then freed (layers that f_a does not depend on are skipped). Where the g's of
+        several outputs are small, their passes run batched (``_batched_reverse``)."""
         if not out.requires_grad:
+            return
+        outputs = list(outputs)
+        if len(outputs) > 1 and self._batched_reverse(out, probes, outputs, on_grad):
             return
         handles, current = [], [None]
         for s in self.specs:
@@ -611,6 +621,42 @@ class StructuredMethod:
         finally:
             for hd in handles:
                 hd.remove()
+
+    def _batched_reverse(self, out: Tensor, probes: dict, outputs: list, on_grad) -> bool:
+        """The reverse passes of up to REVERSE_BATCH outputs at once, as one pass over a
+        batch of one-hot cotangents (autograd's ``is_grads_batched``, a vmap), while their
+        g's stay within REVERSE_SCALARS: with a wide readout (Monte-Carlo kernels of
+        widenets' own networks) the per-output passes were mostly call overhead. False,
+        having delivered nothing, when that is not worth it or autograd cannot batch."""
+        per_output = out.shape[0] * sum(math.prod(s.y_shape) for s in self.specs)
+        c = min(REVERSE_BATCH, len(outputs), REVERSE_SCALARS // max(1, per_output))
+        if c < 2:
+            return False
+        inputs = [probes[s.key] for s in self.specs]
+        for k, a0 in enumerate(range(0, len(outputs), c)):
+            chunk = outputs[a0 : a0 + c]
+            basis = out.new_zeros((len(chunk), *out.shape))
+            for m, a in enumerate(chunk):
+                basis[m, :, a] = 1.0
+            try:
+                gs = torch.autograd.grad(
+                    out,
+                    inputs,
+                    grad_outputs=basis,
+                    retain_graph=True,
+                    allow_unused=True,
+                    is_grads_batched=True,
+                )
+            except RuntimeError:
+                if k == 0:  # nothing delivered yet: the caller loops over outputs
+                    return False
+                raise
+            for m, a in enumerate(chunk):
+                for s, g in zip(self.specs, gs, strict=True):
+                    if g is not None:
+                        on_grad(s, g[m], a)
+            del gs
+        return True
 
     def _batched_grads(self, batch: Batch):
         """The same as :meth:`_grads` (no fallback Jacobians) from batched passes."""
