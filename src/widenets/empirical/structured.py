@@ -37,7 +37,9 @@ each layer's output, never with respect to the weights. Two ways:
   it ("streamed"), or one output's features of each block formed in chunks of examples,
   a forward and a reverse pass each, then contracted ("per_output", which holds those
   features instead of a whole block's activations). Untraced kernels hold the g's of all
-  outputs of a block ("batched").
+  outputs of a block ("batched"). Where the g's of several outputs are small, their
+  reverse passes run as one pass over a batch of one-hot cotangents (up to
+  REVERSE_BATCH outputs, REVERSE_SCALARS scalars of g's).
 - per example (``vmap(jacrev)``, "per_example"), for any model; parameters outside
   supported layers get their Jacobians in the same pass.
 
