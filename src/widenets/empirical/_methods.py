@@ -203,7 +203,8 @@ class StreamedJacobian:
             return call(self.model, state, tree, 1)[0, outs]
 
         # vmap with any chunk_size concatenates its chunks' results, a copy of the whole
-        # slice's Jacobian even when there is one chunk (20% of an MLP kernel's time)
+        # slice's Jacobian even when there is one chunk (torch.profiler, MLP w=512 N=256:
+        # aten::cat 1.27 s of 5.4 s; bench/empirical_ntk.py jacobian 6.36 s -> 4.72 s)
         chunk = None if self.chunk >= batch.n else self.chunk
         jac = vmap(jacrev(f), in_dims=(None, 0), chunk_size=chunk)(parts, batch.tree())
         return [v.reshape(batch.n, len(outs), -1) for v in jac.values()]
