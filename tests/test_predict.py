@@ -525,3 +525,38 @@ def test_converged_prediction_needs_no_eigendecomposition():
     assert pred._spectrum is None
     torch.testing.assert_close(out, k_test @ torch.linalg.solve(k, y))
     torch.testing.assert_close(pred(1e12, k_test), out)  # the eigenbasis path agrees
+
+
+def test_large_finite_times_on_a_singular_kernel_tend_to_the_converged_answer():
+    """Duplicate training inputs with different targets, diag_reg = 0: the kernel is exactly
+    singular. Eigenvalues below the cut-off are zero at every t, so the outputs at large
+    finite t reach the t = inf answer (a pseudo-inverse) and stay there; before, a null
+    direction got the factor t and drifted linearly in t (issue 15, item 6)."""
+    import widenets as wn
+
+    g = torch.Generator().manual_seed(11)
+    x = torch.randn(8, 5, generator=g, dtype=torch.float64)
+    x_train = torch.cat([x, x[:3]])  # three inputs twice
+    y = torch.randn(11, 2, generator=g, dtype=torch.float64)
+    y[8:] = -y[:3]  # with other targets
+    x_test = torch.randn(4, 5, generator=g, dtype=torch.float64)
+    net = wn.serial(wn.Dense(64, w_std=1.5, b_std=0.1), wn.Relu(), wn.Dense(1, w_std=1.5))
+    k, kt = net.kernel(x_train), net.kernel(x_test, x_train)
+    pred = gradient_descent_mse(k.ntk, y)
+    f_inf = pred(INF, kt.ntk)
+    # the converged answer is the pseudo-inverse solution: duplicates fitted by their mean
+    expected = kt.ntk @ torch.linalg.pinv(k.ntk, hermitian=True, rtol=1e-10) @ y
+    assert (f_inf - expected).norm() <= 1e-8 * expected.norm()
+    ts = torch.tensor([1e6, 1e9, 1e12, 1e15], dtype=torch.float64)
+    far = pred(ts, kt.ntk)
+    for f in far:
+        assert (f - f_inf).norm() <= 1e-6 * f_inf.norm()
+    train = pred.train(ts)
+    fitted = pred.train(INF)
+    for f in train:
+        assert (f - fitted).norm() <= 1e-6 * fitted.norm()
+    # the mean of the ensemble of networks (same predictor inside) agrees
+    mean, _ = ensemble(net, x_train, y, x_test, get="ntk", t=ts)
+    mean_inf, _ = ensemble(net, x_train, y, x_test, get="ntk", t=None)
+    for m in mean:
+        assert (m - mean_inf).norm() <= 1e-6 * mean_inf.norm()

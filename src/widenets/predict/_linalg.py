@@ -38,11 +38,13 @@ class Spectrum:
     """Eigendecomposition K = V diag(e) V^T of a regularised kernel and the time functions
     of gradient flow in its eigenbasis, with tau = learning_rate * t / y_train.numel().
 
-    Eigenvalues below zero (round-off of a PSD matrix) are clipped to 0. At tau = inf a
-    pseudo-inverse is used: eigenvalues e <= rtol * max(e), rtol = N * eps(float64) (the
-    default cutoff of ``torch.linalg.pinv``) count as zero, i.e. their directions are never
-    learned. Any positive-definite kernel with condition number below 1 / rtol is therefore
-    inverted exactly, which makes the t = inf limit equal to kernel ridge regression.
+    Eigenvalues below zero (round-off of a PSD matrix) are clipped to 0. Eigenvalues
+    e <= rtol * max(e), rtol = N * eps(float64) (the default cutoff of ``torch.linalg.pinv``),
+    count as exactly zero at every tau, finite or infinite: their directions are never
+    learned, so the outputs at a large finite tau tend to those at tau = inf (a pseudo-inverse)
+    instead of drifting linearly in tau along a null direction of the kernel. Any
+    positive-definite kernel with condition number below 1 / rtol is therefore inverted
+    exactly, which makes the t = inf limit equal to kernel ridge regression.
     """
 
     def __init__(self, k_reg: Tensor):
@@ -64,24 +66,29 @@ class Spectrum:
         return e > self.cutoff
 
     def growth(self, tau: Tensor) -> Tensor:
-        """1 - exp(-e tau), i.e. the eigenvalues of I - exp(-K tau)."""
-        return self._eval(
-            tau, lambda e, t: -torch.expm1(-e * t), lambda e: self._learned(e).to(e.dtype)
-        )
-
-    def decay(self, tau: Tensor) -> Tensor:
-        """exp(-e tau), i.e. the eigenvalues of exp(-K tau)."""
-        return self._eval(
-            tau, lambda e, t: torch.exp(-e * t), lambda e: (~self._learned(e)).to(e.dtype)
-        )
-
-    def growth_over_e(self, tau: Tensor) -> Tensor:
-        """(1 - exp(-e tau)) / e (-> tau as e -> 0): eigenvalues of K^{-1} (I - exp(-K tau))."""
+        """1 - exp(-e tau), i.e. the eigenvalues of I - exp(-K tau) (0 where e is cut off)."""
 
         def finite(e: Tensor, t: Tensor) -> Tensor:
-            positive = e > 0
-            safe = torch.where(positive, e, torch.ones_like(e))
-            return torch.where(positive, -torch.expm1(-e * t) / safe, t.expand_as(e * t))
+            return torch.where(self._learned(e), -torch.expm1(-e * t), torch.zeros_like(e * t))
+
+        return self._eval(tau, finite, lambda e: self._learned(e).to(e.dtype))
+
+    def decay(self, tau: Tensor) -> Tensor:
+        """exp(-e tau), i.e. the eigenvalues of exp(-K tau) (1 where e is cut off)."""
+
+        def finite(e: Tensor, t: Tensor) -> Tensor:
+            return torch.where(self._learned(e), torch.exp(-e * t), torch.ones_like(e * t))
+
+        return self._eval(tau, finite, lambda e: (~self._learned(e)).to(e.dtype))
+
+    def growth_over_e(self, tau: Tensor) -> Tensor:
+        """(1 - exp(-e tau)) / e: eigenvalues of K^+ (I - exp(-K tau)), 0 where e is cut off
+        (the limit e -> 0 would be tau, growing without bound on a null direction)."""
+
+        def finite(e: Tensor, t: Tensor) -> Tensor:
+            learned = self._learned(e)
+            safe = torch.where(learned, e, torch.ones_like(e))
+            return torch.where(learned, -torch.expm1(-e * t) / safe, torch.zeros_like(e * t))
 
         def inf(e: Tensor) -> Tensor:
             learned = self._learned(e)
