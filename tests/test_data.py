@@ -269,6 +269,11 @@ def test_unknown_names_list_known_ones():
         (lambda: data.modular_addition(p=1), "`p`"),
         (lambda: data.uci("iris").targets(kind="value"), "kind"),
         (lambda: data.uci("iris").targets(kind="sign"), "kind"),
+        (lambda: data.load("digits", flatten="no"), r"`flatten` must be True or False.*'no'"),
+        (lambda: data.mnist5k(n_train=10, n_test=10, flatten=0), r"`flatten`.*got 0"),
+        (lambda: data.mnist1d(flatten="false"), r"`flatten`.*'false'"),
+        (lambda: data.uci("iris", standardize="yes"), r"`standardize`.*'yes'"),
+        (lambda: data.mnist1d(standardize=None), r"`standardize`.*None"),
     ],
 )
 def test_bad_arguments_raise_value_error_naming_them(call, match):

@@ -118,6 +118,13 @@ def check_seed(seed) -> int:
     return int(seed)
 
 
+def check_flag(value, name: str) -> bool:
+    """A bool (or numpy bool); anything else, such as the string "no", is an error."""
+    if not isinstance(value, (bool, np.bool_)):
+        raise ValueError(f"`{name}` must be True or False, got {value!r}.")
+    return bool(value)
+
+
 def check_count(value, name: str, *, minimum: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, (int, np.integer)) or value < minimum:
         what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"

@@ -21,6 +21,7 @@ from widenets.data._split import (
     apply_normalize,
     as_float,
     as_labels,
+    check_flag,
     check_normalize,
     check_seed,
     pool_images,
@@ -105,6 +106,7 @@ def _mnist1d_raw():
 def _images(name, source, x, y, side, n_train, n_test, seed, flatten, normalize, size):
     n_train, n_test = resolve_sizes(n_train, n_test, len(x), name)
     seed = check_seed(seed)
+    flatten = check_flag(flatten, "flatten")
     check_normalize(normalize)
     x_tr, y_tr, x_te, y_te = shuffle_split(x, y, n_train, n_test, seed)
     x_tr, x_te = as_float(x_tr), as_float(x_te)
@@ -224,6 +226,7 @@ def uci(
     x, y = _uci_raw(name)
     n_train, n_test = resolve_sizes(n_train, n_test, len(x), name)
     seed = check_seed(seed)
+    standardize = check_flag(standardize, "standardize")
     x_tr, y_tr, x_te, y_te = shuffle_split(x, y, n_train, n_test, seed)
     x_tr, x_te = as_float(x_tr), as_float(x_te)
     if standardize:
@@ -268,6 +271,8 @@ def mnist1d(
     x, y = _mnist1d_raw()
     n_train, n_test = resolve_sizes(n_train, n_test, len(x), "mnist1d")
     seed = check_seed(seed)
+    flatten = check_flag(flatten, "flatten")
+    standardize = check_flag(standardize, "standardize")
     x_tr, y_tr, x_te, y_te = shuffle_split(x, y, n_train, n_test, seed)
     x_tr, x_te = as_float(x_tr), as_float(x_te)
     if standardize:
