@@ -138,7 +138,7 @@ def test_packed_path_is_taken_only_where_every_layer_handles_it(monkeypatch):
     cnn = NETWORKS["cnn-vec relu"]()
     cnn.kernel(x)
     assert calls == [1]
-    cnn.kernel(x, x)  # two sets: no symmetry to use
+    cnn.kernel(x, x + 1)  # two sets: no symmetry to use
     cnn.kernel(x, batch_size=3)  # tiles asked for
     wn.serial(wn.Conv(2, 3), wn.Relu(), wn.GlobalAvgPool(), wn.Dense(1)).kernel(x)  # full
     wn.serial(wn.Dense(3), wn.Relu(), wn.Dense(1)).kernel(x[:, :, 0, 0])  # not spatial
@@ -163,3 +163,27 @@ def test_packed_chunks_cover_every_row_once(n, budget):
     # no chunk passes the budget by a row or more, unless it is a single row
     assert all(s < budget + n or r1 - r0 == 1 for s, (r0, r1) in zip(sizes, chunks, strict=True))
     assert len(chunks) <= -(-(n * (n + 1) // 2) // budget) + 1
+
+
+@pytest.mark.parametrize("name", ["layernorm, dropout", "residual, concat", "dense, dropout"])
+def test_a_set_passed_twice_is_recognised_by_value(name):
+    """net.kernel(x) and net.kernel(x, x.clone()) are the same kernel: Dropout's added
+    diagonal (a set with itself) must not depend on how the set was passed. Before, only
+    x2=None counted as "the same inputs" and the Dropout kernels differed on the diagonal."""
+    dense = wn.serial(wn.Dense(8, w_std=1.4, b_std=0.1), wn.Relu(), wn.Dropout(0.3), wn.Dense(1))
+    net = dense if name == "dense, dropout" else NETWORKS[name]()
+    g = torch.Generator().manual_seed(4)
+    shape = (9, 7) if name == "dense, dropout" else (9, 3, 6, 5)
+    x = torch.randn(*shape, generator=g, dtype=torch.float64)
+    k1 = net.kernel(x)
+    for x2 in (x, x.clone(), x.numpy()):
+        k2 = net.kernel(x, x2)
+        torch.testing.assert_close(k2.nngp, k1.nngp, rtol=0, atol=0)
+        torch.testing.assert_close(k2.ntk, k1.ntk, rtol=0, atol=0)
+    other = x.clone()
+    other[3] += 1e-3  # one input differs: a cross-set kernel (no Dropout diagonal)
+    k3 = net.kernel(x, other)
+    off = ~torch.eye(3, dtype=torch.bool)
+    torch.testing.assert_close(k3.nngp[:3, :3][off], k1.nngp[:3, :3][off], rtol=1e-12, atol=0)
+    if "dropout" in name:
+        assert (k3.nngp.diagonal()[:3] < k1.nngp.diagonal()[:3]).all()

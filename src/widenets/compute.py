@@ -124,6 +124,15 @@ def _spatial_factor(in_shape, full: bool) -> int:
     return positions * positions if full else positions
 
 
+def same_inputs(x1: torch.Tensor, x2: torch.Tensor | None) -> bool:
+    """Whether x2 is the set x1 itself: None, the same tensor, or equal by value (as Neural
+    Tangents decides). A set with itself gets the exact diagonal (the variances, Dropout's
+    added noise) and the symmetric, packed evaluation, whichever way it was passed."""
+    if x2 is None or x2 is x1:
+        return True
+    return x1.shape == x2.shape and x1.device == x2.device and bool(torch.equal(x1, x2))
+
+
 def evaluate_kernel(
     layer,
     x1,
@@ -140,8 +149,9 @@ def evaluate_kernel(
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise ValueError(f"`dtype` must be a floating torch dtype, got {dtype!r}.")
     x1 = as_tensor(x1, "x1", dtype)
-    same = x2 is None
-    x2 = x1 if same else as_tensor(x2, "x2", dtype)
+    x2 = None if x2 is None else as_tensor(x2, "x2", dtype)
+    same = same_inputs(x1, x2)
+    x2 = x1 if same else x2
     if x1.shape[1:] != x2.shape[1:]:
         raise ValueError(
             f"`x1` and `x2` must have the same per-example shape, got {shape_str(x1.shape[1:])} "

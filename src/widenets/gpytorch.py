@@ -41,6 +41,7 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
         "`pip install widenets[gpytorch]`."
     ) from err
 
+from widenets.compute import same_inputs
 from widenets.kernel import input_kernel
 from widenets.layers.base import Layer
 
@@ -81,7 +82,7 @@ def differentiable_kernel(net: Layer, x1: Tensor, x2: Tensor | None = None, get:
     Unlike :meth:`Layer.kernel` (tiled, for large float kernels) this evaluates the whole
     (N1, N2) block at once in the inputs' dtype, so it is meant for GP-sized data sets.
     """
-    same = x2 is None
+    same = same_inputs(x1, x2)
     x2 = x1 if same else x2
     net.out_shape(tuple(x1.shape[1:]))
     k = input_kernel(
