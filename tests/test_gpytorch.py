@@ -156,3 +156,30 @@ def test_bad_arguments():
         NetworkKernel(_net(), get="both")
     with pytest.raises(ValueError, match="nothing to learn"):
         NetworkKernel(wn.Relu())
+
+
+@pytest.mark.parametrize("layer", ["conv", "dense"])
+def test_tensor_w_std_given_to_the_layer_keeps_its_gradient(layer):
+    """A 0-dim tensor w_std passed to Conv (as to Dense) stays a tensor, so the kernel's
+    gradient in it is the finite difference; Conv used to turn it into a float, dropping its
+    share of the gradient silently."""
+    from widenets.gpytorch import differentiable_kernel
+
+    g = torch.Generator().manual_seed(1)
+    x = torch.randn(4, 2, 5, 5, generator=g, dtype=torch.float64)
+
+    def kernel(w):
+        first = (
+            wn.Conv(3, (3, 3), w_std=w, b_std=0.1)
+            if layer == "conv"
+            else wn.serial(wn.Flatten(), wn.Dense(3, w_std=w, b_std=0.1))
+        )
+        net = wn.serial(first, wn.Relu(), wn.Flatten(), wn.Dense(1, w_std=1.2))
+        return differentiable_kernel(net, x, get="ntk").sum()
+
+    w = torch.tensor(1.3, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(kernel(w), w)
+    h = 1e-6
+    fd = (kernel(1.3 + h) - kernel(1.3 - h)) / (2 * h)
+    assert grad.item() == pytest.approx(float(fd), rel=1e-6)
+    assert abs(float(fd)) > 1e-2

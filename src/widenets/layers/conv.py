@@ -17,7 +17,7 @@ import math
 
 from torch import Tensor
 
-from widenets.errors import check_nonnegative, check_positive_int
+from widenets.errors import check_positive_int
 from widenets.init_default import draw_bias, draw_weight
 from widenets.kernel import Kernel
 from widenets.layers._spatial import (
@@ -29,7 +29,7 @@ from widenets.layers._spatial import (
     spatial_dims,
 )
 from widenets.layers.base import BuildContext, Layer
-from widenets.layers.dense import check_parameterization
+from widenets.layers.dense import _scale, check_parameterization
 from widenets.spatial_modules import ConvLayer
 
 
@@ -49,8 +49,9 @@ class Conv(Layer):
         stride: int or tuple.
         padding: "same" (zeros; output size ceil(size / stride)), "valid" (none) or
             "circular" (wrap around, as for a torus).
-        w_std: weight standard deviation (times 1/sqrt(fan_in), fan_in = C * prod(kernel)).
-        b_std: bias standard deviation; None for no bias.
+        w_std: weight standard deviation (times 1/sqrt(fan_in), fan_in = C * prod(kernel));
+            a float, or a 0-dim float tensor for a kernel differentiable in it (as Dense).
+        b_std: bias standard deviation (float or 0-dim tensor); None for no bias.
         parameterization: "ntk" (default) or "standard".
     """
 
@@ -75,8 +76,8 @@ class Conv(Layer):
             n = len(self.stride)
         self.dims = n
         self.padding = check_padding(padding)
-        self.w_std = check_nonnegative(w_std, "w_std")
-        self.b_std = check_nonnegative(b_std, "b_std", allow_none=True)
+        self.w_std = _scale(w_std, "w_std", allow_none=False)  # a 0-dim tensor stays one
+        self.b_std = _scale(b_std, "b_std", allow_none=True)
         self.parameterization = check_parameterization(parameterization)
         if self.parameterization not in ("ntk", "standard"):
             raise ValueError(
