@@ -11,6 +11,7 @@ checked against torch.autograd through the module's adjoint backward.
 """
 
 import math
+import re
 
 import pytest
 import torch
@@ -191,3 +192,18 @@ def test_kernel_does_not_depend_on_tiles(inputs):
         torch.testing.assert_close(
             getattr(cross, name), getattr(full, name)[:3, 3:], rtol=0, atol=1e-12 * scale
         )
+
+
+def test_slow_but_contractive_map_says_how_many_iterations_it_needs():
+    """ReLU at w_std 1.41 < sqrt(2) contracts (rate w^2/2 = 0.994): the error says it
+    converges slowly and how many iterations it needs, and that many suffice; w_std 1.5
+    does not contract and is called so."""
+    x = torch.randn(5, 3, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
+    with pytest.raises(ValueError, match=r"converges, but slowly.*Raise `max_iter` to (\d+)") as e:
+        wn.serial(wn.DEQ(8, wn.Relu(), w_std=1.41, max_iter=2000), wn.Dense(1)).kernel(x)
+    needed = int(re.search(r"Raise `max_iter` to (\d+)", str(e.value)).group(1))
+    assert 2000 < needed < 10_000 and "not contractive" not in str(e.value)
+    k = wn.serial(wn.DEQ(8, wn.Relu(), w_std=1.41, max_iter=needed), wn.Dense(1)).kernel(x)
+    assert torch.isfinite(k.nngp).all()
+    with pytest.raises(ValueError, match="not contractive at w_std=1.5"):
+        wn.serial(wn.DEQ(8, wn.Relu(), w_std=1.5, max_iter=2000), wn.Dense(1)).kernel(x)

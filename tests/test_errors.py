@@ -106,3 +106,42 @@ def test_elementwise_rejects_non_elementwise_functions():
 def test_empirical_ntk_of_model_without_parameters():
     with pytest.raises(ValueError, match="no trainable parameters"):
         wn.empirical.ntk(torch.nn.ReLU(), torch.randn(3, 2))
+
+
+@pytest.mark.parametrize(
+    ("call", "message"),
+    [
+        (lambda: _net().kernel(torch.randn(5, 3, device="meta")), r"`x1` is on the meta device"),
+        (
+            lambda: _net().kernel(torch.randn(5, 3), torch.empty(4, 3, device="meta")),
+            r"`x2` is on the meta device",
+        ),
+        (lambda: _net().kernel(torch.randn(5, 3), batch_size=2.0), r"`batch_size`.*got 2\.0"),
+        (
+            lambda: _net().kernel(torch.randn(5, 3), batch_size=(1, 2, 3)),
+            r"`batch_size`.*\(1, 2, 3\)",
+        ),
+        (lambda: _net().kernel(torch.randn(5, 3), batch_size="4"), r"`batch_size`.*'4'"),
+        (lambda: _net().kernel(torch.randn(5, 3), batch_size=(2, 0)), r"`batch_size`.*\(2, 0\)"),
+        (lambda: _net().build((3,), seed="a"), r"`seed` must be a non-negative integer.*'a'"),
+        (lambda: _net().build((3,), seed=-1), r"`seed`.*-1"),
+        (lambda: _net().build((3,), seed=1.5), r"`seed`.*1\.5"),
+        (lambda: _net().build((3,), dtype=torch.int64), r"`dtype` must be a floating.*int64"),
+        (lambda: _net().build((3,), dtype="float32"), r"`dtype`.*'float32'"),
+        (lambda: _net().build((3,), init="orth"), r"`init` must be None or a widenets\.init"),
+        (lambda: _net().build((3,), generator=0), r"`generator` must be a torch\.Generator"),
+    ],
+)
+def test_errors_a_user_can_act_on(call, message):
+    """Each was a raw Python or torch error before ("cannot unpack non-iterable float",
+    "Tensor.item() cannot be called on meta tensors", "'str' object has no attribute")."""
+    with pytest.raises(ValueError, match=message) as err:
+        call()
+    assert "\n" not in str(err.value)
+
+
+def test_good_build_arguments_still_work():
+    m = _net().build((3,), seed=np.int64(3), init=wn.init.Orthogonal(), dtype=torch.float64)
+    assert next(m.parameters()).dtype == torch.float64
+    k = _net().kernel(torch.randn(5, 3), batch_size=[2, 3])
+    assert k.ntk.shape == (5, 5)

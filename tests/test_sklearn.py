@@ -337,3 +337,16 @@ def test_check_estimator_passes_with_a_kernel_cache(cls):
     results = check_estimator(cls(kernel_cache=KernelCache()), on_fail=None)
     failed = [r["check_name"] for r in results if r["status"] == "failed"]
     assert not failed, failed
+
+
+def test_errors_name_what_the_user_passed_not_internal_arguments():
+    """Inputs whose kernel overflows: the estimator's error names `X`, never k_train_train
+    or x1 (arguments the user of an estimator never passed)."""
+    g = np.random.default_rng(0)
+    X, y = g.standard_normal((6, 3)), g.standard_normal(6)
+    for est in (NTKRegressor(), NNGPRegressor()):
+        with pytest.raises(ValueError) as err:
+            est.fit(X * 1e200, y)
+        msg = str(err.value)
+        assert "`X`" in msg, msg
+        assert "k_train_train" not in msg and "`x1`" not in msg and "\n" not in msg

@@ -57,6 +57,20 @@ MIN_WIDE_ROWS = 16
 PROGRESS_NUMEL = 1 << 26
 
 
+def check_batch_size(batch_size) -> tuple[int, int]:
+    """``batch_size`` as a pair of positive ints (from an int or a pair), else a ValueError."""
+    pair = (batch_size, batch_size) if isinstance(batch_size, int) else batch_size
+    if (
+        not isinstance(pair, (tuple, list))
+        or len(pair) != 2
+        or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in pair)
+    ):
+        raise ValueError(
+            f"`batch_size` must be a positive int or a pair of them, got {batch_size!r}."
+        )
+    return int(pair[0]), int(pair[1])
+
+
 def _tile_sizes(
     n1: int,
     n2: int,
@@ -68,15 +82,7 @@ def _tile_sizes(
     wide_rows: bool = False,
 ) -> tuple[int, int]:
     if batch_size is not None:
-        if isinstance(batch_size, int):
-            b1 = b2 = batch_size
-        else:
-            b1, b2 = batch_size
-        for b in (b1, b2):
-            if isinstance(b, bool) or not isinstance(b, int) or b < 1:
-                raise ValueError(
-                    f"`batch_size` must be a positive int or a pair of them, got {batch_size!r}."
-                )
+        b1, b2 = check_batch_size(batch_size)
         return min(b1, n1), min(b2, n2)
     budget = max(1, budget_numel // max(1, pair_cost))
     if wide_rows:

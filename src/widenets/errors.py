@@ -52,6 +52,11 @@ def as_tensor(x, name: str, dtype: torch.dtype, *, min_ndim: int = 2) -> Tensor:
         if arr.dtype.kind not in "fiub":
             raise TypeError(f"`{name}` must hold real numbers, got an array of dtype {arr.dtype}.")
         t = torch.as_tensor(arr)
+    if t.device.type == "meta":
+        raise ValueError(
+            f"`{name}` is on the meta device (a shape without values); kernels need values: "
+            "create it on the CPU or a GPU."
+        )
     if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64, torch.uint8)):
         raise TypeError(f"`{name}` must hold real numbers, got dtype {t.dtype}.")
     if t.ndim < min_ndim:

@@ -71,6 +71,7 @@ likelihoods of a classification model. Because ``sigma`` varies between inputs, 
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import numpy as np
@@ -173,6 +174,32 @@ def _check_input_shape(input_shape, n_features: int):
     return shape
 
 
+_USER_TERMS = (
+    ("`k_train_train`", "the kernel of the training inputs `X`, K(X, X),"),
+    ("`k_test_train`", "the kernel of `X` against the training inputs"),
+    ("`y_train`", "`y`"),
+)
+
+
+@contextlib.contextmanager
+def _in_user_terms(fitting: bool):
+    """Re-raise a ValueError of the kernel or predictor code in the estimator's terms: it
+    names the arguments the user passed (X, y), not internal ones (k_train_train, x1)."""
+    try:
+        yield
+    except ValueError as err:
+        msg = str(err)
+        terms = _USER_TERMS + (
+            ("`x1`", "`X`" if fitting else "`X` (to predict)"),
+            ("`x2`", "the training inputs `X`"),
+        )
+        for internal, user in terms:
+            msg = msg.replace(internal, user)
+        if msg == str(err):
+            raise
+        raise ValueError(msg) from None
+
+
 class _WideNetwork(BaseEstimator):
     """Shared fit/predict of the four estimators; ``_kind`` is "nngp" or "ntk"."""
 
@@ -213,9 +240,10 @@ class _WideNetwork(BaseEstimator):
 
     def _kernels(self, x1: np.ndarray, x2: np.ndarray | None = None) -> CachedKernels:
         """nngp, ntk (N1, N2) and the output variances of flat rows x1, x2 (float64)."""
-        if self.kernel_cache is not None:
-            return self.kernel_cache.kernels(self.network_, x1, x2, self._input_shape)
-        return direct_kernels(self.network_, x1, x2, self._input_shape)
+        with _in_user_terms(fitting=x2 is None):
+            if self.kernel_cache is not None:
+                return self.kernel_cache.kernels(self.network_, x1, x2, self._input_shape)
+            return direct_kernels(self.network_, x1, x2, self._input_shape)
 
     def _fit_targets(self, X, y2d: np.ndarray):
         """Store the train kernels and the gradient-flow predictor for targets (N, O)."""
@@ -232,9 +260,10 @@ class _WideNetwork(BaseEstimator):
         k = self._kernels(self.X_fit_)
         self.k_train_ = {"nngp": k.nngp, "ntk": k.ntk}
         self.y_fit_ = torch.from_numpy(np.asarray(y2d, dtype=np.float64))
-        self.predictor_ = gradient_descent_mse(
-            self.k_train_[self._kind], self.y_fit_, diag_reg=self._reg
-        )
+        with _in_user_terms(fitting=True):
+            self.predictor_ = gradient_descent_mse(
+                self.k_train_[self._kind], self.y_fit_, diag_reg=self._reg
+            )
 
     def _mean_and_var(self, X, want_var: bool):
         """Predictive mean (N_test, O) and, if asked, variance (N_test,) as numpy arrays."""
@@ -242,7 +271,8 @@ class _WideNetwork(BaseEstimator):
         X = validate_data(self, X, reset=False, dtype=np.float64)
         k = self._kernels(np.ascontiguousarray(X), self.X_fit_)
         theta_x = k.ntk if self._kind == "ntk" else k.nngp
-        mean = self.predictor_(self._t, theta_x).numpy()
+        with _in_user_terms(fitting=False):
+            mean = self.predictor_(self._t, theta_x).numpy()
         if not want_var:
             return mean, None
         var = self._variance(k.cov1, k.nngp, theta_x)

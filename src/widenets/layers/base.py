@@ -165,6 +165,7 @@ class Layer:
         for s in input_shape:
             check_positive_int(s, "input_shape")
         self.out_shape(input_shape)  # shape errors before any parameter is drawn
+        _check_build_args(seed, dtype, init, generator)
         if generator is None:
             generator = torch.Generator()
             if seed is None:
@@ -182,3 +183,25 @@ class Layer:
 
     def __repr__(self) -> str:
         return self.name
+
+
+def _check_build_args(seed, dtype, init, generator) -> None:
+    """One-line errors for ``build``'s seed, dtype, init and generator."""
+    import numpy as np
+
+    if seed is not None and (
+        isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0
+    ):
+        raise ValueError(f"`seed` must be a non-negative integer or None, got {seed!r}.")
+    if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
+        raise ValueError(
+            f"`dtype` must be a floating torch dtype such as torch.float32, got {dtype!r}."
+        )
+    if init is not None and not callable(getattr(init, "weight", None)):
+        raise ValueError(
+            "`init` must be None or a widenets.init scheme (e.g. wn.init.Orthogonal(), "
+            f"wn.init.Uniform(); any object with a weight(shape, fan_in, generator, dtype) "
+            f"method), got {init!r}."
+        )
+    if generator is not None and not isinstance(generator, torch.Generator):
+        raise ValueError(f"`generator` must be a torch.Generator or None, got {generator!r}.")

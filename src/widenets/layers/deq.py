@@ -218,6 +218,7 @@ class DEQ(Layer):
         growing = 0
         tol = max(self.tol, 50 * torch.finfo(kx.dtype).eps)
         it = 0
+        history = []
         while it < self.max_iter:
             it += 1
             e, _, eq1, eq2 = self._step(kk, q1, q2, kx, qx1, qx2, w2, False)
@@ -228,6 +229,7 @@ class DEQ(Layer):
             res = max(_amax(new_k - kk), _amax(new_q1 - q1), _amax(new_q2 - q2))
             res = res / scale if math.isfinite(scale) else math.inf
             kk, q1, q2 = new_k, new_q1, new_q2
+            history.append(res)
             if not math.isfinite(res) or not math.isfinite(scale):
                 break
             if res < tol:
@@ -237,6 +239,15 @@ class DEQ(Layer):
             if growing >= 50:
                 break
             prev = res
+        slow = _slow_convergence(history, tol, it)
+        if slow is not None:
+            rate, needed = slow
+            raise ValueError(
+                f"{self!r}: the NNGP fixed-point iteration converges, but slowly: the residual "
+                f"falls by a factor {rate:.4g} per iteration and is {res:.3g} after {it} "
+                f"iterations (tol {tol:g}); about {needed} iterations are needed. Raise "
+                f"`max_iter` to {needed} or more, loosen `tol`, or decrease `w_std`."
+            )
         raise ValueError(
             f"{self!r}: the NNGP fixed-point map is not contractive at w_std={self.w_std}: "
             f"relative residual {res:.3g} after {it} iterations (tol {tol:g}). The "
@@ -253,6 +264,19 @@ class DEQ(Layer):
         u = draw_weight(ctx.init, (n, c), c, ctx.generator, ctx.dtype)
         b = None if self.b_std is None else draw_bias((n,), ctx.generator, ctx.dtype)
         return DEQModule(self, w, u, b).to(device=ctx.device)
+
+
+def _slow_convergence(history: list[float], tol: float, done: int):
+    """(rate, iterations needed) when the last residuals fall geometrically (rate < 1), so
+    the iteration would converge given more iterations; None when they do not fall."""
+    tail = [r for r in history[-20:] if math.isfinite(r) and r > 0]
+    if len(tail) < 10:
+        return None
+    rate = (tail[-1] / tail[0]) ** (1.0 / (len(tail) - 1))
+    if not rate < 0.9999:
+        return None
+    more = math.log(tol / tail[-1]) / math.log(rate)
+    return rate, int(math.ceil(done + max(more, 0.0) * 1.1))
 
 
 def _is_transformed(t: Tensor) -> bool:
@@ -346,9 +370,11 @@ class DEQModule(nn.Module):
     def solve(self, inj: Tensor, z: Tensor) -> Tensor:
         res = math.inf
         tol = max(self.tol, 50 * torch.finfo(inj.dtype).eps)
+        history = []
         for it in range(1, self.max_iter + 1):
             z_new = self.step(z, inj)
             res = float((z_new - z).norm()) / max(float(z_new.norm()), 1e-300)
+            history.append(res)
             z = z_new
             if res < tol:
                 self.iterations, self.residual = it, res
@@ -356,6 +382,17 @@ class DEQModule(nn.Module):
             if not math.isfinite(res):
                 break
         self.iterations, self.residual = it, res
+        slow = _slow_convergence(history, tol, it)
+        if slow is not None:
+            rate, needed = slow
+            raise FixedPointError(
+                f"DEQ forward: the fixed-point iteration converges, but slowly: the residual "
+                f"falls by a factor {rate:.4g} per iteration and is {res:.3g} after {it} "
+                f"iterations (tol {tol:g}); about {needed} iterations are needed. Raise "
+                f"`max_iter` to {needed} or more, or loosen `tol`.",
+                it,
+                res,
+            )
         raise FixedPointError(
             f"DEQ forward: the fixed-point iteration z = phi(W z + U x + b) did not converge: "
             f"relative residual {res:.3g} after {it} iterations (tol {tol:g}). The map is "
