@@ -103,6 +103,11 @@ def kernel(
         cfg = resolve(
             arch=arch, data=data, n_train=n_train, n_test=n_test, depth=depth, sgd_batch_size=0
         )
+        if out.is_dir():
+            raise ValueError(
+                f"`--out` {str(out)!r} is a directory; give the path of a file to write, "
+                f"e.g. {str(out / 'kernel.pt')!r}."
+            )
         check_writable(out.parent if str(out.parent) else Path("."))
     except (ValueError, TypeError) as err:
         raise _bad(str(err)) from None
