@@ -3,9 +3,9 @@
 The (N1, N2) kernel is computed in tiles of (b1, b2) input pairs: each tile's input
 kernel is folded through every layer before the next tile starts, so intermediates stay
 in cache and memory is bounded by the tile. For a set with itself (x2 None, or equal to x1
-by value: :func:`same_inputs`) only the tiles on or above the diagonal are computed and the rest is mirrored. Every entry is
-computed by the same elementwise operations whatever the tiling, so the result does not
-depend on the tile size.
+by value: :func:`same_inputs`) only the tiles on or above the diagonal are computed and the
+rest is mirrored. Every entry is computed by the same elementwise operations whatever the
+tiling, so the result does not depend on the tile size.
 
 Spatial inputs are carried in the diagonal layout (each position with itself: cost linear
 in positions) unless a layer of the network needs every pair of positions (pooling,
