@@ -3,7 +3,8 @@
 Real data that ships inside packages (:func:`mnist5k`, :func:`digits`, :func:`uci`,
 :func:`mnist1d`) and synthetic tasks generated from a seed (:func:`teacher`,
 :func:`xor_clusters`, :func:`modular_addition`). Every loader returns a :class:`Dataset` of
-float64 torch tensors; :func:`load` dispatches by name and :func:`available` lists the names::
+float64 torch tensors; :func:`load` dispatches by name and :func:`available` lists the names.
+:func:`zca_whiten` whitens inputs with a regulariser (fitted on the training set)::
 
     from widenets import data
     ds = data.load("mnist5k", n_train=1000, n_test=500, seed=0)
@@ -20,6 +21,7 @@ from functools import partial
 from widenets.data._split import Dataset, one_hot
 from widenets.data.real import UCI_NAMES, digits, mnist1d, mnist5k, uci
 from widenets.data.synthetic import modular_addition, teacher, xor_clusters
+from widenets.data.zca import zca_whiten
 
 _LOADERS = {
     "mnist5k": mnist5k,
@@ -60,4 +62,5 @@ __all__ = [
     "teacher",
     "uci",
     "xor_clusters",
+    "zca_whiten",
 ]

@@ -9,7 +9,9 @@ Descent") and 2020 ("Finite Versus Infinite Neural Networks: an Empirical Study"
 written as results.json, runs.csv, PNG figures and index.html.
 
 Modules: ``config`` (keys, TOML, validation), ``architectures`` (the name registry),
-``stages`` (the computations), ``store`` (atomic files, resumable stages), ``figures``,
+``stages`` (the computations, and the one definition of training time), ``findings`` (the
+optional findings of Lee et al. 2020), ``theory_checks`` (the theory's predictions fitted
+and checked), ``store`` (atomic files, stages verified by checksums), ``figures``,
 ``report`` and ``run``.
 """
 

@@ -35,6 +35,15 @@ class StudyConfig:
     ``n_checkpoints`` along training, ``linearize`` (train the linearisation of the first
     ``linearize_seeds`` networks alongside), ``regime_points`` training inputs for the
     empirical-NTK kernel distance.
+    Findings of Lee et al. 2020 (:mod:`widenets.study.findings`): ``findings``, a list of
+    names from ``"zca"``, ``"parameterization"``, ``"large_lr_l2"`` (none by default);
+    ``finding_width``, the width of the networks of "zca" and "large_lr_l2" (0: the largest
+    of ``widths``); ``zca_regularizers``, the ZCA regularisers eps (Sigma + eps tr(Sigma)/d I)
+    compared with no whitening; ``lr_factors``, the factors f of the learning rates
+    f * n / lambda_max (infinite-width NTK) tried by "large_lr_l2" (gradient descent of the
+    kernel model diverges for f > 2); ``l2_values``, the L2 coefficients lambda (loss +
+    lambda/2 ||theta||^2, i.e. weight decay lambda on every trainable parameter) tried by
+    "large_lr_l2" at the study's learning rate, besides lambda = 0.
     """
 
     arch: str = "fc"
@@ -50,8 +59,8 @@ class StudyConfig:
     diag_reg: float = 1e-4
     diag_reg_sweep: list = field(default_factory=lambda: [0.0, 1e-6, 1e-4, 1e-2, 1e-1, 1.0])
     n_times: int = 25
-    widths: list = field(default_factory=lambda: [64, 256, 1024])
-    seeds: int = 2
+    widths: list = field(default_factory=lambda: [64, 128, 256, 512, 1024])
+    seeds: int = 4
     steps: int = 200
     learning_rate: float | str = "auto"
     lr_factor: float = 1.0
@@ -60,8 +69,13 @@ class StudyConfig:
     dtype: str = "float32"
     n_checkpoints: int = 12
     linearize: bool = True
-    linearize_seeds: int = 1
+    linearize_seeds: int = 2
     regime_points: int = 100
+    findings: list = field(default_factory=list)
+    finding_width: int = 0
+    zca_regularizers: list = field(default_factory=lambda: [0.0, 0.1, 1.0, 10.0, 100.0])
+    lr_factors: list = field(default_factory=lambda: [0.5, 1.0, 1.9, 3.0, 6.0])
+    l2_values: list = field(default_factory=lambda: [1e-5, 1e-4, 1e-3])
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -163,7 +177,28 @@ def _check(cfg: dict) -> dict:
     c["linearize_seeds"] = _int("linearize_seeds", c["linearize_seeds"], 0)
     c["regime_points"] = _int("regime_points", c["regime_points"], 2)
     c["regime_points"] = min(c["regime_points"], c["n_train"])
+    c["findings"] = _findings(c["findings"])
+    c["finding_width"] = _int("finding_width", c["finding_width"], 0)
+    c["zca_regularizers"] = _real_list("zca_regularizers", c["zca_regularizers"])
+    c["lr_factors"] = _real_list("lr_factors", c["lr_factors"], positive=True)
+    c["l2_values"] = _real_list("l2_values", c["l2_values"])
     return c
+
+
+def _findings(value) -> list[str]:
+    from widenets.study.findings import FINDINGS
+
+    if not isinstance(value, (list, tuple)) or any(v not in FINDINGS for v in value):
+        _fail("findings", f"a list of names from {list(FINDINGS)}", value)
+    return [f for f in FINDINGS if f in value]
+
+
+def _real_list(key, value, *, positive=False) -> list[float]:
+    """A non-empty list of finite numbers >= 0 (> 0 if ``positive``), sorted, no repeats."""
+    what = "a non-empty list of " + ("positive" if positive else "non-negative") + " numbers"
+    if not isinstance(value, (list, tuple)) or not value:
+        _fail(key, what, value)
+    return sorted({_real(key, v, positive=positive) for v in value})
 
 
 def load_toml(path) -> dict:

@@ -6,6 +6,8 @@ Each figure is drawn only when its data exist (a partial run draws what it can).
 from __future__ import annotations
 
 import io
+import math
+import statistics
 from pathlib import Path
 
 from widenets.study.store import atomic_write
@@ -17,12 +19,16 @@ CAPTIONS = {
     "distance_vs_width": "Relative distance ||f − f_∞|| / ||f_∞|| of the test outputs from the "
     "infinite-width NTK prediction at the same training time, against width (log-log; the "
     "dotted line has slope −1/2).",
-    "training_curves": "Training curves against time t = learning rate × step: finite networks "
-    "(first seed), their linearisation when available, and the closed form of gradient flow.",
+    "training_curves": "Training curves against the training time τ = learning rate × step: "
+    "finite networks (first seed), their linearisation when available, and the closed form of "
+    "gradient flow at the same τ (the vertical line is the end of training).",
+    "theory_exponents": "The theory's predictions: each measured quantity against width (one "
+    "line per seed; for ensembles, against the number of members at the largest width), the "
+    "fitted power law (solid) and the predicted exponent (dotted), log-log.",
     "regime_vs_width": "Regime measures against width (log-log): kernel distance "
     "1 − <K0,Kt>/(|K0||Kt|) of the empirical NTK and relative weight change.",
-    "infinite_width": "Infinite width: NTK gradient flow along t and the diagonal-regulariser "
-    "sweep of the NNGP posterior and the NTK prediction at t = ∞.",
+    "infinite_width": "Infinite width: NTK gradient flow along τ and the diagonal-regulariser "
+    "sweep of the NNGP posterior and the NTK prediction at τ = ∞.",
 }
 METHOD_STYLE = {
     "gd": ("network, GD", "C0", "o"),
@@ -88,8 +94,8 @@ def accuracy_vs_width(results, path):
             ax.plot(xs, ys, "k--", marker="D", label="ensemble, GD")
         lines = [
             (inf["nngp"][key], "NNGP posterior", "C3"),
-            (inf["ntk_t_inf"][key], "NTK, t = ∞", "C4"),
-            (inf["ntk_at_training_time"][key], "NTK, same t", "C5"),
+            (inf["ntk_t_inf"][key], "NTK, τ = ∞", "C4"),
+            (inf["ntk_at_training_time"][key], "NTK, same τ", "C5"),
         ]
         for value, name, color in lines:
             if value is not None:
@@ -175,7 +181,7 @@ def training_curves(results, path):
         ax.set_xscale("log")
         if key in ("train_loss", "mse"):
             ax.set_yscale("log")
-        ax.set_xlabel("time t = lr × step")
+        ax.set_xlabel("training time τ = lr × step")
         ax.set_ylabel(label)
         ax.legend(fontsize=7)
     return _save(fig, path)
@@ -220,13 +226,13 @@ def infinite_width(results, path):
     axes[0].plot([a["time"] for a in along], [a[key] for a in along], "k-", marker=".")
     axes[0].axhline(inf["nngp"][key], color="C3", ls=":", label="NNGP posterior")
     axes[0].set_xscale("log")
-    axes[0].set_xlabel("time t")
+    axes[0].set_xlabel("training time τ = lr × step")
     axes[0].set_ylabel(f"test {key}")
     axes[0].set_title("NTK gradient flow")
     axes[0].legend(fontsize=7)
     sweep = inf["diag_reg_sweep"]
     positive = [r["diag_reg"] for r in sweep if r["diag_reg"] > 0]
-    for name, label, color in (("nngp", "NNGP posterior", "C3"), ("ntk_t_inf", "NTK t = ∞", "C4")):
+    for name, label, color in (("nngp", "NNGP posterior", "C3"), ("ntk_t_inf", "NTK τ = ∞", "C4")):
         pts = [(r["diag_reg"], r[name][key]) for r in sweep if r[name].get(key) is not None]
         if pts:
             axes[1].plot(*zip(*pts, strict=True), marker="o", color=color, label=label)
@@ -239,12 +245,86 @@ def infinite_width(results, path):
     return _save(fig, path)
 
 
+def theory_exponents(results, path):
+    """One panel per check of :mod:`widenets.study.theory_checks`: the measured values (one
+    line per seed) on log-log axes, with the fitted and the predicted slopes."""
+    plt = _plt()
+    theory = results.get("theory") or {}
+    checks = [c for c in theory.get("checks", []) if c.get("measured") is not None]
+    if not checks:
+        return None
+    from widenets.study import theory_checks as tc
+
+    cols = min(3, len(checks))
+    rows = -(-len(checks) // cols)
+    fig, axes = plt.subplots(rows, cols, figsize=(4.2 * cols, 3.4 * rows), squeeze=False)
+    for ax in axes.flat[len(checks) :]:
+        ax.set_visible(False)
+    for ax, c in zip(axes.flat, checks, strict=False):
+        curves = _check_curves(results, c["key"])
+        for i, (xs, ys) in enumerate(curves):
+            ax.plot(
+                xs,
+                ys,
+                color="C0",
+                marker="o",
+                ms=3,
+                alpha=0.6,
+                label="measured" if i == 0 else None,
+            )
+        xs = sorted({x for cx, _ in curves for x in cx})
+        if xs:
+            g = math.exp(
+                statistics.fmean(math.log(y) for _, cy in curves for y in cy if y > 0)
+                - c["measured"] * statistics.fmean(math.log(x) for x in xs)
+            )
+            ax.plot(
+                xs,
+                [g * x ** c["measured"] for x in xs],
+                "k-",
+                lw=1,
+                label=f"fit {c['measured']:+.2f}",
+            )
+            g2 = g * math.exp(
+                (c["measured"] - c["prediction"]) * statistics.fmean(math.log(x) for x in xs)
+            )
+            ax.plot(
+                xs,
+                [g2 * x ** c["prediction"] for x in xs],
+                "k:",
+                lw=1,
+                label=f"theory {c['prediction']:+.2f}",
+            )
+        ax.set_xscale("log", base=2)
+        ax.set_yscale("log")
+        ax.set_xlabel(c["against"])
+        ax.set_title(tc.SHORT.get(c["key"], c["key"]), fontsize=8)
+        ax.legend(fontsize=6)
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def _check_curves(results, key):
+    """(xs, ys) per seed (or the one ensemble curve) behind a theory check."""
+    from widenets.study import theory_checks as tc
+
+    if key == "ensemble":
+        scaling = results.get("ensemble_scaling") or {}
+        if not scaling:
+            return []
+        e = scaling[max(scaling, key=int)]
+        return [(e["members"], e["distance"])]
+    per_seed = tc.per_seed_values(results, key)
+    return [(sorted(c), [c[w] for w in sorted(c)]) for c in per_seed.values()]
+
+
 FIGURES = {
     "accuracy_vs_width": accuracy_vs_width,
     "distance_vs_width": distance_vs_width,
     "training_curves": training_curves,
     "regime_vs_width": regime_vs_width,
     "infinite_width": infinite_width,
+    "theory_exponents": theory_exponents,
 }
 
 
@@ -256,4 +336,7 @@ def make_all(results: dict, folder) -> list[Path]:
         p = fn(results, folder / f"{name}.png")
         if p is not None:
             made.append(p)
+    from widenets.study import findings
+
+    made += findings.make_figures(results, folder)
     return made

@@ -13,7 +13,7 @@ import json
 import statistics
 from pathlib import Path
 
-from widenets.study import figures
+from widenets.study import figures, findings, theory_checks
 from widenets.study.store import atomic_json, atomic_write
 
 CSV_FIELDS = (
@@ -25,11 +25,20 @@ CSV_FIELDS = (
     "train_loss",
     "distance_to_infinite",
     "distance_to_own_closed_form",
+    "distance_to_network_sup",
     "kernel_distance",
+    "relative_kernel_change",
+    "ntk_init_distance",
     "relative_weight_change",
     "seconds",
 )
 METHODS = ("gd", "sgd", "linearized")
+REGIME_KEYS = (
+    "kernel_distance",
+    "relative_kernel_change",
+    "ntk_init_distance",
+    "relative_weight_change",
+)
 
 
 def _stats(values):
@@ -55,11 +64,16 @@ def summarize(results: dict) -> dict:
             if recs:
                 entry[method] = {
                     key: _stats([x.get(key) for x in recs])
-                    for key in ("accuracy", "mse", "train_loss", "distance_to_infinite")
+                    for key in (
+                        "accuracy",
+                        "mse",
+                        "train_loss",
+                        "distance_to_infinite",
+                        "max_distance_to_network",
+                    )
                 }
         entry["regime"] = {
-            key: _stats([r["regime"][key] for r in rows if "regime" in r])
-            for key in ("kernel_distance", "relative_weight_change")
+            key: _stats([r["regime"][key] for r in rows if "regime" in r]) for key in REGIME_KEYS
         }
         ens = results.get("ensembles", {}).get(str(width))
         if ens:
@@ -85,7 +99,14 @@ def csv_rows(results: dict) -> list[dict]:
                     "train_loss": m.get("train_loss"),
                     "distance_to_infinite": m.get("distance_to_infinite"),
                     "distance_to_own_closed_form": m.get("distance_to_own_closed_form"),
+                    "distance_to_network_sup": m.get("max_distance_to_network"),
                     "kernel_distance": r["regime"]["kernel_distance"] if method == "gd" else None,
+                    "relative_kernel_change": r["regime"].get("relative_kernel_change")
+                    if method == "gd"
+                    else None,
+                    "ntk_init_distance": r["regime"].get("ntk_init_distance")
+                    if method == "gd"
+                    else None,
                     "relative_weight_change": r["regime"]["relative_weight_change"]
                     if method == "gd"
                     else None,
@@ -156,7 +177,7 @@ def summary_rows(results: dict) -> tuple[list[str], list[list[str]]]:
         )
         rows.append(
             [
-                "NTK gradient flow, t = ∞",
+                "NTK gradient flow, τ = ∞",
                 "∞",
                 _fmt(inf["ntk_t_inf"]["accuracy"], True),
                 _fmt(inf["ntk_t_inf"]["mse"]),
@@ -166,7 +187,7 @@ def summary_rows(results: dict) -> tuple[list[str], list[list[str]]]:
         at = inf["ntk_at_training_time"]
         rows.append(
             [
-                f"NTK gradient flow, t = {at['time']:.4g}",
+                f"NTK gradient flow, τ = {at['time']:.4g}",
                 "∞",
                 _fmt(at["accuracy"], True),
                 _fmt(at["mse"]),
@@ -215,11 +236,15 @@ def render_html(results: dict, figure_paths: list[str]) -> str:
     table += "\n".join(
         "<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in row) + "</tr>" for row in rows
     )
+    captions = {**figures.CAPTIONS, **getattr(findings, "CAPTIONS", {})}
     figs = "\n".join(
         f'<figure><img src="{esc(p)}" alt="{esc(Path(p).stem)}">'
-        f"<figcaption>{esc(figures.CAPTIONS.get(Path(p).stem, ''))}</figcaption></figure>"
+        f"<figcaption>{esc(captions.get(Path(p).stem, ''))}</figcaption></figure>"
         for p in figure_paths
+        if not Path(p).stem.startswith("finding_")
     )
+    theory = _theory_html(results, esc)
+    found = _findings_html(results, figure_paths, captions, esc)
     notes = "".join(f"<li>{esc(n)}</li>" for n in results.get("notes", []))
     stages = "".join(
         f"<li>{esc(k)}: {esc(v.get('status', ''))}"
@@ -243,14 +268,18 @@ pre {{ background: #f4f4f4; padding: 1em; overflow-x: auto; }}
 <p>Status: <b>{esc(str(results.get("status")))}</b>. Dataset: {esc(str(ds.get("source", "")))}
 ({ds.get("n_train")} train / {ds.get("n_test")} test). Network:</p><pre>{desc}</pre><p>
 at hidden widths {esc(str(cfg.get("widths")))}, {cfg.get("seeds")} seed(s), {cfg.get("steps")} steps
-at learning rate {_fmt(kern.get("learning_rate"))} (time t = {_fmt(kern.get("training_time"))};
-loss ||f − y||² / (2 y.numel()), NTK parameterisation{centred}).</p>
+at learning rate {_fmt(kern.get("learning_rate"))} (training time τ = learning rate × steps =
+{_fmt(kern.get("training_time"))}, the time of the gradient flow that the networks follow and
+at which every infinite-width prediction is taken; loss ||f − y||² / (2 y.numel()), NTK
+parameterisation{centred}).</p>
 <h2>Summary</h2>
 <table>
 {table}
 </table>
+{theory}
 <h2>Figures</h2>
 {figs}
+{found}
 <h2>Notes</h2><ul>{notes}</ul>
 <h2>Stages</h2><ul>{stages}</ul>
 <h2>Configuration</h2>
@@ -261,6 +290,52 @@ loss ||f − y||² / (2 y.numel()), NTK parameterisation{centred}).</p>
 <pre>{esc(json.dumps(results.get("versions", {}), indent=1))}</pre>
 </body></html>
 """
+
+
+THEORY_HEAD = ["quantity", "prediction", "paper", "measured exponent", "holds"]
+
+
+def theory_rows(results: dict) -> list[list[str]]:
+    """[quantity, predicted law, paper, measured exponent ± s.e., holds] per check."""
+    return theory_checks.table_rows(results.get("theory") or {})
+
+
+def _theory_html(results: dict, esc) -> str:
+    rows = theory_rows(results)
+    if not rows:
+        return ""
+    tol = (results.get("theory") or {}).get("tolerance", theory_checks.TOLERANCE)
+    body = "\n".join(
+        "<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in row) + "</tr>" for row in rows
+    )
+    head = "".join(f"<th>{esc(h)}</th>" for h in THEORY_HEAD)
+    return f"""<h2>The theory's predictions, checked</h2>
+<p>Each quantity is fitted as a power law of width (or of the number of ensemble members)
+by least squares on log-log axes, once per seed; the measured exponent is the mean over
+seeds ± its standard error (for the ensemble, a jackknife over seeds). A prediction holds
+when the exponent is within {tol:g} + 2 standard errors of it (for a bound: not above it
+by more than that); the {tol:g} allows for the finite-width corrections of the smallest
+widths.</p>
+<table>
+<tr>{head}</tr>
+{body}
+</table>"""
+
+
+def _findings_html(results: dict, figure_paths, captions, esc) -> str:
+    said = findings.statements(results)
+    if not said:
+        return ""
+    items = "".join(f"<li><b>{esc(claim)}</b> {esc(found)}</li>" for claim, found in said)
+    figs = "\n".join(
+        f'<figure><img src="{esc(p)}" alt="{esc(Path(p).stem)}">'
+        f"<figcaption>{esc(captions.get(Path(p).stem, ''))}</figcaption></figure>"
+        for p in figure_paths
+        if Path(p).stem.startswith("finding_")
+    )
+    return f"""<h2>Findings of Lee et al. 2020, on this run</h2>
+<ul>{items}</ul>
+{figs}"""
 
 
 def print_summary(results: dict, console=None) -> None:
@@ -275,5 +350,15 @@ def print_summary(results: dict, console=None) -> None:
     for row in rows:
         table.add_row(*row)
     console.print(table)
+    rows = theory_rows(results)
+    if rows:
+        checks = Table(title="the theory's predictions (exponents fitted per seed)")
+        for h in THEORY_HEAD:
+            checks.add_column(h)
+        for row in rows:
+            checks.add_row(*row)
+        console.print(checks)
+    for claim, found in findings.statements(results):
+        console.print(f"[bold]{claim}[/bold] {found}")
     for note in results.get("notes", []):
         console.print(f"[dim]{note}[/dim]")

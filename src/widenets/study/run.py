@@ -18,9 +18,9 @@ import numpy as np
 import torch
 
 import widenets as wn
-from widenets.study import report, stages
+from widenets.study import findings, report, stages, theory_checks
 from widenets.study.config import StudyConfig, resolve
-from widenets.study.store import StageStore, atomic_json, check_writable
+from widenets.study.store import StageStore, StaleStage, atomic_json, check_writable
 
 
 class StudyError(RuntimeError):
@@ -75,6 +75,11 @@ class _Progress:
             return lambda n: None
         self._task = self._bar.add_task(name, total=total or 1)
         return lambda n: self._bar.advance(self._task, n)
+
+    def say(self, text: str) -> None:
+        """A line above the bars (or on the console when there are none)."""
+        if self._bar is not None:
+            self._bar.console.print(text, markup=False)
 
     def finish(self, note: str = ""):
         if self._bar is not None and self._task is not None:
@@ -137,14 +142,23 @@ def run(
 
     with _Progress(quiet, console) as progress:
 
-        def stage(name, fn, total=None):
+        def stage(name, fn, total=None, depends=()):
             t0 = time.perf_counter()
-            if resume and store.done(name):
-                res, tens = store.load(name)
-                progress.stage(name, total)
-                progress.finish(" (resumed)")
-                results["stages"][name] = {"status": "resumed", "seconds": 0.0}
-                return res, tens
+            recomputed = None
+            if resume:
+                try:
+                    res, tens = store.load(name, depends)
+                except StaleStage as why:
+                    if store.has_file(name):
+                        recomputed = f"--resume: stage {name!r} recomputed: {why}."
+                        results["notes"].append(recomputed)
+                        if not quiet:
+                            progress.say(recomputed)
+                else:
+                    progress.stage(name, total)
+                    progress.finish(" (resumed)")
+                    results["stages"][name] = {"status": "resumed", "seconds": 0.0}
+                    return res, tens
             tick = progress.stage(name, total)
             try:
                 res, tens = fn(tick)
@@ -156,9 +170,11 @@ def run(
                 results["stages"][name] = {"status": "interrupted"}
                 _fail(out, results, name, KeyboardInterrupt("interrupted"))
                 raise
-            store.save(name, res, tens)
+            store.save(name, res, tens, depends)
             progress.finish()
             results["stages"][name] = {"status": "done", "seconds": time.perf_counter() - t0}
+            if recomputed:
+                results["stages"][name]["recomputed"] = recomputed
             return res, tens
 
         res, K = stage(
@@ -167,7 +183,9 @@ def run(
         results["kernels"] = res
         lr = res["learning_rate"]
         res, inf_t = stage(
-            "infinite", lambda tick: stages.infinite_stage(cfg, ds, y, y_test, K, lr)
+            "infinite",
+            lambda tick: stages.infinite_stage(cfg, ds, y, y_test, K, lr),
+            depends=("kernels",),
         )
         results["infinite"] = res
         tensors["infinite"] = inf_t
@@ -182,13 +200,25 @@ def run(
                         cfg, ds, y, y_test, K, inf_t, lr, w, s, tick
                     ),
                     total=per_net,
+                    depends=("kernels", "infinite"),
                 )
                 finite[(width, seed)] = (res, tens)
                 results["finite"].append(res)
         results["ensembles"] = {
             str(w): v for w, v in stages.ensemble_summary(finite, inf_t, ds, y_test).items()
         }
-    results["notes"] = _notes(cfg, results)
+        results["ensemble_scaling"] = stages.ensemble_scaling(finite, inf_t)
+        results["findings"] = {}
+        for name in cfg.findings:
+            res, _ = stage(
+                f"finding/{name}",
+                lambda tick, n=name: findings.run(n, cfg, ds, y, y_test, K, lr, tick),
+                total=findings.total_steps(name, cfg),
+                depends=("kernels",),
+            )
+            results["findings"][name] = res
+    results["theory"] = theory_checks.evaluate(results)
+    results["notes"] = results["notes"] + _notes(cfg, results)
     results["summary"] = report.summarize(results)
     results["status"] = "complete"
     report.write(out, results)

@@ -9,12 +9,18 @@
   outputs at the finite networks' checkpoints.
 - :func:`finite_stage`: one network of one width and seed, trained by full-batch gradient
   descent and by SGD (and its linearisation, when :func:`widenets.linearize` exists) on the
-  same loss, in continuous time t = lr * step, compared with the closed form at every
-  checkpoint; regime measures (kernel distance of the empirical NTK, relative weight change).
+  same loss, compared with the closed form at the same training time at every checkpoint;
+  regime measures (kernel distance of the empirical NTK, relative weight change).
+
+Training time has one definition, :func:`training_time`: tau = lr * step, the time of the
+gradient flow d theta / d tau = -grad L that ``step`` steps of gradient descent at learning
+rate lr follow (Lee et al. 2019, Sec. 2). Every closed form of the study comes from
+:func:`flow_predictor`, whose argument is that tau.
 """
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 
@@ -64,6 +70,26 @@ def checkpoint_steps(cfg) -> list[int]:
     return sorted(grid)
 
 
+def training_time(lr: float, step: int | float) -> float:
+    """tau = lr * step: the gradient-flow time reached by ``step`` steps at learning rate lr."""
+    return lr * step
+
+
+def flow_predictor(k_train_train, y, diag_reg: float = 0.0):
+    """Gradient flow on L = ||f - y||^2 / (2 y.numel()) as a function of tau = lr * step:
+    f_train(tau) - y = exp(-Theta tau / n) (f_train(0) - y) (Lee et al. 2019, Sec. 2.2).
+
+    The learning rate is already in tau, so the predictor is built with learning rate 1;
+    giving it lr as well would count it twice.
+    """
+    return wn.predict.gradient_descent_mse(k_train_train, y, learning_rate=1.0, diag_reg=diag_reg)
+
+
+def checkpoint_times(cfg, lr: float) -> torch.Tensor:
+    """Training times tau of the checkpoint steps, float64."""
+    return torch.tensor([training_time(lr, s) for s in checkpoint_steps(cfg)], dtype=torch.float64)
+
+
 def kernels_stage(cfg, ds, y, progress: bool | None = None):
     t0 = time.perf_counter()
     net = build_description(cfg, cfg.widths[-1], out_dim(ds))
@@ -84,7 +110,7 @@ def kernels_stage(cfg, ds, y, progress: bool | None = None):
         "ntk_diag_mean": k.ntk.diagonal().mean().item(),
         "learning_rate": lr,
         "lr_stability_limit": 2 * y.numel() / lam_max,
-        "training_time": lr * cfg.steps,
+        "training_time": training_time(lr, cfg.steps),
     }
     tensors = {"nngp": k.nngp, "ntk": k.ntk, "nngp_test": kt.nngp, "ntk_test": kt.ntk}
     return result, tensors
@@ -104,14 +130,14 @@ def infinite_stage(cfg, ds, y, y_test, K, lr):
             row["nngp"] = _scores(mean, ds, y_test)
         except ValueError as err:  # not positive definite without regulariser
             row["nngp"] = {"accuracy": None, "mse": None, "error": str(err)}
-        pred = wn.predict.gradient_descent_mse(K["ntk"], y, learning_rate=lr, diag_reg=reg)
+        pred = flow_predictor(K["ntk"], y, diag_reg=reg)
         row["ntk_t_inf"] = _scores(pred(math.inf, K["ntk_test"]), ds, y_test)
         sweep.append(row)
     chosen = next(r for r in sweep if r["diag_reg"] == cfg.diag_reg)
 
     # gradient flow along t (no regulariser: what the finite networks do), f(0) = 0
-    flow = wn.predict.gradient_descent_mse(K["ntk"], y, learning_rate=lr)
-    t_end = lr * cfg.steps
+    flow = flow_predictor(K["ntk"], y)
+    t_end = training_time(lr, cfg.steps)
     n = cfg.n_times
     times = [t_end * 10 ** (-2 + 4 * i / (n - 1)) for i in range(n)]
     f_test = flow(torch.tensor(times), K["ntk_test"])
@@ -121,11 +147,16 @@ def infinite_stage(cfg, ds, y, y_test, K, lr):
         for t, fs, ft in zip(times, f_test, f_train, strict=True)
     ]
     steps = checkpoint_steps(cfg)
-    ck_times = torch.tensor([lr * s for s in steps], dtype=torch.float64)
+    ck_times = checkpoint_times(cfg, lr)
     ck_test = flow(ck_times, K["ntk_test"])
     ck_train = flow(ck_times)
     checkpoints = [
-        {"step": s, "time": lr * s, "train_loss": _loss(ft, y), **_scores(fs, ds, y_test)}
+        {
+            "step": s,
+            "time": training_time(lr, s),
+            "train_loss": _loss(ft, y),
+            **_scores(fs, ds, y_test),
+        }
         for s, fs, ft in zip(steps, ck_test, ck_train, strict=True)
     ]
     result = {
@@ -167,6 +198,12 @@ def kernel_distance(k0: torch.Tensor, kt: torch.Tensor) -> float:
     return (1 - (k0 * kt).sum() / (k0.norm() * kt.norm())).item()
 
 
+def relative_kernel_change(k0: torch.Tensor, kt: torch.Tensor) -> float:
+    """||Kt - K0||_F / ||K0||_F: how far the empirical NTK moved (Lee et al. 2019 bound it by
+    O(width^-1/2) over training in the NTK parameterisation)."""
+    return rel_distance(kt, k0)
+
+
 def relative_weight_change(p0: list[torch.Tensor], pt: list[torch.Tensor]) -> float:
     """||theta_t - theta_0|| / ||theta_0|| over all trainable parameters."""
     num = sum(((a.double() - b.double()) ** 2).sum() for a, b in zip(pt, p0, strict=True))
@@ -181,7 +218,7 @@ class TrainingDiverged(RuntimeError):
 
 class _Trainer:
     """Trains ``fn`` (a module) on L = ||f - y||^2 / (2 y.numel()) with torch.optim.SGD and
-    records the test outputs and scores at the checkpoint steps (time t = lr * step)."""
+    records the test outputs and scores at the checkpoint steps (:func:`training_time`)."""
 
     def __init__(self, cfg, ds, y, y_test, lr, ref_test, dtype, tick):
         self.cfg, self.ds, self.lr, self.tick = cfg, ds, lr, tick
@@ -191,12 +228,18 @@ class _Trainer:
         self.ref_test = ref_test  # closed-form test outputs at the checkpoints, f(0) = 0
         self.steps = checkpoint_steps(cfg)
 
-    def run(self, module, batch_size=0, generator=None, own_ref=None):
+    def run(self, module, batch_size=0, generator=None, own_ref=None, weight_decay=0.0):
+        """``weight_decay`` lambda: torch.optim.SGD's weight decay, i.e. gradient descent on
+        L + lambda/2 ||theta||^2 (L2 regularisation of every trainable parameter)."""
         with torch.no_grad():
             f0, f0t = module(self.x), module(self.xt)
         if not self.cfg.center:
             f0, f0t = torch.zeros_like(f0), torch.zeros_like(f0t)
-        opt = torch.optim.SGD([p for p in module.parameters() if p.requires_grad], lr=self.lr)
+        opt = torch.optim.SGD(
+            [p for p in module.parameters() if p.requires_grad],
+            lr=self.lr,
+            weight_decay=weight_decay,
+        )
         records, outputs, n = [], [], self.x.shape[0]
         order, pos, first_loss = None, 0, None
         for step in range(self.cfg.steps + 1):
@@ -207,7 +250,7 @@ class _Trainer:
                 k = len(records)
                 rec = {
                     "step": step,
-                    "time": self.lr * step,
+                    "time": training_time(self.lr, step),
                     "train_loss": _loss(ftr, self.y.double()),
                     **_scores(fte, self.ds, self.y_test),
                     "distance_to_infinite": rel_distance(fte, self.ref_test[k]),
@@ -238,6 +281,7 @@ class _Trainer:
             loss.backward()
             opt.step()
             self.tick(1)
+        self.outputs = outputs  # the test outputs at every checkpoint
         return records, outputs[-1]
 
 
@@ -256,17 +300,23 @@ def finite_stage(cfg, ds, y, y_test, K, inf_tensors, lr, width, seed, tick=lambd
     if not cfg.center:  # the closed form started from this network's own f(0) (Lee et al. 2019)
         with torch.no_grad():
             f0, f0t = model(ds.x_train.to(dtype)), model(ds.x_test.to(dtype))
-        flow = wn.predict.gradient_descent_mse(K["ntk"], y, learning_rate=lr)
-        times = torch.tensor([lr * s for s in trainer.steps], dtype=torch.float64)
-        own_ref = flow(times, K["ntk_test"], fx_train_0=f0.double(), fx_test_0=f0t.double())
+        flow = flow_predictor(K["ntk"], y)
+        own_ref = flow(
+            checkpoint_times(cfg, lr), K["ntk_test"], fx_train_0=f0.double(), fx_test_0=f0t.double()
+        )
+        tensors["own_reference_test"] = own_ref
     xr = ds.x_train[: cfg.regime_points].to(dtype)
     k0 = wn.empirical.ntk(model, xr)
     p0 = [p.detach().clone() for p in model.parameters()]
     records, f_gd = trainer.run(model, own_ref=own_ref)
+    gd_outputs = trainer.outputs
     kt = wn.empirical.ntk(model, xr)
+    k_inf = K["ntk"][: xr.shape[0], : xr.shape[0]]  # the same inputs: x_train[:regime_points]
     result["gd"] = {"checkpoints": records, **records[-1]}
     result["regime"] = {
         "kernel_distance": kernel_distance(k0, kt),
+        "relative_kernel_change": relative_kernel_change(k0, kt),
+        "ntk_init_distance": rel_distance(k0, k_inf),
         "relative_weight_change": relative_weight_change(
             p0, [p.detach() for p in model.parameters()]
         ),
@@ -292,6 +342,9 @@ def finite_stage(cfg, ds, y, y_test, K, inf_tensors, lr, width, seed, tick=lambd
             try:
                 records, f_lin = trainer.run(linearize(model), own_ref=own_ref)
                 records[-1]["distance_to_network"] = rel_distance(f_lin, f_gd)
+                records[-1]["max_distance_to_network"] = linearization_gap(
+                    gd_outputs, trainer.outputs
+                )
                 result["linearized"] = {"checkpoints": records, **records[-1]}
                 tensors["linearized_test"] = f_lin
             except TrainingDiverged as err:
@@ -300,6 +353,61 @@ def finite_stage(cfg, ds, y, y_test, K, inf_tensors, lr, width, seed, tick=lambd
                 result["linearized"] = {"skipped": f"widenets.linearize failed: {err!r}"}
     result["seconds"] = time.perf_counter() - t0
     return result, tensors
+
+
+def linearization_gap(network: list, linear: list) -> float:
+    """sup over checkpoints of ||f(t) - f_lin(t)||_F, relative to ||f_lin(T)||_F at the end
+    of training: the quantity Lee et al. 2019 (Theorem 2.1) bound by O(width^-1/2)."""
+    scale = linear[-1].double().norm().clamp_min(1e-300)
+    gap = max(float((a.double() - b.double()).norm()) for a, b in zip(network, linear, strict=True))
+    return gap / float(scale)
+
+
+def _subsets(n: int, m: int, limit: int = 64) -> list[tuple[int, ...]]:
+    """All size-m subsets of range(n), or ``limit`` of them spread evenly when more."""
+    subsets = list(itertools.combinations(range(n), m))
+    if len(subsets) <= limit:
+        return subsets
+    step = len(subsets) / limit
+    return [subsets[int(i * step)] for i in range(limit)]
+
+
+def ensemble_curve(outputs: list[torch.Tensor], ref: torch.Tensor) -> list[float]:
+    """Mean over subsets of M members of the distance of their average from ``ref``, for
+    M = 1..len(outputs): the ensemble's distance falls like M^-1/2 when the members'
+    deviations are independent and their mean (the finite-width bias) is small."""
+    out = []
+    for m in range(1, len(outputs) + 1):
+        ds = [
+            rel_distance(torch.stack([outputs[i] for i in sub]).mean(0), ref)
+            for sub in _subsets(len(outputs), m)
+        ]
+        out.append(sum(ds) / len(ds))
+    return out
+
+
+def ensemble_scaling(finite: dict, inf_tensors) -> dict:
+    """Per width, the GD networks' ensemble distance from the infinite-width prediction for
+    M = 1..seeds members, and the same curve with each seed left out in turn (for a
+    jackknife estimate of the fitted exponent's uncertainty)."""
+    ref = inf_tensors["checkpoint_test"][-1]
+    by_width: dict[int, list] = {}
+    for (width, _seed), (_res, tens) in sorted(finite.items()):
+        if tens and "gd_test" in tens:
+            by_width.setdefault(width, []).append(tens["gd_test"])
+    out = {}
+    for width, fs in by_width.items():
+        leave_one_out = (
+            [ensemble_curve(fs[:i] + fs[i + 1 :], ref) for i in range(len(fs))]
+            if len(fs) > 2
+            else []
+        )
+        out[str(width)] = {
+            "members": list(range(1, len(fs) + 1)),
+            "distance": ensemble_curve(fs, ref),
+            "leave_one_out": leave_one_out,
+        }
+    return out
 
 
 def ensemble_summary(finite: dict, inf_tensors, ds, y_test) -> dict:
