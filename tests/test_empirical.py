@@ -559,8 +559,8 @@ def test_tiny_memory_budget_gives_the_same_kernel(monkeypatch):
 
 
 class MixesBatch(nn.Module):
-    """Outputs depend on the other examples of the batch (a batch mean): batched passes
-    would be wrong, so structured must fall back to per-example passes."""
+    """Outputs depend on the other examples of the batch (a batch mean): every method
+    differentiates example by example, so it would get the NTK of another function."""
 
     def __init__(self):
         super().__init__()
@@ -573,15 +573,13 @@ class MixesBatch(nn.Module):
         return self.fc2(h + 0.5 * h.mean(0, keepdim=True))
 
 
-def test_batch_mixing_model_falls_back_to_per_example_passes():
+@pytest.mark.parametrize("method", METHODS)
+def test_batch_mixing_model_is_rejected_by_every_method(method):
     model, x1, x2 = MixesBatch(), _x((5, 4), 46), _x((3, 4), 47)
-    rep = wn.empirical.explain(model, x1, x2)
-    assert rep.cost("structured").variant == "per_example"
-    ref12_tr, ref12_full = reference(model, x1, x2)  # each example alone, as vmap does
-    got = wn.empirical.ntk(model, x1, x2, method="structured")
-    torch.testing.assert_close(got, ref12_tr, atol=TOL, rtol=0)
-    got = wn.empirical.ntk(model, x1, x2, method="structured", trace_outputs=False)
-    torch.testing.assert_close(got, ref12_full, atol=TOL, rtol=0)
+    with pytest.raises(ValueError, match="must treat the examples of a batch independently"):
+        wn.empirical.ntk(model, x1, x2, method=method)
+    with pytest.raises(ValueError, match="mean or sum over the batch"):
+        wn.empirical.explain(model, x1)
 
 
 class FakeAffine(nn.Module):

@@ -41,6 +41,11 @@ def _leaf(x, name: str, dtype, device) -> Tensor:
             t = torch.as_tensor(np.asarray(x))
         except (TypeError, ValueError) as e:
             raise TypeError(f"`{name}` must be a tensor or array of numbers: {e}") from None
+    if t.device.type == "meta":
+        raise ValueError(
+            f"`{name}` is on the meta device (a shape without values); the NTK needs values: "
+            "create it on the model's device."
+        )
     if t.is_floating_point():
         t = t.to(dtype)
         if not torch.isfinite(t).all():
@@ -134,21 +139,41 @@ def eval_mode(model: nn.Module):
             m.training = mode
 
 
+def describe(out) -> str:
+    """What a model returned, briefly: ``tuple(Tensor[2, 5, 8], tuple(Tensor[1, 2, 8], ...))``."""
+    if isinstance(out, Tensor):
+        return f"Tensor[{', '.join(map(str, out.shape))}]"
+    if isinstance(out, (tuple, list)):
+        inner = ", ".join(describe(v) for v in out[:4]) + (", ..." if len(out) > 4 else "")
+        return f"{type(out).__name__}({inner})"
+    if isinstance(out, dict):
+        items = list(out.items())
+        inner = ", ".join(f"{k!r}: {describe(v)}" for k, v in items[:4])
+        return "dict(" + inner + (", ..." if len(items) > 4 else "") + ")"
+    return "None" if out is None else type(out).__name__
+
+
+def _parts(out) -> list | None:
+    """The tensors of a tensor or a flat tuple/list/dict of tensors; None otherwise."""
+    if isinstance(out, Tensor):
+        return [out]
+    parts = list(out.values()) if isinstance(out, dict) else out
+    if isinstance(parts, (tuple, list)) and parts and all(isinstance(p, Tensor) for p in parts):
+        return list(parts)
+    return None
+
+
 def flatten_outputs(out, n: int) -> Tensor:
-    """A tensor or a tuple/list/dict of tensors, as (n, O): flattened and concatenated."""
+    """A tensor or a flat tuple/list/dict of tensors, as (n, O): flattened and concatenated."""
     if isinstance(out, Tensor):
         return out.reshape(n, -1)
-    if isinstance(out, dict):
-        parts = list(out.values())
-    elif isinstance(out, (tuple, list)):
-        parts = list(out)
-    else:
+    parts = _parts(out)
+    if parts is None:
         raise TypeError(
-            "`model` must return a tensor or a tuple/list/dict of tensors, got "
-            f"{type(out).__name__}."
+            "`model` must return a tensor or a flat tuple/list/dict of tensors (batch axis "
+            f"first), got {describe(out)}: wrap the model in a module that returns the output "
+            "to differentiate (e.g. for nn.LSTM: `out, _ = self.lstm(x); return out[:, -1]`)."
         )
-    if not parts or not all(isinstance(p, Tensor) for p in parts):
-        raise TypeError("`model` must return a tensor or a non-empty tuple/list/dict of tensors.")
     return torch.cat([p.reshape(n, -1) for p in parts], dim=1)
 
 
@@ -168,6 +193,27 @@ def single_fn(model: nn.Module, frozen: dict):
     return f
 
 
+def checked_outputs(out, n: int) -> Tensor:
+    """A model's outputs on a batch of n examples as (n, O), or a clear error: a tensor or
+    a flat tuple/list/dict of tensors, each with the batch axis first, floating, O > 0."""
+    parts = _parts(out)
+    if parts is None:
+        flatten_outputs(out, n)  # raises: not a tensor or a flat tuple of tensors
+    if any(p.ndim == 0 or p.shape[0] != n for p in parts):
+        raise ValueError(
+            f"`model` must return outputs with the batch axis first, got {describe(out)} for "
+            f"a batch of {n} examples: use batch_first=True in nn.LSTM, nn.GRU, "
+            "nn.MultiheadAttention and transformer layers, or wrap the model in a module "
+            "that returns (N, ...) tensors."
+        )
+    flat = flatten_outputs(out, n)
+    if flat.shape[1] == 0:
+        raise ValueError("`model` returned no outputs (0 values per example).")
+    if not flat.is_floating_point():
+        raise TypeError(f"`model` must return floating outputs, got {flat.dtype}.")
+    return flat
+
+
 def probe(model: nn.Module, batch: Batch, name: str = "x1") -> int:
     """Run the model on two examples; the number of outputs O, or a clear error."""
     small = batch.slice(0, min(2, batch.n))
@@ -179,9 +225,4 @@ def probe(model: nn.Module, batch: Batch, name: str = "x1") -> int:
             f"`model` rejected inputs `{name}` of per-example shapes {batch.example_shapes()}: "
             f"{type(e).__name__}: {e}"
         ) from None
-    flat = flatten_outputs(out, small.n)
-    if flat.shape[1] == 0:
-        raise ValueError("`model` returned no outputs (0 values per example).")
-    if not flat.is_floating_point():
-        raise TypeError(f"`model` must return floating outputs, got {flat.dtype}.")
-    return flat.shape[1]
+    return checked_outputs(out, small.n).shape[1]

@@ -7,6 +7,7 @@ sum_p J(x1_i)[a, p] J(x2_j)[b, p]. Traced tiles are the mean of the a = b diagon
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -98,6 +99,48 @@ class NtkVectorMethod:
         if self.trace:
             return out.diagonal(dim1=2, dim2=3).mean(-1)
         return out
+
+
+class LoopMethod:
+    """Per-example Jacobians by plain reverse mode, one ``torch.autograd.grad`` per example
+    and output (no ``vmap``, no forward mode), then contracted as :class:`JacobianMethod`
+    does. The slowest method and the last resort of ``"auto"``: it runs any model whose
+    forward pass on one example can be differentiated, e.g. ``nn.LSTM``/``nn.GRU`` (whose
+    fused kernels have no batching rule) or modules taking fast paths without forward AD."""
+
+    name = "loop"
+    symmetric_right = True
+
+    def __init__(self, model, params, frozen, n_out, trace):
+        self.model, self.frozen = model, frozen
+        self.n_out, self.trace = n_out, trace
+        self.leaves = {k: v.detach().requires_grad_() for k, v in params.items()}
+        # cuDNN's RNN kernels have no backward in eval mode: the native ones do
+        self.cudnn = not any(isinstance(m, torch.nn.RNNBase) for m in model.modules())
+
+    def left(self, batch: Batch) -> dict[str, Tensor]:
+        names, leaves = list(self.leaves), list(self.leaves.values())
+        jac = {k: v.new_zeros((batch.n, self.n_out, v.numel())) for k, v in self.leaves.items()}
+        state = {**self.frozen, **self.leaves}
+        cudnn = contextlib.nullcontext() if self.cudnn else torch.backends.cudnn.flags(False)
+        with torch.enable_grad(), cudnn:
+            for i in range(batch.n):
+                out = call(self.model, state, batch.slice(i, i + 1).tree(), 1)[0]
+                if not out.requires_grad:  # no selected parameter reaches the outputs
+                    continue
+                for a in range(self.n_out):
+                    grads = torch.autograd.grad(
+                        out[a], leaves, retain_graph=a < self.n_out - 1, allow_unused=True
+                    )
+                    for k, g in zip(names, grads, strict=True):
+                        if g is not None:
+                            jac[k][i, a] = g.reshape(-1)
+        return jac
+
+    right = left
+
+    def pair(self, left, right) -> Tensor:
+        return contract(left, right, self.trace)
 
 
 #: rows of a square Gram block computed by one matrix product in :func:`add_gram`

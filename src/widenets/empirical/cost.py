@@ -15,6 +15,10 @@ diagonal, each example pair once):
   slice's Jacobians; see :func:`_streamed_jacobian`.
 - ntk_vector: F (1 + 2 O) for the rows of J(x1), then 3 F O per pair (forward-mode
   products through the x2 block); holds b1 O P rows and the tangents of b1 O b2 passes.
+- loop: the Jacobian contraction with one reverse pass per example and output in a
+  Python loop (no ``vmap``): the arithmetic of the tiled jacobian, far more wall time;
+  holds one example's activations. Never the first choice: ``auto`` uses it only when
+  the others cannot run the model.
 - structured: F (1 + O) per example (reverse passes for the g's, no weight gradients),
   plus the per-layer costs of :func:`widenets.empirical.structured.layer_cost`, plus the
   Jacobian contraction of the parameters outside supported layers. Batched and traced
@@ -23,7 +27,9 @@ diagonal, each example pair once):
 
 These are estimates of arithmetic, not timings; ``explain`` prints them so the choice can
 be checked and overridden with ``method=...``. ``auto`` takes the fewest FLOPs; estimates
-within :data:`TIE` of each other count as a tie, broken by the smaller memory.
+within :data:`TIE` of each other count as a tie, broken by the smaller memory. Methods that
+cannot run the model (``CostReport.skipped``, with the first line of their error) are
+passed over, in the order of :meth:`CostReport.order`, down to the loop.
 """
 
 from __future__ import annotations
@@ -38,15 +44,18 @@ from widenets.empirical import structured
 from widenets.empirical._common import Batch, call
 from widenets.empirical.structured import layer_cost
 
-METHODS = ("jacobian", "ntk_vector", "structured")
+METHODS = ("jacobian", "ntk_vector", "structured", "loop")
 #: estimates within this factor of the fewest FLOPs are a tie, broken by memory
 TIE = 1.25
 
 
-def forward_flops(model, state: dict, batch: Batch) -> float:
-    """FLOPs of one forward pass on one example (matmuls and convolutions)."""
+def forward_flops(model, params: dict, frozen: dict, batch: Batch) -> float:
+    """FLOPs of one forward pass on one example (matmuls and convolutions), with the
+    parameters requiring gradients as the methods run it: without, modules such as
+    ``nn.TransformerEncoderLayer`` in eval mode take fused fast paths the counter misses."""
     one = batch.slice(0, 1)
-    with torch.no_grad(), FlopCounterMode(display=False) as counter:
+    state = {**frozen, **{k: v.detach().requires_grad_() for k, v in params.items()}}
+    with torch.enable_grad(), FlopCounterMode(display=False) as counter:
         call(model, state, one.tree(), 1)
     return float(max(counter.get_total_flops(), 1))
 
@@ -98,13 +107,29 @@ class CostReport:
     block: tuple[int, int]
     costs: list[MethodCost] = field(default_factory=list)
     budget: float = math.inf  # scalars; methods holding more are chosen only if none fit
+    #: methods that cannot run this model: {method: "ErrorType: first line of the error"}
+    skipped: dict = field(default_factory=dict)
+
+    def _best(self, costs: list[MethodCost]) -> MethodCost:
+        fit = [c for c in costs if c.scalars <= self.budget] or costs
+        least = min(c.flops for c in fit)
+        ties = [c for c in fit if c.flops <= TIE * least]
+        return min(ties, key=lambda c: (c.scalars, c.flops))
+
+    def order(self) -> list[str]:
+        """Every method, in the order ``auto`` prefers them (the loop last)."""
+        rest = [c for c in self.costs if c.method != "loop"]
+        out = []
+        while rest:
+            best = self._best(rest)
+            out.append(best.method)
+            rest.remove(best)
+        return [*out, "loop"]
 
     @property
     def method(self) -> str:
-        fit = [c for c in self.costs if c.scalars <= self.budget] or self.costs
-        least = min(c.flops for c in fit)
-        ties = [c for c in fit if c.flops <= TIE * least]
-        return min(ties, key=lambda c: (c.scalars, c.flops)).method
+        """What ``auto`` uses: the first of :meth:`order` not known to fail."""
+        return next((m for m in self.order() if m not in self.skipped), "loop")
 
     def cost(self, method: str) -> MethodCost:
         return next(c for c in self.costs if c.method == method)
@@ -116,8 +141,11 @@ class CostReport:
             f"blocks {self.block[0]} x {self.block[1]}",
             f"{'method':<12}{'GFLOPs':>12}{'Mscalars':>12}  note",
         ]
+        chosen = self.method
         for c in self.costs:
-            mark = " <- auto" if c.method == self.method else ""
+            mark = " <- auto" if c.method == chosen else ""
+            if c.method in self.skipped:
+                mark = f" [cannot run: {self.skipped[c.method]}]"
             lines.append(
                 f"{c.method:<12}{c.flops / 1e9:>12.3f}{c.scalars / 1e6:>12.2f}  {c.note}{mark}"
             )
@@ -134,7 +162,7 @@ class Shape:
     f_flops: float
     act: float  # activations saved per example
     y_numel: float  # outputs of the structured layers per example (their g's)
-    batched: bool  # structured: batched passes (see structured.batch_independent)
+    batched: bool  # structured: batched passes (every parameter in a supported layer)
 
 
 def _tiling(n1, n2, b1, b2, same):
@@ -203,6 +231,14 @@ def estimate(
     ]
     fit = [c for c in options if c.scalars <= budget] or options
     rep.costs.append(min(fit, key=lambda c: (c.flops, c.scalars)))
+    rep.costs.append(
+        MethodCost(
+            "loop",
+            feats * f * (1 + 2 * o) + pairs * 2 * k * o * p,
+            span * o * p + (o + 1) * act + tile,
+            "a reverse pass per example and output, no vmap (last resort)",
+        )
+    )
     return rep
 
 

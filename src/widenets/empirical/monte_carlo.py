@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 from torch import Tensor
 
@@ -74,6 +75,8 @@ def monte_carlo(
     """
     names = check_get(get)
     n_samples = check_positive_int(n_samples, "n_samples")
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or seed < 0:
+        raise ValueError(f"`seed` must be a non-negative integer, got {seed!r}.")
     if width is not None:
         net = net.with_widths(width)
     x1 = as_tensor(x1, "x1", dtype)

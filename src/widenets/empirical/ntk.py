@@ -7,10 +7,18 @@ Theta = Theta_scalar (x) I_O); otherwise the full (N1, N2, O, O) block.
 
 The model is evaluated in eval mode (BatchNorm with its running statistics, dropout off)
 and restored afterwards: with batch statistics an example's output would depend on the
-rest of the batch and the per-example NTK would not be defined. Inputs are a tensor, a
-tuple of tensors (positional arguments) or a dict of tensors (keyword arguments), each
-with the batch axis first; outputs may be a tensor or a tuple/list/dict of tensors,
-flattened per example and concatenated (O values in all).
+rest of the batch and the per-example NTK would not be defined. Every method
+differentiates the model example by example, so before any of them runs a few examples
+are passed through the model together and alone (:mod:`._checks`): a model that mixes the
+examples of a batch (softmax or a mean over the batch axis, BatchNorm without running
+statistics, ``batch_first=False``) or is random in eval mode is rejected with a
+ValueError naming the likely cause. Inputs are a tensor, a tuple of tensors (positional
+arguments) or a dict of tensors (keyword arguments), each with the batch axis first
+(integer inputs, e.g. token ids, are passed unchanged: only parameters are
+differentiated); outputs may be a tensor or a flat tuple/list/dict of tensors, flattened
+per example and concatenated (O values in all). A module returning nested tuples
+(``nn.LSTM``'s ``(output, (h, c))``) is wrapped by the user in one returning what to
+differentiate.
 
 Methods (see :mod:`.cost` for their estimated costs and :func:`explain`):
 
@@ -26,8 +34,16 @@ Methods (see :mod:`.cost` for their estimated costs and :func:`explain`):
   2022), Jacobians for any other parameter; when every parameter is in such a layer and
   the model treats examples independently, from batched forward and reverse passes
   instead of per-example ``vmap``; see :mod:`.structured`.
+- ``"loop"``: per-example Jacobians by plain reverse mode, one ``torch.autograd.grad``
+  per example and output, contracted in tiles: no ``vmap``, no forward mode, so it runs
+  models the others cannot (``nn.LSTM``/``nn.GRU``, whose fused kernels have no batching
+  rule; modules whose fast paths have no forward AD), slowly.
 - ``"auto"``: the method with the least estimated arithmetic among those that fit the
-  memory budget (near-ties go to the one holding less).
+  memory budget (near-ties go to the one holding less). A method that cannot run the
+  model (:func:`cannot_run`: no forward-AD formula, no vmap batching rule, ...) is passed
+  over for the next in that order, down to ``"loop"``; the failure is remembered for the
+  kind of model (:func:`_model_key`) so later calls do not retry it, and :func:`explain`
+  reports it. An explicitly requested method that cannot run raises a ValueError.
 
 The kernel is computed in tiles of (b1, b2) examples so that memory is bounded (the tiles
 are sized for the method used: at most ``MEMORY_SCALARS`` scalars held, by the estimate);
@@ -38,19 +54,28 @@ the same sum whatever the tiling, so the result does not depend on ``batch_size`
 from __future__ import annotations
 
 import math
+import re
 
 import torch
 from torch import Tensor, nn
+from torch.utils._pytree import tree_flatten
 from tqdm.auto import tqdm
 
+from widenets.compute import check_batch_size
 from widenets.empirical import structured
-from widenets.empirical._common import Batch, eval_mode, prepare, probe
-from widenets.empirical._methods import JacobianMethod, NtkVectorMethod, StreamedJacobian
+from widenets.empirical._checks import check_per_example
+from widenets.empirical._common import Batch, eval_mode, model_device, model_dtype, prepare
+from widenets.empirical._methods import (
+    JacobianMethod,
+    LoopMethod,
+    NtkVectorMethod,
+    StreamedJacobian,
+)
 from widenets.empirical.cost import CostReport, Shape, activation_numel, estimate, forward_flops
 from widenets.empirical.params import select_params
-from widenets.empirical.structured import StructuredMethod, batch_independent, find_layers
+from widenets.empirical.structured import StructuredMethod, find_layers
 
-METHODS = ("auto", "jacobian", "ntk_vector", "structured")
+METHODS = ("auto", "jacobian", "ntk_vector", "structured", "loop")
 #: scalars held at once (features of two blocks and a tile); float64: 512 MiB
 MEMORY_SCALARS = 1 << 26
 #: show a progress bar by default from this many tiles on
@@ -62,12 +87,8 @@ PROGRESS_PASSES = 64
 def _check_batch_size(batch_size, n1, n2):
     if batch_size is None:
         return None
-    pair = (batch_size, batch_size) if isinstance(batch_size, int) else tuple(batch_size)
-    if len(pair) != 2 or any(isinstance(b, bool) or not isinstance(b, int) or b < 1 for b in pair):
-        raise ValueError(
-            f"`batch_size` must be a positive int or a pair of them, got {batch_size!r}."
-        )
-    return min(pair[0], n1), min(pair[1], n2)
+    b1, b2 = check_batch_size(batch_size)
+    return min(b1, n1), min(b2, n2)
 
 
 class _Setup:
@@ -81,13 +102,15 @@ class _Setup:
         self.params = {k: v.detach() for k, v in sel.items()}
         self.frozen = {k: v.detach() for k, v in model.named_parameters() if k not in sel}
         self.frozen.update({k: v.detach() for k, v in model.named_buffers()})
-        self.n_out = probe(model, x1, "x1")
-        if x2 is not None:
-            probe(model, x2, "x2")
+        # the outputs' size, and a ValueError unless each example is mapped alone
+        self.n_out = check_per_example(model, x1, x2)
+        self.key = _model_key(model, x1, self.params)
+        self.known = _RUNS.setdefault(self.key, {})
+        self.skipped = {k: v for k, v in self.known.items() if v is not None}
         state = {**self.frozen, **self.params}
         self.specs = find_layers(model, self.params, self.frozen, x1)
         try:
-            f_flops = forward_flops(model, state, x1)
+            f_flops = forward_flops(model, self.params, self.frozen, x1)
         except Exception:  # noqa: BLE001 - an op the counter cannot trace: a rough guess
             f_flops = 2.0 * sum(v.numel() for v in state.values())
         try:
@@ -96,27 +119,42 @@ class _Setup:
             act = f_flops / 100
         covered = {s.weight for s in self.specs} | {s.bias for s in self.specs}
         batched = bool(self.specs) and all(k in covered for k in self.params)
+        # check_per_example passed: the examples of a batch are independent, so batched
+        # passes (structured) give each example's derivatives
         if structured.FORCE_VARIANT is not None:
             batched = batched and structured.FORCE_VARIANT != "per_example"
-        elif batched:
-            batched = batch_independent(model, state, x1, x2)
         self.batched = batched
         y_numel = float(sum(math.prod(s.y_shape) for s in self.specs))
         self.shape = Shape(self.n_out, f_flops, act, y_numel, batched)
         n1 = x1.n
         n2 = n1 if x2 is None else x2.n
         self.n1, self.n2 = n1, n2
-        fixed = _check_batch_size(batch_size, n1, n2)
-        self.stream = fixed is None  # no batch_size: the Jacobian contraction may stream
-        if x2 is not None and fixed is None:
+        self.batch_size = _check_batch_size(batch_size, n1, n2)
+        self.stream = self.batch_size is None  # the Jacobian contraction may stream
+        self._plan(method)
+
+    def _plan(self, method: str) -> None:
+        """Blocks sized for the method used ("auto": the one it picks among those not
+        skipped), the cost report for them, and that method's name."""
+        n1, n2, fixed = self.n1, self.n2, self.batch_size
+        if self.x2 is not None and fixed is None:
             fixed = self._fit(method, n1, n2, lambda b1, b2: b1 >= b2)
         elif fixed is None:
             fixed = self._fit(method, n1, n2, None)
-        if x2 is None:
+        if self.x2 is None:
             fixed = (min(fixed),) * 2
         self.block = fixed
         self.report = self._report(fixed)
         self.method_name = self.report.method if method == "auto" else method
+
+    def skip(self, name: str, error: BaseException) -> None:
+        """Method ``name`` cannot run this model: remember why (for this kind of model,
+        see :func:`_model_key`) and plan for the next method ``auto`` prefers."""
+        self.known[name] = self.skipped[name] = _first_line(error)
+        self._plan("auto")
+
+    def ran(self, name: str) -> None:
+        self.known.setdefault(name, None)
 
     def _fit(self, method, b1, b2, halve_first):
         """Halve the blocks until the method used (for "auto": the one it would pick among
@@ -134,7 +172,7 @@ class _Setup:
                 b2 = max(1, b2 // 2)
 
     def _report(self, block) -> CostReport:
-        return estimate(
+        rep = estimate(
             self.n1,
             self.n2,
             self.params,
@@ -146,6 +184,8 @@ class _Setup:
             budget=MEMORY_SCALARS,
             stream=self.stream,
         )
+        rep.skipped = dict(self.skipped)
+        return rep
 
     def method(self, name: str):
         args = (self.model, self.params, self.frozen, self.n_out, self.trace)
@@ -153,6 +193,8 @@ class _Setup:
             return JacobianMethod(*args)
         if name == "ntk_vector":
             return NtkVectorMethod(*args)
+        if name == "loop":
+            return LoopMethod(*args)
         cost = self.report.cost("structured")
         return StructuredMethod(
             *args,
@@ -213,14 +255,21 @@ def ntk(
     """Empirical NTK of ``model`` between x1 and x2 (x2 None: x1 with itself).
 
     Args:
-        model: any ``torch.nn.Module`` (evaluated in eval mode, restored afterwards).
-        x1, x2: a tensor, tuple of tensors or dict of tensors, batch axis first.
+        model: any ``torch.nn.Module`` (evaluated in eval mode, restored afterwards) that
+            maps each example alone (checked: a model mixing the examples of a batch, or
+            a random one, is rejected with a ValueError naming the likely cause) to a
+            tensor or a flat tuple/list/dict of tensors, batch axis first.
+        x1, x2: a tensor, tuple of tensors or dict of tensors, batch axis first (integer
+            inputs such as token ids are passed as they are).
         params: the parameters to differentiate (see :mod:`widenets.empirical.params`):
             None (all trainable), names, a predicate, or "readout" / "norm_affine" /
             "no_embeddings".
         trace_outputs: mean over the output channels' diagonal, (N1, N2); else
             (N1, N2, O, O).
-        method: "auto", "jacobian", "ntk_vector" or "structured".
+        method: "auto", "jacobian", "ntk_vector", "structured" or "loop". "auto" tries
+            the methods in the order of their estimated cost, passing over those that
+            cannot run the model (no forward AD, no vmap batching rule), down to "loop";
+            an explicit method that cannot run raises a ValueError.
         batch_size: examples per tile, an int or a pair (b1, b2); None picks tiles that
             keep about ``MEMORY_SCALARS`` scalars in memory for the method used.
         progress: show a progress bar over tiles (default: from 8 tiles on).
@@ -233,12 +282,114 @@ def ntk(
     x1, x2 = prepare(model, x1, x2)
     with eval_mode(model):
         setup = _Setup(model, x1, x2, params, trace_outputs, batch_size, method)
-        if setup.method_name == "jacobian" and batch_size is None:
-            streamed = _streamed_jacobian(setup, x1, x2)
-            if streamed is not None:
-                return _run_streamed(streamed, x1, x2, progress).detach()
-        m = setup.method(setup.method_name)
-        return _tiled(m, x1, x2, setup.block, setup.n_out, trace_outputs, progress).detach()
+        if method != "auto":
+            return _run_explicit(setup, method, progress).detach()
+        while True:
+            name = setup.method_name
+            try:
+                out = _run(setup, name, progress)
+            except Exception as e:
+                if name == "loop" or not cannot_run(e):
+                    raise
+                setup.skip(name, e)  # and fall back to the next method
+                continue
+            setup.ran(name)
+            return out.detach()
+
+
+def _run(setup: _Setup, name: str, progress) -> Tensor:
+    if name == "jacobian" and setup.stream:
+        streamed = _streamed_jacobian(setup, setup.x1, setup.x2)
+        if streamed is not None:
+            return _run_streamed(streamed, setup.x1, setup.x2, progress)
+    m = setup.method(name)
+    return _tiled(m, setup.x1, setup.x2, setup.block, setup.n_out, setup.trace, progress)
+
+
+def _run_explicit(setup: _Setup, method: str, progress) -> Tensor:
+    reason = setup.skipped.get(method)
+    if reason is None:
+        try:
+            out = _run(setup, method, progress)
+        except Exception as e:
+            if method == "loop" or not cannot_run(e):
+                raise
+            reason = _first_line(e)
+            setup.known[method] = reason
+        else:
+            setup.ran(method)
+            return out
+    raise ValueError(
+        f"method={method!r} cannot run this model ({reason}); use method='auto', which "
+        "falls back to a method that can, or method='loop'."
+    )
+
+
+#: what each kind of model (:func:`_model_key`) is known to run: {key: {method: None if it
+#: ran, else the first line of the error that shows it cannot}}; auto skips known failures
+_RUNS: dict[tuple, dict[str, str | None]] = {}
+#: kinds of model remembered at most (the oldest are forgotten)
+RUNS_KEPT = 256
+
+#: errors of torch.func transforms and forward-mode AD: the method, not the model, fails
+_TRANSFORM_ERRORS = re.compile(
+    r"vmap|functorch|torch\.func|batching rule|batchedtensor|forward ad|forward-mode|"
+    r"forward mode|jvp|\bdual\b|doesn't match the broadcast shape|in-?place|\.item\(\)|"
+    r"data-dependent",
+    re.IGNORECASE,
+)
+
+
+def cannot_run(e: BaseException) -> bool:
+    """Does error ``e`` mean that a method cannot run the model, which the per-example
+    loop (plain reverse mode) may still differentiate? Errors of ``torch.func`` transforms
+    and forward-mode AD: a missing forward-AD formula or vmap batching rule, an in-place
+    write of batched values into an unbatched tensor (the initial state ``nn.LSTM`` and
+    ``nn.GRU`` create), data-dependent control flow, ``.item()``; recognised by their
+    message or by being raised inside a transform. Never out-of-memory errors."""
+    if isinstance(e, torch.OutOfMemoryError) or not isinstance(
+        e, (RuntimeError, NotImplementedError)
+    ):
+        return False
+    text = str(e)
+    if "out of memory" in text or "allocate" in text:
+        return False
+    if _TRANSFORM_ERRORS.search(text):
+        return True
+    tb = e.__traceback__
+    while tb is not None:
+        name = tb.tb_frame.f_code.co_filename.replace("\\", "/")
+        if "torch/_functorch/" in name or name.endswith("autograd/forward_ad.py"):
+            return True
+        tb = tb.tb_next
+    return False
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    line = text.splitlines()[0].strip() if text else ""
+    if len(line) > 200:
+        line = line[:197] + "..."
+    return f"{type(e).__name__}: {line}" if line else type(e).__name__
+
+
+def _model_key(model: nn.Module, x1: Batch, params: dict) -> tuple:
+    """What decides which methods can run a model: its class, the kinds of modules in it,
+    its device and dtype, the input dtypes and the differentiated parameters."""
+    kinds = sorted({f"{type(m).__module__}.{type(m).__qualname__}" for m in model.modules()})
+    dtypes = (model_dtype(model), *(t.dtype for t in tree_flatten(x1.tree())[0]))
+    key = (type(model), tuple(kinds), model_device(model).type, dtypes, tuple(params))
+    if key not in _RUNS and len(_RUNS) >= RUNS_KEPT:
+        del _RUNS[next(iter(_RUNS))]
+    return key
+
+
+def _trial(setup: _Setup, name: str) -> None:
+    """Run method ``name`` on two examples of each set (one tile): raises if it cannot."""
+    a = setup.x1.slice(0, min(2, setup.x1.n))
+    b = None if setup.x2 is None else setup.x2.slice(0, min(2, setup.x2.n))
+    block = (a.n, a.n if b is None else b.n)
+    _tiled(setup.method(name), a, b, block, setup.n_out, setup.trace, False)
 
 
 def _streamed_jacobian(setup: _Setup, x1: Batch, x2: Batch | None) -> StreamedJacobian | None:
@@ -275,13 +426,29 @@ def explain(
     trace_outputs: bool = True,
     batch_size=None,
 ) -> CostReport:
-    """Estimated FLOPs and memory of every NTK method for this model and these inputs.
+    """Estimated FLOPs and memory of every NTK method for this model and these inputs,
+    and which method ``"auto"`` runs.
 
-    ``print(explain(model, x1, x2))`` shows a table; ``.method`` is what ``"auto"`` uses.
+    ``print(explain(model, x1, x2))`` shows a table; ``.method`` is what ``"auto"`` uses:
+    the cheapest by the estimate that can run the model, found (unless already known for
+    this kind of model) by trying the methods in turn on two examples; ``.skipped`` holds
+    the ones that cannot, with the first line of their error.
     """
     x1, x2 = prepare(model, x1, x2)
     with eval_mode(model):
-        return _Setup(model, x1, x2, params, trace_outputs, batch_size).report
+        setup = _Setup(model, x1, x2, params, trace_outputs, batch_size)
+        while True:  # which method auto runs: try it on two examples unless known
+            name = setup.method_name
+            if name == "loop" or name in setup.known:
+                return setup.report
+            try:
+                _trial(setup, name)
+            except Exception as e:
+                if not cannot_run(e):
+                    raise
+                setup.skip(name, e)
+                continue
+            setup.ran(name)
 
 
 def _features(model: nn.Module, batch: Batch, layer: str | None, chunk: int) -> Tensor:

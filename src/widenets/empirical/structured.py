@@ -30,8 +30,8 @@ each layer's output, never with respect to the weights. Two ways:
 - batched: forward passes over whole blocks of examples and one reverse pass per output,
   as in training (fast convolution kernels, no per-example weight gradients). It needs
   every differentiated parameter to sit in a supported layer and the model to treat the
-  examples of a batch independently (checked on a few examples, see
-  :func:`batch_independent`). Traced kernels are streamed, one output at a time, so
+  examples of a batch independently (checked on a few examples for every method, see
+  :mod:`widenets.empirical._checks`). Traced kernels are streamed, one output at a time, so
   neither the Jacobian nor the g's of all outputs are ever held: either one forward pass
   per tile, each layer's g contracted into the tile as soon as the reverse pass reaches
   it ("streamed"), or one output's features of each block formed in chunks of examples,
@@ -444,25 +444,6 @@ def layer_cost(
     if 2 * n * mat.per_example + n * n * mat.per_pair <= n * n * pair.per_pair:
         return mat
     return pair
-
-
-def batch_independent(model, state: dict, x1: Batch, x2: Batch | None) -> bool:
-    """Does the model treat the examples of a batch independently (outputs of a batch of a
-    few examples equal to those of each example alone)? True for any model in eval mode
-    that does not mix examples; False for, e.g., batch statistics or attention across
-    the batch, which the batched path would get wrong."""
-    parts = [x1.slice(0, min(3, x1.n))]
-    if x2 is not None:
-        parts.append(x2.slice(0, min(2, x2.n)))
-    both = cat_batches(parts)
-    if both.n < 2:
-        return True
-    with torch.no_grad():
-        together = call(model, state, both.tree(), both.n)
-        alone = torch.cat(
-            [call(model, state, both.slice(i, i + 1).tree(), 1) for i in range(both.n)]
-        )
-    return _close(together, alone)
 
 
 def cat_batches(parts: list[Batch]) -> Batch:
