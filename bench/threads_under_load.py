@@ -1,24 +1,27 @@
-"""Benchmark: a CNN-GAP kernel on a quiet machine and beside a busy process, for three
-thread settings of torch (the OpenMP wait policy matters on a shared machine).
+"""Benchmark: kernels on a quiet machine and beside one busy process, widenets against
+Neural Tangents, each case in a fresh subprocess.
 
-torch splits every elementwise operation over its threads and, by default, OpenMP threads
-spin while they wait for each other; when another process holds a core, each of the
-thousands of operations of a kernel evaluation waits for a time slice. This script measures
-that in one run, each setting in a fresh subprocess (the policy is read when OpenMP starts):
+Cases (NNGP + NTK, float64):
 
-- ``default``: torch's threads (all cores), OpenMP's default wait policy;
-- ``passive``: the same threads with ``OMP_WAIT_POLICY=PASSIVE`` (waiting threads sleep);
-- ``1 thread``: ``torch.set_num_threads(1)``;
-- Neural Tangents (jitted, its default threads), when /tmp/nt-venv exists.
+- ``fc``: the README's fully-connected demo kernels, 3 x Dense(512) + ReLU on MNIST-5k
+  (4,000 x 4,000 and 1,000 x 4,000);
+- ``gap``: 5 x [Conv 3x3 + ReLU] + GlobalAvgPool + Dense, 8x8 images, N = 32 with itself;
+- ``flatten``: the same with Flatten, 16x16 images, 64 against 64 others.
 
-The busy process (``--load``) is by default another torch job at the same priority
-(elementwise operations on 8 MiB tensors with torch's default threads, as a second kernel
-evaluation or a training run would do); ``--load python`` is one pure-Python loop per core
-instead, ``--load-nice 19`` runs it at the lowest priority. It is bounded in time and
-stopped at the end.
+Settings:
 
-    python bench/threads_under_load.py              # 5 x [Conv 3x3 + ReLU] + GAP, 8x8, N=32
-    python bench/threads_under_load.py --n 48 --repeats 5
+- ``widenets``: the library as it is (its tiles spread over a pool of threads, each running
+  torch with one intra-op thread, so that no thread spins waiting for a preempted one);
+- ``widenets, one pool thread``: tiles one after another with torch's own threads, as
+  before this change (``widenets.compute.TILE_WORKERS = 1``): the baseline of the quiet time;
+- ``Neural Tangents`` 0.6.5 (jitted, its default threads), when /tmp/nt-venv exists.
+
+The busy process (``--load``) is one CPU-bound pure-Python loop (``python``) or another torch
+job doing elementwise work with torch's default threads (``torch``). It is bounded in time
+and stopped at the end. Each timing is the median of ``--repeats`` calls after a first call.
+
+    flock /tmp/bench.lock python bench/threads_under_load.py
+    flock /tmp/bench.lock python bench/threads_under_load.py --cases gap flatten --load torch
 """
 
 from __future__ import annotations
@@ -29,6 +32,7 @@ import os
 import statistics
 import subprocess
 import sys
+import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.path.join(os.path.dirname(HERE), "src")
@@ -39,19 +43,38 @@ import numpy as np
 import torch
 sys.path.insert(0, sys.argv[2])
 import widenets as wn
+import widenets.compute as compute
 cfg = json.loads(sys.argv[1])
-if cfg["threads"]:
-    torch.set_num_threads(cfg["threads"])
-layers = []
-for _ in range(5):
-    layers += [wn.Conv(1, (3, 3), w_std=1.4, b_std=0.1), wn.Relu()]
-net = wn.serial(*layers, wn.GlobalAvgPool(), wn.Dense(1, w_std=1.4, b_std=0.1))
-x = torch.from_numpy(np.random.default_rng(0).standard_normal((cfg["n"], 3, 8, 8)))
-net.kernel(x)  # warm-up
+if cfg["workers"]:
+    compute.TILE_WORKERS = cfg["workers"]
+rng = np.random.default_rng(0)
+if cfg["case"] == "fc":
+    layers = []
+    for _ in range(3):
+        layers += [wn.Dense(512, w_std=1.5, b_std=0.05), wn.Relu()]
+    net = wn.serial(*layers, wn.Dense(10, w_std=1.5, b_std=0.05))
+    data = wn.data.mnist5k(n_train=4000, n_test=1000, seed=0)
+    def call():
+        net.kernel(data.x_train)
+        net.kernel(data.x_test, data.x_train)
+else:
+    layers = []
+    for _ in range(5):
+        layers += [wn.Conv(64, (3, 3), w_std=1.4, b_std=0.1), wn.Relu()]
+    readout = wn.GlobalAvgPool() if cfg["case"] == "gap" else wn.Flatten()
+    net = wn.serial(*layers, readout, wn.Dense(1, w_std=1.4, b_std=0.1))
+    if cfg["case"] == "gap":
+        x = torch.from_numpy(rng.standard_normal((32, 3, 8, 8)))
+        call = lambda: net.kernel(x)
+    else:
+        x = torch.from_numpy(rng.standard_normal((64, 3, 16, 16)))
+        x2 = torch.from_numpy(rng.standard_normal((64, 3, 16, 16)))
+        call = lambda: net.kernel(x, x2)
+call()
 times = []
 for _ in range(cfg["repeats"]):
     t = time.perf_counter()
-    net.kernel(x)
+    call()
     times.append(time.perf_counter() - t)
 print(json.dumps(times))
 """
@@ -63,97 +86,130 @@ import numpy as np
 import jax
 from neural_tangents import stax
 cfg = json.loads(sys.argv[1])
-layers = []
-for _ in range(5):
-    layers += [stax.Conv(1, (3, 3), padding="SAME", W_std=1.4, b_std=0.1), stax.Relu()]
-_, _, kernel_fn = stax.serial(*layers, stax.GlobalAvgPool(), stax.Dense(1, W_std=1.4, b_std=0.1))
-kernel_fn = jax.jit(kernel_fn, static_argnames="get")
-x = np.random.default_rng(0).standard_normal((cfg["n"], 3, 8, 8)).transpose(0, 2, 3, 1)
-jax.block_until_ready(kernel_fn(x, None, get=("nngp", "ntk")).ntk)  # compile
+rng = np.random.default_rng(0)
+if cfg["case"] == "fc":
+    layers = []
+    for _ in range(3):
+        layers += [stax.Dense(512, W_std=1.5, b_std=0.05), stax.Relu()]
+    _, _, kernel_fn = stax.serial(*layers, stax.Dense(10, W_std=1.5, b_std=0.05))
+    x_train, x_test = np.load(cfg["data"] + "/x_train.npy"), np.load(cfg["data"] + "/x_test.npy")
+    kernel_fn = jax.jit(kernel_fn, static_argnames="get")
+    def call():
+        jax.block_until_ready(kernel_fn(x_train, None, get=("nngp", "ntk")).ntk)
+        jax.block_until_ready(kernel_fn(x_test, x_train, get=("nngp", "ntk")).ntk)
+else:
+    layers = []
+    for _ in range(5):
+        layers += [stax.Conv(64, (3, 3), padding="SAME", W_std=1.4, b_std=0.1), stax.Relu()]
+    readout = stax.GlobalAvgPool() if cfg["case"] == "gap" else stax.Flatten()
+    _, _, kernel_fn = stax.serial(*layers, readout, stax.Dense(1, W_std=1.4, b_std=0.1))
+    kernel_fn = jax.jit(kernel_fn, static_argnames="get")
+    if cfg["case"] == "gap":
+        x = rng.standard_normal((32, 3, 8, 8)).transpose(0, 2, 3, 1)
+        x2 = None
+    else:
+        x = rng.standard_normal((64, 3, 16, 16)).transpose(0, 2, 3, 1)
+        x2 = rng.standard_normal((64, 3, 16, 16)).transpose(0, 2, 3, 1)
+    def call():
+        jax.block_until_ready(kernel_fn(x, x2, get=("nngp", "ntk")).ntk)
+call()
 times = []
 for _ in range(cfg["repeats"]):
     t = time.perf_counter()
-    jax.block_until_ready(kernel_fn(x, None, get=("nngp", "ntk")).ntk)
+    call()
     times.append(time.perf_counter() - t)
 print(json.dumps(times))
 """
 
 LOADS = {
+    # one CPU-bound pure-Python process: takes a core without any waiting of its own
+    "python": "import time\nend = time.time() + {seconds}\nwhile time.time() < end:\n    pass\n",
     # another torch job: elementwise work on 8 MiB tensors with torch's default threads
     "torch": (
         "import time, torch\nx = torch.rand(1 << 20, dtype=torch.float64)\n"
         "end = time.time() + {seconds}\nwhile time.time() < end:\n    x = torch.acos(x).sin_()\n"
     ),
-    # pure Python, one loop per CPU: takes cores without any waiting of its own
-    "python": "import time\nend = time.time() + {seconds}\nwhile time.time() < end:\n    pass\n",
 }
 
-SETTINGS = {
-    "default": ({}, None),
-    "passive": ({"OMP_WAIT_POLICY": "PASSIVE"}, None),
-    "1 thread": ({}, 1),
+CASES = {
+    "fc": "FC demo kernels (3 x Dense 512 + ReLU; 4000 x 4000 + 1000 x 4000 MNIST)",
+    "gap": "CNN + GlobalAvgPool (5 conv layers, 8x8, N = 32 with itself)",
+    "flatten": "CNN + Flatten (5 conv layers, 16x16, 64 against 64)",
 }
+SETTINGS = {"widenets": 0, "widenets, one pool thread": 1}
 
 
-def measure(n: int, repeats: int, env_extra: dict, threads) -> list[float]:
-    env = {k: v for k, v in os.environ.items() if k != "OMP_WAIT_POLICY"}
-    env.update(env_extra)
-    cfg = json.dumps({"n": n, "repeats": repeats, "threads": threads})
-    if threads == "nt":
+def _nt_data() -> str:
+    """MNIST-5k inputs as .npy files for Neural Tangents (the same rows widenets uses)."""
+    import numpy as np
+
+    sys.path.insert(0, SRC)
+    import widenets as wn
+
+    folder = "/tmp/widenets-bench-threads"
+    os.makedirs(folder, exist_ok=True)
+    data = wn.data.mnist5k(n_train=4000, n_test=1000, seed=0)
+    np.save(folder + "/x_train.npy", data.x_train.numpy())
+    np.save(folder + "/x_test.npy", data.x_test.numpy())
+    return folder
+
+
+def measure(case: str, setting: str, repeats: int, data: str | None) -> list[float]:
+    cfg = {"case": case, "repeats": repeats, "workers": SETTINGS.get(setting), "data": data}
+    env = dict(os.environ)
+    if setting == "Neural Tangents":
         env.update(JAX_ENABLE_X64="1", JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
-        cmd = [NT_PYTHON, "-c", NT_WORKER, cfg]
+        cmd = [NT_PYTHON, "-c", NT_WORKER, json.dumps(cfg)]
     else:
-        cmd = [sys.executable, "-c", WORKER, cfg, SRC]
+        cmd = [sys.executable, "-c", WORKER, json.dumps(cfg), SRC]
     out = subprocess.run(cmd, env=env, capture_output=True, text=True)
     if out.returncode != 0:
-        raise RuntimeError(out.stderr.strip().splitlines()[-1])
+        raise RuntimeError(f"{case} / {setting}: {out.stderr.strip().splitlines()[-1]}")
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--n", type=int, default=32, help="inputs (8x8 images, 3 channels)")
+    p.add_argument("--cases", nargs="+", choices=sorted(CASES), default=list(CASES))
     p.add_argument("--repeats", type=int, default=3, help="timed calls per setting")
-    p.add_argument("--busy-seconds", type=int, default=300, help="upper bound of the load")
-    p.add_argument("--load", choices=sorted(LOADS), default="torch", help="the busy process")
-    p.add_argument("--load-nice", type=int, default=0, help="niceness of the busy process")
+    p.add_argument("--busy-seconds", type=int, default=600, help="upper bound of the load")
+    p.add_argument("--load", choices=sorted(LOADS), default="python", help="the busy process")
     args = p.parse_args()
-    settings = dict(SETTINGS)
+    settings = list(SETTINGS)
+    data = None
     if os.path.exists(NT_PYTHON):
-        settings["Neural Tangents"] = ({}, "nt")
+        settings.append("Neural Tangents")
+        data = _nt_data()
     else:
         print(f"Neural Tangents: absent ({NT_PYTHON} not found)")
     results = {}
-    for name, (env_extra, threads) in settings.items():
-        results[("quiet", name)] = measure(args.n, args.repeats, env_extra, threads)
+    for case in args.cases:
+        for s in settings:
+            results[("quiet", case, s)] = measure(case, s, args.repeats, data)
     code = LOADS[args.load].format(seconds=args.busy_seconds)
-    copies = 1 if args.load == "torch" else os.cpu_count() or 1
-    busy = [
-        subprocess.Popen(["nice", "-n", str(args.load_nice), sys.executable, "-c", code])
-        for _ in range(copies)
-    ]
+    busy = subprocess.Popen([sys.executable, "-c", code])
+    time.sleep(0.5)
     try:
-        for name, (env_extra, threads) in settings.items():
-            results[("busy", name)] = measure(args.n, args.repeats, env_extra, threads)
+        for case in args.cases:
+            for s in settings:
+                results[("busy", case, s)] = measure(case, s, args.repeats, data)
     finally:
-        for b in busy:
-            b.kill()
-            b.wait()
+        busy.kill()
+        busy.wait()
     print(
-        f"CNN-GAP NNGP+NTK, 5 conv layers, {args.n} inputs 8x8; median (min-max) seconds of "
-        f"{args.repeats} calls; {os.cpu_count()} CPUs; busy: {args.load} load at nice "
-        f"{args.load_nice}"
+        f"NNGP + NTK, float64; median of {args.repeats} calls after a first one; "
+        f"{os.cpu_count()} CPUs; busy: one {args.load} process beside it"
     )
-    print(f"{'setting':15} | {'quiet':>22} | {'busy':>22} | busy / quiet")
-    for name in settings:
-        row = []
-        for machine in ("quiet", "busy"):
-            t = results[(machine, name)]
-            row.append(f"{statistics.median(t):7.3f} ({min(t):.3f}-{max(t):.3f})")
-        ratio = statistics.median(results[("busy", name)]) / statistics.median(
-            results[("quiet", name)]
-        )
-        print(f"{name:15} | {row[0]:>22} | {row[1]:>22} | {ratio:6.1f}")
+    print(f"{'case':8} | {'setting':26} | {'quiet s':>8} | {'busy s':>8} | busy/quiet")
+    for case in args.cases:
+        for s in settings:
+            q = statistics.median(results[("quiet", case, s)])
+            b = statistics.median(results[("busy", case, s)])
+            print(f"{case:8} | {s:26} | {q:8.3f} | {b:8.3f} | {b / q:6.2f}")
+    for case in args.cases:
+        base = statistics.median(results[("quiet", case, "widenets, one pool thread")])
+        now = statistics.median(results[("quiet", case, "widenets")])
+        print(f"{case}: quiet time against the one-pool-thread baseline: {now / base:.2f}")
 
 
 if __name__ == "__main__":

@@ -10,6 +10,7 @@ One description, two networks::
 
 from widenets import architectures, data, empirical, init, predict, priors, study, theory
 from widenets._version import __version__
+from widenets.errors import NonFiniteKernelError, ReducedPrecisionWarning
 from widenets.kernel import Kernel
 from widenets.layers import *  # noqa: F403
 from widenets.layers import __all__ as _layer_names
@@ -17,6 +18,8 @@ from widenets.linearize import Taylor, linearize, taylor
 
 __all__ = [
     "Kernel",
+    "NonFiniteKernelError",
+    "ReducedPrecisionWarning",
     "__version__",
     "architectures",
     "data",

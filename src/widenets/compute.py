@@ -21,8 +21,19 @@ import torch
 from torch import Tensor
 
 from widenets._malloc import keep_freed_memory
-from widenets.errors import as_tensor, check_get, shape_str
+from widenets.errors import NonFiniteKernelError, check_get, shape_str
 from widenets.kernel import Kernel, input_kernel, input_variances, slice_pairs
+from widenets.numerics import (
+    FiniteCheck,
+    PreparedInputs,
+    _wider,
+    first_nonfinite,
+    is_reduced,
+    prepare_inputs,
+    raise_nonfinite,
+    scale_output,
+    watch_pairs,
+)
 
 #: scalars per intermediate tile (float64: 4 MiB): near the caches, yet large enough that
 #: the per-operation overhead is amortised (measured on the demo kernels, 2 cores: 2^17
@@ -154,8 +165,8 @@ def evaluate_kernel(
     keep_freed_memory()
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise ValueError(f"`dtype` must be a floating torch dtype, got {dtype!r}.")
-    x1 = as_tensor(x1, "x1", dtype)
-    x2 = None if x2 is None else as_tensor(x2, "x2", dtype)
+    prep = prepare_inputs(layer, x1, x2, dtype)  # NaN/inf rejected, overflow rescaled
+    x1, x2 = prep.x1, prep.x2
     same = same_inputs(x1, x2)
     x2 = x1 if same else x2
     if x1.shape[1:] != x2.shape[1:]:
@@ -170,7 +181,7 @@ def evaluate_kernel(
     full = len(in_shape) > 1 and layer.needs_pixel_pairs()
     cost = layer.pair_cost(in_shape) * _spatial_factor(in_shape, full)
     if same and not full and len(in_shape) > 1 and batch_size is None and layer.packs_pairs():
-        return _evaluate_packed(layer, x1, names, dtype, cost, progress)
+        return _evaluate_packed(layer, x1, names, dtype, cost, progress, prep)
     spatial = len(in_shape) > 1
     budget = TILE_NUMEL
     if full:
@@ -202,8 +213,13 @@ def evaluate_kernel(
     )
     # full layout: each block computes the pixel-pair covariances of its own inputs (all
     # N inputs' at once would be N P^2 numbers)
-    var1 = None if full else input_variances(x1)
-    var2 = None if full else var1 if same else input_variances(x2)
+    gram_exponent = prep.gram_exponent
+    var1 = None if full else input_variances(x1, gram_exponent=gram_exponent)
+    var2 = None if full else var1 if same else input_variances(x2, gram_exponent=gram_exponent)
+    # reduced precision: the pairs an activation flags as ill-conditioned are recomputed
+    # in float64 (``widenets.numerics``); every tile adds its sum to a finiteness check
+    refine = _Refiner(layer, prep, names, dtype, same, full, cost)
+    check = FiniteCheck()
 
     nngp_out = ntk_out = cov1 = cov2 = None
     last = None
@@ -219,6 +235,7 @@ def evaluate_kernel(
                 cov1=None if full else var1[b0:b_end],
                 cov2=None if full else var2[j0:j1],
                 full_spatial=full,
+                gram_exponent=gram_exponent,
             )
             for r0 in range(0, b_end - b0, b1):
                 r1 = min(r0 + b1, b_end - b0)
@@ -227,7 +244,8 @@ def evaluate_kernel(
                 c0 = max(0, i0 - j0) if same else 0
                 if c0 >= j1 - j0:  # wholly below the diagonal: mirrored from another tile
                     continue
-                k = _one_kernel(layer.kernel_fn(slice_pairs(block, r0, r1, c0)))
+                with watch_pairs(refine.enabled) as watch:
+                    k = _one_kernel(layer.kernel_fn(slice_pairs(block, r0, r1, c0)))
                 if nngp_out is None:
                     tail = tuple(k.nngp.shape[2:])
                     nngp_out = torch.empty((n1, n2, *tail), dtype=dtype)
@@ -247,6 +265,11 @@ def evaluate_kernel(
                     cov1[i0:i1] = k.cov1
                 if not same and b0 == 0 and r0 == 0:
                     cov2[j0:j1] = k.cov2
+                check.add(k.nngp)
+                check.add(k.ntk)
+                if watch.mask is not None:
+                    gi, gj = _flagged_cells(watch.mask, i0 - cs if same else None, i0, cs)
+                    refine(gi, gj, nngp_out, ntk_out, check, k.full_spatial)
                 last = k
                 bar.update()
 
@@ -254,7 +277,172 @@ def evaluate_kernel(
         for out in (nngp_out, ntk_out):
             if out is not None:
                 _symmetrize_diagonal_blocks(out, b1, last.full_spatial)
-    return _assembled(names, nngp_out, ntk_out, cov1, cov2, last, same)
+    result = _assembled(names, nngp_out, ntk_out, cov1, cov2, last, same)
+    return _checked(result, layer, prep, check, full)
+
+
+def _flagged_cells(mask: Tensor, offset, row0: int, col0: int) -> tuple[Tensor, Tensor]:
+    """Global (row, column) indices of the flagged cells of a tile whose first cell is
+    (row0, col0). With ``offset`` (a set with itself: cell (r, r + offset) is an input
+    with itself, exact in any dtype) those cells are left out, and so are the cells below
+    the diagonal (their mirror images are recomputed and written to both)."""
+    if offset is not None and -mask.shape[0] < offset < mask.shape[1]:
+        mask.diagonal(offset).fill_(False)
+    if not bool(mask.any()):
+        empty = torch.empty(0, dtype=torch.long, device=mask.device)
+        return empty, empty
+    idx = mask.nonzero()
+    gi, gj = idx[:, 0] + row0, idx[:, 1] + col0
+    if offset is not None:
+        upper = gi < gj
+        gi, gj = gi[upper], gj[upper]
+    return gi, gj
+
+
+class _Refiner:
+    """Recomputes listed pairs in float64 and writes them, rounded, into the outputs."""
+
+    def __init__(self, layer, prep: PreparedInputs, names, dtype, same, full, cost):
+        self.layer, self.prep, self.names = layer, prep, names
+        self.enabled = is_reduced(dtype)
+        self.same, self.full, self.cost = same, full, cost
+        self.pairs = 0  # how many were recomputed (for tests and benchmarks)
+
+    def __call__(self, gi, gj, nngp_out, ntk_out, check, full_spatial) -> None:
+        if not len(gi):
+            return
+        self.pairs += len(gi)
+        nngp, ntk = recompute_pairs(
+            self.layer, self.prep, gi, gj, self.names, self.same, self.full, self.cost
+        )
+        for out, t in ((nngp_out, nngp), (ntk_out, ntk)):
+            if out is None or t is None:
+                continue
+            t = t.to(out.dtype).to(out.device)
+            check.add(t)
+            ri, ci = gi.to(out.device), gj.to(out.device)
+            out[ri, ci] = t
+            if self.same:
+                out[ci, ri] = _swap_pairs(t.unsqueeze(1), full_spatial).squeeze(0)
+
+
+def recompute_pairs(layer, prep: PreparedInputs, gi, gj, names, same, full, cost):
+    """The network's (nngp, ntk) of the pairs (x1[gi], x2[gj]) computed in float64 from the
+    inputs as given, each (P, ...) (ntk None unless asked for).
+
+    A network that accepts packed pairs gets the list itself (the inputs involved as one
+    set, so that an index names one input); any other the block of the rows and columns
+    involved, of which the listed cells are kept (at most a tile's worth of work)."""
+    compute_ntk = "ntk" in names
+    if not full and layer.packs_pairs():
+        if same:
+            u, inv = torch.unique(torch.cat([gi, gj]), return_inverse=True)
+            a, b = inv[: len(gi)], inv[len(gi) :]
+            x = prep.rows64(1, u)
+        else:
+            ur, a = torch.unique(gi, return_inverse=True)
+            uc, b = torch.unique(gj, return_inverse=True)
+            x = torch.cat([prep.rows64(1, ur), prep.rows64(2, uc)])
+            b = b + len(ur)
+        a, b = a.to(x.device), b.to(x.device)
+        var = input_variances(x, gram_exponent=prep.gram_exponent)
+        per_pair = max(1, x[0].numel())
+        chunk = max(1, min(BLOCK_NUMEL // per_pair, PACKED_NUMEL // max(1, cost)))
+        nngps, ntks = [], []
+        for s0 in range(0, len(a), chunk):
+            ai, bi = a[s0 : s0 + chunk], b[s0 : s0 + chunk]
+            nngp = (x.index_select(0, ai) * x.index_select(0, bi)).sum(1) / x.shape[1]
+            if prep.gram_exponent:
+                scale_output(nngp, prep.gram_exponent)
+            nngp = nngp.unsqueeze(1)
+            k = Kernel(
+                nngp=nngp,
+                ntk=nngp.new_zeros(()).expand_as(nngp) if compute_ntk else None,
+                cov1=var,
+                cov2=var,
+                shape1=tuple(x.shape[1:]),
+                shape2=tuple(x.shape[1:]),
+                x1_is_x2=True,
+                pairs=(ai, bi),
+            )
+            out = _one_kernel(layer.kernel_fn(k))
+            nngps.append(out.nngp[:, 0])
+            ntks.append(out.ntk[:, 0] if compute_ntk else None)
+        return torch.cat(nngps), torch.cat(ntks) if compute_ntk else None
+    rows, ri = torch.unique(gi, return_inverse=True)
+    cols, ci = torch.unique(gj, return_inverse=True)
+    block = input_kernel(
+        prep.rows64(1, rows),
+        prep.rows64(2, cols),
+        compute_ntk=compute_ntk,
+        full_spatial=full,
+        gram_exponent=prep.gram_exponent,
+    )
+    out = _one_kernel(layer.kernel_fn(block))
+    ri, ci = ri.to(out.nngp.device), ci.to(out.nngp.device)
+    return out.nngp[ri, ci], out.ntk[ri, ci] if compute_ntk else None
+
+
+def _checked(k: Kernel, layer, prep: PreparedInputs, check: FiniteCheck, full: bool) -> Kernel:
+    """The finished kernel after the checks: NaN or inf anywhere raise a
+    NonFiniteKernelError naming the layer where the first bad entry arises; a homogeneous
+    network's rescaled kernel is multiplied back (exactly) first."""
+    x1 = prep.x1
+    x2 = x1 if k.x1_is_x2 or prep.x2 is None else prep.x2
+    fields = [t for t in (k.nngp, k.ntk) if t is not None]
+    if not check.ok():
+        for t in fields:
+            bad = first_nonfinite(t)
+            if bad is not None:
+                i, j = bad[0], bad[1]
+                raise_nonfinite(
+                    layer,
+                    x1,
+                    x2,
+                    i,
+                    j,
+                    k.x1_is_x2 and i == j,
+                    full_spatial=full,
+                    gram_exponent=prep.gram_exponent,
+                    inputs=prep,
+                    field="NTK" if t is k.ntk else "NNGP kernel",
+                    same_set=k.x1_is_x2,
+                )
+    for which, cov, xs in ((1, k.cov1, x1), (2, k.cov2, x2)):
+        if which == 2 and cov is k.cov1:
+            continue
+        bad = first_nonfinite(cov)
+        if bad is not None:
+            i = bad[0]
+            raise_nonfinite(
+                layer,
+                xs,
+                xs,
+                i,
+                i,
+                True,
+                full_spatial=full,
+                gram_exponent=prep.gram_exponent,
+                inputs=prep,
+                field=f"variance of x{which}[{i}]",
+            )
+    if prep.out_exponent:
+        covs = [k.cov1] if k.cov2 is k.cov1 else [k.cov1, k.cov2]
+        for t in fields + covs:
+            scale_output(t, prep.out_exponent)
+        if not all(bool(torch.isfinite(t).all()) for t in fields + covs):
+            big = math.ldexp(max(float(x.abs().amax()) for x in (x1, x2)), prep.exponent)
+            raise NonFiniteKernelError(
+                f"the kernel's values exceed the range of {x1.dtype} (up to "
+                f"{torch.finfo(x1.dtype).max:.5g}): the network is positively homogeneous "
+                f"of degree {prep.degree:g}, so its kernel grows as |x|^{2 * prep.degree:g}, "
+                f"and the inputs' largest |x| is {big:.3g}. The kernel was computed on inputs "
+                "rescaled by a power of two, but cannot be scaled back. Rescale the inputs "
+                "(e.g. standardise them)"
+                + ("" if x1.dtype == torch.float64 else f" or compute in {_wider(x1.dtype)}")
+                + "."
+            )
+    return k
 
 
 def _assembled(names, nngp, ntk, cov1, cov2, last: Kernel, same: bool) -> Kernel:
@@ -280,6 +468,8 @@ def _progress_bar(tiles: int, progress: bool | None, scalars: int):
     context manager that closes it."""
     from tqdm.auto import tqdm
 
+    if progress is not None and not isinstance(progress, bool):
+        raise ValueError(f"`progress` must be True, False or None, got {progress!r}.")
     show = scalars >= PROGRESS_NUMEL if progress is None else progress
 
     return tqdm(
@@ -330,7 +520,7 @@ def _packed_tiles(n: int, budget_pairs: int) -> list[tuple[int, int, int, int]]:
     ]
 
 
-def _evaluate_packed(layer, x: Tensor, names, dtype, cost: int, progress) -> Kernel:
+def _evaluate_packed(layer, x: Tensor, names, dtype, cost: int, progress, prep) -> Kernel:
     """A spatial set with itself in the diagonal layout, packed (``Kernel.pairs``): only
     the pairs i <= j are computed, in tiles of the upper triangle (``_packed_tiles``); a
     tile that meets the diagonal lists its pairs, one above it is a plain rectangle of two
@@ -338,8 +528,10 @@ def _evaluate_packed(layer, x: Tensor, names, dtype, cost: int, progress) -> Ker
     are those of the tiled path."""
     n = x.shape[0]
     compute_ntk = "ntk" in names
-    var = input_variances(x)
+    var = input_variances(x, gram_exponent=prep.gram_exponent)
     tiles = _packed_tiles(n, max(1, PACKED_NUMEL // max(1, cost)))
+    refine = _Refiner(layer, prep, names, dtype, True, False, cost)
+    check = FiniteCheck()
     nngp_out = ntk_out = cov_out = last = None
     with _progress_bar(len(tiles), progress, n * n * cost) as bar:
         for r0, r1, c0, c1 in tiles:
@@ -352,6 +544,7 @@ def _evaluate_packed(layer, x: Tensor, names, dtype, cost: int, progress) -> Ker
                 compute_ntk=compute_ntk and not on_diagonal,
                 cov1=var[r0:r1],
                 cov2=var[c0:c1],
+                gram_exponent=prep.gram_exponent,
             )
             if on_diagonal:  # the pairs i <= j, listed
                 i, j = torch.triu_indices(rows, cols, device=x.device)
@@ -367,7 +560,8 @@ def _evaluate_packed(layer, x: Tensor, names, dtype, cost: int, progress) -> Ker
                     diagonal_offset=None,
                     pairs=(i, j),
                 )
-            k = _one_kernel(layer.kernel_fn(block))
+            with watch_pairs(refine.enabled) as watch:
+                k = _one_kernel(layer.kernel_fn(block))
             if nngp_out is None:
                 tail = tuple(k.nngp.shape[2:])
                 nngp_out = torch.empty((n, n, *tail), dtype=dtype)
@@ -388,9 +582,19 @@ def _evaluate_packed(layer, x: Tensor, names, dtype, cost: int, progress) -> Ker
                 else:  # above the diagonal: mirrored below it
                     out[r0:r1, c0:c1] = t
                     out[c0:c1, r0:r1] = t.transpose(0, 1)
+            check.add(k.nngp)
+            check.add(k.ntk)
+            if watch.mask is not None:
+                if on_diagonal:  # listed pairs (M, 1), less those of an input with itself
+                    m = (watch.mask[:, 0] & (i != j)).nonzero()[:, 0]
+                    gi, gj = (i.index_select(0, m) + r0).cpu(), (j.index_select(0, m) + c0).cpu()
+                else:
+                    gi, gj = _flagged_cells(watch.mask, None, r0, c0)
+                refine(gi, gj, nngp_out, ntk_out, check, False)
             last = k
             bar.update()
-    return _assembled(names, nngp_out, ntk_out, cov_out, cov_out, last, True)
+    result = _assembled(names, nngp_out, ntk_out, cov_out, cov_out, last, True)
+    return _checked(result, layer, prep, check, False)
 
 
 def _symmetrize_diagonal_blocks(out: Tensor, b1: int, full_spatial: bool = False) -> None:

@@ -41,8 +41,13 @@ def check_finite_real(value, name: str) -> float:
     return v
 
 
-def as_tensor(x, name: str, dtype: torch.dtype, *, min_ndim: int = 2) -> Tensor:
-    """Convert an array-like input to a tensor of ``dtype``; reject NaN/inf and bad ndim."""
+def as_tensor(x, name: str, dtype: torch.dtype | None, *, min_ndim: int = 2) -> Tensor:
+    """Convert an array-like input to a tensor of ``dtype``; reject NaN/inf and bad ndim.
+
+    NaN and inf are looked for before the conversion (the error names the first bad row);
+    a finite value that ``dtype`` cannot hold (e.g. 1e5 in float16) is reported as out of
+    range rather than as inf. ``dtype=None`` keeps the input's own real dtype (checked).
+    """
     if x is None:
         raise ValueError(f"`{name}` must be an array of inputs, got None.")
     if isinstance(x, Tensor):
@@ -67,17 +72,60 @@ def as_tensor(x, name: str, dtype: torch.dtype, *, min_ndim: int = 2) -> Tensor:
         )
     if t.shape[0] == 0:
         raise ValueError(f"`{name}` is empty (batch size 0).")
-    t = t.to(dtype)
-    # one reduction first (no temporary); only if it is not finite, locate the bad entry
-    if not torch.isfinite(t.sum()) and not torch.isfinite(t).all():
-        bad = (~torch.isfinite(t)).nonzero()[0].tolist()
-        raise ValueError(f"`{name}` contains NaN or inf (first at index {tuple(bad)}).")
-    return t
+    check_finite_rows(t, name)
+    if dtype is None or t.dtype == dtype:
+        return t
+    out = t.to(dtype)
+    if out.is_floating_point() and not torch.isfinite(out.sum(dtype=torch.float64)):
+        if not torch.isfinite(out).all():
+            bad = (~torch.isfinite(out)).nonzero()[0].tolist()
+            big = float(t.abs().amax())
+            raise ValueError(
+                f"`{name}` has values beyond the range of {dtype} (largest |x| = {big:.3g}, "
+                f"{dtype} holds up to {torch.finfo(dtype).max:.5g}; first in row {bad[0]}, "
+                f"at index {tuple(bad)}): rescale the inputs (e.g. standardise them) or "
+                "compute in a wider dtype."
+            )
+    return out
+
+
+def check_finite_rows(t: Tensor, name: str) -> None:
+    """A ValueError naming ``name`` and the first row holding NaN or inf, if any."""
+    if not t.is_floating_point():
+        return
+    # one reduction first (no temporary; a float64 sum does not overflow on finite
+    # float32/float16 values); only if it is not finite, locate the bad entry
+    total = t.sum(dtype=torch.float64) if t.dtype != torch.float64 else t.sum()
+    if torch.isfinite(total) or torch.isfinite(t).all():
+        return
+    bad = (~torch.isfinite(t)).nonzero()[0].tolist()
+    what = "NaN" if bool(torch.isnan(t[bad[0]]).any()) else "inf"
+    raise ValueError(
+        f"`{name}` contains NaN or inf ({what}): row {bad[0]} is not finite (first at index "
+        f"{tuple(bad)}). Remove or impute that input before computing a kernel."
+    )
+
+
+class NonFiniteKernelError(ValueError):
+    """A kernel came out NaN or inf: the message says where (which layer of the network,
+    which pair of inputs), whether it is an overflow (inf from finite values) or an invalid
+    operation (NaN), and what to do."""
+
+
+class ReducedPrecisionWarning(RuntimeWarning):
+    """A kernel in a reduced precision (float32, float16, bfloat16) is too ill-conditioned
+    for the prediction asked of it: its rounding errors are amplified by the condition
+    number. Compute the kernel in float64 or pass a larger ``diag_reg``."""
 
 
 def check_get(get) -> tuple[str, ...]:
     """Normalise ``get`` to a tuple of kernel names out of ("nngp", "ntk")."""
-    names = (get,) if isinstance(get, str) else tuple(get)
+    if isinstance(get, str):
+        names = (get,)
+    elif isinstance(get, (tuple, list)):
+        names = tuple(get)
+    else:
+        names = ()
     if not names or any(g not in ("nngp", "ntk") for g in names):
         raise ValueError(f'`get` must be "nngp", "ntk" or a tuple of them, got {get!r}.')
     return names

@@ -42,8 +42,10 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
     ) from err
 
 from widenets.compute import same_inputs
+from widenets.errors import check_finite_rows
 from widenets.kernel import input_kernel
 from widenets.layers.base import Layer
+from widenets.numerics import first_nonfinite, raise_nonfinite
 
 #: initial value given to a zero ``b_std`` (a positive constraint cannot start at 0)
 MIN_INITIAL_STD = 1e-4
@@ -82,6 +84,11 @@ def differentiable_kernel(net: Layer, x1: Tensor, x2: Tensor | None = None, get:
     Unlike :meth:`Layer.kernel` (tiled, for large float kernels) this evaluates the whole
     (N1, N2) block at once in the inputs' dtype, so it is meant for GP-sized data sets.
     """
+    # NaN or inf in an input: an error naming the row (a GP's marginal likelihood would
+    # otherwise come out NaN with no hint why)
+    check_finite_rows(x1.detach(), "x1")
+    if x2 is not None:
+        check_finite_rows(x2.detach(), "x2")
     same = same_inputs(x1, x2)
     x2 = x1 if same else x2
     net.out_shape(tuple(x1.shape[1:]))
@@ -93,7 +100,23 @@ def differentiable_kernel(net: Layer, x1: Tensor, x2: Tensor | None = None, get:
         raise ValueError(
             "the network ends with several branches; merge them with fan_in_sum or fan_in_concat."
         )
-    return getattr(k, get)
+    out = getattr(k, get)
+    bad = first_nonfinite(out.detach())
+    if bad is not None:  # which layer, overflow or NaN, and what to do
+        i, j = bad[0], bad[1]
+        with torch.no_grad():
+            raise_nonfinite(
+                net,
+                x1.detach(),
+                x2.detach(),
+                i,
+                j,
+                same and i == j,
+                full_spatial=False,
+                field="NTK" if get == "ntk" else "NNGP kernel",
+                same_set=same,
+            )
+    return out
 
 
 class NetworkKernel(_GPyTorchKernel):

@@ -28,6 +28,7 @@ one of two layouts chosen by the network from its own layers (``full_spatial``):
 from __future__ import annotations
 
 import dataclasses
+import math
 from dataclasses import dataclass
 
 import torch
@@ -165,6 +166,7 @@ def input_kernel(
     cov1: Tensor | None = None,
     cov2: Tensor | None = None,
     full_spatial: bool = False,
+    gram_exponent: int = 0,
 ) -> Kernel:
     """Kernel of the raw inputs: nngp = x1 . x2 / C over the channel axis (axis 1).
 
@@ -174,6 +176,9 @@ def input_kernel(
     variance so that the diagonal of a kernel of a set with itself is exact. ``cov1`` and
     ``cov2`` may be passed when already computed (see :func:`input_variances`).
     ``full_spatial`` keeps every pair of positions (see the module docstring).
+    ``gram_exponent``: the products are multiplied by 2^gram_exponent (exactly, in steps),
+    for inputs passed as 2^-e multiples of inputs whose Gram would overflow on the way
+    (``widenets.numerics.prepare_inputs``).
     """
     channels = x1.shape[1]
     full_spatial = full_spatial and x1.ndim > 2
@@ -190,10 +195,12 @@ def input_kernel(
             nngp.addcmul_(scaled[:, None, c], x2[None, :, c])
     else:
         nngp = torch.einsum("ic...,jc...->ij...", x1, x2) / channels
+    if gram_exponent:
+        _scale_exactly(nngp, gram_exponent)
     if cov1 is None:
-        cov1 = input_variances(x1, full_spatial)
+        cov1 = input_variances(x1, full_spatial, gram_exponent)
     if cov2 is None:
-        cov2 = cov1 if x1_is_x2 and x1 is x2 else input_variances(x2, full_spatial)
+        cov2 = cov1 if x1_is_x2 and x1 is x2 else input_variances(x2, full_spatial, gram_exponent)
     if diagonal_offset is not None:
         r = torch.arange(max(0, -diagonal_offset), min(x1.shape[0], x2.shape[0] - diagonal_offset))
         if len(r):
@@ -215,12 +222,25 @@ def input_kernel(
     )
 
 
-def input_variances(x: Tensor, full_spatial: bool = False) -> Tensor:
+def input_variances(x: Tensor, full_spatial: bool = False, gram_exponent: int = 0) -> Tensor:
     """Per-input variances x . x / C over the channel axis, spatial axes kept; with
-    ``full_spatial`` the covariance of every pair of positions of each input."""
+    ``full_spatial`` the covariance of every pair of positions of each input (times
+    2^gram_exponent, see :func:`input_kernel`)."""
     if full_spatial and x.ndim > 2:
-        return _full_gram(x, x, "i")
-    return (x * x).sum(1) / x.shape[1]
+        out = _full_gram(x, x, "i")
+    else:
+        out = (x * x).sum(1) / x.shape[1]
+    return _scale_exactly(out, gram_exponent) if gram_exponent else out
+
+
+def _scale_exactly(t: Tensor, exponent: int) -> Tensor:
+    """t * 2^exponent in place, in steps of powers of two that t's dtype represents."""
+    step = math.frexp(torch.finfo(t.dtype).max)[1] - 2  # 2^step is finite in t's dtype
+    while exponent:
+        e = max(-step, min(step, exponent))
+        t.mul_(2.0**e)
+        exponent -= e
+    return t
 
 
 def slice_pairs(k: Kernel, r0: int, r1: int, c0: int = 0) -> Kernel:

@@ -23,8 +23,9 @@ from torch import Tensor
 
 from widenets.errors import check_finite_real
 from widenets.kernel import Kernel
-from widenets.layers.base import BuildContext, Layer
+from widenets.layers.base import BuildContext, Layer, linear_degree
 from widenets.modules import Elementwise as ElementwiseModule
+from widenets.numerics import SIN_LIMIT, flag_pairs, flag_pairs_below, watching
 
 PI = math.pi
 
@@ -153,6 +154,10 @@ class ABRelu(Activation):
         inv = root.reciprocal()
         return inv.neg(), inv, root * ((self.b - self.a) ** 2 / (2 * PI)), root
 
+    def scaling_degree(self, degree):
+        # phi(s h) = s phi(h) for s > 0: positively homogeneous of degree 1
+        return linear_degree(degree, has_bias=False)
+
     def pair(self, nngp, q1, q2, want_dot):
         if tracks_grad(nngp, q1, q2):  # differentiable (out-of-place) path, e.g. GPyTorch
             s = outer_sqrt(q1, q2)
@@ -162,26 +167,39 @@ class ABRelu(Activation):
         return self._pair_from_roots(nngp, neg_inv1, inv2, scaled1, root2, want_dot)
 
     def pair_of_kernel(self, k: Kernel):
-        if k.pairs is None or tracks_grad(k.nngp, k.cov1, k.cov2):
+        if tracks_grad(k.nngp, k.cov1, k.cov2):
             return super().pair_of_kernel(k)
-        # packed pairs: the square-root factors are formed once per input, then gathered
-        # for each pair (rather than gathering variances and taking roots per pair)
-        f1 = self._root_factors(k.cov1)
-        f2 = f1 if k.cov2 is k.cov1 else self._root_factors(k.cov2)
-        neg_inv1, inv2 = k.gather_pairs(f1[0], f2[1])
-        scaled1, root2 = k.gather_pairs(f1[2], f2[3])
-        return self._pair_from_roots(k.nngp, neg_inv1, inv2, scaled1, root2, k.ntk is not None)
+        if k.pairs is None:
+            q1, q2 = k.pair_variances()
+            f1 = self._root_factors(q1)
+            f2 = f1 if q2 is q1 else self._root_factors(q2)
+            neg_inv1, inv2, scaled1, root2 = f1[0], f2[1], f1[2], f2[3]
+        else:
+            # packed pairs: the square-root factors are formed once per input, then
+            # gathered for each pair (rather than gathering variances and taking roots)
+            f1 = self._root_factors(k.cov1)
+            f2 = f1 if k.cov2 is k.cov1 else self._root_factors(k.cov2)
+            neg_inv1, inv2 = k.gather_pairs(f1[0], f2[1])
+            scaled1, root2 = k.gather_pairs(f1[2], f2[3])
+        return self._pair_from_roots(
+            k.nngp, neg_inv1, inv2, scaled1, root2, k.ntk is not None, watch=watching()
+        )
 
-    def _pair_from_roots(self, nngp, neg_inv1, inv2, scaled1, root2, want_dot):
+    def _pair_from_roots(self, nngp, neg_inv1, inv2, scaled1, root2, want_dot, watch=False):
         """The closed form from -1/sqrt(q1), 1/sqrt(q2), sqrt(q1) coef and sqrt(q2)
-        (whatever their broadcast shapes, the same operations per entry)."""
+        (whatever their broadcast shapes, the same operations per entry). With ``watch``
+        (a tile in reduced precision) the pairs at an angle with sin(theta) < SIN_LIMIT
+        are flagged for recomputation in float64 (``widenets.numerics``)."""
         a, b = self.a, self.b
         coef = (b - a) ** 2 / (2 * PI)
         # -c = -K / sqrt(q1 q2) by two broadcast products (no division over the tile), and
         # phi = pi - theta = arccos(-c), so that sin(theta) = sin(phi): no pass for pi - theta
         neg_c = torch.mul(nngp, neg_inv1).mul_(inv2).clamp_(-1.0, 1.0)
         phi = snap_angles_(torch.acos(neg_c))
-        j = torch.sin(phi).addcmul_(phi, neg_c, value=-1.0)  # sin(theta) + (pi - theta) c
+        j = torch.sin(phi)
+        if watch:
+            flag_pairs_below(j, SIN_LIMIT)
+        j.addcmul_(phi, neg_c, value=-1.0)  # sin(theta) + (pi - theta) c
         out = j.mul_(scaled1).mul_(root2)
         if a != 0.0:
             out.add_(nngp, alpha=a * b)
@@ -270,25 +288,39 @@ class Erf(Activation):
         return self.a * torch.erf(self.b * x) + self.c
 
     def pair(self, nngp, q1, q2, want_dot):
+        return self._pair(nngp, q1, q2, want_dot, False)
+
+    def pair_of_kernel(self, k: Kernel):
+        q1, q2 = k.pair_variances()
+        return self._pair(k.nngp, q1, q2, k.ntk is not None, watching())
+
+    def _pair(self, nngp, q1, q2, want_dot, watch):
+        """With y = 2 b^2 K and D = (1 + 2b^2 q1)(1 + 2b^2 q2) - y^2 = 1 + 2b^2 (q1 + q2)
+        + 4b^4 (q1 q2 - K^2): K' = a^2 (2/pi) atan(y / sqrt(D)) + c^2 and
+        Kdot = a^2 b^2 (4/pi) / sqrt(D). Expanded so, D does not cancel at large variances
+        (the product form loses every digit of D once 2b^2 q passes 1/eps); q1 q2 - K^2 is
+        exactly 0 on the diagonal of a set with itself."""
         b2 = self.b**2
-        d = outer_sqrt(1 + 2 * b2 * q1, 1 + 2 * b2 * q2)  # sqrt((1+2b^2 q1)(1+2b^2 q2))
+        gap = torch.mul(q1, q2)
         if tracks_grad(nngp, q1, q2):  # the same, out of place (differentiable)
-            r = (nngp * (2 * b2) / d).clamp(-1.0, 1.0)
-            out = torch.asin(r) * (self.a**2 * 2 / PI) + self.c**2
-            dot = None
-            if want_dot:
-                one_minus = (1.0 - r * r).clamp_min(0.0)
-                dot = (d * d * one_minus).rsqrt() * (self.a**2 * b2 * 4 / PI)
+            det = (q1 + q2) * (2 * b2) + 1.0 + (gap - nngp * nngp).clamp_min(0.0) * (4 * b2 * b2)
+            root = det.sqrt()
+            out = torch.atan(nngp * (2 * b2) / root) * (self.a**2 * 2 / PI) + self.c**2
+            dot = root.reciprocal() * (self.a**2 * b2 * 4 / PI) if want_dot else None
             return out, dot
-        r = (nngp * (2 * b2)).div_(d).clamp_(-1.0, 1.0)
-        out = torch.asin(r).mul_(self.a**2 * 2 / PI)
+        gap = gap.sub(torch.mul(nngp, nngp)).clamp_min_(0.0).mul_(4 * b2 * b2)
+        det = gap.add_(torch.add(q1, q2).mul_(2 * b2).add_(1.0))
+        y = nngp * (2 * b2)
+        if watch:  # r^2 = y^2 / (y^2 + D) > 3/4: D amplifies K's rounding by r^2 / (1 - r^2)
+            flag_pairs(torch.mul(y, y) > det * 3.0)
+        root = det.sqrt_()
+        # atan(y / sqrt(D)) = asin(y / d), conditioned at any r (atan2 would do, but its
+        # scalar and vectorised CPU paths differ in the last bit, so that a pair's value
+        # would depend on its place in the tile: D > 0, so atan of the ratio is the same)
+        out = torch.atan(y.div_(root)).mul_(self.a**2 * 2 / PI)
         if self.c:
             out.add_(self.c**2)
-        dot = None
-        if want_dot:
-            # (1+2b^2q1)(1+2b^2q2) - 4b^4K^2 = d^2 (1 - r^2)
-            one_minus = torch.mul(r, r).neg_().add_(1.0).clamp_min_(0.0)
-            dot = (d * d).mul_(one_minus).rsqrt_().mul_(self.a**2 * b2 * 4 / PI)
+        dot = root.reciprocal_().mul_(self.a**2 * b2 * 4 / PI) if want_dot else None
         return out, dot
 
 
@@ -298,6 +330,11 @@ class Gelu(Activation):
     With P = q1 q2, P1 = (1 + q1)(1 + q2), delta = sqrt(P1 - K^2) and a = atan2(K, delta):
     K' = K/4 + [(K^2 + P delta^2) / (P1 delta) + K a] / (2 pi),
     Kdot = 1/4 + a / (2 pi) + K / (2 pi delta) [1/delta^2 + (1 - P)/P1 + 1].
+
+    Evaluated without cancellation or overflow at large variances: delta^2 = 1 + q1 + q2 +
+    (q1 q2 - K^2) (exactly 1 + 2q on the diagonal, where P1 - K^2 rounds to 0 once q passes
+    1/eps), (K^2 + P delta^2) / (P1 delta) = K^2 r1 r2 / delta + u1 u2 delta and
+    (1 - P)/P1 + 1 = r1 + r2, with r = 1 / (1 + q) and u = q / (1 + q).
     """
 
     name = "Gelu"
@@ -306,19 +343,27 @@ class Gelu(Activation):
         return torch.nn.functional.gelu(x)
 
     def pair(self, nngp, q1, q2, want_dot):
-        prod = q1 * q2
-        prod1 = (1 + q1) * (1 + q2)
-        delta2 = prod1 - nngp * nngp
-        delta = delta2.clamp_min(0.0).sqrt()
-        angle = torch.atan2(nngp, delta)
-        out = (nngp * nngp + prod * delta2) / (prod1 * delta)
-        out += nngp * angle
-        out /= 2 * PI
-        out += 0.25 * nngp
+        return self._pair(nngp, q1, q2, want_dot, False)
+
+    def pair_of_kernel(self, k: Kernel):
+        q1, q2 = k.pair_variances()
+        return self._pair(k.nngp, q1, q2, k.ntk is not None, watching())
+
+    def _pair(self, nngp, q1, q2, want_dot, watch):
+        r1 = (1 + q1).reciprocal()
+        r2 = r1 if q2 is q1 else (1 + q2).reciprocal()
+        u1, u2 = q1 * r1, q2 * r2
+        k2 = nngp * nngp
+        delta2 = (q1 * q2 - k2).clamp_min(0.0) + (1 + q1 + q2)
+        if watch:  # K^2 / delta^2 amplifies K's rounding in delta
+            flag_pairs(k2 > delta2)
+        delta = delta2.sqrt()
+        angle = torch.atan(nngp / delta)  # = atan2(K, delta), delta >= 1 (see Erf._pair)
+        out = k2 * (r1 * r2) / delta + (u1 * u2) * delta + nngp * angle
+        out = out / (2 * PI) + 0.25 * nngp
         dot = None
         if want_dot:
-            first = 1 / delta2 + (1 - prod) / prod1 + 1
-            first *= nngp / delta / (2 * PI)
+            first = (delta2.reciprocal() + (r1 + r2)) * nngp / delta / (2 * PI)
             dot = first + 0.25 + angle / (2 * PI)
         return out, dot
 
@@ -403,8 +448,21 @@ class Sign(Activation):
     def fn(self, x):
         return torch.sign(x)
 
+    def scaling_degree(self, degree):
+        # sign(s h) = sign(h) for s > 0: scale-invariant
+        return 0 if degree is not None and not isinstance(degree, list) else None
+
+    def pair_of_kernel(self, k: Kernel):
+        q1, q2 = k.pair_variances()
+        return self._pair(k.nngp, q1, q2, k.ntk is not None, watching())
+
     def pair(self, nngp, q1, q2, want_dot):
+        return self._pair(nngp, q1, q2, want_dot, False)
+
+    def _pair(self, nngp, q1, q2, want_dot, watch):
         c = correlation(nngp, outer_sqrt(q1, q2))
+        if watch:  # asin has slope 1 / sqrt(1 - c^2)
+            flag_pairs(torch.mul(c, c) > 1.0 - SIN_LIMIT**2)
         out = torch.asin(c).mul_(2 / PI)
         # a zero-variance input has sign 0: its variance and covariances vanish
         zero = (q1 == 0) | (q2 == 0)
@@ -456,6 +514,11 @@ class Monomial(Activation):
 
     def fn(self, x):
         return x**self.degree
+
+    def scaling_degree(self, degree):
+        if degree is None or isinstance(degree, list):
+            return None
+        return self.degree * degree
 
     def pair(self, nngp, q1, q2, want_dot):
         d = self.degree

@@ -67,6 +67,24 @@ class Layer:
     def children(self) -> tuple[Layer, ...]:
         return ()
 
+    def scaling_degree(self, degree):
+        """Positive homogeneity of this layer's kernel map.
+
+        If multiplying the network's inputs by s > 0 multiplies this layer's input by
+        s^degree (its NNGP, NTK and variances by s^(2 degree)), for every value of the
+        parameters, return the degree of its output likewise, or None if the output does
+        not scale as a power of s. ``degree`` is a number, a list of them (one per branch)
+        or None (the input itself does not scale). The kernel of a network of degree p
+        satisfies K(s x1, s x2) = s^(2p) K(x1, x2), which lets ``Layer.kernel`` compute it
+        on rescaled inputs and undo the scale exactly (by a power of two) when the inputs'
+        Gram matrix would overflow.
+
+        Default: a scale-invariant input (degree 0) gives a scale-invariant output, and
+        anything else is not homogeneous. Linear layers without a bias return ``degree``,
+        ReLU-like activations too, Monomial(d) ``d * degree``, Sign 0.
+        """
+        return 0 if _all_zero(degree) else None
+
     def needs_pixel_pairs(self) -> bool:
         """Whether this layer or any layer inside it mixes spatial positions."""
         return self.mixes_positions or any(c.needs_pixel_pairs() for c in self.children())
@@ -107,13 +125,26 @@ class Layer:
             x1: (N1, C) or (N1, C, *spatial) inputs, channels first.
             x2: (N2, ...) inputs with the same per-example shape, or None for x1 itself.
             get: "nngp", "ntk" or both; the others are left None.
-            dtype: floating dtype of the computation (float64 by default).
+            dtype: floating dtype of the computation (float64 by default). In float32,
+                float16 or bfloat16 the pairs whose closed forms are ill-conditioned in that
+                precision (near-duplicate inputs, at an angle with sin(theta) < 1/4 at some
+                nonlinearity) are recomputed in float64 and rounded, so every entry is within
+                a few ulps of the float64 kernel rounded to ``dtype``.
             batch_size: tile size over x1 (and x2): an int for both or a pair. The result
                 does not depend on it. None picks tiles that keep intermediates small.
             progress: show a progress bar over tiles (None: only for large kernels).
 
         Returns:
             A :class:`Kernel` with ``nngp`` and/or ``ntk`` of shape (N1, N2, ...).
+
+        Raises:
+            ValueError: bad arguments; NaN or inf in x1 or x2 (naming the row); inputs
+                whose Gram matrix x.x / C does not fit ``dtype`` (inputs whose Gram would
+                only overflow on the way are rescaled by a power of two, exactly; so is the
+                whole kernel of a positively homogeneous network, see ``scaling_degree``).
+            NonFiniteKernelError: the kernel came out NaN or inf; the message names the
+                first layer whose output is not finite, whether it overflowed or produced
+                NaN from finite values, and what to do.
         """
         from widenets.compute import evaluate_kernel
 
@@ -165,7 +196,7 @@ class Layer:
         for s in input_shape:
             check_positive_int(s, "input_shape")
         self.out_shape(input_shape)  # shape errors before any parameter is drawn
-        _check_build_args(seed, dtype, init, generator)
+        _check_build_args(seed, dtype, init, generator, device)
         if generator is None:
             generator = torch.Generator()
             if seed is None:
@@ -185,8 +216,8 @@ class Layer:
         return self.name
 
 
-def _check_build_args(seed, dtype, init, generator) -> None:
-    """One-line errors for ``build``'s seed, dtype, init and generator."""
+def _check_build_args(seed, dtype, init, generator, device=None) -> None:
+    """One-line errors for ``build``'s seed, dtype, init, generator and device."""
     import numpy as np
 
     if seed is not None and (
@@ -203,5 +234,29 @@ def _check_build_args(seed, dtype, init, generator) -> None:
             f"wn.init.Uniform(); any object with a weight(shape, fan_in, generator, dtype) "
             f"method), got {init!r}."
         )
+    if device is not None:
+        try:
+            torch.device(device)
+        except (RuntimeError, TypeError):
+            raise ValueError(
+                f"`device` must be None or a torch device such as 'cpu' or 'cuda', got {device!r}."
+            ) from None
     if generator is not None and not isinstance(generator, torch.Generator):
         raise ValueError(f"`generator` must be a torch.Generator or None, got {generator!r}.")
+
+
+def _all_zero(degree) -> bool:
+    """Whether a scaling degree (a number or a list of them) is 0 everywhere."""
+    if isinstance(degree, list):
+        return bool(degree) and all(_all_zero(d) for d in degree)
+    return degree is not None and degree == 0
+
+
+def linear_degree(degree, has_bias: bool):
+    """Scaling degree of a linear layer (Dense, Conv): ``degree`` without a bias; with
+    one, only a scale-invariant input (degree 0) stays scale-invariant."""
+    if isinstance(degree, list) or degree is None:
+        return None
+    if has_bias:
+        return 0 if degree == 0 else None
+    return degree

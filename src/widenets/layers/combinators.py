@@ -11,7 +11,7 @@ from __future__ import annotations
 
 from widenets.errors import check_finite_real, check_positive_int, shape_str
 from widenets.kernel import Kernel
-from widenets.layers.base import BuildContext, Layer
+from widenets.layers.base import BuildContext, Layer, linear_degree
 from widenets.modules import FanInConcat as FanInConcatModule
 from widenets.modules import FanInSum as FanInSumModule
 from widenets.modules import FanOut as FanOutModule
@@ -53,13 +53,21 @@ class Serial(Layer):
             try:
                 shape = layer.out_shape(shape)
             except ValueError as e:
-                raise ValueError(f"layer {i} ({layer!r}) of serial: {e}") from None
+                name = " ".join(repr(layer).split())  # an error message stays on one line
+                raise ValueError(f"layer {i} ({name}) of serial: {e}") from None
         return shape
 
     def kernel_fn(self, k):
         for layer in self.layers:
             k = layer.kernel_fn(k)
         return k
+
+    def scaling_degree(self, degree):
+        for layer in self.layers:
+            degree = layer.scaling_degree(degree)
+            if degree is None:
+                return None
+        return degree
 
     def pair_cost(self, in_shape) -> int:
         cost, shape = 1, in_shape
@@ -120,6 +128,12 @@ class Parallel(Layer):
     def pair_cost(self, in_shape) -> int:
         return max(b.pair_cost(s) for b, s in zip(self.branches, in_shape, strict=True))
 
+    def scaling_degree(self, degree):
+        if not isinstance(degree, list) or len(degree) != len(self.branches):
+            return None
+        out = [b.scaling_degree(d) for b, d in zip(self.branches, degree, strict=True)]
+        return None if any(d is None for d in out) else out
+
     def make_module(self, in_shape, ctx):
         return ParallelModule(
             [b.make_module(s, ctx) for b, s in zip(self.branches, in_shape, strict=True)]
@@ -150,8 +164,23 @@ class FanOut(Layer):
     def kernel_fn(self, k):
         return [k] * self.n
 
+    def scaling_degree(self, degree):
+        if degree is None or isinstance(degree, list):
+            return None
+        return [degree] * self.n
+
     def make_module(self, in_shape, ctx):
         return FanOutModule(self.n)
+
+
+def _merged_degree(degree):
+    """Scaling degree of a sum or concatenation of branches: that of every branch when
+    they agree, else None (branches scaling differently do not scale as one power)."""
+    if not isinstance(degree, list) or not degree or any(d is None for d in degree):
+        return None
+    if any(isinstance(d, list) for d in degree) or len(set(degree)) != 1:
+        return None
+    return degree[0]
 
 
 def _merge_flags(ks: list[Kernel]) -> dict:
@@ -194,6 +223,9 @@ class FanInSum(Layer):
         cov1 = total([k.cov1 for k in ks])
         cov2 = cov1 if same else total([k.cov2 for k in ks])
         return k0.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2, **_merge_flags(ks))
+
+    def scaling_degree(self, degree):
+        return _merged_degree(degree)
 
     def make_module(self, in_shape, ctx):
         return FanInSumModule()
@@ -242,6 +274,9 @@ class FanInConcat(Layer):
             **_merge_flags(ks),
         )
 
+    def scaling_degree(self, degree):
+        return _merged_degree(degree)
+
     def make_module(self, in_shape, ctx):
         return FanInConcatModule()
 
@@ -257,6 +292,9 @@ class Identity(Layer):
 
     def kernel_fn(self, k):
         return k
+
+    def scaling_degree(self, degree):
+        return degree
 
     def make_module(self, in_shape, ctx):
         return IdentityModule()
@@ -283,6 +321,9 @@ class Scale(Layer):
             cov1=cov1,
             cov2=cov1 if k.cov2 is k.cov1 else k.cov2 * c2,
         )
+
+    def scaling_degree(self, degree):
+        return linear_degree(degree, has_bias=False)
 
     def make_module(self, in_shape, ctx):
         return ScaleModule(self.factor)

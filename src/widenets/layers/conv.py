@@ -28,8 +28,8 @@ from widenets.layers._spatial import (
     geometry,
     spatial_dims,
 )
-from widenets.layers.base import BuildContext, Layer
-from widenets.layers.dense import _scale, check_parameterization
+from widenets.layers.base import BuildContext, Layer, linear_degree
+from widenets.layers.dense import _scale, check_parameterization, has_bias
 from widenets.spatial_modules import ConvLayer
 
 
@@ -166,6 +166,9 @@ class Conv(Layer):
             is_gaussian=True,
             is_input=False,
         )
+
+    def scaling_degree(self, degree):
+        return linear_degree(degree, has_bias(self.b_std, self.parameterization))
 
     def make_module(self, in_shape, ctx: BuildContext) -> ConvLayer:
         ks, ss, geoms = self._geometry(in_shape)

@@ -26,7 +26,7 @@ import torch
 from widenets.errors import check_nonnegative, check_positive_int
 from widenets.init_default import draw_bias, draw_weight
 from widenets.kernel import Kernel
-from widenets.layers.base import BuildContext, Layer
+from widenets.layers.base import BuildContext, Layer, linear_degree
 from widenets.modules import DenseLayer
 
 PARAMETERIZATIONS = ("ntk", "standard", "mean_field")
@@ -51,6 +51,16 @@ def _scale(value, name: str, allow_none: bool):
         check_nonnegative(value.detach().item(), name)
         return value
     return check_nonnegative(value, name, allow_none=allow_none)
+
+
+def has_bias(b_std, parameterization: str) -> bool:
+    """Whether a layer's kernel map adds a constant: a bias of nonzero (or tensor) scale,
+    or any bias in the standard parameterisation (whose NTK adds 1 for it)."""
+    if b_std is None:
+        return False
+    if parameterization == "standard" or isinstance(b_std, torch.Tensor):
+        return True
+    return b_std != 0.0
 
 
 def affine(t, w_var: float, b_var: float):
@@ -135,6 +145,9 @@ class Dense(Layer):
             is_gaussian=True,
             is_input=False,
         )
+
+    def scaling_degree(self, degree):
+        return linear_degree(degree, has_bias(self.b_std, self.parameterization))
 
     def make_module(self, in_shape, ctx: BuildContext) -> DenseLayer:
         fan_in = in_shape[0]

@@ -20,7 +20,7 @@ from torch import nn
 
 from widenets.errors import check_nonnegative
 from widenets.kernel import Kernel, interleave, spatial_diagonal
-from widenets.layers.base import BuildContext, Layer
+from widenets.layers.base import BuildContext, Layer, linear_degree
 from widenets.spatial_modules import LayerNormModule
 
 NORM_AXES = ("channels", "channels+space")
@@ -101,6 +101,12 @@ class LayerNorm(Layer):
         cov2 = cov1 if k.cov2 is k.cov1 else k.cov2 * own(r2)
         return k.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2)
 
+    def scaling_degree(self, degree):
+        # K / sqrt(q1 q2) is scale-invariant without eps; with it, only at degree 0
+        if self.eps == 0.0 and not isinstance(degree, list) and degree is not None:
+            return 0
+        return super().scaling_degree(degree)
+
     def make_module(self, in_shape, ctx: BuildContext):
         return LayerNormModule(self.over == "channels+space", self.eps)
 
@@ -175,6 +181,9 @@ class Dropout(Layer):
             cov2=cov1 if k.cov2 is k.cov1 else self_cov(k.cov2),
             is_gaussian=False,
         )
+
+    def scaling_degree(self, degree):
+        return linear_degree(degree, has_bias=False)
 
     def make_module(self, in_shape, ctx: BuildContext):
         return nn.Dropout(self.rate) if self.mode == "train" else nn.Identity()

@@ -24,7 +24,7 @@ from widenets.layers._spatial import (
     pool_window_sum,
     spatial_dims,
 )
-from widenets.layers.base import BuildContext, Layer
+from widenets.layers.base import BuildContext, Layer, linear_degree
 from widenets.spatial_modules import AvgPoolModule, FlattenModule, GlobalAvgPoolModule
 
 
@@ -96,6 +96,9 @@ class AvgPool(Layer):
         out = (k.shape1[0], *(g[0] for g in geoms))
         return k.replace(**_map(k, pool), shape1=out, shape2=out)
 
+    def scaling_degree(self, degree):
+        return linear_degree(degree, has_bias=False)
+
     def make_module(self, in_shape, ctx: BuildContext):
         ks, ss, geoms = self._geometry(in_shape)
         pads = tuple((lo, hi) for _, lo, hi in geoms)
@@ -126,6 +129,9 @@ class GlobalAvgPool(Layer):
 
         out = (k.shape1[0],)
         return k.replace(**_map(k, mean), shape1=out, shape2=out, full_spatial=False)
+
+    def scaling_degree(self, degree):
+        return linear_degree(degree, has_bias=False)
 
     def make_module(self, in_shape, ctx: BuildContext):
         return GlobalAvgPoolModule()
@@ -162,6 +168,9 @@ class Flatten(Layer):
 
         out = (math.prod(k.shape1),)
         return k.replace(**_map(k, mean_diag), shape1=out, shape2=out, full_spatial=False)
+
+    def scaling_degree(self, degree):
+        return linear_degree(degree, has_bias=False)
 
     def make_module(self, in_shape, ctx: BuildContext):
         return FlattenModule()

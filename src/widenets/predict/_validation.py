@@ -127,6 +127,8 @@ def as_times(t) -> tuple[Tensor, bool]:
     if isinstance(t, numbers.Real):
         ts = torch.tensor([float(t)], dtype=torch.float64)
         is_vector = False
+    elif isinstance(t, (str, bytes)):
+        raise TypeError(f"`t` must be a number >= 0, None, or a 1-D array of times, got {t!r}.")
     else:
         ts = as_real_tensor(t, "t")
         if ts.ndim > 1:

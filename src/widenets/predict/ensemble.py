@@ -8,7 +8,7 @@ import torch
 from torch import Tensor
 
 from widenets.predict import _validation as v
-from widenets.predict._linalg import Spectrum, regularize
+from widenets.predict._linalg import Spectrum, regularize, warn_if_ill_conditioned
 
 
 def _train_kernel(k, g: str, n: int | None) -> Tensor:
@@ -145,6 +145,19 @@ def ensemble_from_kernels(
                 ve = vecs[None] * d[:, None, :]
                 cov = ve @ p @ ve.transpose(1, 2)
         else:
+            # a train kernel in reduced precision too ill-conditioned for the solve: warn
+            kept = spec.evals[spec.evals > spec.cutoff]
+            lam_max = float(spec.evals.max())
+            warn_if_ill_conditioned(
+                train[g].dtype,
+                lam_max,
+                float(kept.min()) if len(kept) else lam_max,
+                float(train[g].diagonal().to(torch.float64).mean()),
+                diag_reg=diag_reg,
+                absolute=diag_reg_absolute_scale,
+                name=f"k_train_train.{g}",
+                tau=float(tau.max()),
+            )
             kv = test[g].to(torch.float64) @ vecs
             h = spec.growth_over_e(tau)
             mean = torch.einsum("mi,ti,io->tmo", kv, h, r)

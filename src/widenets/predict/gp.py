@@ -5,8 +5,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from widenets.numerics import is_reduced
 from widenets.predict import _validation as v
-from widenets.predict._linalg import cholesky, regularize
+from widenets.predict._linalg import (
+    cholesky,
+    extreme_eigenvalues,
+    regularize,
+    warn_if_ill_conditioned,
+)
 
 
 def gp_inference(
@@ -49,13 +55,32 @@ def gp_inference(
     Raises:
         ValueError: bad shapes, NaN/inf, negative ``diag_reg``, or a regularised
             ``k_train_train`` that is not positive definite (increase ``diag_reg``).
+
+    Warns:
+        ReducedPrecisionWarning: ``k_train_train`` is float32/float16/bfloat16 and its
+            estimated condition number times the dtype's eps exceeds 1e-2, so that its
+            own rounding may change the test prediction by more than ~1% (the message
+            says by how much and which ``diag_reg`` would bound it).
     """
     k_dd, y, k_td, k_tt, diag_reg, dtype = v.posterior_inputs(
         k_train_train, y_train, k_test_train, k_test_test, diag_reg
     )
     n = k_dd.shape[0]
 
-    chol = cholesky(regularize(k_dd, diag_reg, diag_reg_absolute_scale))
+    k_reg = regularize(k_dd, diag_reg, diag_reg_absolute_scale)
+    chol = cholesky(k_reg, dtype=k_dd.dtype)
+    if k_test_train is not None and is_reduced(k_dd.dtype):
+        # a kernel in reduced precision: is its rounding amplified past ~1% by the solve?
+        # (at the training points themselves the perturbation cancels: K K^-1 y = y)
+        lam_max, lam_min = extreme_eigenvalues(k_reg, chol)
+        warn_if_ill_conditioned(
+            k_dd.dtype,
+            lam_max,
+            lam_min,
+            float(k_dd.diagonal().to(torch.float64).mean()),
+            diag_reg=diag_reg,
+            absolute=diag_reg_absolute_scale,
+        )
     y2 = y.to(torch.float64).reshape(n, -1)
     k_td64 = k_td.to(torch.float64)
     mean = k_td64 @ torch.cholesky_solve(y2, chol)

@@ -5,8 +5,14 @@ from __future__ import annotations
 import torch
 from torch import Tensor
 
+from widenets.numerics import is_reduced
 from widenets.predict import _validation as v
-from widenets.predict._linalg import Spectrum, regularize
+from widenets.predict._linalg import (
+    Spectrum,
+    extreme_eigenvalues,
+    regularize,
+    warn_if_ill_conditioned,
+)
 
 
 class GradientDescentMSEPredictor:
@@ -54,6 +60,10 @@ class GradientDescentMSEPredictor:
         self._k_reg = regularize(k_dd, diag_reg, diag_reg_absolute_scale)
         self._spectrum = None
         self._cholesky = None
+        # for the warning on a train kernel in reduced precision (``_check_conditioning``)
+        self._kernel_dtype = k_dd.dtype
+        self._diag_reg = (diag_reg, diag_reg_absolute_scale)
+        self._mean_diag = float(k_dd.diagonal().to(torch.float64).mean())
 
     @property
     def spectrum(self) -> Spectrum:
@@ -78,6 +88,31 @@ class GradientDescentMSEPredictor:
         if self._cholesky is False:
             return None
         return torch.cholesky_solve(rhs, self._cholesky)
+
+    def _check_conditioning(self, ts: Tensor, by_cholesky: bool) -> None:
+        """ReducedPrecisionWarning if the train kernel is float32 (or half) and too
+        ill-conditioned for test outputs at times ``ts`` (see ``warn_if_ill_conditioned``):
+        estimated from the Cholesky factor at t = inf, else from the eigenvalues."""
+        if not is_reduced(self._kernel_dtype):
+            return
+        tau = float((ts * self._rate).max())
+        if by_cholesky:
+            lam_max, lam_min = extreme_eigenvalues(self._k_reg, self._cholesky)
+        else:
+            spec = self.spectrum
+            kept = spec.evals[spec.evals > spec.cutoff]  # the pseudo-inverse drops the rest
+            lam_max = float(spec.evals.max())
+            lam_min = float(kept.min()) if len(kept) else lam_max
+        reg, absolute = self._diag_reg
+        warn_if_ill_conditioned(
+            self._kernel_dtype,
+            lam_max,
+            lam_min,
+            self._mean_diag,
+            diag_reg=reg,
+            absolute=absolute,
+            tau=tau,
+        )
 
     def _residual_in_eigenbasis(self, fx_train_0) -> tuple[Tensor, Tensor]:
         """f_train(0) as (N, O) and V^T (y - f_train(0))."""
@@ -110,6 +145,7 @@ class GradientDescentMSEPredictor:
             f0 = v.as_initial_outputs(fx_train_0, self.y_shape, "fx_train_0", device=self.device)
             alpha = self._converged_solve(self._y - f0.reshape(self._y.shape))
             if alpha is not None:  # t = inf: kernel ridge regression by Cholesky
+                self._check_conditioning(ts, by_cholesky=True)
                 out = ft0.reshape(k_td.shape[0], -1) + k_td.to(torch.float64) @ alpha
                 out = out[None].expand(ts.shape[0], *out.shape)
                 dtype = self.dtype
@@ -117,6 +153,7 @@ class GradientDescentMSEPredictor:
                     dtype = torch.promote_types(dtype, k_td.dtype)
                 return self._finish(out, shape, is_vector, dtype)
         _, r = self._residual_in_eigenbasis(fx_train_0)
+        self._check_conditioning(ts, by_cholesky=False)
         h = self.spectrum.growth_over_e(ts * self._rate)
         kv = k_td.to(torch.float64) @ self.spectrum.evecs
         out = ft0.reshape(k_td.shape[0], -1)[None] + torch.einsum("mi,ti,io->tmo", kv, h, r)
