@@ -10,10 +10,12 @@ Cases (NNGP + NTK, float64):
 
 Settings:
 
-- ``widenets``: the library as it is (its tiles spread over a pool of threads, each running
-  torch with one intra-op thread, so that no thread spins waiting for a preempted one);
-- ``widenets, one pool thread``: tiles one after another with torch's own threads, as
-  before this change (``widenets.compute.TILE_WORKERS = 1``): the baseline of the quiet time;
+- ``widenets``: the library as it is: on a quiet machine tiles one after another on torch's
+  threads; when another process is running, tiles spread over a pool of threads, each
+  running torch with one intra-op thread, so that no thread spins waiting for a preempted
+  one (``widenets._pool``);
+- ``widenets, one pool thread``: tiles one after another with torch's own threads, whatever
+  the load, as before the pool (``widenets.compute.TILE_WORKERS = 1``): the baseline;
 - ``Neural Tangents`` 0.6.5 (jitted, its default threads), when /tmp/nt-venv exists.
 
 The busy process (``--load``) is one CPU-bound pure-Python loop (``python``) or another torch
@@ -136,7 +138,7 @@ CASES = {
     "gap": "CNN + GlobalAvgPool (5 conv layers, 8x8, N = 32 with itself)",
     "flatten": "CNN + Flatten (5 conv layers, 16x16, 64 against 64)",
 }
-SETTINGS = {"widenets": 0, "widenets, one pool thread": 1}
+SETTINGS = {"widenets": 0, "widenets, one pool thread": 1}  # 0: decided per call
 
 
 def _nt_data() -> str:

@@ -16,11 +16,13 @@ are sized so that one tile's pixel-pair tensors stay bounded (never all pairs at
 from __future__ import annotations
 
 import math
+import threading
 
 import torch
 from torch import Tensor
 
 from widenets._malloc import keep_freed_memory
+from widenets._pool import default_workers, others_running, run_tasks
 from widenets.errors import NonFiniteKernelError, check_get, shape_str
 from widenets.kernel import Kernel, input_kernel, input_variances, slice_pairs
 from widenets.numerics import (
@@ -66,6 +68,16 @@ WIDE_NUMEL = 1 << 20
 MIN_WIDE_ROWS = 16
 #: above this many pair-scalars a progress bar is shown by default
 PROGRESS_NUMEL = 1 << 26
+#: threads of the tile pool (``widenets._pool``). None: decided per call, tiles one after
+#: another on torch's own intra-op threads on a quiet machine, and one thread per CPU that
+#: torch may use (``torch.get_num_threads()``, at most the CPUs of this process) when another
+#: process is running; 1: always one after another
+TILE_WORKERS: int | None = None
+#: with several threads, tiles are made small enough that each thread gets this many, so
+#: that a thread slowed by another process holds up little; but not below MIN_TASK_NUMEL
+#: pair-scalars, where per-operation overhead would dominate
+TASKS_PER_WORKER = 4
+MIN_TASK_NUMEL = 1 << 15
 
 
 def check_batch_size(batch_size) -> tuple[int, int]:
@@ -188,6 +200,9 @@ def evaluate_kernel(
         budget = max(TILE_NUMEL_FULL, min(MIN_PAIRS_FULL * cost, 2 * TILE_NUMEL_FULL))
     elif spatial and not same:
         budget = WIDE_NUMEL
+    workers = _workers(x1)
+    if batch_size is None:
+        budget = _task_budget(budget, n1 * n2 * cost // (2 if same else 1), workers)
     b1, b2 = _tile_sizes(
         n1,
         n2,
@@ -200,6 +215,8 @@ def evaluate_kernel(
     )
 
     rows_per_block = b1 * max(1, BLOCK_NUMEL // max(1, b1 * b2 * cost))
+    if workers > 1:  # one task per tile: the pool takes tiles, not blocks of them
+        rows_per_block = b1
     blocks = []  # (row start, row end, column start)
     for i0 in range(0, n1, rows_per_block):
         i1 = min(i0 + rows_per_block, n1)
@@ -220,58 +237,56 @@ def evaluate_kernel(
     # in float64 (``widenets.numerics``); every tile adds its sum to a finiteness check
     refine = _Refiner(layer, prep, names, dtype, same, full, cost)
     check = FiniteCheck()
+    out = _Outputs(n1, n2, dtype, compute_ntk, same)
 
-    nngp_out = ntk_out = cov1 = cov2 = None
-    last = None
-    with _progress_bar(n_tiles, progress, n1 * n2 * cost) as bar:
-        for b0, b_end, j0 in blocks:
-            j1 = min(j0 + b2, n2)
-            offset = (b0 - j0) if same and b0 < j1 and j0 < b_end else None
-            block = input_kernel(
-                x1[b0:b_end],
-                x2[j0:j1],
-                diagonal_offset=offset,
-                compute_ntk=compute_ntk,
-                cov1=None if full else var1[b0:b_end],
-                cov2=None if full else var2[j0:j1],
-                full_spatial=full,
-                gram_exponent=gram_exponent,
-            )
-            for r0 in range(0, b_end - b0, b1):
-                r1 = min(r0 + b1, b_end - b0)
-                i0, i1 = b0 + r0, b0 + r1
-                # on a set with itself, a tile needs only the columns from its own diagonal
-                c0 = max(0, i0 - j0) if same else 0
-                if c0 >= j1 - j0:  # wholly below the diagonal: mirrored from another tile
+    def run_block(task):
+        b0, b_end, j0 = task
+        j1 = min(j0 + b2, n2)
+        offset = (b0 - j0) if same and b0 < j1 and j0 < b_end else None
+        block = input_kernel(
+            x1[b0:b_end],
+            x2[j0:j1],
+            diagonal_offset=offset,
+            compute_ntk=compute_ntk,
+            cov1=None if full else var1[b0:b_end],
+            cov2=None if full else var2[j0:j1],
+            full_spatial=full,
+            gram_exponent=gram_exponent,
+        )
+        for r0 in range(0, b_end - b0, b1):
+            r1 = min(r0 + b1, b_end - b0)
+            i0, i1 = b0 + r0, b0 + r1
+            # on a set with itself, a tile needs only the columns from its own diagonal
+            c0 = max(0, i0 - j0) if same else 0
+            if c0 >= j1 - j0:  # wholly below the diagonal: mirrored from another tile
+                continue
+            with watch_pairs(refine.enabled) as watch:
+                k = _one_kernel(layer.kernel_fn(slice_pairs(block, r0, r1, c0)))
+            nngp_out, ntk_out, cov1, cov2 = out.allocate(k)
+            cs = j0 + c0
+            for o, t in ((nngp_out, k.nngp), (ntk_out, k.ntk)):
+                if o is None:
                     continue
-                with watch_pairs(refine.enabled) as watch:
-                    k = _one_kernel(layer.kernel_fn(slice_pairs(block, r0, r1, c0)))
-                if nngp_out is None:
-                    tail = tuple(k.nngp.shape[2:])
-                    nngp_out = torch.empty((n1, n2, *tail), dtype=dtype)
-                    if compute_ntk:
-                        ntk_out = torch.empty((n1, n2, *tail), dtype=dtype)
-                    cov1 = torch.empty((n1, *k.cov1.shape[1:]), dtype=dtype)
-                    cov2 = cov1 if same else torch.empty((n2, *k.cov2.shape[1:]), dtype=dtype)
-                cs = j0 + c0
-                for out, t in ((nngp_out, k.nngp), (ntk_out, k.ntk)):
-                    if out is None:
-                        continue
-                    out[i0:i1, cs:j1] = t
-                    if same and j1 > i1:  # mirror below the diagonal while the tile is hot
-                        m0 = max(cs, i1)
-                        out[m0:j1, i0:i1] = _swap_pairs(t[:, m0 - cs :], k.full_spatial)
-                if j0 + c0 == (i0 if same else 0):
-                    cov1[i0:i1] = k.cov1
-                if not same and b0 == 0 and r0 == 0:
-                    cov2[j0:j1] = k.cov2
+                o[i0:i1, cs:j1] = t
+                if same and j1 > i1:  # mirror below the diagonal while the tile is hot
+                    m0 = max(cs, i1)
+                    o[m0:j1, i0:i1] = _swap_pairs(t[:, m0 - cs :], k.full_spatial)
+            if j0 + c0 == (i0 if same else 0):
+                cov1[i0:i1] = k.cov1
+            if not same and b0 == 0 and r0 == 0:
+                cov2[j0:j1] = k.cov2
+            with out.lock:
                 check.add(k.nngp)
                 check.add(k.ntk)
                 if watch.mask is not None:
                     gi, gj = _flagged_cells(watch.mask, i0 - cs if same else None, i0, cs)
                     refine(gi, gj, nngp_out, ntk_out, check, k.full_spatial)
-                last = k
+                out.last = k
                 bar.update()
+
+    with _progress_bar(n_tiles, progress, n1 * n2 * cost) as bar:
+        run_tasks(blocks, run_block, workers)
+    nngp_out, ntk_out, cov1, cov2, last = out.nngp, out.ntk, out.cov1, out.cov2, out.last
 
     if same:
         for out in (nngp_out, ntk_out):
@@ -279,6 +294,54 @@ def evaluate_kernel(
                 _symmetrize_diagonal_blocks(out, b1, last.full_spatial)
     result = _assembled(names, nngp_out, ntk_out, cov1, cov2, last, same)
     return _checked(result, layer, prep, check, full)
+
+
+class _Outputs:
+    """The whole kernel's tensors, allocated (on the CPU) when the first tile tells their
+    shape; tiles write disjoint slices of them from the pool's threads."""
+
+    def __init__(self, n1, n2, dtype, compute_ntk, same):
+        self.n1, self.n2, self.dtype, self.compute_ntk, self.same = n1, n2, dtype, compute_ntk, same
+        self.nngp = self.ntk = self.cov1 = self.cov2 = self.last = None
+        self.lock = threading.Lock()
+
+    def allocate(self, k: Kernel):
+        with self.lock:
+            if self.nngp is None:
+                tail = tuple(k.nngp.shape[2:])
+                shape = (self.n1, self.n2, *tail)
+                self.ntk = torch.empty(shape, dtype=self.dtype) if self.compute_ntk else None
+                self.cov1 = torch.empty((self.n1, *k.cov1.shape[1:]), dtype=self.dtype)
+                self.cov2 = (
+                    self.cov1
+                    if self.same
+                    else torch.empty((self.n2, *k.cov2.shape[1:]), dtype=self.dtype)
+                )
+                self.nngp = torch.empty(shape, dtype=self.dtype)  # last: the flag
+        return self.nngp, self.ntk, self.cov1, self.cov2
+
+
+def _workers(x: Tensor) -> int:
+    """Threads of the tile pool: ``TILE_WORKERS`` if set; else one (torch's own threads) on
+    a quiet machine and one per CPU torch may use when another process is running; one for
+    inputs on a GPU (its own queue orders the work)."""
+    if x.device.type != "cpu":
+        return 1
+    if TILE_WORKERS is not None:
+        return TILE_WORKERS
+    workers = default_workers()
+    if workers > 1 and not others_running():
+        return 1
+    return workers
+
+
+def _task_budget(budget: int, total: int, workers: int) -> int:
+    """A tile budget small enough that ``total`` pair-scalars make at least
+    TASKS_PER_WORKER tiles for each of the pool's threads (when there are several), and no
+    smaller than MIN_TASK_NUMEL."""
+    if workers <= 1:
+        return budget
+    return max(1, min(budget, max(MIN_TASK_NUMEL, total // (TASKS_PER_WORKER * workers))))
 
 
 def _flagged_cells(mask: Tensor, offset, row0: int, col0: int) -> tuple[Tensor, Tensor]:
@@ -529,59 +592,59 @@ def _evaluate_packed(layer, x: Tensor, names, dtype, cost: int, progress, prep) 
     n = x.shape[0]
     compute_ntk = "ntk" in names
     var = input_variances(x, gram_exponent=prep.gram_exponent)
-    tiles = _packed_tiles(n, max(1, PACKED_NUMEL // max(1, cost)))
+    workers = _workers(x)
+    budget = _task_budget(PACKED_NUMEL, n * n * cost // 2, workers)
+    tiles = _packed_tiles(n, max(1, budget // max(1, cost)))
     refine = _Refiner(layer, prep, names, dtype, True, False, cost)
     check = FiniteCheck()
-    nngp_out = ntk_out = cov_out = last = None
-    with _progress_bar(len(tiles), progress, n * n * cost) as bar:
-        for r0, r1, c0, c1 in tiles:
-            rows, cols = r1 - r0, c1 - c0
-            on_diagonal = c0 == r0
-            block = input_kernel(
-                x[r0:r1],
-                x[c0:c1],
-                diagonal_offset=0 if on_diagonal else None,
-                compute_ntk=compute_ntk and not on_diagonal,
-                cov1=var[r0:r1],
-                cov2=var[c0:c1],
-                gram_exponent=prep.gram_exponent,
+    out = _Outputs(n, n, dtype, compute_ntk, True)
+
+    def run_tile(tile):
+        r0, r1, c0, c1 = tile
+        rows, cols = r1 - r0, c1 - c0
+        on_diagonal = c0 == r0
+        block = input_kernel(
+            x[r0:r1],
+            x[c0:c1],
+            diagonal_offset=0 if on_diagonal else None,
+            compute_ntk=compute_ntk and not on_diagonal,
+            cov1=var[r0:r1],
+            cov2=var[c0:c1],
+            gram_exponent=prep.gram_exponent,
+        )
+        if on_diagonal:  # the pairs i <= j, listed
+            i, j = torch.triu_indices(rows, cols, device=x.device)
+            nngp = block.nngp.reshape(rows * cols, *block.nngp.shape[2:])
+            nngp = nngp.index_select(0, i * cols + j).unsqueeze(1)
+            cov = var[c0:c1]
+            block = block.replace(
+                nngp=nngp,
+                ntk=nngp.new_zeros(()).expand_as(nngp) if compute_ntk else None,
+                cov1=cov,
+                cov2=cov,
+                x1_is_x2=True,
+                diagonal_offset=None,
+                pairs=(i, j),
             )
-            if on_diagonal:  # the pairs i <= j, listed
-                i, j = torch.triu_indices(rows, cols, device=x.device)
-                nngp = block.nngp.reshape(rows * cols, *block.nngp.shape[2:])
-                nngp = nngp.index_select(0, i * cols + j).unsqueeze(1)
-                cov = var[c0:c1]
-                block = block.replace(
-                    nngp=nngp,
-                    ntk=nngp.new_zeros(()).expand_as(nngp) if compute_ntk else None,
-                    cov1=cov,
-                    cov2=cov,
-                    x1_is_x2=True,
-                    diagonal_offset=None,
-                    pairs=(i, j),
-                )
-            with watch_pairs(refine.enabled) as watch:
-                k = _one_kernel(layer.kernel_fn(block))
-            if nngp_out is None:
-                tail = tuple(k.nngp.shape[2:])
-                nngp_out = torch.empty((n, n, *tail), dtype=dtype)
-                ntk_out = torch.empty((n, n, *tail), dtype=dtype) if compute_ntk else None
-                cov_out = torch.empty((n, *k.cov1.shape[1:]), dtype=dtype)
-            # the whole kernel is assembled on the CPU, as the tiled path does
+        with watch_pairs(refine.enabled) as watch:
+            k = _one_kernel(layer.kernel_fn(block))
+        nngp_out, ntk_out, cov_out, _ = out.allocate(k)
+        # the whole kernel is assembled on the CPU, as the tiled path does
+        if on_diagonal:
+            cov_out[r0:r1] = k.cov1[:rows]
+            ic, jc = i.cpu() + r0, j.cpu() + c0
+            upper, lower = ic * n + jc, jc * n + ic
+        for o, t in ((nngp_out, k.nngp), (ntk_out, k.ntk)):
+            if o is None:
+                continue
             if on_diagonal:
-                cov_out[r0:r1] = k.cov1[:rows]
-                ic, jc = i.cpu() + r0, j.cpu() + c0
-                upper, lower = ic * n + jc, jc * n + ic
-            for out, t in ((nngp_out, k.nngp), (ntk_out, k.ntk)):
-                if out is None:
-                    continue
-                if on_diagonal:
-                    flat, t = out.view(n * n, -1), t.reshape(len(i), -1).to(out.device)
-                    flat.index_copy_(0, upper, t)
-                    flat.index_copy_(0, lower, t)
-                else:  # above the diagonal: mirrored below it
-                    out[r0:r1, c0:c1] = t
-                    out[c0:c1, r0:r1] = t.transpose(0, 1)
+                flat, t = o.view(n * n, -1), t.reshape(len(i), -1).to(o.device)
+                flat.index_copy_(0, upper, t)
+                flat.index_copy_(0, lower, t)
+            else:  # above the diagonal: mirrored below it
+                o[r0:r1, c0:c1] = t
+                o[c0:c1, r0:r1] = t.transpose(0, 1)
+        with out.lock:
             check.add(k.nngp)
             check.add(k.ntk)
             if watch.mask is not None:
@@ -591,8 +654,12 @@ def _evaluate_packed(layer, x: Tensor, names, dtype, cost: int, progress, prep) 
                 else:
                     gi, gj = _flagged_cells(watch.mask, None, r0, c0)
                 refine(gi, gj, nngp_out, ntk_out, check, False)
-            last = k
+            out.last = k
             bar.update()
+
+    with _progress_bar(len(tiles), progress, n * n * cost) as bar:
+        run_tasks(tiles, run_tile, workers)
+    nngp_out, ntk_out, cov_out, last = out.nngp, out.ntk, out.cov1, out.last
     result = _assembled(names, nngp_out, ntk_out, cov_out, cov_out, last, True)
     return _checked(result, layer, prep, check, False)
 

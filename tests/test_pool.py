@@ -1,0 +1,130 @@
+"""Tiles on the thread pool: the kernel of tiles one after another (to the last few bits: a
+matrix product's rounding depends on its shape and thread count), torch's thread setting
+restored, errors raised in the caller."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import torch
+
+import widenets as wn
+import widenets.compute as compute
+from widenets._pool import one_intra_op_thread, run_tasks
+
+
+def _nets():
+    conv = []
+    for _ in range(3):
+        conv += [wn.Conv(4, (3, 3), w_std=1.4, b_std=0.1), wn.Relu()]
+    return {
+        "fc": (
+            wn.serial(wn.Dense(8, w_std=1.5, b_std=0.05), wn.Erf(), wn.Dense(1, w_std=1.5)),
+            (40, 7),
+        ),
+        "cnn flatten (packed)": (wn.serial(*conv, wn.Flatten(), wn.Dense(1)), (20, 2, 6, 6)),
+        "cnn gap (full layout)": (wn.serial(*conv, wn.GlobalAvgPool(), wn.Dense(1)), (10, 2, 5, 5)),
+    }
+
+
+@pytest.fixture
+def workers(monkeypatch):
+    def set_to(n):
+        monkeypatch.setattr(compute, "TILE_WORKERS", n)
+
+    return set_to
+
+
+@pytest.mark.parametrize("name", list(_nets()))
+@pytest.mark.parametrize("two_sets", [False, True])
+def test_pool_gives_the_kernel_of_one_thread(name, two_sets, workers, monkeypatch):
+    net, shape = _nets()[name]
+    g = torch.Generator().manual_seed(2)
+    x = torch.randn(*shape, generator=g, dtype=torch.float64)
+    x2 = torch.randn(*shape, generator=g, dtype=torch.float64) if two_sets else None
+    workers(1)
+    ref = net.kernel(x, x2)
+    workers(3)
+    monkeypatch.setattr(compute, "MIN_TASK_NUMEL", 1)  # many small tiles
+    seen = set()
+    real = compute._one_kernel
+
+    def spy(k):
+        seen.add(threading.current_thread().name)
+        return real(k)
+
+    monkeypatch.setattr(compute, "_one_kernel", spy)
+    got = net.kernel(x, x2)
+    assert any(n.startswith("widenets-tiles-") for n in seen), seen  # the pool ran
+    for a, b in ((got.nngp, ref.nngp), (got.ntk, ref.ntk), (got.cov1, ref.cov1)):
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=1e-15)
+
+
+def test_thread_setting_is_restored_even_after_an_error(workers):
+    before = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        workers(2)
+        net = wn.serial(wn.Dense(4), wn.Elementwise(torch.log), wn.Dense(1))
+        x = torch.randn(300, 3, dtype=torch.float64)
+        with pytest.raises(wn.NonFiniteKernelError, match="Elementwise"):
+            net.kernel(x)
+        assert torch.get_num_threads() == 2
+        with one_intra_op_thread():
+            assert torch.get_num_threads() == 1
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(before)
+
+
+def test_run_tasks_runs_each_task_once_and_raises_the_first_error():
+    done = []
+    lock = threading.Lock()
+
+    def fn(i):
+        with lock:
+            done.append(i)
+
+    run_tasks(list(range(50)), fn, workers=3)
+    assert sorted(done) == list(range(50))
+
+    def boom(i):
+        if i == 7:
+            raise RuntimeError("tile 7")
+
+    with pytest.raises(RuntimeError, match="tile 7"):
+        run_tasks(list(range(20)), boom, workers=2)
+
+
+def test_the_pool_is_used_only_when_another_process_is_running(monkeypatch):
+    x = torch.zeros(3, 2)
+    monkeypatch.setattr(compute, "TILE_WORKERS", None)
+    monkeypatch.setattr(compute, "default_workers", lambda: 2)
+    monkeypatch.setattr(compute, "others_running", lambda: 0)
+    assert compute._workers(x) == 1  # quiet: torch's own threads, as before the pool
+    monkeypatch.setattr(compute, "others_running", lambda: 1)
+    assert compute._workers(x) == 2
+    monkeypatch.setattr(compute, "others_running", lambda: None)  # unknown: quiet
+    assert compute._workers(x) == 1
+    monkeypatch.setattr(compute, "TILE_WORKERS", 3)
+    assert compute._workers(x) == 3
+
+
+def test_others_running_sees_a_busy_process():
+    import subprocess
+    import sys
+    import time
+
+    from widenets._pool import others_running
+
+    busy = subprocess.Popen(
+        [sys.executable, "-c", "import time\nend = time.time() + 20\nwhile time.time() < end: pass"]
+    )
+    try:
+        time.sleep(0.3)
+        # the busy loop is runnable whenever we look (one look may fall between its slices)
+        assert max(others_running() or 0 for _ in range(20)) >= 1
+    finally:
+        busy.kill()
+        busy.wait()
