@@ -19,3 +19,13 @@ def inputs():
     g = torch.Generator().manual_seed(1234)
     x = torch.randn(7, 4, generator=g, dtype=torch.float64)
     return x * torch.linspace(0.6, 1.4, 7, dtype=torch.float64)[:, None]
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():
+    """Tiny networks (the study tests): one thread avoids OpenMP contention on a shared
+    machine; torch's setting is restored after the module."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

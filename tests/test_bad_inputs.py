@@ -307,7 +307,11 @@ for name, call, pattern in [
         lambda: wn.serial(wn.Dense(4), wn.Elementwise(torch.log), wn.Dense(1)).kernel(X),
         r"layer 1 \(Elementwise\(log.*not defined for negative inputs",
     ),
-    ("ReLU with bias on 1e155 inputs", lambda: fc().kernel(X * 1e155), r"`x1` overflows torch.float64.*Rescale the inputs"),
+    (
+        "ReLU with bias on 1e155 inputs",
+        lambda: fc().kernel(X * 1e155),
+        r"`x1` overflows torch.float64.*Rescale the inputs",
+    ),
     ("homogeneous ReLU on 1e155 inputs", lambda: FCNB.kernel(X * 1e155), r"exceed the range"),
     (
         "float16 raw pixels",
