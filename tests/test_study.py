@@ -11,22 +11,11 @@ import torch
 from typer.testing import CliRunner
 
 import widenets as wn
+from _tiny_study import TINY as _BASE
 from widenets.cli import app
 from widenets.study import StudyError, stages
 
-TINY = {
-    "data": "digits",
-    "n_train": 60,
-    "n_test": 40,
-    "widths": [8, 32],
-    "seeds": 2,
-    "steps": 8,
-    "n_checkpoints": 4,
-    "n_times": 5,
-    "regime_points": 10,
-    "sgd_batch_size": 20,
-    "diag_reg_sweep": [0.0, 0.01],
-}
+TINY = _BASE
 TOML = """
 data = "digits"
 n_train = 60

@@ -12,22 +12,10 @@ import pytest
 import torch
 
 import widenets as wn
+from _tiny_study import TINY as _BASE
 from widenets.study import config, findings, stages
 
-TINY = {
-    "data": "digits",
-    "n_train": 60,
-    "n_test": 40,
-    "widths": [8, 32],
-    "seeds": 2,
-    "steps": 8,
-    "n_checkpoints": 4,
-    "n_times": 5,
-    "regime_points": 10,
-    "sgd_batch_size": 0,
-    "linearize": False,
-    "diag_reg_sweep": [0.0, 0.01],
-}
+TINY = {**_BASE, "sgd_batch_size": 0, "linearize": False}
 
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")

@@ -13,19 +13,14 @@ import pytest
 import torch
 
 import widenets as wn
+from _tiny_study import TINY as _BASE
 from widenets.study import stages, theory_checks
 from widenets.study.theory_checks import fit_exponent, holds, jackknife
 
 TINY = {
-    "data": "digits",
-    "n_train": 60,
-    "n_test": 40,
+    **_BASE,
     "widths": [8, 16, 32, 64],
     "seeds": 3,
-    "steps": 8,
-    "n_checkpoints": 4,
-    "n_times": 5,
-    "regime_points": 10,
     "sgd_batch_size": 0,
     "linearize_seeds": 3,
     "diag_reg_sweep": [0.0],

@@ -241,12 +241,9 @@ class DEQ(Layer):
             prev = res
         slow = _slow_convergence(history, tol, it)
         if slow is not None:
-            rate, needed = slow
             raise ValueError(
-                f"{self!r}: the NNGP fixed-point iteration converges, but slowly: the residual "
-                f"falls by a factor {rate:.4g} per iteration and is {res:.3g} after {it} "
-                f"iterations (tol {tol:g}); about {needed} iterations are needed. Raise "
-                f"`max_iter` to {needed} or more, loosen `tol`, or decrease `w_std`."
+                f"{self!r}: the NNGP fixed-point iteration {_slowly(slow, res, it, tol)}, "
+                "loosen `tol`, or decrease `w_std`."
             )
         raise ValueError(
             f"{self!r}: the NNGP fixed-point map is not contractive at w_std={self.w_std}: "
@@ -277,6 +274,16 @@ def _slow_convergence(history: list[float], tol: float, done: int):
         return None
     more = math.log(tol / tail[-1]) / math.log(rate)
     return rate, int(math.ceil(done + max(more, 0.0) * 1.1))
+
+
+def _slowly(slow, res: float, it: int, tol: float) -> str:
+    """The middle of a slow-convergence message, from ``_slow_convergence``'s result."""
+    rate, needed = slow
+    return (
+        f"converges, but slowly: the residual falls by a factor {rate:.4g} per iteration and "
+        f"is {res:.3g} after {it} iterations (tol {tol:g}); about {needed} iterations are "
+        f"needed. Raise `max_iter` to {needed} or more"
+    )
 
 
 def _is_transformed(t: Tensor) -> bool:
@@ -384,12 +391,9 @@ class DEQModule(nn.Module):
         self.iterations, self.residual = it, res
         slow = _slow_convergence(history, tol, it)
         if slow is not None:
-            rate, needed = slow
             raise FixedPointError(
-                f"DEQ forward: the fixed-point iteration converges, but slowly: the residual "
-                f"falls by a factor {rate:.4g} per iteration and is {res:.3g} after {it} "
-                f"iterations (tol {tol:g}); about {needed} iterations are needed. Raise "
-                f"`max_iter` to {needed} or more, or loosen `tol`.",
+                f"DEQ forward: the fixed-point iteration {_slowly(slow, res, it, tol)}, or "
+                "loosen `tol`.",
                 it,
                 res,
             )

@@ -274,27 +274,16 @@ def theory_exponents(results, path):
             )
         xs = sorted({x for cx, _ in curves for x in cx})
         if xs:
-            g = math.exp(
-                statistics.fmean(math.log(y) for _, cy in curves for y in cy if y > 0)
-                - c["measured"] * statistics.fmean(math.log(x) for x in xs)
-            )
-            ax.plot(
-                xs,
-                [g * x ** c["measured"] for x in xs],
-                "k-",
-                lw=1,
-                label=f"fit {c['measured']:+.2f}",
-            )
-            g2 = g * math.exp(
-                (c["measured"] - c["prediction"]) * statistics.fmean(math.log(x) for x in xs)
-            )
-            ax.plot(
-                xs,
-                [g2 * x ** c["prediction"] for x in xs],
-                "k:",
-                lw=1,
-                label=f"theory {c['prediction']:+.2f}",
-            )
+            # power laws through the mean of the measured points on log-log axes
+            pts = [(x, y) for cx, cy in curves for x, y in zip(cx, cy, strict=True) if y > 0]
+            mean_log_y = statistics.fmean(math.log(y) for _, y in pts)
+            mean_log_x = statistics.fmean(math.log(x) for x, _ in pts)
+            for p, style, label in (
+                (c["measured"], "k-", "fit"),
+                (c["prediction"], "k:", "theory"),
+            ):
+                g = math.exp(mean_log_y - p * mean_log_x)
+                ax.plot(xs, [g * x**p for x in xs], style, lw=1, label=f"{label} {p:+.2f}")
         ax.set_xscale("log", base=2)
         ax.set_yscale("log")
         ax.set_xlabel(c["against"])

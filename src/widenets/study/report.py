@@ -237,11 +237,8 @@ def render_html(results: dict, figure_paths: list[str]) -> str:
         "<tr>" + "".join(f"<td>{esc(str(c))}</td>" for c in row) + "</tr>" for row in rows
     )
     captions = {**figures.CAPTIONS, **getattr(findings, "CAPTIONS", {})}
-    figs = "\n".join(
-        f'<figure><img src="{esc(p)}" alt="{esc(Path(p).stem)}">'
-        f"<figcaption>{esc(captions.get(Path(p).stem, ''))}</figcaption></figure>"
-        for p in figure_paths
-        if not Path(p).stem.startswith("finding_")
+    figs = _figures_html(
+        [p for p in figure_paths if not Path(p).stem.startswith("finding_")], captions, esc
     )
     theory = _theory_html(results, esc)
     found = _findings_html(results, figure_paths, captions, esc)
@@ -322,16 +319,22 @@ widths.</p>
 </table>"""
 
 
+def _figures_html(paths, captions: dict, esc) -> str:
+    """<figure> elements of the PNGs at ``paths`` with their captions."""
+    return "\n".join(
+        f'<figure><img src="{esc(p)}" alt="{esc(Path(p).stem)}">'
+        f"<figcaption>{esc(captions.get(Path(p).stem, ''))}</figcaption></figure>"
+        for p in paths
+    )
+
+
 def _findings_html(results: dict, figure_paths, captions, esc) -> str:
     said = findings.statements(results)
     if not said:
         return ""
     items = "".join(f"<li><b>{esc(claim)}</b> {esc(found)}</li>" for claim, found in said)
-    figs = "\n".join(
-        f'<figure><img src="{esc(p)}" alt="{esc(Path(p).stem)}">'
-        f"<figcaption>{esc(captions.get(Path(p).stem, ''))}</figcaption></figure>"
-        for p in figure_paths
-        if Path(p).stem.startswith("finding_")
+    figs = _figures_html(
+        [p for p in figure_paths if Path(p).stem.startswith("finding_")], captions, esc
     )
     return f"""<h2>Findings of Lee et al. 2020, on this run</h2>
 <ul>{items}</ul>
@@ -342,22 +345,21 @@ def print_summary(results: dict, console=None) -> None:
     from rich.console import Console
     from rich.table import Table
 
+    def table(title, head, rows):
+        t = Table(title=title)
+        for h in head:
+            t.add_column(h)
+        for row in rows:
+            t.add_row(*row)
+        return t
+
     console = console or Console()
-    head, rows = summary_rows(results)
-    table = Table(title="widenets study: finite versus infinite width")
-    for h in head:
-        table.add_column(h)
-    for row in rows:
-        table.add_row(*row)
-    console.print(table)
+    console.print(table("widenets study: finite versus infinite width", *summary_rows(results)))
     rows = theory_rows(results)
     if rows:
-        checks = Table(title="the theory's predictions (exponents fitted per seed)")
-        for h in THEORY_HEAD:
-            checks.add_column(h)
-        for row in rows:
-            checks.add_row(*row)
-        console.print(checks)
+        console.print(
+            table("the theory's predictions (exponents fitted per seed)", THEORY_HEAD, rows)
+        )
     for claim, found in findings.statements(results):
         console.print(f"[bold]{claim}[/bold] {found}")
     for note in results.get("notes", []):
