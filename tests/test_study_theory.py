@@ -217,3 +217,15 @@ def test_per_network_measures_against_independent_computations(study):
         ((kt - k0).norm() / k0.norm()).item(), rel=1e-4
     )
     assert 0 < row["linearized"]["max_distance_to_network"] < 1
+
+
+def test_short_citation_for_the_terminal():
+    assert (
+        theory_checks.short_citation(theory_checks.LEE_2019 + " (Theorem 2.1)")
+        == "Lee et al. 2019 (Theorem 2.1)"
+    )
+    assert theory_checks.short_citation(theory_checks.LEE_2020) == "Lee et al. 2020"
+    rows = theory_checks.table_rows(
+        theory_checks.evaluate({"config": {}, "finite": []}), short=True
+    )
+    assert [r[2] for r in rows][0] == "Lee et al. 2019"

@@ -2,7 +2,7 @@
 
 widenets study                                   # the embedded default
 widenets study --config my_study.toml --out runs/fc-mnist
-widenets study --arch fc --data digits --widths 64,256,1024 --seeds 4
+widenets study --arch fc --data digits --n-train 1000 --n-test 500 --seeds 4
 widenets kernel --arch fc --data digits --out k.pt
 widenets info
 """

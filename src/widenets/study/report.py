@@ -292,9 +292,9 @@ parameterisation{centred}).</p>
 THEORY_HEAD = ["quantity", "prediction", "paper", "measured exponent", "holds"]
 
 
-def theory_rows(results: dict) -> list[list[str]]:
+def theory_rows(results: dict, short: bool = False) -> list[list[str]]:
     """[quantity, predicted law, paper, measured exponent ± s.e., holds] per check."""
-    return theory_checks.table_rows(results.get("theory") or {})
+    return theory_checks.table_rows(results.get("theory") or {}, short)
 
 
 def _theory_html(results: dict, esc) -> str:
@@ -355,7 +355,7 @@ def print_summary(results: dict, console=None) -> None:
 
     console = console or Console()
     console.print(table("widenets study: finite versus infinite width", *summary_rows(results)))
-    rows = theory_rows(results)
+    rows = theory_rows(results, short=True)
     if rows:
         console.print(
             table("the theory's predictions (exponents fitted per seed)", THEORY_HEAD, rows)

@@ -234,9 +234,24 @@ def describe_holds(row: dict) -> str:
     return "yes" if h else "no"
 
 
-def table_rows(theory: dict) -> list[list[str]]:
-    """[quantity, prediction, paper, measured exponent, holds] for the report."""
+def short_citation(paper: str) -> str:
+    """ "Lee et al. 2019 (Theorem 2.1)" from the full citation (for the terminal)."""
+    short = paper.split(",")[0]
+    if paper.endswith(")") and "(" in paper:
+        short += " " + paper[paper.rindex("(") :]
+    return short
+
+
+def table_rows(theory: dict, short: bool = False) -> list[list[str]]:
+    """[quantity, prediction, paper, measured exponent, holds] for the report (with
+    ``short``, the papers' titles left out)."""
     return [
-        [r["quantity"], describe_prediction(r), r["paper"], describe_measured(r), describe_holds(r)]
+        [
+            r["quantity"],
+            describe_prediction(r),
+            short_citation(r["paper"]) if short else r["paper"],
+            describe_measured(r),
+            describe_holds(r),
+        ]
         for r in theory.get("checks", [])
     ]
