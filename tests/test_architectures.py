@@ -21,6 +21,35 @@ def test_fully_connected_is_the_serial_network():
     assert net.build((6,))(x.float()).shape == (4, 2)
 
 
+@pytest.mark.parametrize("name", sorted(A.ACTIVATIONS))
+def test_activation_names_build_the_layer_of_the_registry(name):
+    x = images(n=3, c=4, spatial=())
+    by_name = A.fully_connected(2, width=8, activation=name.upper())
+    by_layer = A.fully_connected(2, width=8, activation=A.ACTIVATIONS[name]())
+    torch.testing.assert_close(by_name.kernel(x).ntk, by_layer.kernel(x).ntk, rtol=0, atol=0)
+
+
+def test_depth_zero_is_the_linear_model():
+    x = images(n=3, c=4, spatial=())
+    k = A.fully_connected(0, w_std=1.5, b_std=0.2).kernel(x)
+    torch.testing.assert_close(k.nngp, 1.5**2 * x @ x.T / 4 + 0.2**2, rtol=1e-14, atol=0)
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        ({"activation": "tanh"}, "`activation` must be one of"),
+        ({"activation": 3}, "`activation` must be an activation name"),
+        ({"depth": -1}, "`depth` must be a non-negative integer"),
+        ({"depth": 1.5}, "`depth` must be a non-negative integer"),
+    ],
+)
+def test_fully_connected_bad_arguments(kwargs, match):
+    args = {"depth": 2, **kwargs}
+    with pytest.raises(ValueError, match=match):
+        A.fully_connected(**args)
+
+
 @pytest.mark.parametrize(
     "make, full",
     [

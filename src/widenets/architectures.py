@@ -1,6 +1,9 @@
 """Ready-made architectures, each a function returning a ``serial`` network.
 
-- :func:`fully_connected`: Dense + activation, any depth.
+- :func:`fully_connected`: Dense + activation, any depth; the one builder that
+  ``widenets.sklearn`` and ``widenets study`` use too.
+- :data:`ACTIVATIONS` and :func:`get_activation`: the activation names shared by the CLI, the
+  study configuration and the scikit-learn estimators.
 - :func:`cnn_vec`, :func:`cnn_gap`: the CNNs of Lee et al. 2020 ("Finite Versus Infinite
   Neural Networks: an Empirical Study"): ``depth`` same-padded 3x3 convolutions with ReLU,
   read out by Flatten (VEC: only each pixel with itself) or GlobalAvgPool (GAP: every
@@ -14,8 +17,19 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from widenets.errors import check_positive_int
-from widenets.layers.activations import Relu
+from widenets.layers.activations import (
+    Abs,
+    Cos,
+    Erf,
+    Gelu,
+    LeakyRelu,
+    Relu,
+    Sign,
+    Sin,
+)
 from widenets.layers.base import Layer
 from widenets.layers.combinators import Identity, residual, serial
 from widenets.layers.conv import Conv
@@ -24,6 +38,39 @@ from widenets.layers.pooling import AvgPool, Flatten, GlobalAvgPool
 
 MYRTLE_GROUPS = {5: (1, 1, 1), 7: (2, 2, 2), 10: (3, 3, 3)}
 
+#: activation names understood wherever an activation is given by name (CLI, study
+#: configuration, scikit-learn estimators), each with its default parameters
+ACTIVATIONS = {
+    "relu": Relu,
+    "erf": Erf,
+    "gelu": Gelu,
+    "abs": Abs,
+    "leaky_relu": LeakyRelu,
+    "sin": Sin,
+    "cos": Cos,
+    "sign": Sign,
+}
+
+
+def get_activation(spec: str | Layer | None, name: str = "activation") -> Layer:
+    """The activation layer named by ``spec`` (a key of :data:`ACTIVATIONS`, any case), or
+    ``spec`` itself when it is a widenets activation layer; None means ReLU."""
+    if spec is None:
+        return Relu()
+    if isinstance(spec, str):
+        key = spec.lower()
+        if key not in ACTIVATIONS:
+            raise ValueError(
+                f"`{name}` must be one of {sorted(ACTIVATIONS)} or a widenets activation layer, "
+                f"got {spec!r}."
+            )
+        return ACTIVATIONS[key]()
+    if isinstance(spec, Layer):
+        return spec
+    raise ValueError(
+        f"`{name}` must be an activation name or a widenets activation layer, got {spec!r}."
+    )
+
 
 def fully_connected(
     depth: int,
@@ -31,14 +78,21 @@ def fully_connected(
     out_dim: int = 1,
     w_std: float = 2**0.5,
     b_std: float | None = 0.0,
-    activation: Layer | None = None,
+    activation: str | Layer | None = None,
     parameterization: str = "ntk",
 ):
-    """``depth`` hidden layers Dense(width) + activation (ReLU), then Dense(out_dim)."""
-    check_positive_int(depth, "depth")
+    """``depth`` hidden layers Dense(width) + activation (ReLU by default), then Dense(out_dim).
+
+    ``depth = 0`` is the linear model Dense(out_dim). ``activation`` is a name in
+    :data:`ACTIVATIONS` or a widenets activation layer (layers are immutable, so one instance
+    is shared by every hidden layer).
+    """
+    if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 0:
+        raise ValueError(f"`depth` must be a non-negative integer, got {depth!r}.")
+    get_activation(activation)  # a bad name fails before anything is built
     layers = []
-    for _ in range(depth):
-        layers += [Dense(width, w_std, b_std, parameterization), activation or Relu()]
+    for _ in range(int(depth)):
+        layers += [Dense(width, w_std, b_std, parameterization), get_activation(activation)]
     return serial(*layers, Dense(out_dim, w_std, b_std, parameterization))
 
 
@@ -149,9 +203,11 @@ def wide_resnet(
 
 
 __all__ = [
+    "ACTIVATIONS",
     "cnn_gap",
     "cnn_vec",
     "fully_connected",
+    "get_activation",
     "myrtle",
     "wide_resnet",
     "wide_resnet_block",
