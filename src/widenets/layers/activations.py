@@ -17,14 +17,14 @@ the variances of position s of x1 and position s' of x2 (``Kernel.pair_variances
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from widenets.errors import check_finite_real
 from widenets.kernel import Kernel
 from widenets.layers.base import BuildContext, Layer, linear_degree
-from widenets.modules import Elementwise as ElementwiseModule
 from widenets.numerics import SIN_LIMIT, flag_pairs, flag_pairs_below, watching
 
 PI = math.pi
@@ -123,10 +123,25 @@ class Activation(Layer):
         return k.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2, is_gaussian=False)
 
     def make_module(self, in_shape, ctx: BuildContext):
-        return ElementwiseModule(self.fn, repr(self))
+        return ActivationModule(self.fn, repr(self))
 
     def __repr__(self):
         return f"{self.name}()"
+
+
+class ActivationModule(nn.Module):
+    """The finite face of every activation: ``fn`` applied elementwise."""
+
+    def __init__(self, fn: Callable[[Tensor], Tensor], name: str):
+        super().__init__()
+        self.fn = fn
+        self.name = name
+
+    def forward(self, x):
+        return self.fn(x)
+
+    def extra_repr(self) -> str:
+        return self.name
 
 
 class ABRelu(Activation):

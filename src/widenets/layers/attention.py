@@ -23,12 +23,12 @@ from __future__ import annotations
 import math
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from widenets.errors import check_nonnegative, check_positive_int
+from widenets.init.schemes import draw_bias, draw_weight
 from widenets.kernel import Kernel
-from widenets.layers.base import BuildContext, Layer
-from widenets.spatial_modules import SelfAttentionModule
+from widenets.layers.base import BuildContext, Layer, WeightedModule
 
 MECHANISMS = ("softmax", "identity")
 
@@ -168,18 +168,10 @@ class GlobalSelfAttention(Layer):
 
     def make_module(self, in_shape, ctx: BuildContext):
         self.out_shape(in_shape)
-        c = in_shape[0]
-        g = ctx.generator
-
-        def draw(*shape):
-            return torch.randn(shape, generator=g, dtype=ctx.dtype)
-
-        h, nk, nv = self.n_heads, self.n_chan_key, self.n_chan_val
-        wq = draw(h, nk, c)
-        wk = None if self.linear_scaling else draw(h, nk, c)
-        wv = draw(h, nv, c)
-        wo = draw(self.n_chan_out, h * nv)
-        bias = None if self.b_std is None else draw(self.n_chan_out)
+        shapes = _weight_shapes(
+            self.n_heads, self.n_chan_key, self.n_chan_val, self.n_chan_out, in_shape[0],
+            self.linear_scaling,
+        )  # fmt: skip
         stds = (
             self.w_query_std,
             self.w_key_std,
@@ -187,8 +179,9 @@ class GlobalSelfAttention(Layer):
             self.w_out_std,
             0.0 if self.b_std is None else self.b_std,
         )
-        return SelfAttentionModule(
-            wq, wk, wv, wo, bias, stds, self.linear_scaling, self.attention_mechanism
+        weights = _draw_attention(ctx.init, ctx.generator, shapes, self.b_std, ctx.dtype)
+        return GlobalSelfAttentionModule(
+            *weights, stds, self.linear_scaling, self.attention_mechanism
         ).to(device=ctx.device)
 
     def _rewidth(self, width, keep):
@@ -206,3 +199,87 @@ class GlobalSelfAttention(Layer):
             self.attention_mechanism,
         )
         return new, False
+
+
+def _weight_shapes(h, n_key, n_val, n_out, c, linear_scaling):
+    """Shapes of wq, wk (None when tied to wq), wv, wo and the bias."""
+    return (
+        (h, n_key, c),
+        None if linear_scaling else (h, n_key, c),
+        (h, n_val, c),
+        (
+            n_out,
+            h * n_val,
+        ),
+        (n_out,),
+    )
+
+
+def _draw_attention(scheme, generator, shapes, b_std, dtype, device=None):
+    """wq, wk, wv, wo from ``scheme`` (each as one (rows, C) matrix: all heads stacked),
+    then the bias N(0, 1) (None when ``b_std`` is None), in that order."""
+    out = []
+    for shape in shapes[:4]:
+        if shape is None:
+            out.append(None)
+            continue
+        rows, fan_in = math.prod(shape[:-1]), shape[-1]
+        w = draw_weight(scheme, (rows, fan_in), fan_in, generator, dtype, device)
+        out.append(w.reshape(shape))
+    out.append(None if b_std is None else draw_bias(shapes[4], generator, dtype, device))
+    return out
+
+
+class GlobalSelfAttentionModule(WeightedModule):
+    """Multi-head self-attention over all spatial positions of (N, C, *spatial).
+
+    For head h, with X the (P, C) positions-by-channels input:
+    Q_h = w_q X Wq_h^T / sqrt(C), K_h = w_k X Wk_h^T / sqrt(C), V_h = w_v X Wv_h^T / sqrt(C),
+    A_h = softmax(Q_h K_h^T / n_key) (``linear_scaling``, Wk = Wq tied) or
+    softmax(Q_h K_h^T / sqrt(n_key)), out = concat_h(A_h V_h) w_o Wo^T / sqrt(H n_val) + b_std b.
+    Every weight has unit-variance entries (NTK parameterisation); the query, key and value
+    weights of all heads together are one (H n, C) matrix for an init scheme.
+    """
+
+    def __init__(self, wq, wk, wv, wo, bias, stds, linear_scaling, mechanism="softmax"):
+        super().__init__()
+        self.wq = nn.Parameter(wq)  # (H, n_key, C)
+        self.wk = None if wk is None else nn.Parameter(wk)
+        self.wv = nn.Parameter(wv)  # (H, n_val, C)
+        self.wo = nn.Parameter(wo)  # (C_out, H * n_val)
+        self.bias = None if bias is None else nn.Parameter(bias)
+        self.q_std, self.k_std, self.v_std, self.o_std, self.b_std = stds
+        self.linear_scaling = linear_scaling
+        self.mechanism = mechanism
+
+    @torch.no_grad()
+    def reset_parameters(self, scheme=None, generator: torch.Generator | None = None) -> None:
+        """Redraw wq, wk, wv, wo and the bias as ``build`` draws them (``_draw_attention``)."""
+        params = (self.wq, self.wk, self.wv, self.wo, self.bias)
+        shapes = tuple(None if p is None else tuple(p.shape) for p in params)
+        b_std = None if self.bias is None else self.b_std
+        new = _draw_attention(scheme, generator, shapes, b_std, self.wq.dtype, self.wq.device)
+        for p, v in zip(params, new, strict=True):
+            if p is not None:
+                p.copy_(v)
+
+    def forward(self, x):
+        n, c = x.shape[:2]
+        spatial = x.shape[2:]
+        xs = x.flatten(2).transpose(1, 2)  # (N, P, C)
+        s = 1.0 / math.sqrt(c)
+        q = torch.einsum("npc,hkc->nhpk", xs, self.wq) * (self.q_std * s)
+        wk = self.wq if self.wk is None else self.wk
+        k = torch.einsum("npc,hkc->nhpk", xs, wk) * (self.k_std * s)
+        v = torch.einsum("npc,hvc->nhpv", xs, self.wv) * (self.v_std * s)
+        n_key = q.shape[-1]
+        scale = 1.0 / n_key if self.linear_scaling else 1.0 / math.sqrt(n_key)
+        a = q @ k.transpose(-1, -2) * scale  # (N, H, P, P) logits
+        if self.mechanism == "softmax":
+            a = torch.softmax(a, dim=-1)
+        heads = a @ v  # (N, H, P, n_val)
+        heads = heads.permute(0, 2, 1, 3).flatten(2)  # (N, P, H * n_val)
+        out = heads @ self.wo.T * (self.o_std / math.sqrt(heads.shape[-1]))
+        if self.bias is not None:
+            out = out + self.bias * self.b_std
+        return out.transpose(1, 2).reshape(n, -1, *spatial)

@@ -32,6 +32,18 @@ class BuildContext:
     extras: dict = field(default_factory=dict)
 
 
+class WeightedModule(nn.Module):
+    """Base of the finite faces that hold weights (Dense, Conv, attention, DEQ, ...).
+
+    ``reset_parameters(scheme, generator)`` redraws every parameter in place exactly as
+    ``Layer.build`` draws it (same order, same scales), so ``widenets.init.apply`` needs no
+    list of module types: it calls this method on every widenets module that has weights.
+    """
+
+    def reset_parameters(self, scheme=None, generator: torch.Generator | None = None) -> None:
+        raise NotImplementedError
+
+
 class Layer:
     """Base class of all widenets layers and networks."""
 

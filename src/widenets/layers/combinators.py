@@ -9,16 +9,12 @@ finite channel counts (likewise Theta).
 
 from __future__ import annotations
 
+import torch
+from torch import nn
+
 from widenets.errors import check_finite_real, check_positive_int, shape_str
 from widenets.kernel import Kernel
 from widenets.layers.base import BuildContext, Layer, linear_degree
-from widenets.modules import FanInConcat as FanInConcatModule
-from widenets.modules import FanInSum as FanInSumModule
-from widenets.modules import FanOut as FanOutModule
-from widenets.modules import IdentityModule
-from widenets.modules import Parallel as ParallelModule
-from widenets.modules import Scale as ScaleModule
-from widenets.modules import Serial as SerialModule
 
 
 def _check_layer(obj, where: str) -> Layer:
@@ -327,6 +323,78 @@ class Scale(Layer):
 
     def make_module(self, in_shape, ctx):
         return ScaleModule(self.factor)
+
+
+# ----- the finite faces: branching networks pass tuples of tensors between modules ---------
+
+
+class SerialModule(nn.Sequential):
+    """Layers applied one after the other (an ``nn.Sequential`` that passes tuples too)."""
+
+
+class ParallelModule(nn.Module):
+    """Branch i applied to input i of a tuple."""
+
+    def __init__(self, branches: list[nn.Module]):
+        super().__init__()
+        self.branches = nn.ModuleList(branches)
+
+    def forward(self, xs):
+        if not isinstance(xs, (tuple, list)) or len(xs) != len(self.branches):
+            raise ValueError(
+                f"Parallel with {len(self.branches)} branches needs a tuple of as many inputs."
+            )
+        return tuple(b(x) for b, x in zip(self.branches, xs, strict=True))
+
+
+class FanOutModule(nn.Module):
+    """One input copied into a tuple of ``n``."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.n = n
+
+    def forward(self, x):
+        return (x,) * self.n
+
+    def extra_repr(self) -> str:
+        return f"n={self.n}"
+
+
+class FanInSumModule(nn.Module):
+    """Sum of a tuple of tensors of equal shape."""
+
+    def forward(self, xs):
+        out = xs[0]
+        for x in xs[1:]:
+            out = out + x
+        return out
+
+
+class FanInConcatModule(nn.Module):
+    """Concatenation of a tuple of tensors along the channel axis (1)."""
+
+    def forward(self, xs):
+        return torch.cat(list(xs), dim=1)
+
+
+class IdentityModule(nn.Module):
+    def forward(self, x):
+        return x
+
+
+class ScaleModule(nn.Module):
+    """Multiplication by a constant."""
+
+    def __init__(self, factor: float):
+        super().__init__()
+        self.factor = float(factor)
+
+    def forward(self, x):
+        return x * self.factor
+
+    def extra_repr(self) -> str:
+        return f"factor={self.factor}"
 
 
 def serial(*layers: Layer) -> Serial:

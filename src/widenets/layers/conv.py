@@ -15,10 +15,10 @@ from __future__ import annotations
 
 import math
 
+import torch.nn.functional as F
 from torch import Tensor
 
 from widenets.errors import check_positive_int
-from widenets.init_default import draw_bias, draw_weight
 from widenets.kernel import Kernel
 from widenets.layers._spatial import (
     as_tuple,
@@ -26,11 +26,17 @@ from widenets.layers._spatial import (
     conv_window_mean,
     expand,
     geometry,
+    pad_input,
     spatial_dims,
 )
 from widenets.layers.base import BuildContext, Layer, linear_degree
-from widenets.layers.dense import _scale, check_parameterization, has_bias
-from widenets.spatial_modules import ConvLayer
+from widenets.layers.dense import (
+    AffineModule,
+    _scale,
+    check_parameterization,
+    draw_affine,
+    has_bias,
+)
 
 
 def any_tensor(*values) -> bool:
@@ -170,20 +176,15 @@ class Conv(Layer):
     def scaling_degree(self, degree):
         return linear_degree(degree, has_bias(self.b_std, self.parameterization))
 
-    def make_module(self, in_shape, ctx: BuildContext) -> ConvLayer:
+    def make_module(self, in_shape, ctx: BuildContext) -> ConvModule:
         ks, ss, geoms = self._geometry(in_shape)
         c = in_shape[0]
         fan_in = c * math.prod(ks)
-        w = draw_weight(ctx.init, (self.out_channels, c, *ks), fan_in, ctx.generator, ctx.dtype)
-        b = (
-            None
-            if self.b_std is None
-            else draw_bias((self.out_channels,), ctx.generator, ctx.dtype)
-        )
-        if self.parameterization == "standard":
-            w = w * (self.w_std / fan_in**0.5)
-            b = None if b is None else b * self.b_std
-        return ConvLayer(
+        w, b = draw_affine(
+            ctx.init, ctx.generator, (self.out_channels, c, *ks), fan_in, self.w_std,
+            self.b_std, self.parameterization, ctx.dtype,
+        )  # fmt: skip
+        return ConvModule(
             c,
             self.out_channels,
             ks,
@@ -210,3 +211,51 @@ class Conv(Layer):
             self.parameterization,
         )
         return new, False
+
+
+class ConvModule(AffineModule):
+    """Convolution over the spatial axes of (N, C, L) or (N, C, H, W) inputs.
+
+    Computes what ``torch.nn.Conv1d/2d`` does (``weight`` has their (out, in, *kernel)
+    layout), with the padding done first ("same"/"circular") and the parameterisation scale
+    applied to the weight: y = conv(x, s_w W) + s_b b, fan_in = in_channels * prod(kernel).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: tuple[int, ...],
+        stride: tuple[int, ...],
+        pads: tuple[tuple[int, int], ...],
+        circular: bool,
+        w_std,
+        b_std,
+        parameterization: str,
+        weight: Tensor,
+        bias: Tensor | None,
+    ):
+        fan_in = in_channels * math.prod(kernel_size)
+        super().__init__(fan_in, w_std, b_std, parameterization, weight, bias)
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.pads = pads
+        self.circular = circular
+        self._conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[len(kernel_size)]
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = pad_input(x, self.pads, self.circular)
+        w = self.weight * self.weight_scale if self.weight_scale != 1.0 else self.weight
+        b = self.bias
+        if b is not None and self.bias_scale != 1.0:
+            b = b * self.bias_scale
+        return self._conv(x, w, b, stride=self.stride)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, pads={self.pads}, circular={self.circular}, "
+            f"w_std={self.w_std}, b_std={self.b_std}, parameterization={self.parameterization!r}"
+        )

@@ -34,10 +34,10 @@ import torch
 from torch import Tensor, nn
 
 from widenets.errors import check_nonnegative, check_positive_int
-from widenets.init_default import draw_bias, draw_weight
+from widenets.init.schemes import draw_bias, draw_weight
 from widenets.kernel import Kernel
 from widenets.layers.activations import Activation
-from widenets.layers.base import BuildContext, Layer
+from widenets.layers.base import BuildContext, Layer, WeightedModule
 
 
 def _amax(t: Tensor) -> float:
@@ -255,12 +255,18 @@ class DEQ(Layer):
 
     # ----- finite width -----------------------------------------------------------------------
     def make_module(self, in_shape, ctx: BuildContext) -> DEQModule:
-        c = in_shape[0]
-        n = self.width
-        w = draw_weight(ctx.init, (n, n), n, ctx.generator, ctx.dtype)
-        u = draw_weight(ctx.init, (n, c), c, ctx.generator, ctx.dtype)
-        b = None if self.b_std is None else draw_bias((n,), ctx.generator, ctx.dtype)
+        w, u, b = _draw_deq(
+            ctx.init, ctx.generator, self.width, in_shape[0], self.b_std is not None, ctx.dtype
+        )
         return DEQModule(self, w, u, b).to(device=ctx.device)
+
+
+def _draw_deq(scheme, generator, n: int, c: int, bias: bool, dtype, device=None):
+    """W (n, n) and U (n, C) from ``scheme``, then b ~ N(0, 1) (n,) if ``bias``."""
+    w = draw_weight(scheme, (n, n), n, generator, dtype, device)
+    u = draw_weight(scheme, (n, c), c, generator, dtype, device)
+    b = draw_bias((n,), generator, dtype, device) if bias else None
+    return w, u, b
 
 
 def _slow_convergence(history: list[float], tol: float, done: int):
@@ -291,7 +297,7 @@ def _is_transformed(t: Tensor) -> bool:
     return bool(check(t)) if check is not None else False
 
 
-class DEQModule(nn.Module):
+class DEQModule(WeightedModule):
     """Finite DEQ: ``forward`` solves z = phi(s_w W z + s_u U x + s_b b) from z = 0.
 
     After each call ``iterations`` and ``residual`` (relative change of z at the last
@@ -313,6 +319,18 @@ class DEQModule(nn.Module):
         self.bias_scale = 0.0 if layer.b_std is None else layer.b_std
         self.iterations = 0
         self.residual = math.nan
+
+    @torch.no_grad()
+    def reset_parameters(self, scheme=None, generator: torch.Generator | None = None) -> None:
+        """Redraw W, U and b as ``build`` draws them (``_draw_deq``)."""
+        n, c = self.input_weight.shape
+        w, u, b = _draw_deq(
+            scheme, generator, n, c, self.bias is not None, self.weight.dtype, self.weight.device
+        )
+        self.weight.copy_(w)
+        self.input_weight.copy_(u)
+        if b is not None:
+            self.bias.copy_(b)
 
     def extra_repr(self) -> str:
         return (

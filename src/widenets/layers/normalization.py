@@ -21,7 +21,6 @@ from torch import nn
 from widenets.errors import check_nonnegative
 from widenets.kernel import Kernel, interleave, spatial_diagonal
 from widenets.layers.base import BuildContext, Layer, linear_degree
-from widenets.spatial_modules import LayerNormModule
 
 NORM_AXES = ("channels", "channels+space")
 
@@ -109,6 +108,23 @@ class LayerNorm(Layer):
 
     def make_module(self, in_shape, ctx: BuildContext):
         return LayerNormModule(self.over == "channels+space", self.eps)
+
+
+class LayerNormModule(nn.Module):
+    """(x - mean) / sqrt(var + eps) over the channel axis, or channels and space."""
+
+    def __init__(self, spatial: bool, eps: float):
+        super().__init__()
+        self.spatial, self.eps = spatial, eps
+
+    def forward(self, x):
+        dims = tuple(range(1, x.ndim)) if self.spatial else (1,)
+        mean = x.mean(dims, keepdim=True)
+        var = x.var(dims, keepdim=True, unbiased=False)
+        return (x - mean) / torch.sqrt(var + self.eps)
+
+    def extra_repr(self):
+        return f"over={'channels+space' if self.spatial else 'channels'}, eps={self.eps}"
 
 
 class Dropout(Layer):

@@ -15,17 +15,20 @@ from __future__ import annotations
 
 import math
 
+import torch.nn.functional as F
+from torch import nn
+
 from widenets.kernel import Kernel, spatial_diagonal
 from widenets.layers._spatial import (
     as_tuple,
     check_padding,
     expand,
     geometry,
+    pad_input,
     pool_window_sum,
     spatial_dims,
 )
 from widenets.layers.base import BuildContext, Layer, linear_degree
-from widenets.spatial_modules import AvgPoolModule, FlattenModule, GlobalAvgPoolModule
 
 
 def _single(layer, k):
@@ -174,6 +177,35 @@ class Flatten(Layer):
 
     def make_module(self, in_shape, ctx: BuildContext):
         return FlattenModule()
+
+
+class AvgPoolModule(nn.Module):
+    """Average pooling; padded positions count as zeros (the window size divides)."""
+
+    def __init__(self, window, stride, pads, circular):
+        super().__init__()
+        self.window, self.stride, self.pads, self.circular = window, stride, pads, circular
+        self._pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[len(window)]
+
+    def forward(self, x):
+        return self._pool(pad_input(x, self.pads, self.circular), self.window, self.stride)
+
+    def extra_repr(self):
+        return f"window={self.window}, stride={self.stride}, pads={self.pads}"
+
+
+class GlobalAvgPoolModule(nn.Module):
+    """Mean over every spatial axis: (N, C, *spatial) -> (N, C)."""
+
+    def forward(self, x):
+        return x.flatten(2).mean(-1)
+
+
+class FlattenModule(nn.Module):
+    """(N, C, *spatial) -> (N, C * prod(spatial)), channels first as ``torch.flatten``."""
+
+    def forward(self, x):
+        return x.flatten(1)
 
 
 __all__ = ["AvgPool", "Flatten", "GlobalAvgPool"]

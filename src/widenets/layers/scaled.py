@@ -17,14 +17,15 @@ from __future__ import annotations
 
 import copy
 
+import torch
 from torch import nn
 
 from widenets.errors import check_finite_real
 from widenets.kernel import Kernel
-from widenets.layers.base import BuildContext, Layer
+from widenets.layers.base import BuildContext, Layer, WeightedModule
 
 
-class ScaledModule(nn.Module):
+class ScaledModule(WeightedModule):
     """alpha (model(x) - reference(x)), the reference a frozen copy of the initial model."""
 
     def __init__(self, model: nn.Module, alpha: float, center: bool = True):
@@ -50,6 +51,16 @@ class ScaledModule(nn.Module):
 
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, center={self.center}"
+
+    @torch.no_grad()
+    def reset_parameters(self, scheme=None, generator: torch.Generator | None = None) -> None:
+        """Redraw the model's weights (``widenets.init.apply``); the reference copies them, so
+        a centred output stays zero at the new initialisation."""
+        from widenets.init.apply import redraw
+
+        redraw(self.model, scheme, generator)
+        if self.reference is not None:
+            self.reference.load_state_dict(self.model.state_dict())
 
 
 class Scaled(Layer):
