@@ -21,6 +21,7 @@ attention) the limit has no closed form: the finite network works, the kernel ra
 from __future__ import annotations
 
 import math
+from dataclasses import field
 
 import torch
 from torch import Tensor, nn
@@ -28,11 +29,19 @@ from torch import Tensor, nn
 from widenets.errors import check_nonnegative, check_positive_int
 from widenets.init.schemes import draw_bias, draw_weight
 from widenets.kernel import Kernel
-from widenets.layers.base import BuildContext, Layer, WeightedModule
+from widenets.layers.base import (
+    INNER_WIDTH,
+    WIDTH,
+    BuildContext,
+    Layer,
+    WeightedModule,
+    declare,
+)
 
 MECHANISMS = ("softmax", "identity")
 
 
+@declare
 class GlobalSelfAttention(Layer):
     """Multi-head self-attention over every position of (C, L) or (C, H, W) inputs.
 
@@ -48,42 +57,36 @@ class GlobalSelfAttention(Layer):
     name = "GlobalSelfAttention"
     mixes_positions = True
 
-    def __init__(
-        self,
-        n_chan_out: int,
-        n_chan_key: int,
-        n_chan_val: int,
-        n_heads: int,
-        linear_scaling: bool = True,
-        w_key_std: float = 1.0,
-        w_value_std: float = 1.0,
-        w_query_std: float = 1.0,
-        w_out_std: float = 1.0,
-        b_std: float | None = None,
-        attention_mechanism: str = "softmax",
-    ):
-        self.n_chan_out = check_positive_int(n_chan_out, "n_chan_out")
-        self.n_chan_key = check_positive_int(n_chan_key, "n_chan_key")
-        self.n_chan_val = check_positive_int(n_chan_val, "n_chan_val")
-        self.n_heads = check_positive_int(n_heads, "n_heads")
-        self.linear_scaling = bool(linear_scaling)
-        self.w_key_std = check_nonnegative(w_key_std, "w_key_std")
-        self.w_value_std = check_nonnegative(w_value_std, "w_value_std")
-        self.w_query_std = check_nonnegative(w_query_std, "w_query_std")
-        self.w_out_std = check_nonnegative(w_out_std, "w_out_std")
-        self.b_std = check_nonnegative(b_std, "b_std", allow_none=True)
-        mech = str(attention_mechanism).lower()
+    n_chan_out: int = field(metadata=WIDTH)
+    n_chan_key: int = field(metadata=INNER_WIDTH)
+    n_chan_val: int = field(metadata=INNER_WIDTH)
+    n_heads: int
+    linear_scaling: bool = True
+    w_key_std: float = 1.0
+    w_value_std: float = 1.0
+    w_query_std: float = 1.0
+    w_out_std: float = 1.0
+    b_std: float | None = None
+    attention_mechanism: str = "softmax"
+
+    def __post_init__(self):
+        self.n_chan_out = check_positive_int(self.n_chan_out, "n_chan_out")
+        self.n_chan_key = check_positive_int(self.n_chan_key, "n_chan_key")
+        self.n_chan_val = check_positive_int(self.n_chan_val, "n_chan_val")
+        self.n_heads = check_positive_int(self.n_heads, "n_heads")
+        self.linear_scaling = bool(self.linear_scaling)
+        self.w_key_std = check_nonnegative(self.w_key_std, "w_key_std")
+        self.w_value_std = check_nonnegative(self.w_value_std, "w_value_std")
+        self.w_query_std = check_nonnegative(self.w_query_std, "w_query_std")
+        self.w_out_std = check_nonnegative(self.w_out_std, "w_out_std")
+        self.b_std = check_nonnegative(self.b_std, "b_std", allow_none=True)
+        mech = str(self.attention_mechanism).lower()
         if mech not in MECHANISMS:
             raise ValueError(
-                f"`attention_mechanism` must be one of {MECHANISMS}, got {attention_mechanism!r}."
+                f"`attention_mechanism` must be one of {MECHANISMS}, got "
+                f"{self.attention_mechanism!r}."
             )
         self.attention_mechanism = mech
-
-    def __repr__(self):
-        return (
-            f"GlobalSelfAttention({self.n_chan_out}, key={self.n_chan_key}, "
-            f"val={self.n_chan_val}, heads={self.n_heads}, linear_scaling={self.linear_scaling})"
-        )
 
     def out_shape(self, in_shape):
         if not isinstance(in_shape, tuple):
@@ -183,22 +186,6 @@ class GlobalSelfAttention(Layer):
         return GlobalSelfAttentionModule(
             *weights, stds, self.linear_scaling, self.attention_mechanism
         ).to(device=ctx.device)
-
-    def _rewidth(self, width, keep):
-        new = GlobalSelfAttention(
-            self.n_chan_out if keep else width,
-            width,
-            width,
-            self.n_heads,
-            self.linear_scaling,
-            self.w_key_std,
-            self.w_value_std,
-            self.w_query_std,
-            self.w_out_std,
-            self.b_std,
-            self.attention_mechanism,
-        )
-        return new, False
 
 
 def _weight_shapes(h, n_key, n_val, n_out, c, linear_scaling):

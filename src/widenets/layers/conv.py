@@ -14,6 +14,7 @@ by the full filter size, as the finite layer's fan_in does.
 from __future__ import annotations
 
 import math
+from dataclasses import field
 
 import torch.nn.functional as F
 from torch import Tensor
@@ -29,7 +30,7 @@ from widenets.layers._spatial import (
     pad_input,
     spatial_dims,
 )
-from widenets.layers.base import BuildContext, Layer, linear_degree
+from widenets.layers.base import WIDTH, BuildContext, Layer, declare, linear_degree
 from widenets.layers.dense import (
     AffineModule,
     _scale,
@@ -45,6 +46,7 @@ def any_tensor(*values) -> bool:
     return any(isinstance(v, Tensor) for v in values)
 
 
+@declare
 class Conv(Layer):
     """Convolution with ``out_channels`` output channels (channels first).
 
@@ -64,40 +66,32 @@ class Conv(Layer):
     name = "Conv"
     handles_packed_pairs = True
 
-    def __init__(
-        self,
-        out_channels: int,
-        kernel_size=3,
-        stride=1,
-        padding: str = "same",
-        w_std: float = 1.0,
-        b_std: float | None = None,
-        parameterization: str = "ntk",
-    ):
-        self.out_channels = check_positive_int(out_channels, "out_channels")
-        self.kernel_size = as_tuple(kernel_size, None, "kernel_size")
+    out_channels: int = field(metadata=WIDTH)
+    kernel_size: int | tuple[int, ...] = 3
+    stride: int | tuple[int, ...] = 1
+    padding: str = "same"
+    w_std: float | Tensor = 1.0
+    b_std: float | Tensor | None = None
+    parameterization: str = "ntk"
+
+    def __post_init__(self):
+        parameterization = self.parameterization
+        self.out_channels = check_positive_int(self.out_channels, "out_channels")
+        self.kernel_size = as_tuple(self.kernel_size, None, "kernel_size")
         n = len(self.kernel_size) if isinstance(self.kernel_size, tuple) else None
-        self.stride = as_tuple(stride, n, "stride")
+        self.stride = as_tuple(self.stride, n, "stride")
         if n is None and isinstance(self.stride, tuple):
             n = len(self.stride)
         self.dims = n
-        self.padding = check_padding(padding)
-        self.w_std = _scale(w_std, "w_std", allow_none=False)  # a 0-dim tensor stays one
-        self.b_std = _scale(b_std, "b_std", allow_none=True)
+        self.padding = check_padding(self.padding)
+        self.w_std = _scale(self.w_std, "w_std", allow_none=False)  # a 0-dim tensor stays one
+        self.b_std = _scale(self.b_std, "b_std", allow_none=True)
         self.parameterization = check_parameterization(parameterization)
         if self.parameterization not in ("ntk", "standard"):
             raise ValueError(
                 f"`parameterization` of Conv must be 'ntk' or 'standard', got {parameterization!r}"
                 " (the mean-field parameterisation is for the Dense readout)."
             )
-
-    def __repr__(self):
-        return (
-            f"Conv({self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-            f"padding={self.padding!r}, w_std={self.w_std}, b_std={self.b_std}"
-            + (", parameterization='standard'" if self.parameterization != "ntk" else "")
-            + ")"
-        )
 
     def _geometry(self, in_shape):
         d = spatial_dims(self, in_shape, self.dims)
@@ -197,20 +191,6 @@ class Conv(Layer):
             w,
             b,
         ).to(device=ctx.device)
-
-    def _rewidth(self, width, keep):
-        if keep:
-            return self, False
-        new = Conv(
-            width,
-            self.kernel_size,
-            self.stride,
-            self.padding,
-            self.w_std,
-            self.b_std,
-            self.parameterization,
-        )
-        return new, False
 
 
 class ConvModule(AffineModule):

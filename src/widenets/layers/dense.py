@@ -22,6 +22,7 @@ unlike the NTK parameterisation, it does not stay constant during training (feat
 from __future__ import annotations
 
 import math
+from dataclasses import field
 
 import torch
 from torch import Tensor, nn
@@ -29,7 +30,7 @@ from torch import Tensor, nn
 from widenets.errors import check_nonnegative, check_positive_int
 from widenets.init.schemes import draw_bias, draw_weight
 from widenets.kernel import Kernel
-from widenets.layers.base import BuildContext, Layer, WeightedModule, linear_degree
+from widenets.layers.base import WIDTH, BuildContext, Layer, WeightedModule, declare, linear_degree
 
 PARAMETERIZATIONS = ("ntk", "standard", "mean_field")
 ALIASES = {"mup": "mean_field", "mean-field": "mean_field", "meanfield": "mean_field"}
@@ -74,6 +75,7 @@ def affine(t, w_var: float, b_var: float):
     return t * w_var
 
 
+@declare
 class Dense(Layer):
     """Fully-connected layer with ``out_dim`` output channels.
 
@@ -89,28 +91,16 @@ class Dense(Layer):
     name = "Dense"
     handles_packed_pairs = True
 
-    def __init__(
-        self,
-        out_dim: int,
-        w_std: float = 1.0,
-        b_std: float | None = None,
-        parameterization: str = "ntk",
-    ):
-        self.out_dim = check_positive_int(out_dim, "out_dim")
-        self.w_std = _scale(w_std, "w_std", allow_none=False)
-        self.b_std = _scale(b_std, "b_std", allow_none=True)
-        self.parameterization = check_parameterization(parameterization)
+    out_dim: int = field(metadata=WIDTH)
+    w_std: float | torch.Tensor = 1.0
+    b_std: float | torch.Tensor | None = None
+    parameterization: str = "ntk"
 
-    def __repr__(self) -> str:
-        return (
-            f"Dense({self.out_dim}, w_std={self.w_std}, b_std={self.b_std}"
-            + (
-                f", parameterization={self.parameterization!r}"
-                if self.parameterization != "ntk"
-                else ""
-            )
-            + ")"
-        )
+    def __post_init__(self):
+        self.out_dim = check_positive_int(self.out_dim, "out_dim")
+        self.w_std = _scale(self.w_std, "w_std", allow_none=False)
+        self.b_std = _scale(self.b_std, "b_std", allow_none=True)
+        self.parameterization = check_parameterization(self.parameterization)
 
     def out_shape(self, in_shape):
         if not isinstance(in_shape, tuple):
@@ -160,11 +150,6 @@ class Dense(Layer):
         return DenseModule(
             fan_in, self.out_dim, self.w_std, self.b_std, self.parameterization, w, b
         ).to(device=ctx.device)
-
-    def _rewidth(self, width, keep):
-        if keep:
-            return self, False
-        return Dense(width, self.w_std, self.b_std, self.parameterization), False
 
 
 # ----- the finite face -------------------------------------------------------------------------
