@@ -71,6 +71,11 @@ def _declared(cls) -> bool:
     return "__dataclass_fields__" in cls.__dict__
 
 
+def declares_hyperparameters(layer) -> bool:
+    """Whether ``layer``'s class declares its hyperparameters (``@declare``)."""
+    return _declared(type(layer))
+
+
 class _ByIdentity:
     """A tensor-valued hyperparameter (a learnable scale) in an equality key: by identity."""
 
