@@ -171,10 +171,11 @@ class GlobalSelfAttention(Layer):
 
     def make_module(self, in_shape, ctx: BuildContext):
         self.out_shape(in_shape)
-        shapes = _weight_shapes(
-            self.n_heads, self.n_chan_key, self.n_chan_val, self.n_chan_out, in_shape[0],
-            self.linear_scaling,
+        h, nk, nv, c, out = (
+            self.n_heads, self.n_chan_key, self.n_chan_val, in_shape[0], self.n_chan_out
         )  # fmt: skip
+        tied = self.linear_scaling  # the key weights are the query weights
+        shapes = ((h, nk, c), None if tied else (h, nk, c), (h, nv, c), (out, h * nv), (out,))
         stds = (
             self.w_query_std,
             self.w_key_std,
@@ -188,23 +189,10 @@ class GlobalSelfAttention(Layer):
         ).to(device=ctx.device)
 
 
-def _weight_shapes(h, n_key, n_val, n_out, c, linear_scaling):
-    """Shapes of wq, wk (None when tied to wq), wv, wo and the bias."""
-    return (
-        (h, n_key, c),
-        None if linear_scaling else (h, n_key, c),
-        (h, n_val, c),
-        (
-            n_out,
-            h * n_val,
-        ),
-        (n_out,),
-    )
-
-
 def _draw_attention(scheme, generator, shapes, b_std, dtype, device=None):
-    """wq, wk, wv, wo from ``scheme`` (each as one (rows, C) matrix: all heads stacked),
-    then the bias N(0, 1) (None when ``b_std`` is None), in that order."""
+    """wq, wk, wv, wo of ``shapes`` (wk's None when tied) from ``scheme``, each drawn as one
+    (rows, C) matrix (all heads stacked), then the bias N(0, 1) (None when ``b_std`` is
+    None), in that order."""
     out = []
     for shape in shapes[:4]:
         if shape is None:
