@@ -44,7 +44,7 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
 from widenets.compute import same_inputs
 from widenets.errors import check_finite_rows
 from widenets.kernel import input_kernel
-from widenets.layers.base import Layer
+from widenets.layers.base import Layer, declares_hyperparameters
 from widenets.numerics import first_nonfinite, raise_nonfinite
 
 #: initial value given to a zero ``b_std`` (a positive constraint cannot start at 0)
@@ -66,7 +66,9 @@ def with_scales(layer: Layer, w_std: Tensor, b_std: Tensor) -> Layer:
     attributes holding sub-layers (a layer or a tuple of layers) are replaced.
     """
     new = copy.copy(layer)
-    for name, value in vars(layer).items():
+    # sub-layers among the declared hyperparameters (all attributes of an undeclared class)
+    fields = layer.hyperparameters() if declares_hyperparameters(layer) else vars(layer)
+    for name, value in fields.items():
         if isinstance(value, Layer):
             setattr(new, name, with_scales(value, w_std, b_std))
         elif isinstance(value, tuple) and value and all(isinstance(v, Layer) for v in value):

@@ -17,14 +17,15 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from widenets.layers.base import Layer
+from widenets.layers.base import Layer, declares_hyperparameters
 
 
 def _fingerprint(obj, keep: list):
     """A hashable key equal for two networks exactly when they compute the same kernel.
 
-    widenets layers are compared by class and attributes (recursively), numbers, strings and
-    tensors by value; any other object (a function inside ``Elementwise``, say) by identity,
+    widenets layers are compared by class and declared hyperparameters (recursively), numbers,
+    strings and tensors by value; any other object (a function inside ``Elementwise``, a layer
+    of a class that does not declare its hyperparameters) by identity,
     and ``keep`` holds a reference to it so that its id cannot be reused while the key lives.
     """
     if obj is None or isinstance(obj, (bool, int, float, complex, str, bytes)):
@@ -42,9 +43,9 @@ def _fingerprint(obj, keep: list):
         return ("array", str(a.dtype), a.shape, hashlib.sha1(a.tobytes()).hexdigest())
     if isinstance(obj, torch.dtype):
         return ("dtype", str(obj))
-    if isinstance(obj, Layer):
+    if isinstance(obj, Layer) and declares_hyperparameters(obj):
         cls = type(obj)
-        return (cls.__module__, cls.__qualname__, _fingerprint(vars(obj), keep))
+        return (cls.__module__, cls.__qualname__, _fingerprint(obj.hyperparameters(), keep))
     keep.append(obj)
     return ("id", id(obj))
 

@@ -51,8 +51,8 @@ running statistics), ``nn.LayerNorm``, ``nn.GroupNorm`` (affine), and modules fo
 the widenets protocol: float attributes ``weight_scale`` and ``bias_scale``
 (y = s_w W * x + s_b b), a channels-first output (N, out, *spatial), and either a method
 ``ntk_patches(x)`` returning (N, L, fan_in) patches of the input ``x`` in
-``weight.reshape(out, -1)`` order, or the layout of widenets' ``DenseLayer`` (channel
-axis 1) or ``ConvLayer`` (attributes ``kernel_size``, ``stride``, ``pads``,
+``weight.reshape(out, -1)`` order, or the layout of widenets' ``DenseModule`` (channel
+axis 1) or ``ConvModule`` (attributes ``kernel_size``, ``stride``, ``pads``,
 ``circular``). Every layer is checked on one example (its output recomputed from the
 formula above); a layer that fails the check, or is called more than once per forward
 pass (weight sharing), is left to the Jacobian fallback.
@@ -174,14 +174,14 @@ def adapter(m: nn.Module) -> Adapter | NormAdapter | None:
     sw, sb = _scale(m.weight_scale), _scale(m.bias_scale)
     if callable(getattr(m, "ntk_patches", None)):
         return Adapter(sw, sb, m.ntk_patches, _rows_channels_first)
-    if w.ndim == 2:  # DenseLayer: affine map over the channel axis 1
+    if w.ndim == 2:  # DenseModule: affine map over the channel axis 1
 
         def dense_patches(h):
             return h.reshape(h.shape[0], h.shape[1], -1).transpose(1, 2)
 
         return Adapter(sw, sb, dense_patches, _rows_channels_first)
     if w.ndim in (3, 4) and all(hasattr(m, a) for a in ("kernel_size", "stride", "pads")):
-        from widenets.spatial_modules import _pad
+        from widenets.layers._spatial import pad_input as _pad
 
         pads, circular = tuple(tuple(p) for p in m.pads), bool(getattr(m, "circular", False))
         k, s = tuple(m.kernel_size), tuple(m.stride)

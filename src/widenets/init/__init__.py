@@ -9,7 +9,6 @@ parameterisation is ``wn.Dense(..., parameterization="mean_field")`` (alias "mup
 """
 
 from widenets.init.apply import apply
-from widenets.init.scale import Scaled, ScaledModule, scaled
 from widenets.init.schemes import (
     Gaussian,
     GeneralizedGaussian,
@@ -19,6 +18,7 @@ from widenets.init.schemes import (
     Sparse,
     Uniform,
 )
+from widenets.layers.scaled import Scaled, ScaledModule, scaled  # the output scale (a layer)
 
 __all__ = [
     "Gaussian",

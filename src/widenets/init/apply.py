@@ -1,9 +1,9 @@
-"""Apply an initialiser to any module: widenets Dense layers, nn.Linear, nn.Conv*.
+"""Apply an initialiser to any module: widenets' own modules, nn.Linear, nn.Conv*.
 
-Each weight is redrawn as ``scale * scheme.weight(shape, fan_in, ...)`` where the scale is
-the one of the layer's parameterisation: 1 for widenets Dense layers in the NTK and
-mean-field parameterisations (their multiplier is applied in ``forward``), w_std / sqrt(fan_in)
-for widenets "standard" layers and for torch layers (``w_std`` argument, default 1).
+widenets modules with weights (``layers.base.WeightedModule``: Dense, Conv, attention,
+DEQ, ...) redraw themselves with ``reset_parameters(scheme, generator)``, exactly as
+``build`` draws them in their parameterisation. Plain torch layers are redrawn as
+W = w_std / sqrt(fan_in) * ``scheme.weight(shape, fan_in, ...)``.
 """
 
 from __future__ import annotations
@@ -14,8 +14,8 @@ import torch
 from torch import nn
 
 from widenets.errors import check_nonnegative
-from widenets.init_default import draw_weight
-from widenets.modules import DenseLayer
+from widenets.init.schemes import draw_weight
+from widenets.layers.base import WeightedModule
 
 _TORCH_LAYERS = (nn.Linear, nn.Conv1d, nn.Conv2d, nn.Conv3d)
 
@@ -32,14 +32,16 @@ def apply(
     """Redraw every weight of ``model`` from ``scheme`` in place; returns ``model``.
 
     Args:
-        model: any module; its widenets ``DenseLayer``, ``nn.Linear`` and ``nn.Conv1d/2d/3d``
-            submodules are re-initialised, others are left alone.
+        model: any module; its widenets modules with weights, ``nn.Linear`` and
+            ``nn.Conv1d/2d/3d`` submodules are re-initialised, others are left alone.
         scheme: a :mod:`widenets.init` scheme (or None for Gaussian IID).
         w_std: for torch layers, the weight scale: W = w_std / sqrt(fan_in) * draw.
-            (widenets Dense layers keep their own ``w_std``.)
+            (widenets layers keep their own ``w_std`` and parameterisation.)
         b_std: for torch layers, redraw biases as N(0, b_std^2); None leaves them alone.
-            widenets Dense biases are redrawn as N(0, 1) (their multiplier is b_std).
-        seed, generator: source of randomness (a fresh seed when both are None).
+            widenets biases are redrawn as ``build`` draws them.
+        seed, generator: source of randomness (a fresh seed when both are None). A model
+            made by ``net.build(..., seed=s, init=scheme)`` and one redrawn with
+            ``apply(model, scheme, seed=s)`` have the same parameters.
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"`model` must be a torch.nn.Module, got {type(model).__name__}.")
@@ -55,38 +57,31 @@ def apply(
             generator.seed()
         else:
             generator.manual_seed(int(seed))
-    found = False
-    with torch.no_grad():
-        for module in model.modules():
-            if isinstance(module, DenseLayer):
-                found = True
-                w = module.weight
-                fan_in = w.shape[1]
-                new = draw_weight(scheme, w.shape, fan_in, generator, w.dtype, w.device)
-                if module.parameterization == "standard":
-                    new = new * (module.w_std / math.sqrt(fan_in))
-                w.copy_(new)
-                if module.bias is not None:
-                    b = torch.randn(module.bias.shape, generator=generator, dtype=w.dtype).to(
-                        w.device
-                    )
-                    if module.parameterization == "standard":
-                        b = b * module.b_std
-                    module.bias.copy_(b)
-            elif isinstance(module, _TORCH_LAYERS):
-                found = True
-                w = module.weight
-                fan_in = math.prod(w.shape[1:])
-                new = draw_weight(scheme, w.shape, fan_in, generator, w.dtype, w.device)
-                w.copy_(new * (w_std / math.sqrt(fan_in)))
-                if b_std is not None and module.bias is not None:
-                    b = torch.randn(module.bias.shape, generator=generator, dtype=w.dtype).to(
-                        w.device
-                    )
-                    module.bias.copy_(b * b_std)
-    if not found:
+    if not redraw(model, scheme, generator, w_std, b_std):
         raise ValueError(
-            "`model` has no layer that an initialiser applies to (widenets Dense, nn.Linear, "
-            "nn.Conv1d/2d/3d)."
+            "`model` has no layer that an initialiser applies to (a widenets layer with "
+            "weights, nn.Linear, nn.Conv1d/2d/3d)."
         )
     return model
+
+
+@torch.no_grad()
+def redraw(module: nn.Module, scheme, generator, w_std: float = 1.0, b_std=None) -> bool:
+    """Redraw the weights of ``module`` and its submodules in order (a widenets module
+    redraws its own submodules); whether any weight was found."""
+    if isinstance(module, WeightedModule):
+        module.reset_parameters(scheme, generator)
+        return True
+    if isinstance(module, _TORCH_LAYERS):
+        w = module.weight
+        fan_in = math.prod(w.shape[1:])
+        new = draw_weight(scheme, w.shape, fan_in, generator, w.dtype, w.device)
+        w.copy_(new * (w_std / math.sqrt(fan_in)))
+        if b_std is not None and module.bias is not None:
+            b = torch.randn(module.bias.shape, generator=generator, dtype=w.dtype).to(w.device)
+            module.bias.copy_(b * b_std)
+        return True
+    found = False
+    for child in module.children():
+        found = redraw(child, scheme, generator, w_std, b_std) or found
+    return found

@@ -44,6 +44,24 @@ def _as_matrix_shape(shape) -> tuple[int, int]:
     return shape[0], math.prod(shape[1:])
 
 
+def draw_weight(scheme, shape, fan_in, generator, dtype, device=None) -> Tensor:
+    """Unit-variance weight draw of ``shape`` from ``scheme`` (None: Gaussian IID)."""
+    if scheme is None:
+        return torch.randn(shape, generator=generator, dtype=dtype).to(device)
+    w = scheme.weight(tuple(shape), fan_in, generator, dtype)
+    if tuple(w.shape) != tuple(shape):
+        raise ValueError(
+            f"`init` {scheme!r} returned a weight of shape {tuple(w.shape)}, expected "
+            f"{tuple(shape)}."
+        )
+    return w.to(device=device, dtype=dtype)
+
+
+def draw_bias(shape, generator, dtype, device=None) -> Tensor:
+    """N(0, 1) bias entries (every scheme draws biases Gaussian)."""
+    return torch.randn(shape, generator=generator, dtype=dtype).to(device)
+
+
 class Scheme:
     """Base class of initialisers (any object with a ``weight`` method works in ``build``)."""
 

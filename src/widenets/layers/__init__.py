@@ -37,6 +37,7 @@ from widenets.layers.deq import DEQ, DEQModule, FixedPointError
 from widenets.layers.normalization import Dropout, LayerNorm
 from widenets.layers.pooling import AvgPool, Flatten, GlobalAvgPool
 from widenets.layers.quadrature import Elementwise
+from widenets.layers.scaled import Scaled, scaled
 from widenets.layers.spiky import SpikySmooth, spike_kernel, spiky_smooth_kernel
 
 __all__ = [
@@ -63,6 +64,7 @@ __all__ = [
     "Parallel",
     "Relu",
     "Scale",
+    "Scaled",
     "Serial",
     "Sign",
     "Sin",
@@ -72,6 +74,7 @@ __all__ = [
     "fan_out",
     "parallel",
     "residual",
+    "scaled",
     "serial",
     "AvgPool",
     "Conv",

@@ -93,6 +93,30 @@ def geometry(size: int, k: int, s: int, padding: str, what: str) -> tuple[int, i
     return out, lo, hi
 
 
+def pad_input(x: Tensor, pads: tuple[tuple[int, int], ...], circular: bool) -> Tensor:
+    """Pad the spatial axes of activations (N, C, *spatial); ``pads`` is ((lo, hi), ...) per
+    axis: zeros, or wrapped around when ``circular`` (the finite faces of Conv, AvgPool)."""
+    flat = []
+    for lo, hi in reversed(pads):  # F.pad starts from the last axis
+        flat += [lo, hi]
+    if not any(flat):
+        return x
+    if circular:
+        # F.pad's circular mode needs pads <= size; wrapping one axis at a time keeps it simple
+        for i, (lo, hi) in enumerate(pads):
+            axis = 2 + i
+            n = x.shape[axis]
+            parts = []
+            if lo:
+                parts.append(x.narrow(axis, n - lo, lo))
+            parts.append(x)
+            if hi:
+                parts.append(x.narrow(axis, 0, hi))
+            x = torch.cat(parts, axis)
+        return x
+    return torch.nn.functional.pad(x, flat)
+
+
 def pad_axis(t: Tensor, axis: int, lo: int, hi: int, circular: bool) -> Tensor:
     """Pad one axis with zeros or by wrapping around."""
     if lo == 0 and hi == 0:

@@ -17,14 +17,15 @@ the variances of position s of x1 and position s' of x2 (``Kernel.pair_variances
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
+from dataclasses import field
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from widenets.errors import check_finite_real
 from widenets.kernel import Kernel
-from widenets.layers.base import BuildContext, Layer, linear_degree
-from widenets.modules import Elementwise as ElementwiseModule
+from widenets.layers.base import BuildContext, Layer, declare, linear_degree
 from widenets.numerics import SIN_LIMIT, flag_pairs, flag_pairs_below, watching
 
 PI = math.pi
@@ -123,12 +124,25 @@ class Activation(Layer):
         return k.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2, is_gaussian=False)
 
     def make_module(self, in_shape, ctx: BuildContext):
-        return ElementwiseModule(self.fn, repr(self))
-
-    def __repr__(self):
-        return f"{self.name}()"
+        return ActivationModule(self.fn, repr(self))
 
 
+class ActivationModule(nn.Module):
+    """The finite face of every activation: ``fn`` applied elementwise."""
+
+    def __init__(self, fn: Callable[[Tensor], Tensor], name: str):
+        super().__init__()
+        self.fn = fn
+        self.name = name
+
+    def forward(self, x):
+        return self.fn(x)
+
+    def extra_repr(self) -> str:
+        return self.name
+
+
+@declare
 class ABRelu(Activation):
     """phi(x) = a x for x < 0 and b x for x > 0 (Relu: a=0, b=1; Abs: a=-1, b=1).
 
@@ -138,12 +152,12 @@ class ABRelu(Activation):
 
     name = "ABRelu"
 
-    def __init__(self, a: float = 0.0, b: float = 1.0):
-        self.a = check_finite_real(a, "a")
-        self.b = check_finite_real(b, "b")
+    a: float = 0.0
+    b: float = 1.0
 
-    def __repr__(self):
-        return f"ABRelu(a={self.a}, b={self.b})"
+    def __post_init__(self):
+        self.a = check_finite_real(self.a, "a")
+        self.b = check_finite_real(self.b, "b")
 
     def fn(self, x):
         return torch.where(x > 0, self.b * x, self.a * x)
@@ -224,49 +238,49 @@ class ABRelu(Activation):
         return out, dot
 
 
+@declare
 class Relu(ABRelu):
     """max(x, 0)."""
 
     name = "Relu"
 
-    def __init__(self):
-        super().__init__(0.0, 1.0)
-
-    def __repr__(self):
-        return "Relu()"
+    a: float = field(default=0.0, init=False, repr=False)
+    b: float = field(default=1.0, init=False, repr=False)
 
     def fn(self, x):
         return torch.relu(x)
 
 
+@declare
 class LeakyRelu(ABRelu):
     """x for x > 0, alpha x otherwise."""
 
     name = "LeakyRelu"
 
-    def __init__(self, alpha: float = 0.01):
-        super().__init__(alpha, 1.0)
+    a: float = field(default=0.01, init=False, repr=False)  # = alpha
+    b: float = field(default=1.0, init=False, repr=False)
+    alpha: float = 0.01
+
+    def __post_init__(self):
+        self.a = self.alpha
+        super().__post_init__()  # checks it (as `a`, the ABRelu slope)
         self.alpha = self.a
 
-    def __repr__(self):
-        return f"LeakyRelu({self.alpha})"
 
-
+@declare
 class Abs(ABRelu):
     """|x|."""
 
     name = "Abs"
 
-    def __init__(self):
-        super().__init__(-1.0, 1.0)
-
-    def __repr__(self):
-        return "Abs()"
+    a: float = field(default=-1.0, init=False, repr=False)
+    b: float = field(default=1.0, init=False, repr=False)
 
     def fn(self, x):
         return x.abs()
 
 
+@declare
 class Erf(Activation):
     """phi(x) = a erf(b x) + c (Williams 1997).
 
@@ -276,13 +290,14 @@ class Erf(Activation):
 
     name = "Erf"
 
-    def __init__(self, a: float = 1.0, b: float = 1.0, c: float = 0.0):
-        self.a = check_finite_real(a, "a")
-        self.b = check_finite_real(b, "b")
-        self.c = check_finite_real(c, "c")
+    a: float = 1.0
+    b: float = 1.0
+    c: float = 0.0
 
-    def __repr__(self):
-        return f"Erf(a={self.a}, b={self.b}, c={self.c})"
+    def __post_init__(self):
+        self.a = check_finite_real(self.a, "a")
+        self.b = check_finite_real(self.b, "b")
+        self.c = check_finite_real(self.c, "c")
 
     def fn(self, x):
         return self.a * torch.erf(self.b * x) + self.c
@@ -324,6 +339,7 @@ class Erf(Activation):
         return out, dot
 
 
+@declare
 class Gelu(Activation):
     """x Phi(x), Phi the normal CDF (Tsuchida et al. 2020, closed form as in Neural Tangents).
 
@@ -368,6 +384,7 @@ class Gelu(Activation):
         return out, dot
 
 
+@declare
 class Sin(Activation):
     """phi(x) = amplitude sin(frequency x + phase); ``Cos`` is phase pi/2.
 
@@ -377,13 +394,14 @@ class Sin(Activation):
 
     name = "Sin"
 
-    def __init__(self, amplitude: float = 1.0, frequency: float = 1.0, phase: float = 0.0):
-        self.amplitude = check_finite_real(amplitude, "amplitude")
-        self.frequency = check_finite_real(frequency, "frequency")
-        self.phase = check_finite_real(phase, "phase")
+    amplitude: float = 1.0
+    frequency: float = 1.0
+    phase: float = 0.0
 
-    def __repr__(self):
-        return f"Sin(amplitude={self.amplitude}, frequency={self.frequency}, phase={self.phase})"
+    def __post_init__(self):
+        self.amplitude = check_finite_real(self.amplitude, "amplitude")
+        self.frequency = check_finite_real(self.frequency, "frequency")
+        self.phase = check_finite_real(self.phase, "phase")
 
     def fn(self, x):
         return self.amplitude * torch.sin(self.frequency * x + self.phase)
@@ -404,6 +422,7 @@ def Cos(amplitude: float = 1.0, frequency: float = 1.0, phase: float = 0.0) -> S
     return Sin(amplitude, frequency, phase + PI / 2)
 
 
+@declare
 class Gaussian(Activation):
     """phi(x) = a exp(b x^2) for b < 1/(2 q) (a Gaussian bump for b < 0).
 
@@ -413,12 +432,12 @@ class Gaussian(Activation):
 
     name = "Gaussian"
 
-    def __init__(self, a: float = 1.0, b: float = -0.5):
-        self.a = check_finite_real(a, "a")
-        self.b = check_finite_real(b, "b")
+    a: float = 1.0
+    b: float = -0.5
 
-    def __repr__(self):
-        return f"Gaussian(a={self.a}, b={self.b})"
+    def __post_init__(self):
+        self.a = check_finite_real(self.a, "a")
+        self.b = check_finite_real(self.b, "b")
 
     def fn(self, x):
         return self.a * torch.exp(self.b * x * x)
@@ -436,6 +455,7 @@ class Gaussian(Activation):
         return out, dot
 
 
+@declare
 class Sign(Activation):
     """sign(x): K' = (2/pi) arcsin(c).
 
@@ -498,19 +518,19 @@ def _monomial_kernel(degree: int, nngp, q1, q2):
     return out
 
 
+@declare
 class Monomial(Activation):
     """phi(x) = x^degree: K' = sum_k a_{d,k}^2 k! (q1 q2)^{(d-k)/2} K^k (Hermite expansion);
     Kdot = d^2 E[u^{d-1} v^{d-1}]."""
 
     name = "Monomial"
 
-    def __init__(self, degree: int):
-        if isinstance(degree, bool) or not isinstance(degree, int) or degree < 0:
-            raise ValueError(f"`degree` must be a non-negative integer, got {degree!r}.")
-        self.degree = degree
+    degree: int
 
-    def __repr__(self):
-        return f"Monomial({self.degree})"
+    def __post_init__(self):
+        d = self.degree
+        if isinstance(d, bool) or not isinstance(d, int) or d < 0:
+            raise ValueError(f"`degree` must be a non-negative integer, got {d!r}.")
 
     def fn(self, x):
         return x**self.degree

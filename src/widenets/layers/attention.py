@@ -21,18 +21,27 @@ attention) the limit has no closed form: the finite network works, the kernel ra
 from __future__ import annotations
 
 import math
+from dataclasses import field
 
 import torch
-from torch import Tensor
+from torch import Tensor, nn
 
 from widenets.errors import check_nonnegative, check_positive_int
+from widenets.init.schemes import draw_bias, draw_weight
 from widenets.kernel import Kernel
-from widenets.layers.base import BuildContext, Layer
-from widenets.spatial_modules import SelfAttentionModule
+from widenets.layers.base import (
+    INNER_WIDTH,
+    WIDTH,
+    BuildContext,
+    Layer,
+    WeightedModule,
+    declare,
+)
 
 MECHANISMS = ("softmax", "identity")
 
 
+@declare
 class GlobalSelfAttention(Layer):
     """Multi-head self-attention over every position of (C, L) or (C, H, W) inputs.
 
@@ -48,42 +57,36 @@ class GlobalSelfAttention(Layer):
     name = "GlobalSelfAttention"
     mixes_positions = True
 
-    def __init__(
-        self,
-        n_chan_out: int,
-        n_chan_key: int,
-        n_chan_val: int,
-        n_heads: int,
-        linear_scaling: bool = True,
-        w_key_std: float = 1.0,
-        w_value_std: float = 1.0,
-        w_query_std: float = 1.0,
-        w_out_std: float = 1.0,
-        b_std: float | None = None,
-        attention_mechanism: str = "softmax",
-    ):
-        self.n_chan_out = check_positive_int(n_chan_out, "n_chan_out")
-        self.n_chan_key = check_positive_int(n_chan_key, "n_chan_key")
-        self.n_chan_val = check_positive_int(n_chan_val, "n_chan_val")
-        self.n_heads = check_positive_int(n_heads, "n_heads")
-        self.linear_scaling = bool(linear_scaling)
-        self.w_key_std = check_nonnegative(w_key_std, "w_key_std")
-        self.w_value_std = check_nonnegative(w_value_std, "w_value_std")
-        self.w_query_std = check_nonnegative(w_query_std, "w_query_std")
-        self.w_out_std = check_nonnegative(w_out_std, "w_out_std")
-        self.b_std = check_nonnegative(b_std, "b_std", allow_none=True)
-        mech = str(attention_mechanism).lower()
+    n_chan_out: int = field(metadata=WIDTH)
+    n_chan_key: int = field(metadata=INNER_WIDTH)
+    n_chan_val: int = field(metadata=INNER_WIDTH)
+    n_heads: int
+    linear_scaling: bool = True
+    w_key_std: float = 1.0
+    w_value_std: float = 1.0
+    w_query_std: float = 1.0
+    w_out_std: float = 1.0
+    b_std: float | None = None
+    attention_mechanism: str = "softmax"
+
+    def __post_init__(self):
+        self.n_chan_out = check_positive_int(self.n_chan_out, "n_chan_out")
+        self.n_chan_key = check_positive_int(self.n_chan_key, "n_chan_key")
+        self.n_chan_val = check_positive_int(self.n_chan_val, "n_chan_val")
+        self.n_heads = check_positive_int(self.n_heads, "n_heads")
+        self.linear_scaling = bool(self.linear_scaling)
+        self.w_key_std = check_nonnegative(self.w_key_std, "w_key_std")
+        self.w_value_std = check_nonnegative(self.w_value_std, "w_value_std")
+        self.w_query_std = check_nonnegative(self.w_query_std, "w_query_std")
+        self.w_out_std = check_nonnegative(self.w_out_std, "w_out_std")
+        self.b_std = check_nonnegative(self.b_std, "b_std", allow_none=True)
+        mech = str(self.attention_mechanism).lower()
         if mech not in MECHANISMS:
             raise ValueError(
-                f"`attention_mechanism` must be one of {MECHANISMS}, got {attention_mechanism!r}."
+                f"`attention_mechanism` must be one of {MECHANISMS}, got "
+                f"{self.attention_mechanism!r}."
             )
         self.attention_mechanism = mech
-
-    def __repr__(self):
-        return (
-            f"GlobalSelfAttention({self.n_chan_out}, key={self.n_chan_key}, "
-            f"val={self.n_chan_val}, heads={self.n_heads}, linear_scaling={self.linear_scaling})"
-        )
 
     def out_shape(self, in_shape):
         if not isinstance(in_shape, tuple):
@@ -168,18 +171,11 @@ class GlobalSelfAttention(Layer):
 
     def make_module(self, in_shape, ctx: BuildContext):
         self.out_shape(in_shape)
-        c = in_shape[0]
-        g = ctx.generator
-
-        def draw(*shape):
-            return torch.randn(shape, generator=g, dtype=ctx.dtype)
-
-        h, nk, nv = self.n_heads, self.n_chan_key, self.n_chan_val
-        wq = draw(h, nk, c)
-        wk = None if self.linear_scaling else draw(h, nk, c)
-        wv = draw(h, nv, c)
-        wo = draw(self.n_chan_out, h * nv)
-        bias = None if self.b_std is None else draw(self.n_chan_out)
+        h, nk, nv, c, out = (
+            self.n_heads, self.n_chan_key, self.n_chan_val, in_shape[0], self.n_chan_out
+        )  # fmt: skip
+        tied = self.linear_scaling  # the key weights are the query weights
+        shapes = ((h, nk, c), None if tied else (h, nk, c), (h, nv, c), (out, h * nv), (out,))
         stds = (
             self.w_query_std,
             self.w_key_std,
@@ -187,22 +183,78 @@ class GlobalSelfAttention(Layer):
             self.w_out_std,
             0.0 if self.b_std is None else self.b_std,
         )
-        return SelfAttentionModule(
-            wq, wk, wv, wo, bias, stds, self.linear_scaling, self.attention_mechanism
+        weights = _draw_attention(ctx.init, ctx.generator, shapes, self.b_std, ctx.dtype)
+        return GlobalSelfAttentionModule(
+            *weights, stds, self.linear_scaling, self.attention_mechanism
         ).to(device=ctx.device)
 
-    def _rewidth(self, width, keep):
-        new = GlobalSelfAttention(
-            self.n_chan_out if keep else width,
-            width,
-            width,
-            self.n_heads,
-            self.linear_scaling,
-            self.w_key_std,
-            self.w_value_std,
-            self.w_query_std,
-            self.w_out_std,
-            self.b_std,
-            self.attention_mechanism,
-        )
-        return new, False
+
+def _draw_attention(scheme, generator, shapes, b_std, dtype, device=None):
+    """wq, wk, wv, wo of ``shapes`` (wk's None when tied) from ``scheme``, each drawn as one
+    (rows, C) matrix (all heads stacked), then the bias N(0, 1) (None when ``b_std`` is
+    None), in that order."""
+    out = []
+    for shape in shapes[:4]:
+        if shape is None:
+            out.append(None)
+            continue
+        rows, fan_in = math.prod(shape[:-1]), shape[-1]
+        w = draw_weight(scheme, (rows, fan_in), fan_in, generator, dtype, device)
+        out.append(w.reshape(shape))
+    out.append(None if b_std is None else draw_bias(shapes[4], generator, dtype, device))
+    return out
+
+
+class GlobalSelfAttentionModule(WeightedModule):
+    """Multi-head self-attention over all spatial positions of (N, C, *spatial).
+
+    For head h, with X the (P, C) positions-by-channels input:
+    Q_h = w_q X Wq_h^T / sqrt(C), K_h = w_k X Wk_h^T / sqrt(C), V_h = w_v X Wv_h^T / sqrt(C),
+    A_h = softmax(Q_h K_h^T / n_key) (``linear_scaling``, Wk = Wq tied) or
+    softmax(Q_h K_h^T / sqrt(n_key)), out = concat_h(A_h V_h) w_o Wo^T / sqrt(H n_val) + b_std b.
+    Every weight has unit-variance entries (NTK parameterisation); the query, key and value
+    weights of all heads together are one (H n, C) matrix for an init scheme.
+    """
+
+    def __init__(self, wq, wk, wv, wo, bias, stds, linear_scaling, mechanism="softmax"):
+        super().__init__()
+        self.wq = nn.Parameter(wq)  # (H, n_key, C)
+        self.wk = None if wk is None else nn.Parameter(wk)
+        self.wv = nn.Parameter(wv)  # (H, n_val, C)
+        self.wo = nn.Parameter(wo)  # (C_out, H * n_val)
+        self.bias = None if bias is None else nn.Parameter(bias)
+        self.q_std, self.k_std, self.v_std, self.o_std, self.b_std = stds
+        self.linear_scaling = linear_scaling
+        self.mechanism = mechanism
+
+    @torch.no_grad()
+    def reset_parameters(self, scheme=None, generator: torch.Generator | None = None) -> None:
+        """Redraw wq, wk, wv, wo and the bias as ``build`` draws them (``_draw_attention``)."""
+        params = (self.wq, self.wk, self.wv, self.wo, self.bias)
+        shapes = tuple(None if p is None else tuple(p.shape) for p in params)
+        b_std = None if self.bias is None else self.b_std
+        new = _draw_attention(scheme, generator, shapes, b_std, self.wq.dtype, self.wq.device)
+        for p, v in zip(params, new, strict=True):
+            if p is not None:
+                p.copy_(v)
+
+    def forward(self, x):
+        n, c = x.shape[:2]
+        spatial = x.shape[2:]
+        xs = x.flatten(2).transpose(1, 2)  # (N, P, C)
+        s = 1.0 / math.sqrt(c)
+        q = torch.einsum("npc,hkc->nhpk", xs, self.wq) * (self.q_std * s)
+        wk = self.wq if self.wk is None else self.wk
+        k = torch.einsum("npc,hkc->nhpk", xs, wk) * (self.k_std * s)
+        v = torch.einsum("npc,hvc->nhpv", xs, self.wv) * (self.v_std * s)
+        n_key = q.shape[-1]
+        scale = 1.0 / n_key if self.linear_scaling else 1.0 / math.sqrt(n_key)
+        a = q @ k.transpose(-1, -2) * scale  # (N, H, P, P) logits
+        if self.mechanism == "softmax":
+            a = torch.softmax(a, dim=-1)
+        heads = a @ v  # (N, H, P, n_val)
+        heads = heads.permute(0, 2, 1, 3).flatten(2)  # (N, P, H * n_val)
+        out = heads @ self.wo.T * (self.o_std / math.sqrt(heads.shape[-1]))
+        if self.bias is not None:
+            out = out + self.bias * self.b_std
+        return out.transpose(1, 2).reshape(n, -1, *spatial)

@@ -11,7 +11,8 @@ Users call :meth:`Layer.kernel` and :meth:`Layer.build` on any layer or network.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+import copy
+from dataclasses import MISSING, dataclass, field, fields
 
 import torch
 from torch import nn
@@ -32,8 +33,84 @@ class BuildContext:
     extras: dict = field(default_factory=dict)
 
 
+class WeightedModule(nn.Module):
+    """Base of the finite faces that hold weights (Dense, Conv, attention, DEQ, ...).
+
+    ``reset_parameters(scheme, generator)`` redraws every parameter in place exactly as
+    ``Layer.build`` draws it (same order, same scales), so ``widenets.init.apply`` needs no
+    list of module types: it calls this method on every widenets module that has weights.
+    """
+
+    def reset_parameters(self, scheme=None, generator: torch.Generator | None = None) -> None:
+        raise NotImplementedError
+
+
+# ----- declared hyperparameters --------------------------------------------------------------
+#: field metadata read by ``Layer.with_widths``
+WIDTH = {"width": "hidden"}  # a hidden width: replaced, except in the readout
+INNER_WIDTH = {"width": "inner"}  # always replaced (attention's key and value channels)
+SEQUENCE = {"children": "sequence"}  # sub-layers applied one after the other
+BRANCHES = {"children": "branches"}  # sub-layers applied side by side
+VARIADIC = {"variadic": True}  # a tuple given as positional arguments (shown so in repr)
+
+
+def declare(cls):
+    """Class decorator: the annotated fields of a layer class are its hyperparameters.
+
+    It makes the class a dataclass (the generated ``__init__`` calls ``__post_init__``,
+    where the layer validates and normalises its fields) and leaves equality, hashing and
+    repr to :class:`Layer`, which derive them from the fields. Derived attributes set in
+    ``__post_init__`` (not annotated) are not hyperparameters.
+    """
+    return dataclass(eq=False, repr=False)(cls)
+
+
+def _declared(cls) -> bool:
+    """Whether this very class declares its hyperparameters (a subclass that is not itself
+    decorated may hold undeclared state: it compares by identity)."""
+    return "__dataclass_fields__" in cls.__dict__
+
+
+def declares_hyperparameters(layer) -> bool:
+    """Whether ``layer``'s class declares its hyperparameters (``@declare``)."""
+    return _declared(type(layer))
+
+
+class _ByIdentity:
+    """A tensor-valued hyperparameter (a learnable scale) in an equality key: by identity."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj):
+        self.obj = obj
+
+    def __eq__(self, other):
+        return isinstance(other, _ByIdentity) and other.obj is self.obj
+
+    def __hash__(self):
+        return id(self.obj)
+
+
+def _same(value, default) -> bool:
+    return value is default or (not isinstance(value, torch.Tensor) and value == default)
+
+
+def _show(value) -> str:
+    if callable(value) and not isinstance(value, Layer) and hasattr(value, "__name__"):
+        return value.__name__
+    return repr(value)
+
+
 class Layer:
-    """Base class of all widenets layers and networks."""
+    """Base class of all widenets layers and networks.
+
+    Hyperparameters are declared (``@declare``: dataclass fields), which gives every layer
+    its repr, equality and hash (equal networks compute the same kernel: the key of
+    ``KernelCache``) and one way to copy it, :meth:`replace`. Tensor-valued fields (a 0-dim
+    ``w_std`` with gradients) compare and hash by identity; functions (``Elementwise``'s
+    ``fn``) by the function object. A subclass that does not declare its fields compares
+    by identity.
+    """
 
     #: name used in error messages
     name: str = "Layer"
@@ -93,10 +170,73 @@ class Layer:
         """Whether this layer and every layer inside it accept the packed pair layout."""
         return self.handles_packed_pairs and all(c.packs_pairs() for c in self.children())
 
+    # ----- declared hyperparameters: repr, equality, hash, copies ------------------------------
+    def hyperparameters(self) -> dict:
+        """The declared hyperparameters by name (empty for an undeclared layer class)."""
+        if not _declared(type(self)):
+            return {}
+        return {f.name: getattr(self, f.name) for f in fields(self)}
+
+    def replace(self, **changes) -> Layer:
+        """A copy with some hyperparameters changed, validated as by the constructor, e.g.
+        ``Dense(512).replace(w_std=2.0)``."""
+        if not _declared(type(self)):
+            raise TypeError(f"{type(self).__name__} does not declare its hyperparameters.")
+        names = [f.name for f in fields(self)]
+        unknown = [k for k in changes if k not in names]
+        if unknown:
+            raise ValueError(
+                f"{type(self).__name__} has no hyperparameter {unknown[0]!r}; it has {names}."
+            )
+        new = copy.copy(self)
+        for k, v in changes.items():
+            setattr(new, k, v)
+        post = getattr(new, "__post_init__", None)
+        if post is not None:
+            post()
+        return new
+
+    def _key(self) -> tuple:
+        return tuple(
+            _ByIdentity(v) if isinstance(v, torch.Tensor) else v
+            for v in self.hyperparameters().values()
+        )
+
+    def __eq__(self, other) -> bool:
+        if self is other:
+            return True
+        if type(other) is not type(self) or not _declared(type(self)):
+            return False
+        return self._key() == other._key()
+
+    def __hash__(self) -> int:
+        if not _declared(type(self)):
+            return object.__hash__(self)
+        return hash((type(self).__qualname__, self._key()))
+
+    def __repr__(self) -> str:
+        """One line: ``Name(required values, non-default field=value, ...)``."""
+        if not _declared(type(self)):
+            return type(self).name
+        args = []
+        for f in fields(self):
+            if not f.repr:
+                continue
+            value = getattr(self, f.name)
+            if f.metadata.get("variadic"):
+                args += [repr(v) for v in value]
+            elif f.default is MISSING and f.default_factory is MISSING:
+                args.append(_show(value))
+            elif not _same(value, f.default):
+                args.append(f"{f.name}={_show(value)}")
+        return f"{type(self).name}({', '.join(args)})"
+
     def with_widths(self, width: int, *, keep_readout: bool = True) -> Layer:
         """A copy whose hidden widths (every ``out_dim``/channel count) are ``width``.
 
         With ``keep_readout`` the last width-carrying layer (the readout) keeps its width.
+        Widths are the fields declared with ``WIDTH`` / ``INNER_WIDTH`` metadata; sub-layers
+        those declared ``SEQUENCE`` (walked from the output back) or ``BRANCHES``.
         """
         from widenets.errors import check_positive_int
 
@@ -105,8 +245,32 @@ class Layer:
         return new
 
     def _rewidth(self, width: int, keep: bool) -> tuple[Layer, bool]:
-        """Return (copy with widths replaced, whether a readout is still to be kept)."""
-        return self, keep
+        """(copy with widths replaced, whether a readout is still to be kept)."""
+        if not _declared(type(self)):
+            return self, keep
+        changes, carries_width = {}, False
+        for f in fields(self):
+            value, role = getattr(self, f.name), f.metadata.get("children")
+            if role == "sequence":
+                seq = value if isinstance(value, tuple) else (value,)
+                new = []
+                for layer in reversed(seq):
+                    layer, keep = layer._rewidth(width, keep)
+                    new.append(layer)
+                new = tuple(reversed(new))
+                changes[f.name] = new if isinstance(value, tuple) else new[0]
+            elif role == "branches":
+                out = [b._rewidth(width, keep) for b in value]
+                changes[f.name] = tuple(b for b, _ in out)
+                keep = all(k for _, k in out)
+        for f in fields(self):
+            kind = f.metadata.get("width")
+            if kind == "inner" or (kind == "hidden" and not keep):
+                changes[f.name] = width
+            carries_width = carries_width or kind == "hidden"
+        if carries_width:
+            keep = False
+        return (self.replace(**changes) if changes else self), keep
 
     # ----- what users call -----------------------------------------------------------------
     def kernel(
@@ -211,9 +375,6 @@ class Layer:
             module = apply_variance_prior(module, last_layer_variance_prior, generator)
         module.input_shape = input_shape
         return module
-
-    def __repr__(self) -> str:
-        return self.name
 
 
 def _check_build_args(seed, dtype, init, generator, device=None) -> None:

@@ -9,16 +9,22 @@ finite channel counts (likewise Theta).
 
 from __future__ import annotations
 
+from dataclasses import field
+
+import torch
+from torch import nn
+
 from widenets.errors import check_finite_real, check_positive_int, shape_str
 from widenets.kernel import Kernel
-from widenets.layers.base import BuildContext, Layer, linear_degree
-from widenets.modules import FanInConcat as FanInConcatModule
-from widenets.modules import FanInSum as FanInSumModule
-from widenets.modules import FanOut as FanOutModule
-from widenets.modules import IdentityModule
-from widenets.modules import Parallel as ParallelModule
-from widenets.modules import Scale as ScaleModule
-from widenets.modules import Serial as SerialModule
+from widenets.layers.base import (
+    BRANCHES,
+    SEQUENCE,
+    VARIADIC,
+    BuildContext,
+    Layer,
+    declare,
+    linear_degree,
+)
 
 
 def _check_layer(obj, where: str) -> Layer:
@@ -27,22 +33,25 @@ def _check_layer(obj, where: str) -> Layer:
     return obj
 
 
+@declare
 class Serial(Layer):
     """Layers applied in sequence: ``serial(a, b, c)`` computes c(b(a(x)))."""
 
     name = "serial"
     handles_packed_pairs = True
 
+    layers: tuple[Layer, ...] = field(metadata={**SEQUENCE, **VARIADIC})
+
     def __init__(self, *layers: Layer):
         if len(layers) == 1 and isinstance(layers[0], (list, tuple)):
             layers = tuple(layers[0])
-        if not layers:
-            raise ValueError("`serial` needs at least one layer.")
-        self.layers = tuple(_check_layer(layer, "`serial` arguments") for layer in layers)
+        self.layers = layers
+        self.__post_init__()
 
-    def __repr__(self) -> str:
-        inner = ",\n  ".join(repr(layer).replace("\n", "\n  ") for layer in self.layers)
-        return f"serial(\n  {inner}\n)"
+    def __post_init__(self):
+        if not self.layers:
+            raise ValueError("`serial` needs at least one layer.")
+        self.layers = tuple(_check_layer(layer, "`serial` arguments") for layer in self.layers)
 
     def children(self):
         return self.layers
@@ -83,28 +92,24 @@ class Serial(Layer):
             shape = layer.out_shape(shape)
         return SerialModule(*modules)
 
-    def _rewidth(self, width, keep):
-        new = []
-        for layer in reversed(self.layers):
-            layer, keep = layer._rewidth(width, keep)
-            new.append(layer)
-        return Serial(*reversed(new)), keep
 
-
+@declare
 class Parallel(Layer):
     """Branch i applied to input i of a list (after ``fan_out``)."""
 
     name = "parallel"
     handles_packed_pairs = True
 
-    def __init__(self, *branches: Layer):
-        if not branches:
-            raise ValueError("`parallel` needs at least one branch.")
-        self.branches = tuple(_check_layer(b, "`parallel` arguments") for b in branches)
+    branches: tuple[Layer, ...] = field(metadata={**BRANCHES, **VARIADIC})
 
-    def __repr__(self) -> str:
-        inner = ",\n  ".join(repr(b).replace("\n", "\n  ") for b in self.branches)
-        return f"parallel(\n  {inner}\n)"
+    def __init__(self, *branches: Layer):
+        self.branches = branches
+        self.__post_init__()
+
+    def __post_init__(self):
+        if not self.branches:
+            raise ValueError("`parallel` needs at least one branch.")
+        self.branches = tuple(_check_layer(b, "`parallel` arguments") for b in self.branches)
 
     def children(self):
         return self.branches
@@ -139,22 +144,18 @@ class Parallel(Layer):
             [b.make_module(s, ctx) for b, s in zip(self.branches, in_shape, strict=True)]
         )
 
-    def _rewidth(self, width, keep):
-        out = [b._rewidth(width, keep) for b in self.branches]
-        return Parallel(*[b for b, _ in out]), all(k for _, k in out)
 
-
+@declare
 class FanOut(Layer):
     """One input to a list of ``n`` identical ones."""
 
     name = "fan_out"
     handles_packed_pairs = True
 
-    def __init__(self, n: int):
-        self.n = check_positive_int(n, "n")
+    n: int
 
-    def __repr__(self):
-        return f"fan_out({self.n})"
+    def __post_init__(self):
+        self.n = check_positive_int(self.n, "n")
 
     def out_shape(self, in_shape):
         if isinstance(in_shape, list):
@@ -190,14 +191,12 @@ def _merge_flags(ks: list[Kernel]) -> dict:
     )
 
 
+@declare
 class FanInSum(Layer):
     """Sum of branches: K = sum_i K_i, Theta = sum_i Theta_i (independent branches)."""
 
     name = "fan_in_sum"
     handles_packed_pairs = True
-
-    def __repr__(self):
-        return "fan_in_sum()"
 
     def out_shape(self, in_shape):
         if not isinstance(in_shape, list):
@@ -231,14 +230,12 @@ class FanInSum(Layer):
         return FanInSumModule()
 
 
+@declare
 class FanInConcat(Layer):
     """Concatenation over channels: K = sum_i n_i K_i / sum_i n_i (n_i finite channels)."""
 
     name = "fan_in_concat"
     handles_packed_pairs = True
-
-    def __repr__(self):
-        return "fan_in_concat()"
 
     def out_shape(self, in_shape):
         if not isinstance(in_shape, list):
@@ -281,14 +278,12 @@ class FanInConcat(Layer):
         return FanInConcatModule()
 
 
+@declare
 class Identity(Layer):
     """The identity: both faces pass their input through."""
 
     name = "Identity"
     handles_packed_pairs = True
-
-    def __repr__(self):
-        return "Identity()"
 
     def kernel_fn(self, k):
         return k
@@ -300,17 +295,17 @@ class Identity(Layer):
         return IdentityModule()
 
 
+@declare
 class Scale(Layer):
     """Multiplication by a constant c: K' = c^2 K, Theta' = c^2 Theta."""
 
     name = "Scale"
     handles_packed_pairs = True
 
-    def __init__(self, factor: float):
-        self.factor = check_finite_real(factor, "factor")
+    factor: float
 
-    def __repr__(self):
-        return f"Scale({self.factor})"
+    def __post_init__(self):
+        self.factor = check_finite_real(self.factor, "factor")
 
     def kernel_fn(self, k):
         c2 = self.factor**2
@@ -327,6 +322,78 @@ class Scale(Layer):
 
     def make_module(self, in_shape, ctx):
         return ScaleModule(self.factor)
+
+
+# ----- the finite faces: branching networks pass tuples of tensors between modules ---------
+
+
+class SerialModule(nn.Sequential):
+    """Layers applied one after the other (an ``nn.Sequential`` that passes tuples too)."""
+
+
+class ParallelModule(nn.Module):
+    """Branch i applied to input i of a tuple."""
+
+    def __init__(self, branches: list[nn.Module]):
+        super().__init__()
+        self.branches = nn.ModuleList(branches)
+
+    def forward(self, xs):
+        if not isinstance(xs, (tuple, list)) or len(xs) != len(self.branches):
+            raise ValueError(
+                f"Parallel with {len(self.branches)} branches needs a tuple of as many inputs."
+            )
+        return tuple(b(x) for b, x in zip(self.branches, xs, strict=True))
+
+
+class FanOutModule(nn.Module):
+    """One input copied into a tuple of ``n``."""
+
+    def __init__(self, n: int):
+        super().__init__()
+        self.n = n
+
+    def forward(self, x):
+        return (x,) * self.n
+
+    def extra_repr(self) -> str:
+        return f"n={self.n}"
+
+
+class FanInSumModule(nn.Module):
+    """Sum of a tuple of tensors of equal shape."""
+
+    def forward(self, xs):
+        out = xs[0]
+        for x in xs[1:]:
+            out = out + x
+        return out
+
+
+class FanInConcatModule(nn.Module):
+    """Concatenation of a tuple of tensors along the channel axis (1)."""
+
+    def forward(self, xs):
+        return torch.cat(list(xs), dim=1)
+
+
+class IdentityModule(nn.Module):
+    def forward(self, x):
+        return x
+
+
+class ScaleModule(nn.Module):
+    """Multiplication by a constant."""
+
+    def __init__(self, factor: float):
+        super().__init__()
+        self.factor = float(factor)
+
+    def forward(self, x):
+        return x * self.factor
+
+    def extra_repr(self) -> str:
+        return f"factor={self.factor}"
 
 
 def serial(*layers: Layer) -> Serial:

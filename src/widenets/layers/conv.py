@@ -14,11 +14,12 @@ by the full filter size, as the finite layer's fan_in does.
 from __future__ import annotations
 
 import math
+from dataclasses import field
 
+import torch.nn.functional as F
 from torch import Tensor
 
 from widenets.errors import check_positive_int
-from widenets.init_default import draw_bias, draw_weight
 from widenets.kernel import Kernel
 from widenets.layers._spatial import (
     as_tuple,
@@ -26,11 +27,17 @@ from widenets.layers._spatial import (
     conv_window_mean,
     expand,
     geometry,
+    pad_input,
     spatial_dims,
 )
-from widenets.layers.base import BuildContext, Layer, linear_degree
-from widenets.layers.dense import _scale, check_parameterization, has_bias
-from widenets.spatial_modules import ConvLayer
+from widenets.layers.base import WIDTH, BuildContext, Layer, declare, linear_degree
+from widenets.layers.dense import (
+    AffineModule,
+    _scale,
+    check_parameterization,
+    draw_affine,
+    has_bias,
+)
 
 
 def any_tensor(*values) -> bool:
@@ -39,6 +46,7 @@ def any_tensor(*values) -> bool:
     return any(isinstance(v, Tensor) for v in values)
 
 
+@declare
 class Conv(Layer):
     """Convolution with ``out_channels`` output channels (channels first).
 
@@ -58,40 +66,32 @@ class Conv(Layer):
     name = "Conv"
     handles_packed_pairs = True
 
-    def __init__(
-        self,
-        out_channels: int,
-        kernel_size=3,
-        stride=1,
-        padding: str = "same",
-        w_std: float = 1.0,
-        b_std: float | None = None,
-        parameterization: str = "ntk",
-    ):
-        self.out_channels = check_positive_int(out_channels, "out_channels")
-        self.kernel_size = as_tuple(kernel_size, None, "kernel_size")
+    out_channels: int = field(metadata=WIDTH)
+    kernel_size: int | tuple[int, ...] = 3
+    stride: int | tuple[int, ...] = 1
+    padding: str = "same"
+    w_std: float | Tensor = 1.0
+    b_std: float | Tensor | None = None
+    parameterization: str = "ntk"
+
+    def __post_init__(self):
+        parameterization = self.parameterization
+        self.out_channels = check_positive_int(self.out_channels, "out_channels")
+        self.kernel_size = as_tuple(self.kernel_size, None, "kernel_size")
         n = len(self.kernel_size) if isinstance(self.kernel_size, tuple) else None
-        self.stride = as_tuple(stride, n, "stride")
+        self.stride = as_tuple(self.stride, n, "stride")
         if n is None and isinstance(self.stride, tuple):
             n = len(self.stride)
         self.dims = n
-        self.padding = check_padding(padding)
-        self.w_std = _scale(w_std, "w_std", allow_none=False)  # a 0-dim tensor stays one
-        self.b_std = _scale(b_std, "b_std", allow_none=True)
+        self.padding = check_padding(self.padding)
+        self.w_std = _scale(self.w_std, "w_std", allow_none=False)  # a 0-dim tensor stays one
+        self.b_std = _scale(self.b_std, "b_std", allow_none=True)
         self.parameterization = check_parameterization(parameterization)
         if self.parameterization not in ("ntk", "standard"):
             raise ValueError(
                 f"`parameterization` of Conv must be 'ntk' or 'standard', got {parameterization!r}"
                 " (the mean-field parameterisation is for the Dense readout)."
             )
-
-    def __repr__(self):
-        return (
-            f"Conv({self.out_channels}, kernel_size={self.kernel_size}, stride={self.stride}, "
-            f"padding={self.padding!r}, w_std={self.w_std}, b_std={self.b_std}"
-            + (", parameterization='standard'" if self.parameterization != "ntk" else "")
-            + ")"
-        )
 
     def _geometry(self, in_shape):
         d = spatial_dims(self, in_shape, self.dims)
@@ -170,20 +170,15 @@ class Conv(Layer):
     def scaling_degree(self, degree):
         return linear_degree(degree, has_bias(self.b_std, self.parameterization))
 
-    def make_module(self, in_shape, ctx: BuildContext) -> ConvLayer:
+    def make_module(self, in_shape, ctx: BuildContext) -> ConvModule:
         ks, ss, geoms = self._geometry(in_shape)
         c = in_shape[0]
         fan_in = c * math.prod(ks)
-        w = draw_weight(ctx.init, (self.out_channels, c, *ks), fan_in, ctx.generator, ctx.dtype)
-        b = (
-            None
-            if self.b_std is None
-            else draw_bias((self.out_channels,), ctx.generator, ctx.dtype)
-        )
-        if self.parameterization == "standard":
-            w = w * (self.w_std / fan_in**0.5)
-            b = None if b is None else b * self.b_std
-        return ConvLayer(
+        w, b = draw_affine(
+            ctx.init, ctx.generator, (self.out_channels, c, *ks), fan_in, self.w_std,
+            self.b_std, self.parameterization, ctx.dtype,
+        )  # fmt: skip
+        return ConvModule(
             c,
             self.out_channels,
             ks,
@@ -197,16 +192,50 @@ class Conv(Layer):
             b,
         ).to(device=ctx.device)
 
-    def _rewidth(self, width, keep):
-        if keep:
-            return self, False
-        new = Conv(
-            width,
-            self.kernel_size,
-            self.stride,
-            self.padding,
-            self.w_std,
-            self.b_std,
-            self.parameterization,
+
+class ConvModule(AffineModule):
+    """Convolution over the spatial axes of (N, C, L) or (N, C, H, W) inputs.
+
+    Computes what ``torch.nn.Conv1d/2d`` does (``weight`` has their (out, in, *kernel)
+    layout), with the padding done first ("same"/"circular") and the parameterisation scale
+    applied to the weight: y = conv(x, s_w W) + s_b b, fan_in = in_channels * prod(kernel).
+    """
+
+    def __init__(
+        self,
+        in_channels: int,
+        out_channels: int,
+        kernel_size: tuple[int, ...],
+        stride: tuple[int, ...],
+        pads: tuple[tuple[int, int], ...],
+        circular: bool,
+        w_std,
+        b_std,
+        parameterization: str,
+        weight: Tensor,
+        bias: Tensor | None,
+    ):
+        fan_in = in_channels * math.prod(kernel_size)
+        super().__init__(fan_in, w_std, b_std, parameterization, weight, bias)
+        self.in_channels = in_channels
+        self.out_channels = out_channels
+        self.kernel_size = kernel_size
+        self.stride = stride
+        self.pads = pads
+        self.circular = circular
+        self._conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[len(kernel_size)]
+
+    def forward(self, x: Tensor) -> Tensor:
+        x = pad_input(x, self.pads, self.circular)
+        w = self.weight * self.weight_scale if self.weight_scale != 1.0 else self.weight
+        b = self.bias
+        if b is not None and self.bias_scale != 1.0:
+            b = b * self.bias_scale
+        return self._conv(x, w, b, stride=self.stride)
+
+    def extra_repr(self) -> str:
+        return (
+            f"{self.in_channels}, {self.out_channels}, kernel_size={self.kernel_size}, "
+            f"stride={self.stride}, pads={self.pads}, circular={self.circular}, "
+            f"w_std={self.w_std}, b_std={self.b_std}, parameterization={self.parameterization!r}"
         )
-        return new, False

@@ -21,13 +21,16 @@ unlike the NTK parameterisation, it does not stay constant during training (feat
 
 from __future__ import annotations
 
+import math
+from dataclasses import field
+
 import torch
+from torch import Tensor, nn
 
 from widenets.errors import check_nonnegative, check_positive_int
-from widenets.init_default import draw_bias, draw_weight
+from widenets.init.schemes import draw_bias, draw_weight
 from widenets.kernel import Kernel
-from widenets.layers.base import BuildContext, Layer, linear_degree
-from widenets.modules import DenseLayer
+from widenets.layers.base import WIDTH, BuildContext, Layer, WeightedModule, declare, linear_degree
 
 PARAMETERIZATIONS = ("ntk", "standard", "mean_field")
 ALIASES = {"mup": "mean_field", "mean-field": "mean_field", "meanfield": "mean_field"}
@@ -72,6 +75,7 @@ def affine(t, w_var: float, b_var: float):
     return t * w_var
 
 
+@declare
 class Dense(Layer):
     """Fully-connected layer with ``out_dim`` output channels.
 
@@ -87,28 +91,16 @@ class Dense(Layer):
     name = "Dense"
     handles_packed_pairs = True
 
-    def __init__(
-        self,
-        out_dim: int,
-        w_std: float = 1.0,
-        b_std: float | None = None,
-        parameterization: str = "ntk",
-    ):
-        self.out_dim = check_positive_int(out_dim, "out_dim")
-        self.w_std = _scale(w_std, "w_std", allow_none=False)
-        self.b_std = _scale(b_std, "b_std", allow_none=True)
-        self.parameterization = check_parameterization(parameterization)
+    out_dim: int = field(metadata=WIDTH)
+    w_std: float | torch.Tensor = 1.0
+    b_std: float | torch.Tensor | None = None
+    parameterization: str = "ntk"
 
-    def __repr__(self) -> str:
-        return (
-            f"Dense({self.out_dim}, w_std={self.w_std}, b_std={self.b_std}"
-            + (
-                f", parameterization={self.parameterization!r}"
-                if self.parameterization != "ntk"
-                else ""
-            )
-            + ")"
-        )
+    def __post_init__(self):
+        self.out_dim = check_positive_int(self.out_dim, "out_dim")
+        self.w_std = _scale(self.w_std, "w_std", allow_none=False)
+        self.b_std = _scale(self.b_std, "b_std", allow_none=True)
+        self.parameterization = check_parameterization(self.parameterization)
 
     def out_shape(self, in_shape):
         if not isinstance(in_shape, tuple):
@@ -149,18 +141,125 @@ class Dense(Layer):
     def scaling_degree(self, degree):
         return linear_degree(degree, has_bias(self.b_std, self.parameterization))
 
-    def make_module(self, in_shape, ctx: BuildContext) -> DenseLayer:
+    def make_module(self, in_shape, ctx: BuildContext) -> DenseModule:
         fan_in = in_shape[0]
-        w = draw_weight(ctx.init, (self.out_dim, fan_in), fan_in, ctx.generator, ctx.dtype)
-        b = None if self.b_std is None else draw_bias((self.out_dim,), ctx.generator, ctx.dtype)
-        if self.parameterization == "standard":
-            w = w * (self.w_std / fan_in**0.5)
-            b = None if b is None else b * self.b_std
-        return DenseLayer(
+        w, b = draw_affine(
+            ctx.init, ctx.generator, (self.out_dim, fan_in), fan_in, self.w_std, self.b_std,
+            self.parameterization, ctx.dtype,
+        )  # fmt: skip
+        return DenseModule(
             fan_in, self.out_dim, self.w_std, self.b_std, self.parameterization, w, b
         ).to(device=ctx.device)
 
-    def _rewidth(self, width, keep):
-        if keep:
-            return self, False
-        return Dense(width, self.w_std, self.b_std, self.parameterization), False
+
+# ----- the finite face -------------------------------------------------------------------------
+# The parameterisation rule of every affine layer (Dense, Conv), stated once: what is drawn
+# (``draw_affine``) and what the forward pass multiplies by (``parameterization_scales``).
+
+
+def parameterization_scales(parameterization: str, w_std, b_std, fan_in: int) -> tuple:
+    """(weight scale, bias scale) applied in the forward pass of an affine layer.
+
+    "ntk": w_std / sqrt(fan_in) and b_std (parameters drawn N(0, 1)); "mean_field":
+    w_std / fan_in and b_std; "standard": 1 and 1 (the scales are in the drawn parameters).
+    """
+    bias_scale = 0.0 if b_std is None else b_std
+    if parameterization == "ntk":
+        return w_std / math.sqrt(fan_in), bias_scale
+    if parameterization == "mean_field":
+        return w_std / fan_in, bias_scale
+    if parameterization == "standard":
+        return 1.0, 1.0
+    raise ValueError(f"unknown parameterization {parameterization!r}")
+
+
+def draw_affine(
+    scheme, generator, shape, fan_in: int, w_std, b_std, parameterization: str, dtype, device=None
+) -> tuple[Tensor, Tensor | None]:
+    """Weight of ``shape`` (out, in, ...) and bias (out,) of an affine layer, drawn in that order.
+
+    Entries of unit variance from ``scheme`` (None: Gaussian IID) and N(0, 1) biases (None
+    when ``b_std`` is None); in the standard parameterisation scaled to variances
+    w_std^2 / fan_in and b_std^2 (the other parameterisations scale in the forward pass).
+    """
+    w = draw_weight(scheme, shape, fan_in, generator, dtype)
+    b = None if b_std is None else draw_bias((shape[0],), generator, dtype)
+    if parameterization == "standard":
+        w = w * (w_std / fan_in**0.5)
+        b = None if b is None else b * b_std
+    if device is not None:
+        w = w.to(device)
+        b = None if b is None else b.to(device)
+    return w, b
+
+
+class AffineModule(WeightedModule):
+    """Weight, bias and the forward scales of an affine layer in a parameterisation; redrawn
+    by ``reset_parameters`` exactly as ``build`` draws them (``draw_affine``)."""
+
+    def __init__(self, fan_in: int, w_std, b_std, parameterization: str, weight, bias):
+        super().__init__()
+        self.fan_in = fan_in
+        self.w_std = w_std
+        self.b_std = b_std
+        self.parameterization = parameterization
+        self.weight = nn.Parameter(weight)
+        self.bias = None if bias is None else nn.Parameter(bias)
+        self.weight_scale, self.bias_scale = parameterization_scales(
+            parameterization, w_std, b_std, fan_in
+        )
+
+    @torch.no_grad()
+    def reset_parameters(self, scheme=None, generator: torch.Generator | None = None) -> None:
+        w, b = draw_affine(
+            scheme, generator, tuple(self.weight.shape), self.fan_in, self.w_std,
+            None if self.bias is None else self.b_std, self.parameterization,
+            self.weight.dtype, self.weight.device,
+        )  # fmt: skip
+        self.weight.copy_(w)
+        if b is not None:
+            self.bias.copy_(b)
+
+
+class DenseModule(AffineModule):
+    """Affine map over the channel axis (1) with Neural Tangents' parameterisations.
+
+    - ``"ntk"``: W_ij ~ N(0, 1), b ~ N(0, 1); y = (w_std / sqrt(fan_in)) W x + b_std b.
+    - ``"standard"``: W_ij ~ N(0, w_std^2 / fan_in), b ~ N(0, b_std^2); y = W x + b.
+    - ``"mean_field"``: W_ij ~ N(0, 1), b ~ N(0, 1); y = (w_std / fan_in) W x + b_std b
+      (the mean-field / maximal-update readout).
+
+    ``weight`` has shape (out, in) as in ``nn.Linear``; ``bias`` is None when b_std is None.
+    """
+
+    def __init__(
+        self,
+        in_features: int,
+        out_features: int,
+        w_std,
+        b_std,
+        parameterization: str,
+        weight: Tensor,
+        bias: Tensor | None,
+    ):
+        super().__init__(in_features, w_std, b_std, parameterization, weight, bias)
+        self.in_features = in_features
+        self.out_features = out_features
+
+    def forward(self, x: Tensor) -> Tensor:
+        if x.ndim == 2:
+            y = x @ self.weight.T
+        else:
+            y = torch.einsum("nc...,oc->no...", x, self.weight)
+        if self.weight_scale != 1.0:
+            y = y * self.weight_scale
+        if self.bias is not None:
+            b = self.bias.view(1, -1, *([1] * (x.ndim - 2)))
+            y = y + (b * self.bias_scale if self.bias_scale != 1.0 else b)
+        return y
+
+    def extra_repr(self) -> str:
+        return (
+            f"in={self.in_features}, out={self.out_features}, w_std={self.w_std}, "
+            f"b_std={self.b_std}, parameterization={self.parameterization!r}"
+        )

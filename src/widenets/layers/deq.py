@@ -29,15 +29,16 @@ activation layer does. ``depth=L`` gives instead the finite-depth weight-tied ne
 from __future__ import annotations
 
 import math
+from dataclasses import field
 
 import torch
 from torch import Tensor, nn
 
 from widenets.errors import check_nonnegative, check_positive_int
-from widenets.init_default import draw_bias, draw_weight
+from widenets.init.schemes import draw_bias, draw_weight
 from widenets.kernel import Kernel
 from widenets.layers.activations import Activation
-from widenets.layers.base import BuildContext, Layer
+from widenets.layers.base import WIDTH, BuildContext, Layer, WeightedModule, declare
 
 
 def _amax(t: Tensor) -> float:
@@ -61,6 +62,7 @@ def _check_tol(tol, name):
     return t
 
 
+@declare
 class DEQ(Layer):
     """Deep equilibrium layer z* = phi(W z* + U x + b) of ``width`` channels (NTK parameterisation).
 
@@ -82,56 +84,32 @@ class DEQ(Layer):
 
     name = "DEQ"
 
-    def __init__(
-        self,
-        width: int,
-        activation: Activation,
-        w_std: float = 1.0,
-        u_std: float = 1.0,
-        b_std: float | None = 0.0,
-        *,
-        depth: int | None = None,
-        tol: float = 1e-12,
-        max_iter: int = 2000,
-    ):
-        self.width = check_positive_int(width, "width")
-        if not isinstance(activation, Activation):
+    width: int = field(metadata=WIDTH)
+    activation: Activation
+    w_std: float = 1.0
+    u_std: float = 1.0
+    b_std: float | None = 0.0
+    depth: int | None = field(default=None, kw_only=True)
+    tol: float = field(default=1e-12, kw_only=True)
+    max_iter: int = field(default=2000, kw_only=True)
+
+    def __post_init__(self):
+        self.width = check_positive_int(self.width, "width")
+        if not isinstance(self.activation, Activation):
             raise TypeError(
                 "`activation` must be a widenets Activation (e.g. wn.Relu(), wn.Erf(), "
-                f"wn.Elementwise(fn)), got {type(activation).__name__}."
+                f"wn.Elementwise(fn)), got {type(self.activation).__name__}."
             )
-        self.activation = activation
-        self.w_std = check_nonnegative(w_std, "w_std")
-        self.u_std = check_nonnegative(u_std, "u_std")
-        self.b_std = check_nonnegative(b_std, "b_std", allow_none=True)
-        self.depth = None if depth is None else check_positive_int(depth, "depth")
-        self.tol = _check_tol(tol, "tol")
-        self.max_iter = check_positive_int(max_iter, "max_iter")
-
-    def __repr__(self):
-        d = "" if self.depth is None else f", depth={self.depth}"
-        return (
-            f"DEQ({self.width}, {self.activation!r}, w_std={self.w_std}, u_std={self.u_std}, "
-            f"b_std={self.b_std}{d})"
-        )
-
-    def _copy(self, **changes):
-        kw = dict(
-            width=self.width,
-            activation=self.activation,
-            w_std=self.w_std,
-            u_std=self.u_std,
-            b_std=self.b_std,
-            depth=self.depth,
-            tol=self.tol,
-            max_iter=self.max_iter,
-        )
-        kw.update(changes)
-        return DEQ(**kw)
+        self.w_std = check_nonnegative(self.w_std, "w_std")
+        self.u_std = check_nonnegative(self.u_std, "u_std")
+        self.b_std = check_nonnegative(self.b_std, "b_std", allow_none=True)
+        self.depth = None if self.depth is None else check_positive_int(self.depth, "depth")
+        self.tol = _check_tol(self.tol, "tol")
+        self.max_iter = check_positive_int(self.max_iter, "max_iter")
 
     def unrolled(self, depth: int) -> DEQ:
         """The weight-tied network of finite ``depth`` with the same parameters."""
-        return self._copy(depth=depth)
+        return self.replace(depth=depth)
 
     # ----- shapes ---------------------------------------------------------------------------
     def out_shape(self, in_shape):
@@ -145,11 +123,6 @@ class DEQ(Layer):
 
     def pair_cost(self, in_shape) -> int:
         return 4 * self.activation.pair_cost(in_shape)
-
-    def _rewidth(self, width, keep):
-        if keep:
-            return self, False
-        return self._copy(width=width), False
 
     # ----- infinite width ---------------------------------------------------------------------
     def _maps(self, k: Kernel):
@@ -255,12 +228,18 @@ class DEQ(Layer):
 
     # ----- finite width -----------------------------------------------------------------------
     def make_module(self, in_shape, ctx: BuildContext) -> DEQModule:
-        c = in_shape[0]
-        n = self.width
-        w = draw_weight(ctx.init, (n, n), n, ctx.generator, ctx.dtype)
-        u = draw_weight(ctx.init, (n, c), c, ctx.generator, ctx.dtype)
-        b = None if self.b_std is None else draw_bias((n,), ctx.generator, ctx.dtype)
+        w, u, b = _draw_deq(
+            ctx.init, ctx.generator, self.width, in_shape[0], self.b_std is not None, ctx.dtype
+        )
         return DEQModule(self, w, u, b).to(device=ctx.device)
+
+
+def _draw_deq(scheme, generator, n: int, c: int, bias: bool, dtype, device=None):
+    """W (n, n) and U (n, C) from ``scheme``, then b ~ N(0, 1) (n,) if ``bias``."""
+    w = draw_weight(scheme, (n, n), n, generator, dtype, device)
+    u = draw_weight(scheme, (n, c), c, generator, dtype, device)
+    b = draw_bias((n,), generator, dtype, device) if bias else None
+    return w, u, b
 
 
 def _slow_convergence(history: list[float], tol: float, done: int):
@@ -291,7 +270,7 @@ def _is_transformed(t: Tensor) -> bool:
     return bool(check(t)) if check is not None else False
 
 
-class DEQModule(nn.Module):
+class DEQModule(WeightedModule):
     """Finite DEQ: ``forward`` solves z = phi(s_w W z + s_u U x + s_b b) from z = 0.
 
     After each call ``iterations`` and ``residual`` (relative change of z at the last
@@ -313,6 +292,18 @@ class DEQModule(nn.Module):
         self.bias_scale = 0.0 if layer.b_std is None else layer.b_std
         self.iterations = 0
         self.residual = math.nan
+
+    @torch.no_grad()
+    def reset_parameters(self, scheme=None, generator: torch.Generator | None = None) -> None:
+        """Redraw W, U and b as ``build`` draws them (``_draw_deq``)."""
+        n, c = self.input_weight.shape
+        w, u, b = _draw_deq(
+            scheme, generator, n, c, self.bias is not None, self.weight.dtype, self.weight.device
+        )
+        self.weight.copy_(w)
+        self.input_weight.copy_(u)
+        if b is not None:
+            self.bias.copy_(b)
 
     def extra_repr(self) -> str:
         return (

@@ -20,12 +20,12 @@ from torch import nn
 
 from widenets.errors import check_nonnegative
 from widenets.kernel import Kernel, interleave, spatial_diagonal
-from widenets.layers.base import BuildContext, Layer, linear_degree
-from widenets.spatial_modules import LayerNormModule
+from widenets.layers.base import BuildContext, Layer, declare, linear_degree
 
 NORM_AXES = ("channels", "channels+space")
 
 
+@declare
 class LayerNorm(Layer):
     """(x - mean) / sqrt(var + eps) per example.
 
@@ -37,14 +37,13 @@ class LayerNorm(Layer):
     name = "LayerNorm"
     handles_packed_pairs = True
 
-    def __init__(self, over: str = "channels", eps: float = 1e-12):
-        if over not in NORM_AXES:
-            raise ValueError(f"`over` must be one of {NORM_AXES}, got {over!r}.")
-        self.over = over
-        self.eps = check_nonnegative(eps, "eps")
+    over: str = "channels"
+    eps: float = 1e-12
 
-    def __repr__(self):
-        return f"LayerNorm(over={self.over!r}, eps={self.eps})"
+    def __post_init__(self):
+        if self.over not in NORM_AXES:
+            raise ValueError(f"`over` must be one of {NORM_AXES}, got {self.over!r}.")
+        self.eps = check_nonnegative(self.eps, "eps")
 
     def out_shape(self, in_shape):
         if not isinstance(in_shape, tuple):
@@ -111,6 +110,24 @@ class LayerNorm(Layer):
         return LayerNormModule(self.over == "channels+space", self.eps)
 
 
+class LayerNormModule(nn.Module):
+    """(x - mean) / sqrt(var + eps) over the channel axis, or channels and space."""
+
+    def __init__(self, spatial: bool, eps: float):
+        super().__init__()
+        self.spatial, self.eps = spatial, eps
+
+    def forward(self, x):
+        dims = tuple(range(1, x.ndim)) if self.spatial else (1,)
+        mean = x.mean(dims, keepdim=True)
+        var = x.var(dims, keepdim=True, unbiased=False)
+        return (x - mean) / torch.sqrt(var + self.eps)
+
+    def extra_repr(self):
+        return f"over={'channels+space' if self.spatial else 'channels'}, eps={self.eps}"
+
+
+@declare
 class Dropout(Layer):
     """Dropout with drop probability ``rate`` (kept units scaled by 1/(1 - rate)).
 
@@ -124,16 +141,16 @@ class Dropout(Layer):
     name = "Dropout"
     handles_packed_pairs = True
 
-    def __init__(self, rate: float, mode: str = "train"):
-        rate = check_nonnegative(rate, "rate")
+    rate: float
+    mode: str = "train"
+
+    def __post_init__(self):
+        rate = check_nonnegative(self.rate, "rate")
         if rate >= 1.0:
             raise ValueError(f"`rate` (the drop probability) must be in [0, 1), got {rate!r}.")
-        if mode not in ("train", "test"):
-            raise ValueError(f'`mode` must be "train" or "test", got {mode!r}.')
-        self.rate, self.mode = rate, mode
-
-    def __repr__(self):
-        return f"Dropout({self.rate}, mode={self.mode!r})"
+        if self.mode not in ("train", "test"):
+            raise ValueError(f'`mode` must be "train" or "test", got {self.mode!r}.')
+        self.rate = rate
 
     def kernel_fn(self, k: Kernel) -> Kernel:
         if isinstance(k, list):

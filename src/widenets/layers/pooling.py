@@ -15,17 +15,20 @@ from __future__ import annotations
 
 import math
 
+import torch.nn.functional as F
+from torch import nn
+
 from widenets.kernel import Kernel, spatial_diagonal
 from widenets.layers._spatial import (
     as_tuple,
     check_padding,
     expand,
     geometry,
+    pad_input,
     pool_window_sum,
     spatial_dims,
 )
-from widenets.layers.base import BuildContext, Layer, linear_degree
-from widenets.spatial_modules import AvgPoolModule, FlattenModule, GlobalAvgPoolModule
+from widenets.layers.base import BuildContext, Layer, declare, linear_degree
 
 
 def _single(layer, k):
@@ -44,6 +47,7 @@ def _map(k: Kernel, fn) -> dict:
     )
 
 
+@declare
 class AvgPool(Layer):
     """Average pooling over windows of ``window`` positions.
 
@@ -57,21 +61,24 @@ class AvgPool(Layer):
     name = "AvgPool"
     mixes_positions = True
 
-    def __init__(self, window=2, stride=None, padding: str = "valid"):
-        self.window = as_tuple(window, None, "window")
+    window: int | tuple[int, ...] = 2
+    stride: int | tuple[int, ...] | None = None  # None: the window
+    padding: str = "valid"
+
+    def __post_init__(self):
+        self.window = as_tuple(self.window, None, "window")
         n = len(self.window) if isinstance(self.window, tuple) else None
-        self.stride = self.window if stride is None else as_tuple(stride, n, "stride")
+        if self.stride is not None:
+            self.stride = as_tuple(self.stride, n, "stride")
         if n is None and isinstance(self.stride, tuple):
             n = len(self.stride)
         self.dims = n
-        self.padding = check_padding(padding)
-
-    def __repr__(self):
-        return f"AvgPool(window={self.window}, stride={self.stride}, padding={self.padding!r})"
+        self.padding = check_padding(self.padding)
 
     def _geometry(self, in_shape):
         d = spatial_dims(self, in_shape, self.dims)
-        ks, ss = expand(self.window, d), expand(self.stride, d)
+        stride = self.window if self.stride is None else self.stride
+        ks, ss = expand(self.window, d), expand(stride, d)
         geoms = tuple(
             geometry(size, k, s, self.padding, f"{self!r}: the pooling window")
             for size, k, s in zip(in_shape[1:], ks, ss, strict=True)
@@ -105,14 +112,12 @@ class AvgPool(Layer):
         return AvgPoolModule(ks, ss, pads, self.padding == "circular")
 
 
+@declare
 class GlobalAvgPool(Layer):
     """Mean over all spatial positions: (C, *spatial) -> (C,)."""
 
     name = "GlobalAvgPool"
     mixes_positions = True
-
-    def __repr__(self):
-        return "GlobalAvgPool()"
 
     def out_shape(self, in_shape):
         spatial_dims(self, in_shape, None)
@@ -137,6 +142,7 @@ class GlobalAvgPool(Layer):
         return GlobalAvgPoolModule()
 
 
+@declare
 class Flatten(Layer):
     """(C, *spatial) -> (C * prod(spatial),), channels first as ``torch.flatten``.
 
@@ -146,9 +152,6 @@ class Flatten(Layer):
 
     name = "Flatten"
     handles_packed_pairs = True
-
-    def __repr__(self):
-        return "Flatten()"
 
     def out_shape(self, in_shape):
         if not isinstance(in_shape, tuple):
@@ -174,6 +177,35 @@ class Flatten(Layer):
 
     def make_module(self, in_shape, ctx: BuildContext):
         return FlattenModule()
+
+
+class AvgPoolModule(nn.Module):
+    """Average pooling; padded positions count as zeros (the window size divides)."""
+
+    def __init__(self, window, stride, pads, circular):
+        super().__init__()
+        self.window, self.stride, self.pads, self.circular = window, stride, pads, circular
+        self._pool = {1: F.avg_pool1d, 2: F.avg_pool2d, 3: F.avg_pool3d}[len(window)]
+
+    def forward(self, x):
+        return self._pool(pad_input(x, self.pads, self.circular), self.window, self.stride)
+
+    def extra_repr(self):
+        return f"window={self.window}, stride={self.stride}, pads={self.pads}"
+
+
+class GlobalAvgPoolModule(nn.Module):
+    """Mean over every spatial axis: (N, C, *spatial) -> (N, C)."""
+
+    def forward(self, x):
+        return x.flatten(2).mean(-1)
+
+
+class FlattenModule(nn.Module):
+    """(N, C, *spatial) -> (N, C * prod(spatial)), channels first as ``torch.flatten``."""
+
+    def forward(self, x):
+        return x.flatten(1)
 
 
 __all__ = ["AvgPool", "Flatten", "GlobalAvgPool"]

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
+from dataclasses import field
 
 import numpy as np
 import torch
@@ -21,6 +22,7 @@ from torch import Tensor
 
 from widenets.errors import check_positive_int
 from widenets.layers.activations import Activation, correlation, outer_sqrt
+from widenets.layers.base import declare
 
 DEFAULT_DEGREE = 128
 
@@ -40,6 +42,7 @@ def hermite_nodes(degree: int, dtype, device=None) -> tuple[Tensor, Tensor]:
     )
 
 
+@declare
 class Elementwise(Activation):
     """Any elementwise activation ``fn`` (a torch function), its kernels by quadrature.
 
@@ -47,16 +50,21 @@ class Elementwise(Activation):
         fn: elementwise, differentiable torch function (torch.tanh, F.softplus, F.silu...).
         degree: Gauss-Hermite points per dimension (``degree**2`` evaluations per pair).
         name: shown in reprs and error messages.
+
+    Two Elementwise layers are equal when their ``fn`` is the same function object (and
+    ``degree`` and ``name`` agree).
     """
 
-    name = "Elementwise"
+    fn: Callable[[Tensor], Tensor] = field()  # the field shadows Activation.fn per instance
+    degree: int = DEFAULT_DEGREE
+    name: str | None = None
 
-    def __init__(self, fn: Callable[[Tensor], Tensor], degree: int = DEFAULT_DEGREE, name=None):
+    def __post_init__(self):
+        fn = self.fn
         if not callable(fn):
             raise TypeError(f"`fn` must be a callable torch function, got {type(fn).__name__}.")
-        self._fn = fn
-        self.degree = check_positive_int(degree, "degree")
-        self.label = name or getattr(fn, "__name__", "fn")
+        self.degree = check_positive_int(self.degree, "degree")
+        self.label = self.name or getattr(fn, "__name__", "fn")
         probe = torch.linspace(-1, 1, 5, dtype=torch.float64)
         try:
             out = fn(probe)
@@ -68,21 +76,19 @@ class Elementwise(Activation):
                 f"(got {type(out).__name__} {getattr(out, 'shape', '')})."
             )
 
-    def __repr__(self):
-        return f"Elementwise({self.label}, degree={self.degree})"
-
-    def fn(self, x):
-        return self._fn(x)
+    def __repr__(self):  # the field ``name`` is the label, not the class's name
+        degree = "" if self.degree == DEFAULT_DEGREE else f", degree={self.degree}"
+        return f"Elementwise({self.label}{degree})"
 
     def derivative(self, x: Tensor) -> Tensor:
         """phi'(x) by autograd (``fn`` must be elementwise); differentiable itself when
         ``x`` tracks gradients (e.g. of learnable w_std/b_std)."""
         if x.requires_grad and torch.is_grad_enabled():
-            (g,) = torch.autograd.grad(self._fn(x).sum(), x, create_graph=True, allow_unused=True)
+            (g,) = torch.autograd.grad(self.fn(x).sum(), x, create_graph=True, allow_unused=True)
             return torch.zeros_like(x) if g is None else g
         with torch.enable_grad():
             x = x.detach().requires_grad_(True)
-            (g,) = torch.autograd.grad(self._fn(x).sum(), x, allow_unused=True)
+            (g,) = torch.autograd.grad(self.fn(x).sum(), x, allow_unused=True)
         return torch.zeros_like(x) if g is None else g.detach()
 
     def pair_cost(self, in_shape) -> int:

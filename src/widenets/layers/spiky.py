@@ -27,6 +27,7 @@ from torch import Tensor
 from widenets.errors import as_tensor, check_finite_real, check_nonnegative
 from widenets.kernel import Kernel
 from widenets.layers.activations import ABRelu, Activation, Sin
+from widenets.layers.base import declare
 
 SQRT2 = math.sqrt(2.0)
 SQRT_2PI = math.sqrt(2 * math.pi)
@@ -39,6 +40,7 @@ def _dawson(t: Tensor) -> Tensor:
     return torch.as_tensor(np.asarray(out), dtype=t.dtype, device=t.device)
 
 
+@declare
 class SpikySmooth(Activation):
     """phi(x) = relu(x) + amplitude * sin(frequency * x + phase) (phase pi/4 by default).
 
@@ -64,20 +66,16 @@ class SpikySmooth(Activation):
 
     name = "SpikySmooth"
 
-    def __init__(
-        self, amplitude: float = 0.05, frequency: float = 20.0, phase: float = math.pi / 4
-    ):
-        self.amplitude = check_finite_real(amplitude, "amplitude")
-        self.frequency = check_finite_real(frequency, "frequency")
-        self.phase = check_finite_real(phase, "phase")
+    amplitude: float = 0.05
+    frequency: float = 20.0
+    phase: float = math.pi / 4
+
+    def __post_init__(self):
+        self.amplitude = check_finite_real(self.amplitude, "amplitude")
+        self.frequency = check_finite_real(self.frequency, "frequency")
+        self.phase = check_finite_real(self.phase, "phase")
         self._relu = ABRelu(0.0, 1.0)
         self._sin = Sin(self.amplitude, self.frequency, self.phase)
-
-    def __repr__(self):
-        return (
-            f"SpikySmooth(amplitude={self.amplitude}, frequency={self.frequency}, "
-            f"phase={self.phase:.6g})"
-        )
 
     def fn(self, x):
         return torch.relu(x) + self.amplitude * torch.sin(self.frequency * x + self.phase)

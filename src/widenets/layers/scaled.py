@@ -16,15 +16,17 @@ f_alpha = 0 at initialisation whatever alpha.
 from __future__ import annotations
 
 import copy
+from dataclasses import field
 
+import torch
 from torch import nn
 
 from widenets.errors import check_finite_real
 from widenets.kernel import Kernel
-from widenets.layers.base import BuildContext, Layer
+from widenets.layers.base import SEQUENCE, BuildContext, Layer, WeightedModule, declare
 
 
-class ScaledModule(nn.Module):
+class ScaledModule(WeightedModule):
     """alpha (model(x) - reference(x)), the reference a frozen copy of the initial model."""
 
     def __init__(self, model: nn.Module, alpha: float, center: bool = True):
@@ -51,7 +53,18 @@ class ScaledModule(nn.Module):
     def extra_repr(self) -> str:
         return f"alpha={self.alpha}, center={self.center}"
 
+    @torch.no_grad()
+    def reset_parameters(self, scheme=None, generator: torch.Generator | None = None) -> None:
+        """Redraw the model's weights (``widenets.init.apply``); the reference copies them, so
+        a centred output stays zero at the new initialisation."""
+        from widenets.init.apply import redraw
 
+        redraw(self.model, scheme, generator)
+        if self.reference is not None:
+            self.reference.load_state_dict(self.model.state_dict())
+
+
+@declare
 class Scaled(Layer):
     """A widenets network whose output is multiplied by alpha (and centred if asked).
 
@@ -62,13 +75,13 @@ class Scaled(Layer):
 
     name = "Scaled"
 
-    def __init__(self, net: Layer, alpha: float, center: bool = True):
-        self.net = net
-        self.alpha = _check_alpha(alpha)
-        self.center = bool(center)
+    net: Layer = field(metadata=SEQUENCE)
+    alpha: float
+    center: bool = True
 
-    def __repr__(self):
-        return f"Scaled({self.net!r}, alpha={self.alpha}, center={self.center})"
+    def __post_init__(self):
+        self.alpha = _check_alpha(self.alpha)
+        self.center = bool(self.center)
 
     def children(self):
         return (self.net,)
@@ -93,10 +106,6 @@ class Scaled(Layer):
 
     def make_module(self, in_shape, ctx: BuildContext):
         return ScaledModule(self.net.make_module(in_shape, ctx), self.alpha, self.center)
-
-    def _rewidth(self, width, keep):
-        new, keep = self.net._rewidth(width, keep)
-        return Scaled(new, self.alpha, self.center), keep
 
 
 def _check_alpha(alpha) -> float:
