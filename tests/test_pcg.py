@@ -25,6 +25,9 @@ from widenets.predict import (
 )
 from widenets.predict.preconditioners import nystrom
 
+# one torch thread: these are small problems, on a machine shared with other processes
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
 
 def rel(a, b) -> float:
     return float((a - b).norm() / b.norm())

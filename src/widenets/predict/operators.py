@@ -18,16 +18,34 @@ Every block is used in float64, whatever the stored dtype.
 
 from __future__ import annotations
 
+from contextlib import contextmanager
+
 import numpy as np
 import torch
 from torch import Tensor
 
+from widenets._pool import default_workers, one_intra_op_thread, others_running, run_tasks
 from widenets.errors import check_positive_int
 
 #: bytes of one float64 row block that ``NetworkKernel`` and ``RowFunctionKernel`` aim at
 #: when no ``block_rows`` is given (the tile itself; the kernel's own intermediates are
 #: bounded separately by ``net.kernel``'s tiling)
 DEFAULT_BLOCK_BYTES = 64 * 2**20
+
+
+@contextmanager
+def compute_threads():
+    """Threads for products with K: yields 1 on a quiet machine (torch's own threads split
+    each operation). When other processes are running, torch's threads would wait for each
+    other at the end of every small vector operation of CG (``widenets._pool``): then torch
+    gets one intra-op thread within the block (restored after it) and the products run
+    their row blocks on as many threads as torch had."""
+    workers = default_workers()
+    if workers > 1 and (others_running() or 0) > 0:
+        with one_intra_op_thread():
+            yield workers
+    else:
+        yield 1
 
 
 def _rows_for_budget(n_cols: int, block_bytes: int) -> int:
@@ -63,8 +81,22 @@ class KernelOperator:
         """K[start:stop, :] as a (stop - start, N) tensor."""
         raise NotImplementedError
 
-    def matmul(self, v: Tensor) -> Tensor:
-        """K @ v for v of shape (N, R) (or (N,)), in float64, one row block at a time."""
+    def matmul(self, v: Tensor, *, workers: int = 1) -> Tensor:
+        """K @ v for v of shape (N, R) (or (N,)), in float64, one row block at a time;
+        ``workers`` > 1 runs blocks on that many threads (each with one torch thread: the
+        solvers ask for it when other processes share the cores)."""
+        squeeze, v2 = self._as_block(v)
+        m = self.shape[0]
+        out = torch.empty(m, v2.shape[1], dtype=torch.float64, device=self.device)
+
+        def one(block: tuple[int, int]) -> None:
+            out[block[0] : block[1]] = self.rows(*block).to(torch.float64) @ v2
+
+        blocks = [(s, min(s + self.block_rows, m)) for s in range(0, m, self.block_rows)]
+        run_tasks(blocks, one, workers)
+        return out[:, 0] if squeeze else out
+
+    def _as_block(self, v: Tensor) -> tuple[bool, Tensor]:
         squeeze = v.ndim == 1
         v = v.to(self.device, torch.float64)
         v2 = v[:, None] if squeeze else v
@@ -73,12 +105,7 @@ class KernelOperator:
                 f"`v` must have shape ({self.n},) or ({self.n}, R) to multiply a kernel of "
                 f"shape {self.shape}, got {tuple(v.shape)}."
             )
-        m = self.shape[0]
-        out = torch.empty(m, v2.shape[1], dtype=torch.float64, device=self.device)
-        for start in range(0, m, self.block_rows):
-            stop = min(start + self.block_rows, m)
-            out[start:stop] = self.rows(start, stop).to(torch.float64) @ v2
-        return out[:, 0] if squeeze else out
+        return squeeze, v2
 
     def diagonal(self) -> Tensor:
         """diag(K) as an (N,) float64 tensor (square operators)."""
@@ -144,16 +171,22 @@ class DenseKernel(KernelOperator):
         block = self.k[start:stop]
         return block if isinstance(block, Tensor) else torch.from_numpy(np.array(block))
 
-    def matmul(self, v: Tensor) -> Tensor:
-        if isinstance(self.k, Tensor) and self.k.dtype == torch.float64:
-            squeeze = v.ndim == 1
-            v2 = v.to(self.device, torch.float64)
-            v2 = v2[:, None] if squeeze else v2
-            if v2.ndim != 2 or v2.shape[0] != self.n:
-                return super().matmul(v)  # the same shape error
+    def matmul(self, v: Tensor, *, workers: int = 1) -> Tensor:
+        if not (isinstance(self.k, Tensor) and self.k.dtype == torch.float64):
+            return super().matmul(v, workers=workers)
+        squeeze, v2 = self._as_block(v)
+        if workers <= 1:
             out = self.k @ v2
-            return out[:, 0] if squeeze else out
-        return super().matmul(v)
+        else:  # slices of a tensor in memory cost nothing: a few per thread
+            m = self.shape[0]
+            step = -(-m // (4 * workers))
+            out = torch.empty(m, v2.shape[1], dtype=torch.float64, device=self.device)
+
+            def one(s: int) -> None:
+                out[s : s + step] = self.k[s : s + step] @ v2
+
+            run_tasks(list(range(0, m, step)), one, workers)
+        return out[:, 0] if squeeze else out
 
     def diagonal(self) -> Tensor:
         if isinstance(self.k, Tensor):

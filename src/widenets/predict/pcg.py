@@ -25,7 +25,8 @@ import torch
 from torch import Tensor
 
 from widenets.predict import _validation as v
-from widenets.predict.operators import KernelOperator, as_operator
+from widenets.predict._linalg import _user_stacklevel
+from widenets.predict.operators import KernelOperator, as_operator, compute_threads
 from widenets.predict.preconditioners import LowRankPreconditioner, nystrom, rpcholesky
 
 #: the preconditioner's rank when none is given: min(N, this)
@@ -153,6 +154,40 @@ def pcg_solve(
     Returns:
         A :class:`PCGResult`.
     """
+    with compute_threads() as workers:
+        return _pcg_solve(
+            k_train_train,
+            y,
+            diag_reg=diag_reg,
+            diag_reg_absolute_scale=diag_reg_absolute_scale,
+            tol=tol,
+            max_iter=max_iter,
+            preconditioner=preconditioner,
+            rank=rank,
+            seed=seed,
+            on_no_convergence=on_no_convergence,
+            workers=workers,
+        )
+
+
+def _matmul(op: KernelOperator, v: Tensor, workers: int) -> Tensor:
+    return op.matmul(v) if workers <= 1 else op.matmul(v, workers=workers)
+
+
+def _pcg_solve(
+    k_train_train,
+    y,
+    *,
+    diag_reg,
+    diag_reg_absolute_scale,
+    tol,
+    max_iter,
+    preconditioner,
+    rank,
+    seed,
+    on_no_convergence,
+    workers,
+) -> PCGResult:
     op = as_operator(k_train_train, "k_train_train", square=True)
     n = op.n
     diag_reg = v.check_scalar(diag_reg, "diag_reg", positive=False)
@@ -196,11 +231,11 @@ def pcg_solve(
                 f"mu = {mu:.6g} (diag_reg {diag_reg:g}); build it with the same regulariser."
             )
     else:
-        precond = make_preconditioner(op, mu, preconditioner, rank=rank, seed=seed)
+        precond = make_preconditioner(op, mu, preconditioner, rank=rank, seed=seed, workers=workers)
     setup = time.perf_counter() - start
 
     start = time.perf_counter()
-    x, iters, history, col_res = _cg(op, mu, rhs, precond, tol, max_iter)
+    x, iters, history, col_res = _cg(op, mu, rhs, precond, tol, max_iter, workers)
     solve = time.perf_counter() - start
     residual = float(col_res.max()) if len(col_res) else 0.0
     result = PCGResult(
@@ -225,7 +260,7 @@ def pcg_solve(
         )
         if on_no_convergence == "raise":
             raise ConvergenceError(message, result)
-        warnings.warn(ConvergenceWarning(message), stacklevel=2)
+        warnings.warn(ConvergenceWarning(message), stacklevel=_user_stacklevel())
     return result
 
 
@@ -236,6 +271,7 @@ def make_preconditioner(
     *,
     rank: int | None = None,
     seed: int = 0,
+    workers: int = 1,
 ) -> LowRankPreconditioner | None:
     """The preconditioner F F^T + mu I of ``kind`` ("rpcholesky", "nystrom" or None) with
     rank min(N, ``rank`` or 500), for the absolute regulariser ``mu``."""
@@ -245,7 +281,7 @@ def make_preconditioner(
     if kind == "rpcholesky":
         factor, _ = rpcholesky(op, r, seed=seed)
     else:
-        factor = nystrom(op, r, seed=seed)
+        factor = nystrom(op, r, seed=seed, workers=workers)
     return LowRankPreconditioner(factor, mu, name=kind)
 
 
@@ -256,12 +292,12 @@ def _check_count(value, name: str, *, minimum: int = 1) -> int:
     return value
 
 
-def _cg(op: KernelOperator, mu: float, b: Tensor, precond, tol: float, max_iter: int):
+def _cg(op: KernelOperator, mu: float, b: Tensor, precond, tol: float, max_iter: int, workers):
     """Column-wise PCG on (K + mu I) X = B: (X, iterations, history, true residuals)."""
     n, r_cols = b.shape
 
     def apply(p: Tensor) -> Tensor:
-        q = op.matmul(p)
+        q = _matmul(op, p, workers)
         if not bool(torch.isfinite(q).all()):
             raise ValueError("The kernel operator returned NaN or inf in a product K @ v.")
         return q + mu * p
@@ -352,20 +388,22 @@ def gp_mean_pcg(
         ``solve`` with iterations and the final relative residual.
     """
     op, y, test = _prediction_inputs(k_train_train, y_train, k_test_train)
-    solve = pcg_solve(
-        op,
-        y,
-        diag_reg=diag_reg,
-        diag_reg_absolute_scale=diag_reg_absolute_scale,
-        tol=tol,
-        max_iter=max_iter,
-        preconditioner=preconditioner,
-        rank=rank,
-        seed=seed,
-        on_no_convergence=on_no_convergence,
-    )
-    k_star = op if test is None else test
-    mean = k_star.matmul(solve.solution)
+    with compute_threads() as workers:
+        solve = _pcg_solve(
+            op,
+            y,
+            diag_reg=diag_reg,
+            diag_reg_absolute_scale=diag_reg_absolute_scale,
+            tol=tol,
+            max_iter=max_iter,
+            preconditioner=preconditioner,
+            rank=rank,
+            seed=seed,
+            on_no_convergence=on_no_convergence,
+            workers=workers,
+        )
+        k_star = op if test is None else test
+        mean = _matmul(k_star, solve.solution, workers)
     return PCGPrediction(mean.reshape((k_star.shape[0],) + tuple(y.shape[1:])), solve)
 
 
@@ -405,17 +443,19 @@ def gradient_descent_mse_pcg(
     f0 = v.as_initial_outputs(fx_train_0, tuple(y.shape), "fx_train_0", device=op.device)
     out_shape = (test.shape[0],) + tuple(y.shape[1:])
     ft0 = v.as_initial_outputs(fx_test_0, out_shape, "fx_test_0", device=op.device)
-    solve = pcg_solve(
-        op,
-        y.to(torch.float64) - f0,
-        diag_reg=diag_reg,
-        diag_reg_absolute_scale=diag_reg_absolute_scale,
-        tol=tol,
-        max_iter=max_iter,
-        preconditioner=preconditioner,
-        rank=rank,
-        seed=seed,
-        on_no_convergence=on_no_convergence,
-    )
-    out = ft0.reshape(test.shape[0], -1) + test.matmul(solve.solution)
+    with compute_threads() as workers:
+        solve = _pcg_solve(
+            op,
+            y.to(torch.float64) - f0,
+            diag_reg=diag_reg,
+            diag_reg_absolute_scale=diag_reg_absolute_scale,
+            tol=tol,
+            max_iter=max_iter,
+            preconditioner=preconditioner,
+            rank=rank,
+            seed=seed,
+            on_no_convergence=on_no_convergence,
+            workers=workers,
+        )
+        out = ft0.reshape(test.shape[0], -1) + _matmul(test, solve.solution, workers)
     return PCGPrediction(out.reshape(out_shape), solve)

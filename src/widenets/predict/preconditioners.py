@@ -24,7 +24,7 @@ import numpy as np
 import torch
 from torch import Tensor
 
-from widenets.predict.operators import KernelOperator
+from widenets.predict.operators import KernelOperator, compute_threads
 
 
 class LowRankPreconditioner:
@@ -78,6 +78,11 @@ def rpcholesky(
         seed: seed of the pivot sampling (the factor is a deterministic function of it).
         block_size: candidates per round (default ceil(r / 2)).
     """
+    with compute_threads():
+        return _rpcholesky(op, rank, seed, block_size)
+
+
+def _rpcholesky(op: KernelOperator, rank: int, seed: int, block_size: int | None):
     n = op.n
     rank = min(int(rank), n)
     block = max(1, math.ceil(rank / 2)) if block_size is None else int(block_size)
@@ -138,7 +143,7 @@ def _rejection_cholesky(sub: np.ndarray, proposal: np.ndarray, most: int, rng):
     return accepted, chol
 
 
-def nystrom(op: KernelOperator, rank: int, *, seed: int = 0) -> Tensor:
+def nystrom(op: KernelOperator, rank: int, *, seed: int = 0, workers: int = 1) -> Tensor:
     """Randomized Nystrom factor F (N x r) with F F^T = (K Omega)(Omega^T K Omega)^+ (K
     Omega)^T for an orthonormalised Gaussian Omega, stabilised by a shift nu = eps * ||K
     Omega|| (Frangella, Tropp, Udell 2023, Alg. 2.1). Costs one product K Omega."""
@@ -147,7 +152,7 @@ def nystrom(op: KernelOperator, rank: int, *, seed: int = 0) -> Tensor:
     gen = torch.Generator().manual_seed(int(seed))
     omega = torch.randn(n, rank, generator=gen, dtype=torch.float64).to(op.device)
     omega, _ = torch.linalg.qr(omega)
-    y = op.matmul(omega)
+    y = op.matmul(omega) if workers <= 1 else op.matmul(omega, workers=workers)
     if not bool(torch.isfinite(y).all()):
         raise ValueError("The kernel operator returned NaN or inf in K @ Omega.")
     nu = math.sqrt(n) * torch.finfo(torch.float64).eps * float(torch.linalg.matrix_norm(y, 2))
