@@ -4,6 +4,8 @@ against direct dense computations."""
 
 from __future__ import annotations
 
+import math
+
 import numpy as np
 import pytest
 import torch
@@ -180,16 +182,19 @@ def test_rpcholesky_recovers_a_low_rank_kernel_exactly():
 
 
 def test_rpcholesky_error_is_near_the_best_rank_r_error():
-    """Chen et al. 2022, Thm 2.3 (in expectation): tr(K - F F^T) <= (1 + eps) times the
-    best rank-k trace error once r >= k / eps + k log(...); here a loose factor 3 with
-    r = 4 k on a smoothly decaying spectrum."""
+    """Chen et al. 2022 (their main error bound): E tr(K - F F^T) <= (1 + eps) tr(K - [K]_k)
+    once the rank r >= k / eps + k log(1 / (eps eta)), eta = tr(K - [K]_k) / tr(K). Here
+    k = 20, eps = 1, eta ~ 0.15 need r >= 58; r = 80, and one draw is checked against the
+    bound on the mean (the draws of 5 seeds sat at 0.62-0.65 of the best rank-20 error)."""
     x, _, _ = small_problem(n=300)
     k = fc().kernel(x, get="nngp").nngp
     evals = torch.linalg.eigvalsh(k).flip(0)
     factor, _ = rpcholesky(DenseKernel(k), rank=80, seed=0)
     err = float(torch.trace(k - factor @ factor.T))
     best_rank20 = float(evals[20:].sum())
-    assert 0 <= err <= 3 * best_rank20
+    eta = best_rank20 / float(evals.sum())
+    assert 80 >= 20 + 20 * math.log(1 / eta)
+    assert 0 <= err <= 2 * best_rank20
 
 
 def test_low_rank_preconditioner_is_the_inverse_of_ffT_plus_mu():
