@@ -166,6 +166,14 @@ def test_array_operators_read_by_rows(tmp_path):
         assert rel(op.matmul(v), k @ v) < tol
         assert rel(op.diagonal(), k.diagonal()) < tol
         assert rel(op.columns([3, 80]), k[:, [3, 80]]) < tol
+    # columns recomputed from the network for an operator over stored rows
+    net = fc()
+    calls = []
+    op = DenseKernel(mm, columns_from=NetworkKernel(net, x, get="nngp"))
+    op.rows = lambda s, e: calls.append((s, e)) or torch.from_numpy(np.array(mm[s:e]))
+    assert rel(op.columns([3, 80]), k[:, [3, 80]]) < 1e-12 and not calls
+    with pytest.raises(ValueError, match="`columns_from`"):
+        DenseKernel(mm, columns_from=NetworkKernel(net, x[:50], get="nngp"))
 
 
 # ------------------------------------------------------------- preconditioners

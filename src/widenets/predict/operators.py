@@ -67,6 +67,7 @@ class KernelOperator:
     dtype: torch.dtype = torch.float64
     device: torch.device = torch.device("cpu")
     block_rows: int = 1024
+    columns_from: KernelOperator | None = None
 
     @property
     def n(self) -> int:
@@ -121,6 +122,8 @@ class KernelOperator:
         the rows idx transposed)."""
         self._require_square("columns")
         idx = torch.as_tensor(idx, dtype=torch.long).reshape(-1)
+        if self.columns_from is not None:
+            return self.columns_from.columns(idx)
         return torch.stack([self.rows(i, i + 1)[0] for i in idx.tolist()], 1).to(torch.float64)
 
     def _require_square(self, what: str) -> None:
@@ -141,9 +144,12 @@ class DenseKernel(KernelOperator):
         k: (M, N) torch tensor, numpy array (memmaps included) or an array-like whose
             ``k[start:stop]`` is a numpy array or tensor (zarr, h5py, dask with compute).
         block_rows: rows per block in ``matmul`` (a tensor in memory is multiplied whole).
+        columns_from: an operator of the same kernel that answers ``columns`` (e.g. a
+            ``NetworkKernel``: r columns of a row-tiled store touch nearly every tile,
+            recomputing them costs N * r entries).
     """
 
-    def __init__(self, k, *, block_rows: int | None = None):
+    def __init__(self, k, *, block_rows: int | None = None, columns_from=None):
         shape = getattr(k, "shape", None)
         if shape is None or len(shape) != 2:
             raise ValueError(
@@ -166,6 +172,7 @@ class DenseKernel(KernelOperator):
         self.block_rows = (
             budget if block_rows is None else check_positive_int(block_rows, "block_rows")
         )
+        self.columns_from = _check_columns_from(columns_from, self.shape)
 
     def rows(self, start: int, stop: int) -> Tensor:
         block = self.k[start:stop]
@@ -197,6 +204,8 @@ class DenseKernel(KernelOperator):
     def columns(self, idx) -> Tensor:
         self._require_square("columns")
         idx = torch.as_tensor(idx, dtype=torch.long).reshape(-1)
+        if self.columns_from is not None:
+            return self.columns_from.columns(idx)
         if isinstance(self.k, Tensor):
             return self.k[idx.to(self.device)].T.to(torch.float64)
         if isinstance(self.k, np.ndarray):
@@ -213,9 +222,13 @@ class RowFunctionKernel(KernelOperator):
         shape: (M, N).
         diagonal_fn: optional ``diagonal_fn()`` -> diag(K), if cheaper than reading blocks.
         block_rows: rows per call of ``rows_fn`` (default: about 64 MiB of float64).
+        columns_from: an operator of the same kernel that answers ``columns`` (see
+            :class:`DenseKernel`).
     """
 
-    def __init__(self, rows_fn, shape, *, diagonal_fn=None, block_rows: int | None = None):
+    def __init__(
+        self, rows_fn, shape, *, diagonal_fn=None, block_rows: int | None = None, columns_from=None
+    ):
         if not callable(rows_fn):
             raise TypeError(f"`rows_fn` must be callable (start, stop) -> rows, got {rows_fn!r}.")
         try:
@@ -229,6 +242,7 @@ class RowFunctionKernel(KernelOperator):
         self.block_rows = (
             budget if block_rows is None else check_positive_int(block_rows, "block_rows")
         )
+        self.columns_from = _check_columns_from(columns_from, self.shape)
 
     def rows(self, start: int, stop: int) -> Tensor:
         block = self.rows_fn(start, stop)
@@ -361,4 +375,14 @@ def as_operator(k, name: str, *, square: bool) -> KernelOperator:
         )
     if square and not op.is_square:
         raise ValueError(f"`{name}` must be square (N, N), got shape {op.shape}.")
+    return op
+
+
+def _check_columns_from(op, shape: tuple[int, int]):
+    if op is None:
+        return None
+    if not isinstance(op, KernelOperator) or op.shape != shape:
+        raise ValueError(
+            f"`columns_from` must be a KernelOperator of the same shape {shape}, got {op!r}."
+        )
     return op

@@ -30,7 +30,7 @@ from widenets.predict.operators import KernelOperator, as_operator, compute_thre
 from widenets.predict.preconditioners import LowRankPreconditioner, nystrom, rpcholesky
 
 #: the preconditioner's rank when none is given: min(N, this)
-DEFAULT_RANK = 500
+DEFAULT_RANK = 1000
 _PRECONDITIONERS = ("rpcholesky", "nystrom", None)
 _ON_NO_CONVERGENCE = ("raise", "warn")
 #: restarts from the true residual when the recursive one has drifted below tol
@@ -146,7 +146,7 @@ def pcg_solve(
         max_iter: most CG iterations.
         preconditioner: "rpcholesky" (randomly pivoted Cholesky, default), "nystrom", None
             (plain CG), or a :class:`LowRankPreconditioner` built before (to reuse it).
-        rank: rank of the preconditioner (default min(N, 500)).
+        rank: rank of the preconditioner (default min(N, 1000)).
         seed: seed of the preconditioner's random sampling.
         on_no_convergence: "raise" (a :class:`ConvergenceError`) or "warn" (a
             :class:`ConvergenceWarning` and the iterate, ``converged=False``).
@@ -274,7 +274,7 @@ def make_preconditioner(
     workers: int = 1,
 ) -> LowRankPreconditioner | None:
     """The preconditioner F F^T + mu I of ``kind`` ("rpcholesky", "nystrom" or None) with
-    rank min(N, ``rank`` or 500), for the absolute regulariser ``mu``."""
+    rank min(N, ``rank`` or 1000), for the absolute regulariser ``mu``."""
     if kind is None:
         return None
     r = min(op.n, DEFAULT_RANK if rank is None else rank)
