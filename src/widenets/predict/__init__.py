@@ -5,7 +5,11 @@
   readout variance (scale mixture of the NNGP);
 - :func:`gradient_descent_mse`: outputs under gradient flow on the MSE loss at any time;
 - :func:`ensemble` / :func:`ensemble_from_kernels`: mean and covariance of the infinite
-  ensemble of networks trained by gradient flow (Lee et al. 2019).
+  ensemble of networks trained by gradient flow (Lee et al. 2019);
+- :func:`gp_mean_pcg` / :func:`gradient_descent_mse_pcg`: the NNGP posterior mean and the
+  t = inf gradient-flow outputs at large N, by preconditioned conjugate gradients over a
+  kernel given by row tiles (:class:`DenseKernel`, :class:`NetworkKernel`,
+  :class:`RowFunctionKernel`), never factorised or held whole (``docs/large_n.md``).
 
 Conventions follow Neural Tangents: ``diag_reg`` is relative to the mean diagonal of the
 train kernel, and the loss is ||f(X_train) - y||^2 / (2 * y_train.numel()).
@@ -14,14 +18,44 @@ train kernel, and the loss is ||f(X_train) - y||^2 / (2 * y_train.numel()).
 from widenets.predict.ensemble import ensemble, ensemble_from_kernels
 from widenets.predict.gp import gp_inference
 from widenets.predict.gradient_descent import GradientDescentMSEPredictor, gradient_descent_mse
+from widenets.predict.operators import (
+    DenseKernel,
+    KernelOperator,
+    NetworkKernel,
+    RowFunctionKernel,
+)
+from widenets.predict.pcg import (
+    ConvergenceError,
+    ConvergenceWarning,
+    PCGPrediction,
+    PCGResult,
+    gp_mean_pcg,
+    gradient_descent_mse_pcg,
+    pcg_solve,
+)
+from widenets.predict.preconditioners import LowRankPreconditioner, nystrom, rpcholesky
 from widenets.predict.student_t import StudentTPosterior, student_t_inference
 
 __all__ = [
+    "ConvergenceError",
+    "ConvergenceWarning",
+    "DenseKernel",
     "GradientDescentMSEPredictor",
+    "KernelOperator",
+    "LowRankPreconditioner",
+    "NetworkKernel",
+    "PCGPrediction",
+    "PCGResult",
+    "RowFunctionKernel",
     "StudentTPosterior",
     "ensemble",
     "ensemble_from_kernels",
     "gp_inference",
+    "gp_mean_pcg",
     "gradient_descent_mse",
+    "gradient_descent_mse_pcg",
+    "nystrom",
+    "pcg_solve",
+    "rpcholesky",
     "student_t_inference",
 ]

@@ -1,0 +1,461 @@
+"""Large-N kernel predictions by preconditioned conjugate gradients, without factorising K.
+
+Solves (K + mu I) A = Y, mu = diag_reg * mean(diag K) (Neural Tangents' convention; or
+mu = diag_reg with ``diag_reg_absolute_scale``), for all columns of Y at once: one product
+with K per iteration serves every column (one per class), each column with its own CG
+step sizes (Y's columns may be linearly dependent, e.g. centred one-hot targets, which
+would break a block-Krylov method). K is a :class:`~widenets.predict.operators.KernelOperator`,
+so it can be a tensor in memory, tiles read from disk, or tiles recomputed from the network.
+
+Then K_test,train A is
+- the NNGP posterior mean (:func:`gp_mean_pcg`, as ``gp_inference``), or
+- the NTK gradient-flow prediction at t = inf (:func:`gradient_descent_mse_pcg`, as
+  ``gradient_descent_mse(...)(None, k_test_train)``), with Y = y - f_train(0) and f_test(0)
+  added back.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass, field
+
+import torch
+from torch import Tensor
+
+from widenets.predict import _validation as v
+from widenets.predict._linalg import _user_stacklevel
+from widenets.predict.operators import KernelOperator, as_operator, compute_threads
+from widenets.predict.preconditioners import LowRankPreconditioner, nystrom, rpcholesky
+
+#: the preconditioner's rank when none is given: min(N, this)
+DEFAULT_RANK = 1000
+_PRECONDITIONERS = ("rpcholesky", "nystrom", None)
+_ON_NO_CONVERGENCE = ("raise", "warn")
+#: restarts from the true residual when the recursive one has drifted below tol
+_MAX_RESTARTS = 3
+
+
+class ConvergenceError(RuntimeError):
+    """PCG did not reach the tolerance within ``max_iter`` iterations; ``.result`` holds
+    the last iterate and its residuals."""
+
+    def __init__(self, message: str, result: PCGResult):
+        super().__init__(message)
+        self.result = result
+
+
+class ConvergenceWarning(RuntimeWarning):
+    """PCG did not reach the tolerance (``on_no_convergence="warn"``): the iterate is
+    returned with ``converged=False``."""
+
+
+@dataclass(frozen=True, eq=False)
+class PCGResult:
+    """Solution of (K + mu I) A = Y by PCG.
+
+    Attributes:
+        solution: A, shape (N, R) float64.
+        iterations: CG iterations (products with K, not counting the final residual check).
+        residual: max over columns of ||Y_j - (K + mu I) A_j|| / ||Y_j||, recomputed from A
+            at the end (not the recursive estimate).
+        column_residuals: the same per column, shape (R,).
+        converged: residual <= tol.
+        tol: the tolerance asked for.
+        mu: the absolute regulariser added to the diagonal.
+        preconditioner: its name, or None.
+        rank: the preconditioner's rank (0 without one).
+        history: the recursive max relative residual after each iteration (index 0: start).
+        setup_seconds: time to build the preconditioner; solve_seconds: time of the CG loop.
+    """
+
+    solution: Tensor
+    iterations: int
+    residual: float
+    column_residuals: Tensor
+    converged: bool
+    tol: float
+    mu: float
+    preconditioner: str | None
+    rank: int
+    history: tuple[float, ...] = field(repr=False)
+    setup_seconds: float = 0.0
+    solve_seconds: float = 0.0
+
+
+@dataclass(frozen=True, eq=False)
+class PCGPrediction:
+    """A prediction K_test,train A (+ offsets) and the solve behind it.
+
+    Attributes:
+        prediction: shape (N_test,) + y_train.shape[1:].
+        solve: the :class:`PCGResult` (iterations, residual, ...).
+    """
+
+    prediction: Tensor
+    solve: PCGResult
+
+    @property
+    def iterations(self) -> int:
+        return self.solve.iterations
+
+    @property
+    def residual(self) -> float:
+        return self.solve.residual
+
+
+def _check_tol(tol) -> float:
+    t = v.check_scalar(tol, "tol", positive=True)
+    if t >= 1:
+        raise ValueError(f"`tol` must be a relative residual in (0, 1), got {tol!r}.")
+    return t
+
+
+def _check_choice(value, name: str, choices) -> None:
+    if not any(value is c or value == c for c in choices):
+        raise ValueError(f"`{name}` must be one of {choices}, got {value!r}.")
+
+
+def pcg_solve(
+    k_train_train,
+    y,
+    *,
+    diag_reg: float,
+    diag_reg_absolute_scale: bool = False,
+    tol: float = 1e-8,
+    max_iter: int = 500,
+    preconditioner: str | LowRankPreconditioner | None = "rpcholesky",
+    rank: int | None = None,
+    seed: int = 0,
+    on_no_convergence: str = "raise",
+) -> PCGResult:
+    """Solve (K + mu I) A = Y for all columns of Y by preconditioned CG.
+
+    mu = diag_reg * mean(diag K), or diag_reg with ``diag_reg_absolute_scale``. Each column
+    stops when its relative residual ||Y_j - (K + mu I) A_j|| / ||Y_j|| <= ``tol``; at the
+    end the residual is recomputed from A (one more product with K) and CG restarts from it
+    if rounding made the recursive estimate optimistic.
+
+    Args:
+        k_train_train: the (N, N) kernel: a :class:`KernelOperator` (``DenseKernel``,
+            ``NetworkKernel``, ``RowFunctionKernel``) or a tensor / array.
+        y: (N,) or (N, R) right-hand sides.
+        diag_reg: > 0, relative to mean(diag K) unless ``diag_reg_absolute_scale``.
+        tol: relative residual to reach, in (0, 1).
+        max_iter: most CG iterations.
+        preconditioner: "rpcholesky" (randomly pivoted Cholesky, default), "nystrom", None
+            (plain CG), or a :class:`LowRankPreconditioner` built before (to reuse it).
+        rank: rank of the preconditioner (default min(N, 1000)).
+        seed: seed of the preconditioner's random sampling.
+        on_no_convergence: "raise" (a :class:`ConvergenceError`) or "warn" (a
+            :class:`ConvergenceWarning` and the iterate, ``converged=False``).
+
+    Returns:
+        A :class:`PCGResult`.
+    """
+    with compute_threads() as workers:
+        return _pcg_solve(
+            k_train_train,
+            y,
+            diag_reg=diag_reg,
+            diag_reg_absolute_scale=diag_reg_absolute_scale,
+            tol=tol,
+            max_iter=max_iter,
+            preconditioner=preconditioner,
+            rank=rank,
+            seed=seed,
+            on_no_convergence=on_no_convergence,
+            workers=workers,
+        )
+
+
+def _matmul(op: KernelOperator, v: Tensor, workers: int) -> Tensor:
+    return op.matmul(v) if workers <= 1 else op.matmul(v, workers=workers)
+
+
+def _pcg_solve(
+    k_train_train,
+    y,
+    *,
+    diag_reg,
+    diag_reg_absolute_scale,
+    tol,
+    max_iter,
+    preconditioner,
+    rank,
+    seed,
+    on_no_convergence,
+    workers,
+) -> PCGResult:
+    op = as_operator(k_train_train, "k_train_train", square=True)
+    n = op.n
+    diag_reg = v.check_scalar(diag_reg, "diag_reg", positive=False)
+    if diag_reg == 0:
+        raise ValueError(
+            "`diag_reg` must be > 0 for PCG (it solves K + diag_reg * mean(diag K) * I, which "
+            "must be positive definite), got 0; use gp_inference / gradient_descent_mse for "
+            "an unregularised dense solve."
+        )
+    tol = _check_tol(tol)
+    max_iter = _check_count(max_iter, "max_iter")
+    _check_choice(on_no_convergence, "on_no_convergence", _ON_NO_CONVERGENCE)
+    if not isinstance(preconditioner, LowRankPreconditioner):
+        _check_choice(preconditioner, "preconditioner", _PRECONDITIONERS)
+    if rank is not None:
+        rank = _check_count(rank, "rank")
+    seed = _check_count(seed, "seed", minimum=0)
+    y_t = v.as_targets(y, n, device=op.device, name="y")
+    rhs = y_t.to(torch.float64).reshape(n, -1)
+
+    diag = op.diagonal()
+    if not bool(torch.isfinite(diag).all()) or float(diag.min()) < 0:
+        raise ValueError("`k_train_train` has a NaN, inf or negative diagonal entry.")
+    mu = diag_reg if diag_reg_absolute_scale else diag_reg * float(diag.mean())
+    if not mu > 0:
+        raise ValueError(
+            f"The regulariser diag_reg * mean(diag K) is {mu:.3g}: the kernel's diagonal is "
+            "zero; pass diag_reg_absolute_scale=True with a positive diag_reg."
+        )
+
+    start = time.perf_counter()
+    if isinstance(preconditioner, LowRankPreconditioner):
+        precond = preconditioner
+        if precond.u.shape[0] != n:
+            raise ValueError(
+                f"`preconditioner` was built for N = {precond.u.shape[0]}, the kernel has N = {n}."
+            )
+        if not math.isclose(precond.mu, mu, rel_tol=1e-12):
+            raise ValueError(
+                f"`preconditioner` was built for mu = {precond.mu:.6g}, this solve has "
+                f"mu = {mu:.6g} (diag_reg {diag_reg:g}); build it with the same regulariser."
+            )
+    else:
+        precond = make_preconditioner(op, mu, preconditioner, rank=rank, seed=seed, workers=workers)
+    setup = time.perf_counter() - start
+
+    start = time.perf_counter()
+    x, iters, history, col_res = _cg(op, mu, rhs, precond, tol, max_iter, workers)
+    solve = time.perf_counter() - start
+    residual = float(col_res.max()) if len(col_res) else 0.0
+    result = PCGResult(
+        solution=x,
+        iterations=iters,
+        residual=residual,
+        column_residuals=col_res,
+        converged=residual <= tol,
+        tol=tol,
+        mu=mu,
+        preconditioner=None if precond is None else precond.name,
+        rank=0 if precond is None else precond.rank,
+        history=tuple(history),
+        setup_seconds=setup,
+        solve_seconds=solve,
+    )
+    if not result.converged:
+        message = (
+            f"PCG did not converge: relative residual {residual:.3g} after {iters} iterations "
+            f"(max_iter={max_iter}), above tol={tol:.3g}. Raise max_iter, the preconditioner's "
+            "rank or diag_reg, or pass on_no_convergence='warn' to get the iterate."
+        )
+        if on_no_convergence == "raise":
+            raise ConvergenceError(message, result)
+        warnings.warn(ConvergenceWarning(message), stacklevel=_user_stacklevel())
+    return result
+
+
+def make_preconditioner(
+    op: KernelOperator,
+    mu: float,
+    kind: str | None = "rpcholesky",
+    *,
+    rank: int | None = None,
+    seed: int = 0,
+    workers: int = 1,
+) -> LowRankPreconditioner | None:
+    """The preconditioner F F^T + mu I of ``kind`` ("rpcholesky", "nystrom" or None) with
+    rank min(N, ``rank`` or 1000), for the absolute regulariser ``mu``."""
+    if kind is None:
+        return None
+    r = min(op.n, DEFAULT_RANK if rank is None else rank)
+    if kind == "rpcholesky":
+        factor, _ = rpcholesky(op, r, seed=seed)
+    else:
+        factor = nystrom(op, r, seed=seed, workers=workers)
+    return LowRankPreconditioner(factor, mu, name=kind)
+
+
+def _check_count(value, name: str, *, minimum: int = 1) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        what = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ValueError(f"`{name}` must be {what}, got {value!r}.")
+    return value
+
+
+def _cg(op: KernelOperator, mu: float, b: Tensor, precond, tol: float, max_iter: int, workers):
+    """Column-wise PCG on (K + mu I) X = B: (X, iterations, history, true residuals)."""
+    n, r_cols = b.shape
+
+    def apply(p: Tensor) -> Tensor:
+        q = _matmul(op, p, workers)
+        if not bool(torch.isfinite(q).all()):
+            raise ValueError("The kernel operator returned NaN or inf in a product K @ v.")
+        return q + mu * p
+
+    def prec(r: Tensor) -> Tensor:
+        return r.clone() if precond is None else precond(r)
+
+    bnorm = b.norm(dim=0)
+    safe = torch.where(bnorm > 0, bnorm, torch.ones_like(bnorm))
+    x = torch.zeros_like(b)
+    res = b.clone()
+    rel = res.norm(dim=0) / safe
+    history = [float(rel.max())] if r_cols else [0.0]
+    iters = 0
+    for _ in range(_MAX_RESTARTS + 1):
+        active = rel > tol
+        idx = active.nonzero().flatten()
+        z = prec(res[:, idx])
+        p = torch.zeros_like(b)
+        p[:, idx] = z
+        rz = torch.zeros(r_cols, dtype=torch.float64, device=b.device)
+        rz[idx] = (res[:, idx] * z).sum(0)
+        while len(idx) and iters < max_iter:
+            pa = p[:, idx]
+            q = apply(pa)
+            pq = (pa * q).sum(0)
+            if not bool((pq > 0).all()):
+                raise ValueError(
+                    "K + mu I is not positive definite along a CG direction (p^T (K + mu I) p "
+                    f"= {float(pq.min()):.3g}): the kernel is not PSD; pass a larger diag_reg."
+                )
+            alpha = rz[idx] / pq
+            x[:, idx] += alpha * pa
+            res[:, idx] -= alpha * q
+            rel[idx] = res[:, idx].norm(dim=0) / safe[idx]
+            iters += 1
+            history.append(float(rel.max()))
+            idx = idx[rel[idx] > tol]
+            if not len(idx):
+                break
+            z = prec(res[:, idx])
+            rz_new = (res[:, idx] * z).sum(0)
+            p[:, idx] = z + (rz_new / rz[idx]) * p[:, idx]
+            rz[idx] = rz_new
+        res = b - apply(x) if r_cols else res  # the true residual
+        rel = res.norm(dim=0) / safe
+        if not bool((rel > tol).any()) or iters >= max_iter:
+            break
+    return x, iters, history, rel
+
+
+def _prediction_inputs(k_train_train, y_train, k_test_train, name_test="k_test_train"):
+    op = as_operator(k_train_train, "k_train_train", square=True)
+    y = v.as_targets(y_train, op.n, device=op.device)
+    test = None
+    if k_test_train is not None:
+        test = as_operator(k_test_train, name_test, square=False)
+        if test.n != op.n:
+            raise ValueError(
+                f"`{name_test}` must have shape (N_test, {op.n}) to match `k_train_train`, "
+                f"got {test.shape}."
+            )
+    return op, y, test
+
+
+def gp_mean_pcg(
+    k_train_train,
+    y_train,
+    k_test_train=None,
+    *,
+    diag_reg: float,
+    diag_reg_absolute_scale: bool = False,
+    tol: float = 1e-8,
+    max_iter: int = 500,
+    preconditioner: str | LowRankPreconditioner | None = "rpcholesky",
+    rank: int | None = None,
+    seed: int = 0,
+    on_no_convergence: str = "raise",
+) -> PCGPrediction:
+    """NNGP posterior mean K_* (K + mu I)^{-1} y by PCG (``gp_inference``'s mean).
+
+    ``k_test_train`` (N_test, N): a :class:`KernelOperator` (e.g. ``NetworkKernel(net,
+    x_test, x_train)`` or ``RowFunctionKernel``), tensor or array; None: the training points
+    (K_* = K, un-regularised). Other arguments as :func:`pcg_solve`.
+
+    Returns:
+        :class:`PCGPrediction`: ``prediction`` of shape (N_test,) + y_train.shape[1:],
+        ``solve`` with iterations and the final relative residual.
+    """
+    op, y, test = _prediction_inputs(k_train_train, y_train, k_test_train)
+    with compute_threads() as workers:
+        solve = _pcg_solve(
+            op,
+            y,
+            diag_reg=diag_reg,
+            diag_reg_absolute_scale=diag_reg_absolute_scale,
+            tol=tol,
+            max_iter=max_iter,
+            preconditioner=preconditioner,
+            rank=rank,
+            seed=seed,
+            on_no_convergence=on_no_convergence,
+            workers=workers,
+        )
+        k_star = op if test is None else test
+        mean = _matmul(k_star, solve.solution, workers)
+    return PCGPrediction(mean.reshape((k_star.shape[0],) + tuple(y.shape[1:])), solve)
+
+
+def gradient_descent_mse_pcg(
+    k_train_train,
+    y_train,
+    k_test_train,
+    *,
+    fx_train_0=0.0,
+    fx_test_0=0.0,
+    diag_reg: float,
+    diag_reg_absolute_scale: bool = False,
+    tol: float = 1e-8,
+    max_iter: int = 500,
+    preconditioner: str | LowRankPreconditioner | None = "rpcholesky",
+    rank: int | None = None,
+    seed: int = 0,
+    on_no_convergence: str = "raise",
+) -> PCGPrediction:
+    """Test outputs at t = inf of gradient flow on the MSE loss, by PCG:
+
+        f_test(inf) = f_test(0) + Theta_* (Theta + mu I)^{-1} (y - f_train(0)),
+
+    which is ``gradient_descent_mse(Theta, y, diag_reg=...)(None, Theta_*, fx_train_0=...,
+    fx_test_0=...)`` (the learning rate does not matter at t = inf; the train outputs there
+    are y itself, so ``k_test_train`` is required). Arguments as :func:`gp_mean_pcg`;
+    ``fx_train_0`` / ``fx_test_0``: the network's outputs at initialisation (scalars or
+    broadcastable to y_train's / the prediction's shape), 0 for the mean over
+    initialisations.
+    """
+    if k_test_train is None:
+        raise ValueError(
+            "`k_test_train` is required: at t = inf the train outputs are y_train itself "
+            "(the regularised dynamics fit them exactly)."
+        )
+    op, y, test = _prediction_inputs(k_train_train, y_train, k_test_train)
+    f0 = v.as_initial_outputs(fx_train_0, tuple(y.shape), "fx_train_0", device=op.device)
+    out_shape = (test.shape[0],) + tuple(y.shape[1:])
+    ft0 = v.as_initial_outputs(fx_test_0, out_shape, "fx_test_0", device=op.device)
+    with compute_threads() as workers:
+        solve = _pcg_solve(
+            op,
+            y.to(torch.float64) - f0,
+            diag_reg=diag_reg,
+            diag_reg_absolute_scale=diag_reg_absolute_scale,
+            tol=tol,
+            max_iter=max_iter,
+            preconditioner=preconditioner,
+            rank=rank,
+            seed=seed,
+            on_no_convergence=on_no_convergence,
+            workers=workers,
+        )
+        out = ft0.reshape(test.shape[0], -1) + _matmul(test, solve.solution, workers)
+    return PCGPrediction(out.reshape(out_shape), solve)

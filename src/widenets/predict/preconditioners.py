@@ -1,0 +1,165 @@
+"""Randomized low-rank preconditioners for kernel systems (K + mu I) A = Y.
+
+A factor F (N x r) with F F^T ~ K gives the preconditioner P = F F^T + mu I, applied by
+the Woodbury identity through the thin SVD F = U S V^T:
+
+    P^{-1} v = U diag(1 / (s^2 + mu)) U^T v + (v - U U^T v) / mu,
+
+so P^{-1} (K + mu I) has its eigenvalues in [1, 1 + ||K - F F^T|| / mu] (Diaz, Epperly,
+Frangella, Tropp, Webber 2023, "Robust, randomized preconditioning for kernel ridge
+regression"): a good rank-r approximation leaves CG few iterations.
+
+- :func:`rpcholesky`: randomly pivoted Cholesky (Chen, Epperly, Tropp, Webber 2022), in
+  its accelerated block form with rejection sampling (Epperly, Tropp, Webber 2024, "Embrace
+  rejection"): reads diag(K) and r columns of K (plus the rejected candidates' columns);
+- :func:`nystrom`: randomized Nystrom approximation (Frangella, Tropp, Udell 2023): one
+  product K Omega with r Gaussian columns.
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import torch
+from torch import Tensor
+
+from widenets.predict.operators import KernelOperator, compute_threads
+
+
+class LowRankPreconditioner:
+    """v -> (F F^T + mu I)^{-1} v for a factor F (N x r) and mu > 0 (Woodbury, thin SVD).
+
+    Directions of F with singular values below N * eps(float64) * the largest are dropped
+    (they change P by less than rounding).
+    """
+
+    def __init__(self, factor: Tensor, mu: float, *, name: str = "low-rank"):
+        if not mu > 0:
+            raise ValueError(f"`mu` must be positive (the regulariser), got {mu!r}.")
+        factor = factor.to(torch.float64)
+        self.mu, self.name = float(mu), name
+        if factor.shape[1] == 0:
+            self.u = factor
+            self.inv = factor.new_zeros(0)
+        else:
+            u, s, _ = torch.linalg.svd(factor, full_matrices=False)
+            keep = s > s.max() * factor.shape[0] * torch.finfo(torch.float64).eps
+            self.u = u[:, keep].contiguous()
+            self.inv = 1.0 / (s[keep] ** 2 + self.mu)
+        self.rank = int(self.u.shape[1])
+
+    def __call__(self, v: Tensor) -> Tensor:
+        c = self.u.T @ v
+        return self.u @ (self.inv[:, None] * c) + (v - self.u @ c) / self.mu
+
+    def __repr__(self) -> str:
+        return f"LowRankPreconditioner({self.name}, rank={self.rank}, mu={self.mu:.3g})"
+
+
+def rpcholesky(
+    op: KernelOperator,
+    rank: int,
+    *,
+    seed: int = 0,
+    block_size: int | None = None,
+) -> tuple[Tensor, Tensor]:
+    """Randomly pivoted Cholesky: F (N x k), k <= rank, with F F^T ~ K, and its pivots.
+
+    Each round samples ``block_size`` candidate pivots i.i.d. with probability proportional
+    to the residual diagonal d = diag(K - F F^T), reads their columns, and accepts candidate
+    j with probability (its residual diagonal after the earlier accepted ones) / d_j: the
+    accepted pivots have the law of sequential RPCholesky (Epperly, Tropp, Webber 2024).
+    Stops early when the residual trace falls to rounding (K of numerical rank < ``rank``).
+
+    Args:
+        op: a square :class:`KernelOperator` (reads ``diagonal()`` and ``columns(idx)``).
+        rank: the target rank r.
+        seed: seed of the pivot sampling (the factor is a deterministic function of it).
+        block_size: candidates per round (default ceil(r / 2)).
+    """
+    with compute_threads():
+        return _rpcholesky(op, rank, seed, block_size)
+
+
+def _rpcholesky(op: KernelOperator, rank: int, seed: int, block_size: int | None):
+    n = op.n
+    rank = min(int(rank), n)
+    block = max(1, math.ceil(rank / 2)) if block_size is None else int(block_size)
+    d = op.diagonal().to(torch.float64).clone().clamp_min_(0.0)
+    trace0 = float(d.sum())
+    device = d.device
+    factor = torch.zeros(n, rank, dtype=torch.float64, device=device)
+    pivots = torch.empty(rank, dtype=torch.long)
+    gen = torch.Generator().manual_seed(int(seed))
+    rng = np.random.default_rng(int(seed))
+    k = 0
+    for _ in range(4 * rank + 8):  # each round accepts at least one pivot in exact arithmetic
+        total = float(d.sum())
+        if k >= rank or not total > trace0 * n * torch.finfo(torch.float64).eps:
+            break
+        cand = torch.multinomial((d / total).cpu(), block, replacement=True, generator=gen)
+        cand = torch.unique(cand)  # a repeated pivot would be rejected anyway
+        cand = cand[torch.randperm(len(cand), generator=gen)]  # i.i.d. order for rejection
+        cols = op.columns(cand).to(device, torch.float64)
+        if not bool(torch.isfinite(cols).all()):
+            raise ValueError("The kernel operator returned NaN or inf columns.")
+        g = cols - factor[:, :k] @ factor[cand.to(device), :k].T  # residual columns
+        sub = g[cand.to(device)].cpu().numpy().copy()  # residual submatrix (b x b)
+        sub = (sub + sub.T) / 2
+        accepted, chol = _rejection_cholesky(sub, d[cand.to(device)].cpu().numpy(), rank - k, rng)
+        if not accepted:
+            continue
+        t = len(accepted)
+        lower = torch.from_numpy(chol).to(device)
+        new = torch.linalg.solve_triangular(lower, g[:, accepted].T, upper=False).T
+        factor[:, k : k + t] = new
+        pivots[k : k + t] = cand[accepted]
+        d -= (new**2).sum(1)
+        d.clamp_min_(0.0)
+        d[cand[accepted].to(device)] = 0.0  # pivots are interpolated exactly
+        k += t
+    return factor[:, :k].contiguous(), pivots[:k]
+
+
+def _rejection_cholesky(sub: np.ndarray, proposal: np.ndarray, most: int, rng):
+    """Accepted indices T of a residual submatrix ``sub`` (candidate j accepted with
+    probability sub_jj (after elimination of the earlier accepted) / proposal_j) and the
+    lower Cholesky factor of sub[T, T]."""
+    b = sub.shape[0]
+    h = sub
+    scale = max(float(np.max(np.diag(h))), 0.0)
+    accepted: list[int] = []
+    for j in range(b):
+        pivot = h[j, j]
+        if not pivot > 1e-14 * scale or rng.random() * proposal[j] > pivot:
+            continue
+        accepted.append(j)
+        h[j:, j] /= math.sqrt(pivot)
+        h[j + 1 :, j + 1 :] -= np.outer(h[j + 1 :, j], h[j + 1 :, j])
+        if len(accepted) == most:
+            break
+    chol = np.tril(h[np.ix_(accepted, accepted)])
+    return accepted, chol
+
+
+def nystrom(op: KernelOperator, rank: int, *, seed: int = 0, workers: int = 1) -> Tensor:
+    """Randomized Nystrom factor F (N x r) with F F^T = (K Omega)(Omega^T K Omega)^+ (K
+    Omega)^T for an orthonormalised Gaussian Omega, stabilised by a shift nu = eps * ||K
+    Omega|| (Frangella, Tropp, Udell 2023, Alg. 2.1). Costs one product K Omega."""
+    n = op.n
+    rank = min(int(rank), n)
+    gen = torch.Generator().manual_seed(int(seed))
+    omega = torch.randn(n, rank, generator=gen, dtype=torch.float64).to(op.device)
+    omega, _ = torch.linalg.qr(omega)
+    y = op.matmul(omega) if workers <= 1 else op.matmul(omega, workers=workers)
+    if not bool(torch.isfinite(y).all()):
+        raise ValueError("The kernel operator returned NaN or inf in K @ Omega.")
+    nu = math.sqrt(n) * torch.finfo(torch.float64).eps * float(torch.linalg.matrix_norm(y, 2))
+    y = y + nu * omega
+    core = omega.T @ y
+    chol = torch.linalg.cholesky((core + core.T) / 2)
+    b = torch.linalg.solve_triangular(chol, y.T, upper=False).T  # y chol^{-T}
+    u, s, _ = torch.linalg.svd(b, full_matrices=False)
+    lam = (s**2 - nu).clamp_min(0.0)
+    return u * lam.sqrt()
