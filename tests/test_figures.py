@@ -256,3 +256,18 @@ def test_users_backend_is_kept(tmp_path):
         cwd=Path(__file__).parent.parent,
     )
     assert out.stdout.split() == ["svg", "False"], out.stdout + out.stderr
+
+
+def test_mse_axis_log_only_when_it_spans_decades(monkeypatch):
+    got = []
+    monkeypatch.setattr(figures, "save", lambda fig, path: got.append(fig))
+    results = make_results()
+    for entry in results["summary"].values():  # test MSEs 0.04 +- 0.001, references 0.03
+        for m in ("gd", "sgd", "linearized"):
+            entry[m]["mse"] = {"mean": 0.04, "std": 0.001, "n": 2}
+        entry["ensemble"]["gd"]["mse"] = 0.04
+    figures.accuracy_vs_width(results, Path("a.png"))
+    results["summary"]["8"]["gd"]["mse"]["mean"] = 1e4  # a diverged network
+    figures.accuracy_vs_width(results, Path("b.png"))
+    assert [fig.axes[1].get_yscale() for fig in got] == ["linear", "log"]
+    assert [fig.axes[0].get_yscale() for fig in got] == ["linear", "linear"]

@@ -122,7 +122,7 @@ def _log_errorbar(ax, xs, ms, ss, **kw):
 def _score_scale(ax, key):
     """MSE on a log axis when it spans more than a decade; accuracy linear."""
     if key != "accuracy":
-        lo, hi = ax.get_ylim()
+        lo, hi = ax.dataLim.y0, ax.dataLim.y1  # the data's range, before margins
         if lo > 0 and hi / lo > 10:
             ax.set_yscale("log")
             plain_log_ticks(ax)
