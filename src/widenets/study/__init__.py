@@ -6,7 +6,7 @@ al. 2018, 2019), finite networks of several widths and seeds trained by gradient
 and SGD (and their linearisations), ensembles, regime measures, and the comparisons of
 Lee et al. 2019 ("Wide Neural Networks of Any Depth Evolve as Linear Models Under Gradient
 Descent") and 2020 ("Finite Versus Infinite Neural Networks: an Empirical Study"),
-written as results.json, runs.csv, PNG figures and index.html.
+written as results.json, runs.csv, figures (PNG, SVG, PDF) and index.html.
 
 Modules: ``config`` (keys, TOML, validation), ``architectures`` (the name registry),
 ``stages`` (the computations, and the one definition of training time), ``findings`` (the

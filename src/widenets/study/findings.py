@@ -608,12 +608,12 @@ def _symlog(ax, xs):
 
 
 def _zca_figure(res, path):
-    from widenets.study.figures import _plt, _save
+    from widenets._plot import figure, legend, reference_lines
+    from widenets.study.figures import save
 
-    plt = _plt()
     key = res["score"]
     base, zca = res["rows"][0], res["rows"][1:]
-    fig, ax = plt.subplots(figsize=(6, 4.2))
+    fig, ax = figure(size=(7.5, 3.6))
     eps = [r["regularizer"] for r in zca]
     series = (
         ("NNGP posterior", "C3", "o", lambda r: r["kernels"]["nngp"][key]),
@@ -623,8 +623,6 @@ def _zca_figure(res, path):
     for name, color, marker, get in series:
         ys = [get(r) for r in zca]
         ax.plot(eps, ys, color=color, marker=marker, label=f"{name} (∞ width)")
-        if get(base) is not None:
-            ax.axhline(get(base), color=color, ls=":", lw=1)
     ys = [r["networks"][key] for r in zca]
     es = [r["networks"][f"{key}_std"] or 0.0 for r in zca]
     ax.errorbar(
@@ -636,24 +634,25 @@ def _zca_figure(res, path):
         capsize=3,
         label=f"networks, width {res['width']}",
     )
-    if base["networks"][key] is not None:
-        ax.axhline(base["networks"][key], color="C0", ls=":", lw=1, label="dotted: no ZCA")
+    # the same models without ZCA whitening, as horizontal lines
+    refs = [(get(base), f"{name}, no ZCA", color) for name, color, _, get in series]
+    reference_lines(ax, [*refs, (base["networks"][key], "networks, no ZCA", "C0")], lw=1)
     _symlog(ax, eps)
     ax.set_xlabel("ZCA regulariser ε  (Σ + ε tr(Σ)/d I)")
     ax.set_ylabel(_label(key))
     if key == "mse":
         ax.set_yscale("log")
     ax.set_title("ZCA whitening")
-    ax.legend(fontsize=7)
-    return _save(fig, path)
+    legend(ax, outside=True)
+    return save(fig, path)
 
 
 def _param_figure(res, results, path):
-    from widenets.study.figures import _plt, _save
+    from widenets._plot import figure, legend, reference_lines, width_axis
+    from widenets.study.figures import save
 
-    plt = _plt()
     key = res["score"]
-    fig, axes = plt.subplots(1, 2, figsize=(11, 4.2))
+    fig, axes = figure(1, 2, size=(10, 3.8))
     ax = axes[0]
     ntk = _ntk_param_networks(results)
     ws = sorted(w for w in ntk if ntk[w][key])
@@ -678,42 +677,41 @@ def _param_figure(res, results, path):
         label="networks, standard param.",
     )
     inf = res["ntk_parameterization_kernel"]
-    for value, name, color, ls in (
-        (inf["ntk_at_training_time"][key], "NTK param. kernel, same steps (∞ width)", "C0", ":"),
-        (inf["nngp"][key], "NNGP posterior (∞ width)", "C3", ":"),
-        (res["sp_wide"]["ntk_at_training_time"][key], "SP kernel, width 2^20", "C1", "--"),
-    ):
-        if value is not None:
-            ax.axhline(value, color=color, ls=ls, lw=1, label=name)
-    ax.set_xscale("log", base=2)
-    ax.set_xlabel("width")
+    reference_lines(
+        ax,
+        [
+            (inf["ntk_at_training_time"][key], "NTK param. kernel, same τ (∞ width)", "C0"),
+            (inf["nngp"][key], "NNGP posterior (∞ width)", "C3"),
+            (res["sp_wide"]["ntk_at_training_time"][key], "SP kernel, width 2^20", "C1"),
+        ],
+        lw=1,
+    )
+    width_axis(ax, [r["width"] for r in res["rows"]])
     ax.set_ylabel(_label(key))
     if key == "mse":
         ax.set_yscale("log")
-    ax.legend(fontsize=7)
+    legend(ax, loc="upper center", bbox_to_anchor=(0.5, -0.2), ncols=2)
     ax = axes[1]
     w = [r["width"] for r in res["rows"]]
     lrs = [r["learning_rate"] for r in res["rows"]]
     ax.plot(w, lrs, color="C1", marker="s", label="standard param. (own λ_max)")
     ax.plot(w, [lrs[0] * w[0] / x for x in w], "k:", label="∝ 1/width")
     ax.axhline(inf["learning_rate"], color="C0", ls="--", label="NTK param.")
-    ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    ax.set_xlabel("width")
+    width_axis(ax, w)
     ax.set_ylabel("learning rate")
-    ax.legend(fontsize=7)
+    legend(ax, loc="upper center", bbox_to_anchor=(0.5, -0.2))
     axes[0].set_title("standard vs NTK parameterisation")
     axes[1].set_title("learning rate = lr_factor × n / λ_max")
-    fig.tight_layout()
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def _large_lr_figure(res, path):
-    from widenets.study.figures import _plt, _save
+    from widenets._plot import figure, legend, plain_log_ticks, reference_lines, width_axis
+    from widenets.study.figures import save
 
-    plt = _plt()
     key = res["score"]
-    fig, axes = plt.subplots(2, 2, figsize=(11, 8))
+    fig, axes = figure(2, 2, size=(10, 7))
     for col, (rows, xkey, xlabel) in enumerate(
         (
             (res["lr_rows"], "lr_factor", "learning rate × λ_max / n"),
@@ -739,6 +737,7 @@ def _large_lr_figure(res, path):
                 top = max((r["networks"][ykey] for r in ok), default=1.0)
                 ax.plot([r[xkey] for r in bad], [top] * len(bad), "rx", ms=9, label="diverged")
             if ykey == key:
+                kernel = None
                 if col == 0:
                     ax.plot(
                         [r[xkey] for r in rows],
@@ -747,24 +746,28 @@ def _large_lr_figure(res, path):
                         label="kernel prediction, same τ",
                     )
                 else:
-                    ax.axhline(res["kernel"][key], color="k", ls="--", label="kernel, same τ")
-                ax.axhline(res["ntk_t_inf"][key], color="C4", ls=":", label="NTK, τ = ∞")
+                    kernel = res["kernel"][key]
+                reference_lines(
+                    ax,
+                    [(kernel, "kernel, same τ", "k"), (res["ntk_t_inf"][key], "NTK, τ = ∞", "C4")],
+                )
                 if key == "mse":
                     ax.set_yscale("log")
             else:
                 ax.set_yscale("log")
             if col == 0:
                 ax.axvline(KERNEL_GD_LIMIT, color="gray", ls=":", lw=1)
-                ax.set_xscale("log", base=2)
+                width_axis(ax, [r[xkey] for r in rows], xlabel)
             else:
                 _symlog(ax, [r[xkey] for r in rows])
-            ax.set_xlabel(xlabel)
+                ax.set_xlabel(xlabel)
+            if ax.get_yscale() == "log":
+                plain_log_ticks(ax)
             ax.set_ylabel(ylabel)
-            ax.legend(fontsize=7)
+            legend(ax)
     axes[0, 0].set_title("learning rate (no L2)")
     axes[0, 1].set_title("L2 at the study's learning rate")
-    fig.tight_layout()
-    return _save(fig, path)
+    return save(fig, path)
 
 
 def make_figures(results: dict, folder) -> list:

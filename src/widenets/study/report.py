@@ -13,6 +13,7 @@ import json
 import statistics
 from pathlib import Path
 
+from widenets._plot import DPI
 from widenets.study import figures, findings, theory_checks
 from widenets.study.store import atomic_json, atomic_write
 
@@ -33,6 +34,8 @@ CSV_FIELDS = (
     "seconds",
 )
 METHODS = ("gd", "sgd", "linearized")
+# CSS pixels are 1/96 inch: the PNGs' pixel density, so that a figure shows at its printed size
+DENSITY = DPI / 96
 REGIME_KEYS = (
     "kernel_distance",
     "relative_kernel_change",
@@ -139,7 +142,7 @@ def write_csv(path: Path, results: dict) -> None:
 
 
 def write(out, results: dict) -> None:
-    """results.json, runs.csv, figures/*.png and index.html in ``out``."""
+    """results.json, runs.csv, figures (PNG, SVG, PDF) and index.html in ``out``."""
     out = Path(out)
     atomic_json(out / "results.json", results)
     write_csv(out / "runs.csv", results)
@@ -258,7 +261,8 @@ def render_html(results: dict, figure_paths: list[str]) -> str:
 <style>
 body {{ font-family: sans-serif; max-width: 70em; margin: 2em auto; padding: 0 1em; }}
 table {{ border-collapse: collapse; }} td, th {{ border: 1px solid #bbb; padding: .3em .6em; }}
-figure {{ display: inline-block; margin: 1em; }} img {{ max-width: 100%; }}
+figure {{ display: inline-table; margin: 1em; }} img {{ max-width: 100%; height: auto; }}
+figcaption {{ display: table-caption; caption-side: bottom; }}
 pre {{ background: #f4f4f4; padding: 1em; overflow-x: auto; }}
 </style></head><body>
 <h1>{esc(title)}</h1>
@@ -320,12 +324,20 @@ widths.</p>
 
 
 def _figures_html(paths, captions: dict, esc) -> str:
-    """<figure> elements of the PNGs at ``paths`` with their captions."""
-    return "\n".join(
-        f'<figure><img src="{esc(p)}" alt="{esc(Path(p).stem)}">'
-        f"<figcaption>{esc(captions.get(Path(p).stem, ''))}</figcaption></figure>"
-        for p in paths
-    )
+    """<figure> elements of the PNGs at ``paths`` (shown at their printed size: 300 dpi) with
+    their captions and links to the vector files saved beside them."""
+    out = []
+    for p in paths:
+        links = ", ".join(
+            f'<a href="{esc(v.as_posix())}">{v.suffix[1:].upper()}</a>'
+            for v in figures.vector_files(p)
+        )
+        out.append(
+            f'<figure><img src="{esc(p)}" srcset="{esc(p)} {DENSITY:g}x" '
+            f'alt="{esc(Path(p).stem)}"><figcaption>{esc(captions.get(Path(p).stem, ""))}'
+            f" (vector: {links})</figcaption></figure>"
+        )
+    return "\n".join(out)
 
 
 def _findings_html(results: dict, figure_paths, captions, esc) -> str:

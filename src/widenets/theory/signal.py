@@ -404,23 +404,22 @@ def phase_diagram(activation, w_std_range, b_std_range) -> PhaseDiagram:
 
 
 def _phase_figure(act, w, b, chi, crit):
-    from widenets.theory._plot import plt
+    from widenets._plot import figure, legend
 
-    fig, ax = plt.subplots(figsize=(5, 4))
+    fig, ax = figure(size=(5, 4))
     with np.errstate(divide="ignore"):
         z = np.log(np.clip(chi, 1e-300, None))
     lim = max(float(np.nanmax(np.abs(z[np.isfinite(z)]), initial=1.0)), 1e-3)
     if len(w) > 1 and len(b) > 1:
         m = ax.pcolormesh(w, b, z, cmap="coolwarm", vmin=-lim, vmax=lim, shading="auto")
-        fig.colorbar(m, ax=ax, label="log chi_1  (<0 ordered, >0 chaotic)")
+        fig.colorbar(m, ax=ax, label="log χ₁  (< 0 ordered, > 0 chaotic)")
     else:
         ax.scatter(np.meshgrid(w, b)[0], np.meshgrid(w, b)[1], c=z, cmap="coolwarm")
-    ax.plot(crit, b, "k-", lw=2, label="edge of chaos (chi_1 = 1)")
+    ax.plot(crit, b, "k-", lw=2, label="edge of chaos (χ₁ = 1)")
     ax.set_xlabel("w_std")
     ax.set_ylabel("b_std")
     ax.set_title(f"Phase diagram of {act!r}")
-    ax.legend(loc="upper left", fontsize=8)
-    fig.tight_layout()
+    legend(ax, loc="upper left")
     return fig
 
 

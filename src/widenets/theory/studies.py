@@ -30,8 +30,8 @@ def critical_init_depth_study(
         (data, figure), data a dict with ``w_crit``, ``w_std`` (per factor), ``c_empirical``,
         ``c_se``, ``c_map`` (n_factors, depth), ``c_star`` and ``xi_c`` (per factor).
     """
+    from widenets._plot import figure, legend
     from widenets.layers.activations import Erf
-    from widenets.theory._plot import plt
 
     act = signal.as_activation(Erf() if activation is None else activation)
     w_crit = signal.edge_of_chaos(act, b_std)
@@ -51,10 +51,12 @@ def critical_init_depth_study(
         "c_star": np.array([signal.c_star(act, w, b_std) for w in ws]),
         "xi_c": np.array([signal.depth_scales(act, w, b_std).xi_c for w in ws]),
     }
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    from matplotlib.lines import Line2D
+
+    fig, ax = figure(size=(5.5, 3.5))
     layers = np.arange(1, depth + 1)
     for i, f in enumerate(factors):
-        (line,) = ax.plot(layers, data["c_map"][i], label=f"map, w = {f:g} w_crit")
+        (line,) = ax.plot(layers, data["c_map"][i], label=f"map, w_std = {f:g} w_crit")
         ax.errorbar(
             layers,
             data["c_empirical"][i],
@@ -62,13 +64,15 @@ def critical_init_depth_study(
             fmt="o",
             ms=3,
             color=line.get_color(),
-            label=f"width {width}",
         )
+    handles = ax.get_legend_handles_labels()[0]
+    handles.append(
+        Line2D([], [], color="0.3", marker="o", ms=3, ls="", label=f"width {width}, ± s.e.")
+    )
     ax.set_xlabel("layer")
     ax.set_ylabel("correlation c")
     ax.set_title(f"{act!r}, b_std = {b_std}")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
+    legend(ax, handles=handles, outside=True)
     return data, fig
 
 
@@ -102,7 +106,7 @@ def pseudo_iid_study(
         (data, figure), data with ``widths``, ``error[scheme]`` and ``max_z[scheme]`` arrays.
     """
     import widenets as wn
-    from widenets.theory._plot import plt
+    from widenets._plot import figure, legend, width_axis
 
     if net is None:
         net = wn.serial(
@@ -128,14 +132,14 @@ def pseudo_iid_study(
             zs.append(float(((mc.nngp - exact).abs() / mc.nngp_se.clamp_min(1e-300)).max()))
         data["error"][name] = np.array(errs)
         data["max_z"][name] = np.array(zs)
-    fig, ax = plt.subplots(figsize=(5, 3.5))
+    fig, ax = figure(size=(6, 3.5))
     for name in schemes:
-        ax.loglog(widths, data["error"][name], "o-", label=name)
-    ax.set_xlabel("width")
+        ax.plot(widths, data["error"][name], "o-", label=name)
+    ax.set_yscale("log")
+    width_axis(ax, widths)
     ax.set_ylabel("relative error of the Monte-Carlo NNGP")
     ax.set_title(f"pseudo-IID initialisations, {n_samples} networks each")
-    ax.legend(fontsize=7)
-    fig.tight_layout()
+    legend(ax, outside=True)
     return data, fig
 
 
@@ -189,7 +193,7 @@ def lazy_rich_study(
         ``kernel_distance``, ``weight_change``, ``alignment``, ``train_loss``.
     """
     import widenets as wn
-    from widenets.theory._plot import plt
+    from widenets._plot import figure, legend
 
     if net is None:
         net = wn.serial(wn.Dense(64), wn.Relu(), wn.Dense(64), wn.Relu(), wn.Dense(1))
@@ -210,15 +214,14 @@ def lazy_rich_study(
             with torch.no_grad():
                 out["train_loss"][i, j] = float(0.5 * ((mt(x) - y) ** 2).mean())
     data = {"alphas": np.array(alphas, dtype=float), "widths": np.array(widths), **out}
-    fig, axes = plt.subplots(1, 2, figsize=(8, 3.5))
+    fig, axes = figure(1, 2, size=(8, 3.5))
     for j, w in enumerate(widths):
         axes[0].loglog(alphas, out["kernel_distance"][:, j], "o-", label=f"width {w}")
         axes[1].loglog(alphas, out["weight_change"][:, j], "o-", label=f"width {w}")
-    axes[0].set_ylabel("NTK distance 1 - <K0,Kt>/|K0||Kt|")
+    axes[0].set_ylabel("NTK distance 1 − ⟨K₀, K_t⟩ / (‖K₀‖ ‖K_t‖)")
     axes[1].set_ylabel("mean relative weight change")
     for ax in axes:
-        ax.set_xlabel("alpha")
-        ax.legend(fontsize=7)
-    fig.suptitle("lazy (large alpha) versus rich (small alpha) training")
-    fig.tight_layout()
+        ax.set_xlabel("output scale α")
+        legend(ax)
+    fig.suptitle("lazy (large α) versus rich (small α) training")
     return data, fig
