@@ -20,22 +20,39 @@ import torch
 from widenets.layers.base import Layer
 
 
-def _fingerprint(obj, keep: list):
+class _Ref:
+    """A key part that holds ``obj`` (so its ``id`` cannot be reused while the key lives)
+    and compares by identity."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj):
+        self.obj = obj
+
+    def __hash__(self) -> int:
+        return id(self.obj)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _Ref) and other.obj is self.obj
+
+
+def _fingerprint(obj):
     """A hashable key equal for two networks exactly when they compute the same kernel.
 
     widenets layers are compared by class and attributes (recursively), numbers, strings and
     tensors by value; any other object (a function inside ``Elementwise``, say) by identity,
-    and ``keep`` holds a reference to it so that its id cannot be reused while the key lives.
+    through a :class:`_Ref` inside the key that keeps the object alive: a function collected
+    after its entry was stored can never hand its id, and so its entry, to a new function.
     """
     if obj is None or isinstance(obj, (bool, int, float, complex, str, bytes)):
         return (type(obj).__name__, obj)
     if isinstance(obj, (np.integer, np.floating)):
         return (type(obj).__name__, obj.item())
     if isinstance(obj, (tuple, list)):
-        return (type(obj).__name__, tuple(_fingerprint(v, keep) for v in obj))
+        return (type(obj).__name__, tuple(_fingerprint(v) for v in obj))
     if isinstance(obj, dict):
         items = sorted(obj.items(), key=lambda kv: repr(kv[0]))
-        return ("dict", tuple((repr(k), _fingerprint(v, keep)) for k, v in items))
+        return ("dict", tuple((repr(k), _fingerprint(v)) for k, v in items))
     if isinstance(obj, (torch.Tensor, np.ndarray)):
         a = obj.detach().cpu().numpy() if isinstance(obj, torch.Tensor) else obj
         a = np.ascontiguousarray(a)
@@ -44,9 +61,8 @@ def _fingerprint(obj, keep: list):
         return ("dtype", str(obj))
     if isinstance(obj, Layer):
         cls = type(obj)
-        return (cls.__module__, cls.__qualname__, _fingerprint(vars(obj), keep))
-    keep.append(obj)
-    return ("id", id(obj))
+        return (cls.__module__, cls.__qualname__, _fingerprint(vars(obj)))
+    return ("ref", _Ref(obj))
 
 
 @dataclass(frozen=True)
@@ -61,18 +77,23 @@ class CachedKernels:
 
 
 class _Store:
-    """Every kernel entry computed so far between the rows seen, for one network."""
+    """Every kernel entry computed so far between the rows seen, for one network.
+
+    numpy arrays, not torch tensors: the gathers and scatters here are memory-bound index
+    operations that torch would spread over its intra-op threads, whose start-up costs more
+    than the copy itself (and much more on a busy machine) for the sizes a grid search sees.
+    """
 
     def __init__(self, n_features: int):
         self.n_features = n_features
         self.index: dict[bytes, int] = {}
         self.n = 0
         self.rows = np.empty((0, n_features))
-        self.nngp = torch.empty((0, 0), dtype=torch.float64)
-        self.ntk = torch.empty((0, 0), dtype=torch.float64)
-        self.known = torch.empty((0, 0), dtype=torch.bool)
-        self.var = torch.empty(0, dtype=torch.float64)
-        self.var_known = torch.empty(0, dtype=torch.bool)
+        self.nngp = np.empty((0, 0))
+        self.ntk = np.empty((0, 0))
+        self.known = np.empty((0, 0), dtype=bool)
+        self.var = np.empty(0)
+        self.var_known = np.empty(0, dtype=bool)
 
     @staticmethod
     def bytes_for(capacity: int, n_features: int) -> int:
@@ -99,23 +120,23 @@ class _Store:
             rows = np.empty((cap, self.n_features))
             rows[:old] = self.rows[:old]
             self.rows = rows
-            for name, fill in (("nngp", 0.0), ("ntk", 0.0), ("known", False)):
-                t = getattr(self, name)
-                grown = torch.full((cap, cap), fill, dtype=t.dtype)
-                grown[:old, :old] = t[:old, :old]
+            for name in ("nngp", "ntk", "known"):
+                a = getattr(self, name)
+                grown = np.zeros((cap, cap), dtype=a.dtype)
+                grown[:old, :old] = a[:old, :old]
                 setattr(self, name, grown)
-            for name, fill in (("var", 0.0), ("var_known", False)):
-                t = getattr(self, name)
-                grown = torch.full((cap,), fill, dtype=t.dtype)
-                grown[:old] = t[:old]
+            for name in ("var", "var_known"):
+                a = getattr(self, name)
+                grown = np.zeros(cap, dtype=a.dtype)
+                grown[:old] = a[:old]
                 setattr(self, name, grown)
         for b in new:
             self.rows[self.n] = np.frombuffer(b, dtype=np.float64)
             self.index[b] = self.n
             self.n += 1
 
-    def positions(self, x: np.ndarray) -> torch.Tensor:
-        return torch.tensor([self.index[row.tobytes()] for row in x], dtype=torch.long)
+    def positions(self, x: np.ndarray) -> np.ndarray:
+        return np.fromiter((self.index[row.tobytes()] for row in x), np.intp, len(x))
 
 
 class KernelCache:
@@ -124,12 +145,14 @@ class KernelCache:
     Pass one instance as ``kernel_cache`` to :class:`NNGPClassifier` and friends (also inside a
     ``Pipeline`` tuned by ``GridSearchCV``): every entry ``K(x_i, x_j)`` of a network is then
     computed once and looked up afterwards, whichever estimator, fold or setting asks. Keys are
-    the network's configuration (its layers' classes and attributes; functions by identity),
-    ``input_shape``, and the bytes of the two float64 input rows; values are exactly what the
-    first computation gave (equal to a direct ``net.kernel`` call up to rounding, since every
-    entry is computed by the same elementwise operations). Only entries that a request needs
-    and that are not yet known are computed: for the rows of a fit, the pairs among them that
-    are missing; for a prediction, the block of new rows against the training rows.
+    the network's configuration (its layers' classes and attributes; functions by identity,
+    each kept alive by its key), ``input_shape``, and the bytes of the two float64 input rows;
+    values are exactly what the first computation gave (equal to a direct ``net.kernel`` call
+    up to rounding, since every entry is computed by the same elementwise operations). Only
+    entries that a request needs and that are not yet known are computed: for the rows of a
+    fit, the pairs among them that are missing; for a prediction, the block of new rows
+    against the training rows. A request whose pairs are all new costs one direct
+    computation plus a copy of its result.
 
     Args:
         max_bytes: memory bound of the cache (17 bytes per stored pair of rows, per network).
@@ -158,7 +181,6 @@ class KernelCache:
         """Forget every stored kernel (the counters are kept)."""
         with self._lock:
             self._stores: OrderedDict = OrderedDict()
-            self._keep: dict = {}
             if not hasattr(self, "pairs_computed"):
                 self.pairs_computed = 0
                 self.pairs_served = 0
@@ -192,8 +214,7 @@ class KernelCache:
             )
         d = x1.shape[1]
         shape = None if input_shape is None else tuple(int(s) for s in input_shape)
-        keep: list = []
-        key = (_fingerprint(network, keep), shape, d)
+        key = (_fingerprint(network), shape, d)
         with self._lock:
             store = self._stores.get(key)
             if store is None:
@@ -212,16 +233,16 @@ class KernelCache:
                 store.add(new, cap)
             self._stores[key] = store
             self._stores.move_to_end(key)
-            self._keep[key] = keep
             i1 = store.positions(x1)
             i2 = i1 if x2 is None else store.positions(x2)
             self._fill(network, store, i1, i2, x2 is None, shape)
             self.pairs_served += len(i1) * len(i2)
+            block = np.ix_(i1, i2)
             return CachedKernels(
-                nngp=store.nngp[i1][:, i2],
-                ntk=store.ntk[i1][:, i2],
-                cov1=store.var[i1],
-                cov2=store.var[i2],
+                nngp=torch.from_numpy(store.nngp[block]),
+                ntk=torch.from_numpy(store.ntk[block]),
+                cov1=torch.from_numpy(store.var[i1]),
+                cov2=torch.from_numpy(store.var[i2]),
             )
 
     def _max_rows(self, d: int) -> int:
@@ -240,45 +261,43 @@ class KernelCache:
                 return
             if other != key:
                 del self._stores[other]
-                self._keep.pop(other, None)
 
     def _fill(self, network, store: _Store, i1, i2, same: bool, shape) -> None:
         """Compute the entries among rows i1 x i2 that are not yet known."""
-        missing = ~store.known[i1][:, i2]
+        missing = ~store.known[np.ix_(i1, i2)]
         if not missing.any():
             return
+        rows = np.unique(i1[missing.any(1)])
         if same:
             # a row outside ``rows`` has every pair with i1 known (the mask is symmetric), so
             # only pairs among ``rows`` can be missing: one kernel of that set with itself
-            rows = torch.unique(i1[missing.any(1)])
-            k = direct_kernels(network, store.rows[rows.numpy()], None, shape)
-            cols, cov2 = rows, k.cov1
-            self.pairs_computed += len(rows) * len(rows)
+            cols = rows
+            k = direct_kernels(network, store.rows[rows], None, shape)
+            cov2 = k.cov1
         else:
-            rows = torch.unique(i1[missing.any(1)])
-            cols = torch.unique(i2[missing.any(0)])
-            k = direct_kernels(network, store.rows[rows.numpy()], store.rows[cols.numpy()], shape)
+            cols = np.unique(i2[missing.any(0)])
+            k = direct_kernels(network, store.rows[rows], store.rows[cols], shape)
             cov2 = k.cov2
-            self.pairs_computed += len(rows) * len(cols)
+        self.pairs_computed += len(rows) * len(cols)
         # write only what was missing: known entries keep their first value
-        new = ~store.known[rows][:, cols]
-        both = torch.isin(rows, cols).nonzero()[:, 0], torch.isin(cols, rows).nonzero()[:, 0]
+        at, at_t = np.ix_(rows, cols), np.ix_(cols, rows)
+        new = ~store.known[at]
+        o = np.intersect1d(rows, cols)  # rows in both sets: (a, b) and (b, a) were both
+        both = np.ix_(o, o)  # computed; keep the upper triangle's so the store is symmetric
         for name in ("nngp", "ntk"):
             full = getattr(store, name)
-            block = full[rows][:, cols]
-            block[new] = getattr(k, name)[new]
-            full[rows[:, None], cols[None, :]] = block
-            full[cols[:, None], rows[None, :]] = block.T
-            if len(both[0]):  # rows in both sets: (a, b) and (b, a) were both computed, keep one
-                o = rows[both[0]]  # the same sorted indices as cols[both[1]]
-                sub = block[both[0]][:, both[1]]
-                sub = sub.triu() + sub.triu(1).T
-                full[o[:, None], o[None, :]] = sub
-        store.known[rows[:, None], cols[None, :]] = True
-        store.known[cols[:, None], rows[None, :]] = True
+            block = full[at]
+            block[new] = getattr(k, name).numpy()[new]
+            full[at] = block
+            full[at_t] = block.T
+            if len(o):
+                sub = full[both]
+                full[both] = np.triu(sub) + np.triu(sub, 1).T
+        store.known[at] = True
+        store.known[at_t] = True
         for idx, var in ((rows, k.cov1), (cols, cov2)):
             fresh = ~store.var_known[idx]
-            store.var[idx[fresh]] = var[fresh]
+            store.var[idx[fresh]] = var.numpy()[fresh]
             store.var_known[idx] = True
 
 
