@@ -305,6 +305,29 @@ def test_kernel_cache_blocks_match_direct_kernels():
     assert torch.equal(full.ntk, full.ntk.T) and torch.equal(full.nngp, full.nngp.T)
 
 
+def test_kernel_cache_keeps_rows_never_asked_together_apart():
+    """Folds whose rows a per-fold scaler moved share no row: each is its own group, so the
+    memory is that of the groups, not of every pair of rows ever seen; a request that joins
+    groups merges them, and every entry it returns equals the direct kernel."""
+    x, _ = _sequences(n=40)
+    net = _cnn()
+    direct = net.kernel(torch.tensor(x).reshape(40, 1, 12))
+    cache = KernelCache()
+    for g in range(4):
+        cache.kernels(net, x[10 * g : 10 * g + 10], input_shape=(1, 12))
+    ten = 10 * 10 * 17 + 10 * (8 * 12 + 9)  # bytes of a group of 10 rows
+    assert cache.nbytes == 4 * ten  # one store of all 40 rows: 40 * 40 * 17 + ... bytes
+    k = cache.kernels(net, x[::2], x, input_shape=(1, 12))  # joins the four groups
+    for name in ("nngp", "ntk"):
+        torch.testing.assert_close(getattr(k, name), getattr(direct, name)[::2])
+    torch.testing.assert_close(k.cov2, direct.cov1)
+    n = cache.pairs_computed
+    full = cache.kernels(net, x, input_shape=(1, 12))
+    assert torch.equal(full.ntk, full.ntk.T)
+    torch.testing.assert_close(full.ntk, direct.ntk)
+    assert cache.pairs_computed - n < 40 * 40  # the pairs known before were not recomputed
+
+
 def test_kernel_cache_memory_bound_eviction_and_bypass():
     x, _ = _sequences(n=30)
     one = 30 * 30 * 17 + 30 * (8 * 12 + 9)  # bytes of one network's store of 30 rows

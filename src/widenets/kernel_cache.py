@@ -77,7 +77,12 @@ class CachedKernels:
 
 
 class _Store:
-    """Every kernel entry computed so far between the rows seen, for one network.
+    """Every kernel entry computed so far between the rows of one group, for one network.
+
+    A group holds the rows that requests have asked for together (directly or through a
+    shared row): the folds of a search on fixed rows share one group, while folds whose rows
+    a per-fold scaler moved each get their own, so that no memory or copying is spent on
+    pairs of rows that no request will ever pair.
 
     numpy arrays, not torch tensors: the gathers and scatters here are memory-bound index
     operations that torch would spread over its intra-op threads, whose start-up costs more
@@ -104,14 +109,21 @@ class _Store:
     def nbytes(self) -> int:
         return self.bytes_for(len(self.rows), self.n_features)
 
-    def missing_rows(self, x: np.ndarray) -> list[bytes]:
-        new, seen = [], set()
-        for row in x:
-            b = row.tobytes()
-            if b not in self.index and b not in seen:
-                seen.add(b)
-                new.append(b)
-        return new
+    @classmethod
+    def merged(cls, groups: list[_Store], capacity: int) -> _Store:
+        """One store holding the rows and known entries of ``groups`` (pairs across two
+        groups unknown), with room for ``capacity`` rows."""
+        out = cls(groups[0].n_features)
+        out.add([r.tobytes() for g in groups for r in g.rows[: g.n]], capacity)
+        start = 0
+        for g in groups:
+            at, end = slice(start, start + g.n), start + g.n
+            for name in ("nngp", "ntk", "known"):
+                getattr(out, name)[at, at] = getattr(g, name)[: g.n, : g.n]
+            for name in ("var", "var_known"):
+                getattr(out, name)[at] = getattr(g, name)[: g.n]
+            start = end
+        return out
 
     def add(self, new: list[bytes], capacity: int) -> None:
         """Append rows (as bytes), first growing every array to ``capacity`` rows if needed."""
@@ -130,10 +142,11 @@ class _Store:
                 grown = np.zeros(cap, dtype=a.dtype)
                 grown[:old] = a[:old]
                 setattr(self, name, grown)
-        for b in new:
-            self.rows[self.n] = np.frombuffer(b, dtype=np.float64)
-            self.index[b] = self.n
-            self.n += 1
+        if new:
+            block = np.frombuffer(b"".join(new), dtype=np.float64)
+            self.rows[self.n : self.n + len(new)] = block.reshape(len(new), self.n_features)
+        self.index.update(zip(new, range(self.n, self.n + len(new)), strict=True))
+        self.n += len(new)
 
     def positions(self, x: np.ndarray) -> np.ndarray:
         return np.fromiter((self.index[row.tobytes()] for row in x), np.intp, len(x))
@@ -188,7 +201,7 @@ class KernelCache:
     @property
     def nbytes(self) -> int:
         """Memory held by the stored kernels."""
-        return sum(s.nbytes for s in self._stores.values())
+        return sum(g.nbytes for groups in self._stores.values() for g in groups)
 
     def __repr__(self) -> str:
         return f"KernelCache(max_bytes={self.max_bytes})"
@@ -216,31 +229,40 @@ class KernelCache:
         shape = None if input_shape is None else tuple(int(s) for s in input_shape)
         key = (_fingerprint(network), shape, d)
         with self._lock:
-            store = self._stores.get(key)
-            if store is None:
-                store = _Store(d)
+            groups = self._stores.get(key, [])
             both = x1 if x2 is None else np.concatenate([x1, x2])
-            new = store.missing_rows(both)
-            need = store.n + len(new)
+            wanted = list(dict.fromkeys(row.tobytes() for row in both))
+            hit = [g for g in groups if not g.index.keys().isdisjoint(wanted)]
+            rest = [g for g in groups if all(g is not h for h in hit)]
+            new = wanted
+            for g in hit:
+                new = [b for b in new if b not in g.index]
+            need = sum(g.n for g in hit) + len(new)
             if _Store.bytes_for(need, d) > self.max_bytes:  # too large to keep: compute directly
                 self.pairs_computed += len(x1) * (len(x1) if x2 is None else len(x2))
                 return direct_kernels(network, x1, x2, shape)
-            cap = len(store.rows)
-            if need > cap:
-                cap = max(need, min(2 * cap, self._max_rows(d)))
-                self._make_room(key, _Store.bytes_for(cap, d) - store.nbytes)
+            if len(hit) == 1:
+                store, cap = hit[0], len(hit[0].rows)
+                if need > cap:
+                    cap = max(need, min(2 * cap, self._max_rows(d)))
+            else:  # a new group, or several that this request joins: merged into one
+                store, cap = None, need
+            self._stores[key] = rest
+            self._stores.move_to_end(key)
+            self._make_room(key, _Store.bytes_for(cap, d))
+            if store is None:
+                store = _Store.merged(hit, cap) if hit else _Store(d)
             if new:
                 store.add(new, cap)
-            self._stores[key] = store
-            self._stores.move_to_end(key)
+            self._stores[key].append(store)
             i1 = store.positions(x1)
             i2 = i1 if x2 is None else store.positions(x2)
             self._fill(network, store, i1, i2, x2 is None, shape)
             self.pairs_served += len(i1) * len(i2)
-            block = np.ix_(i1, i2)
-            return CachedKernels(
-                nngp=torch.from_numpy(store.nngp[block]),
-                ntk=torch.from_numpy(store.ntk[block]),
+            block = _block(i1, i2)
+            return CachedKernels(  # copies: a caller may change its tensors in place
+                nngp=torch.from_numpy(store.nngp[block].copy()),
+                ntk=torch.from_numpy(store.ntk[block].copy()),
                 cov1=torch.from_numpy(store.var[i1]),
                 cov2=torch.from_numpy(store.var[i2]),
             )
@@ -255,16 +277,20 @@ class KernelCache:
         return lo
 
     def _make_room(self, key, extra: int) -> None:
-        """Drop the least recently used other networks until ``extra`` more bytes fit."""
+        """Drop the least recently used other networks, then this network's oldest other
+        groups, until ``extra`` more bytes fit."""
         for other in list(self._stores):
             if self.nbytes + extra <= self.max_bytes:
                 return
             if other != key:
                 del self._stores[other]
+        groups = self._stores[key]
+        while groups and self.nbytes + extra > self.max_bytes:
+            groups.pop(0)
 
     def _fill(self, network, store: _Store, i1, i2, same: bool, shape) -> None:
         """Compute the entries among rows i1 x i2 that are not yet known."""
-        missing = ~store.known[np.ix_(i1, i2)]
+        missing = ~store.known[_block(i1, i2)]
         if not missing.any():
             return
         rows = np.unique(i1[missing.any(1)])
@@ -279,6 +305,13 @@ class KernelCache:
             k = direct_kernels(network, store.rows[rows], store.rows[cols], shape)
             cov2 = k.cov2
         self.pairs_computed += len(rows) * len(cols)
+        rs, cs = _span(rows), _span(cols)
+        if rs is not None and cs is not None and not store.known[rs, cs].any():
+            # the common case: a block of rows added together, all new (a fit, or new test
+            # rows against the training rows); slices, not fancy indexing, and no merging
+            if same or rs.stop <= cs.start or cs.stop <= rs.start:
+                self._write_new_block(store, k, rs, cs, cov2, same)
+                return
         # write only what was missing: known entries keep their first value
         at, at_t = np.ix_(rows, cols), np.ix_(cols, rows)
         new = ~store.known[at]
@@ -299,6 +332,38 @@ class KernelCache:
             fresh = ~store.var_known[idx]
             store.var[idx[fresh]] = var.numpy()[fresh]
             store.var_known[idx] = True
+
+    @staticmethod
+    def _write_new_block(store: _Store, k: CachedKernels, rs: slice, cs: slice, cov2, same):
+        """Store a block of entries none of which was known (rows ``rs`` x columns ``cs``,
+        the same rows if ``same``: then kept symmetric, the upper triangle's values)."""
+        for name in ("nngp", "ntk"):
+            a = getattr(k, name).numpy()
+            full = getattr(store, name)
+            if same:
+                full[rs, rs] = np.triu(a) + np.triu(a, 1).T
+            else:
+                full[rs, cs] = a
+                full[cs, rs] = a.T
+        store.known[rs, cs] = True
+        store.known[cs, rs] = True
+        for sl, var in ((rs, k.cov1), (cs, cov2)):
+            fresh = ~store.var_known[sl]
+            store.var[sl][fresh] = var.numpy()[fresh]
+            store.var_known[sl] = True
+
+
+def _span(i: np.ndarray) -> slice | None:
+    """``i`` as a slice if it is a run of consecutive increasing integers, else None."""
+    if len(i) and i[-1] - i[0] + 1 == len(i) and (len(i) == 1 or bool(np.all(np.diff(i) == 1))):
+        return slice(int(i[0]), int(i[-1]) + 1)
+    return None
+
+
+def _block(i1: np.ndarray, i2: np.ndarray):
+    """Index of the block i1 x i2 of a matrix: slices where both are runs (a view, fast)."""
+    s1, s2 = _span(i1), _span(i2)
+    return (s1, s2) if s1 is not None and s2 is not None else np.ix_(i1, i2)
 
 
 def direct_kernels(network: Layer, x1: np.ndarray, x2, shape) -> CachedKernels:
