@@ -257,8 +257,10 @@ class KernelCache:
             self._stores[key].append(store)
             i1 = store.positions(x1)
             i2 = i1 if x2 is None else store.positions(x2)
-            self._fill(network, store, i1, i2, x2 is None, shape)
+            fresh = self._fill(network, store, i1, i2, x2 is None, shape)
             self.pairs_served += len(i1) * len(i2)
+            if fresh is not None:  # computed just now for exactly this request: no gather
+                return fresh
             block = _block(i1, i2)
             return CachedKernels(  # copies: a caller may change its tensors in place
                 nngp=torch.from_numpy(store.nngp[block].copy()),
@@ -288,11 +290,12 @@ class KernelCache:
         while groups and self.nbytes + extra > self.max_bytes:
             groups.pop(0)
 
-    def _fill(self, network, store: _Store, i1, i2, same: bool, shape) -> None:
-        """Compute the entries among rows i1 x i2 that are not yet known."""
+    def _fill(self, network, store: _Store, i1, i2, same: bool, shape) -> CachedKernels | None:
+        """Compute the entries among rows i1 x i2 that are not yet known; return the kernels
+        computed if they are exactly the block i1 x i2, all new (the caller's to keep)."""
         missing = ~store.known[_block(i1, i2)]
         if not missing.any():
-            return
+            return None
         rows = np.unique(i1[missing.any(1)])
         if same:
             # a row outside ``rows`` has every pair with i1 known (the mask is symmetric), so
@@ -310,8 +313,9 @@ class KernelCache:
             # the common case: a block of rows added together, all new (a fit, or new test
             # rows against the training rows); slices, not fancy indexing, and no merging
             if same or rs.stop <= cs.start or cs.stop <= rs.start:
-                self._write_new_block(store, k, rs, cs, cov2, same)
-                return
+                k = self._write_new_block(store, k, rs, cs, cov2, same)
+                whole = np.array_equal(i1, rows) and np.array_equal(i2, cols)
+                return k if whole else None
         # write only what was missing: known entries keep their first value
         at, at_t = np.ix_(rows, cols), np.ix_(cols, rows)
         new = ~store.known[at]
@@ -334,16 +338,21 @@ class KernelCache:
             store.var_known[idx] = True
 
     @staticmethod
-    def _write_new_block(store: _Store, k: CachedKernels, rs: slice, cs: slice, cov2, same):
+    def _write_new_block(
+        store: _Store, k: CachedKernels, rs: slice, cs: slice, cov2, same
+    ) -> CachedKernels:
         """Store a block of entries none of which was known (rows ``rs`` x columns ``cs``,
-        the same rows if ``same``: then kept symmetric, the upper triangle's values)."""
+        the same rows if ``same``: then kept symmetric, the upper triangle's values); return
+        the kernels as stored."""
+        out = {}
         for name in ("nngp", "ntk"):
             a = getattr(k, name).numpy()
             full = getattr(store, name)
-            if same:
-                full[rs, rs] = np.triu(a) + np.triu(a, 1).T
-            else:
-                full[rs, cs] = a
+            if same and not np.array_equal(a, a.T):
+                a = np.triu(a) + np.triu(a, 1).T
+            out[name] = torch.from_numpy(a)
+            full[rs, cs] = a
+            if not same:
                 full[cs, rs] = a.T
         store.known[rs, cs] = True
         store.known[cs, rs] = True
@@ -351,6 +360,8 @@ class KernelCache:
             fresh = ~store.var_known[sl]
             store.var[sl][fresh] = var.numpy()[fresh]
             store.var_known[sl] = True
+        cov1 = torch.from_numpy(store.var[rs].copy())
+        return CachedKernels(out["nngp"], out["ntk"], cov1, torch.from_numpy(store.var[cs].copy()))
 
 
 def _span(i: np.ndarray) -> slice | None:
