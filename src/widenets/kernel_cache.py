@@ -164,8 +164,10 @@ class KernelCache:
     up to rounding, since every entry is computed by the same elementwise operations). Only
     entries that a request needs and that are not yet known are computed: for the rows of a
     fit, the pairs among them that are missing; for a prediction, the block of new rows
-    against the training rows. A request whose pairs are all new costs one direct
-    computation plus a copy of its result.
+    against the training rows. Rows asked for together (directly or through a shared row)
+    form a group stored as one dense block; groups that no request joins are stored apart
+    (e.g. the folds of a search whose scaler moves every fold's rows). A request whose pairs
+    are all new costs one direct computation plus a copy of its result.
 
     Args:
         max_bytes: memory bound of the cache (17 bytes per stored pair of rows, per network).

@@ -41,8 +41,9 @@ share rows). Passing one :class:`KernelCache` as ``kernel_cache`` makes all clon
 it (cloning keeps the same object): each entry ``K(x_i, x_j)`` of each network is computed
 once, keyed by the network's configuration and the bytes of the two input rows. Rows that a
 per-fold preprocessing step (such as a ``StandardScaler`` inside the pipeline) changes are
-new rows to the cache, so it shares work between the settings of a fold but not between
-folds.
+new rows to the cache, kept in a group of their own, so it shares work between the settings
+of a fold but not between folds; a request with nothing to share costs what it costs
+without the cache (``bench/sklearn_cache.py``).
 
 Predictive distribution of the regressors (``predict(X, return_std=True)`` or
 ``return_cov=True``): a Gaussian process model whose amplitude is fitted to the targets, so
