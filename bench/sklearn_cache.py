@@ -17,7 +17,10 @@ With a scaler the rows reaching the estimator differ between folds (each fold is
 its own training statistics), so the cache can only share between the settings of a fold.
 
     flock /tmp/bench.lock python bench/sklearn_cache.py            # 3 repeats
-    flock /tmp/bench.lock python bench/sklearn_cache.py --repeats 5
+    flock /tmp/bench.lock python bench/sklearn_cache.py --repeats 7 --threads 1
+
+``--threads 1`` runs torch on one thread: on a shared machine torch's intra-op threads wait
+for each other on every small operation, which adds more noise than either arm's own cost.
 """
 
 from __future__ import annotations
@@ -62,7 +65,12 @@ def search_seconds(load, cls, split, grid, scaler: bool, cache) -> tuple[float, 
 def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per cell")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: as is)")
     args = parser.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
     if args.repeats < 1:
         parser.error(f"--repeats must be at least 1, got {args.repeats}")
     print(
