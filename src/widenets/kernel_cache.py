@@ -148,8 +148,8 @@ class _Store:
         self.index.update(zip(new, range(self.n, self.n + len(new)), strict=True))
         self.n += len(new)
 
-    def positions(self, x: np.ndarray) -> np.ndarray:
-        return np.fromiter((self.index[row.tobytes()] for row in x), np.intp, len(x))
+    def positions(self, rows: list[bytes]) -> np.ndarray:
+        return np.fromiter(map(self.index.__getitem__, rows), np.intp, len(rows))
 
 
 class KernelCache:
@@ -232,8 +232,9 @@ class KernelCache:
         key = (_fingerprint(network), shape, d)
         with self._lock:
             groups = self._stores.get(key, [])
-            both = x1 if x2 is None else np.concatenate([x1, x2])
-            wanted = list(dict.fromkeys(row.tobytes() for row in both))
+            b1 = [row.tobytes() for row in x1]
+            b2 = b1 if x2 is None else [row.tobytes() for row in x2]
+            wanted = list(dict.fromkeys(b1 if x2 is None else b1 + b2))
             hit = [g for g in groups if not g.index.keys().isdisjoint(wanted)]
             rest = [g for g in groups if all(g is not h for h in hit)]
             new = wanted
@@ -257,8 +258,8 @@ class KernelCache:
             if new:
                 store.add(new, cap)
             self._stores[key].append(store)
-            i1 = store.positions(x1)
-            i2 = i1 if x2 is None else store.positions(x2)
+            i1 = store.positions(b1)
+            i2 = i1 if x2 is None else store.positions(b2)
             fresh = self._fill(network, store, i1, i2, x2 is None, shape)
             self.pairs_served += len(i1) * len(i2)
             if fresh is not None:  # computed just now for exactly this request: no gather
