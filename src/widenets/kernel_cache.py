@@ -247,7 +247,7 @@ class KernelCache:
             if len(hit) == 1:
                 store, cap = hit[0], len(hit[0].rows)
                 if need > cap:
-                    cap = max(need, min(2 * cap, self._max_rows(d)))
+                    cap = max(need, min(cap + cap // 2, self._max_rows(d)))  # geometric
             else:  # a new group, or several that this request joins: merged into one
                 store, cap = None, need
             self._stores[key] = rest
