@@ -20,23 +20,40 @@ import torch
 from widenets.layers.base import Layer, declares_hyperparameters
 
 
-def _fingerprint(obj, keep: list):
+class _Ref:
+    """A key part that holds ``obj`` (so its ``id`` cannot be reused while the key lives)
+    and compares by identity."""
+
+    __slots__ = ("obj",)
+
+    def __init__(self, obj):
+        self.obj = obj
+
+    def __hash__(self) -> int:
+        return id(self.obj)
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _Ref) and other.obj is self.obj
+
+
+def _fingerprint(obj):
     """A hashable key equal for two networks exactly when they compute the same kernel.
 
     widenets layers are compared by class and declared hyperparameters (recursively), numbers,
     strings and tensors by value; any other object (a function inside ``Elementwise``, a layer
-    of a class that does not declare its hyperparameters) by identity,
-    and ``keep`` holds a reference to it so that its id cannot be reused while the key lives.
+    of a class that does not declare its hyperparameters) by identity, through a :class:`_Ref`
+    inside the key that keeps the object alive: a function collected after its entry was
+    stored can never hand its id, and so its entry, to a new function.
     """
     if obj is None or isinstance(obj, (bool, int, float, complex, str, bytes)):
         return (type(obj).__name__, obj)
     if isinstance(obj, (np.integer, np.floating)):
         return (type(obj).__name__, obj.item())
     if isinstance(obj, (tuple, list)):
-        return (type(obj).__name__, tuple(_fingerprint(v, keep) for v in obj))
+        return (type(obj).__name__, tuple(_fingerprint(v) for v in obj))
     if isinstance(obj, dict):
         items = sorted(obj.items(), key=lambda kv: repr(kv[0]))
-        return ("dict", tuple((repr(k), _fingerprint(v, keep)) for k, v in items))
+        return ("dict", tuple((repr(k), _fingerprint(v)) for k, v in items))
     if isinstance(obj, (torch.Tensor, np.ndarray)):
         a = obj.detach().cpu().numpy() if isinstance(obj, torch.Tensor) else obj
         a = np.ascontiguousarray(a)
@@ -45,9 +62,8 @@ def _fingerprint(obj, keep: list):
         return ("dtype", str(obj))
     if isinstance(obj, Layer) and declares_hyperparameters(obj):
         cls = type(obj)
-        return (cls.__module__, cls.__qualname__, _fingerprint(obj.hyperparameters(), keep))
-    keep.append(obj)
-    return ("id", id(obj))
+        return (cls.__module__, cls.__qualname__, _fingerprint(obj.hyperparameters()))
+    return ("ref", _Ref(obj))
 
 
 @dataclass(frozen=True)
@@ -62,18 +78,28 @@ class CachedKernels:
 
 
 class _Store:
-    """Every kernel entry computed so far between the rows seen, for one network."""
+    """Every kernel entry computed so far between the rows of one group, for one network.
+
+    A group holds the rows that requests have asked for together (directly or through a
+    shared row): the folds of a search on fixed rows share one group, while folds whose rows
+    a per-fold scaler moved each get their own, so that no memory or copying is spent on
+    pairs of rows that no request will ever pair.
+
+    numpy arrays, not torch tensors: the gathers and scatters here are memory-bound index
+    operations that torch would spread over its intra-op threads, whose start-up costs more
+    than the copy itself (and much more on a busy machine) for the sizes a grid search sees.
+    """
 
     def __init__(self, n_features: int):
         self.n_features = n_features
         self.index: dict[bytes, int] = {}
         self.n = 0
         self.rows = np.empty((0, n_features))
-        self.nngp = torch.empty((0, 0), dtype=torch.float64)
-        self.ntk = torch.empty((0, 0), dtype=torch.float64)
-        self.known = torch.empty((0, 0), dtype=torch.bool)
-        self.var = torch.empty(0, dtype=torch.float64)
-        self.var_known = torch.empty(0, dtype=torch.bool)
+        self.nngp = np.empty((0, 0))
+        self.ntk = np.empty((0, 0))
+        self.known = np.empty((0, 0), dtype=bool)
+        self.var = np.empty(0)
+        self.var_known = np.empty(0, dtype=bool)
 
     @staticmethod
     def bytes_for(capacity: int, n_features: int) -> int:
@@ -84,14 +110,21 @@ class _Store:
     def nbytes(self) -> int:
         return self.bytes_for(len(self.rows), self.n_features)
 
-    def missing_rows(self, x: np.ndarray) -> list[bytes]:
-        new, seen = [], set()
-        for row in x:
-            b = row.tobytes()
-            if b not in self.index and b not in seen:
-                seen.add(b)
-                new.append(b)
-        return new
+    @classmethod
+    def merged(cls, groups: list[_Store], capacity: int) -> _Store:
+        """One store holding the rows and known entries of ``groups`` (pairs across two
+        groups unknown), with room for ``capacity`` rows."""
+        out = cls(groups[0].n_features)
+        out.add([r.tobytes() for g in groups for r in g.rows[: g.n]], capacity)
+        start = 0
+        for g in groups:
+            at, end = slice(start, start + g.n), start + g.n
+            for name in ("nngp", "ntk", "known"):
+                getattr(out, name)[at, at] = getattr(g, name)[: g.n, : g.n]
+            for name in ("var", "var_known"):
+                getattr(out, name)[at] = getattr(g, name)[: g.n]
+            start = end
+        return out
 
     def add(self, new: list[bytes], capacity: int) -> None:
         """Append rows (as bytes), first growing every array to ``capacity`` rows if needed."""
@@ -100,23 +133,24 @@ class _Store:
             rows = np.empty((cap, self.n_features))
             rows[:old] = self.rows[:old]
             self.rows = rows
-            for name, fill in (("nngp", 0.0), ("ntk", 0.0), ("known", False)):
-                t = getattr(self, name)
-                grown = torch.full((cap, cap), fill, dtype=t.dtype)
-                grown[:old, :old] = t[:old, :old]
+            for name in ("nngp", "ntk", "known"):
+                a = getattr(self, name)
+                grown = np.zeros((cap, cap), dtype=a.dtype)
+                grown[:old, :old] = a[:old, :old]
                 setattr(self, name, grown)
-            for name, fill in (("var", 0.0), ("var_known", False)):
-                t = getattr(self, name)
-                grown = torch.full((cap,), fill, dtype=t.dtype)
-                grown[:old] = t[:old]
+            for name in ("var", "var_known"):
+                a = getattr(self, name)
+                grown = np.zeros(cap, dtype=a.dtype)
+                grown[:old] = a[:old]
                 setattr(self, name, grown)
-        for b in new:
-            self.rows[self.n] = np.frombuffer(b, dtype=np.float64)
-            self.index[b] = self.n
-            self.n += 1
+        if new:
+            block = np.frombuffer(b"".join(new), dtype=np.float64)
+            self.rows[self.n : self.n + len(new)] = block.reshape(len(new), self.n_features)
+        self.index.update(zip(new, range(self.n, self.n + len(new)), strict=True))
+        self.n += len(new)
 
-    def positions(self, x: np.ndarray) -> torch.Tensor:
-        return torch.tensor([self.index[row.tobytes()] for row in x], dtype=torch.long)
+    def positions(self, rows: list[bytes]) -> np.ndarray:
+        return np.fromiter(map(self.index.__getitem__, rows), np.intp, len(rows))
 
 
 class KernelCache:
@@ -125,12 +159,16 @@ class KernelCache:
     Pass one instance as ``kernel_cache`` to :class:`NNGPClassifier` and friends (also inside a
     ``Pipeline`` tuned by ``GridSearchCV``): every entry ``K(x_i, x_j)`` of a network is then
     computed once and looked up afterwards, whichever estimator, fold or setting asks. Keys are
-    the network's configuration (its layers' classes and attributes; functions by identity),
-    ``input_shape``, and the bytes of the two float64 input rows; values are exactly what the
-    first computation gave (equal to a direct ``net.kernel`` call up to rounding, since every
-    entry is computed by the same elementwise operations). Only entries that a request needs
-    and that are not yet known are computed: for the rows of a fit, the pairs among them that
-    are missing; for a prediction, the block of new rows against the training rows.
+    the network's configuration (its layers' classes and attributes; functions by identity,
+    each kept alive by its key), ``input_shape``, and the bytes of the two float64 input rows;
+    values are exactly what the first computation gave (equal to a direct ``net.kernel`` call
+    up to rounding, since every entry is computed by the same elementwise operations). Only
+    entries that a request needs and that are not yet known are computed: for the rows of a
+    fit, the pairs among them that are missing; for a prediction, the block of new rows
+    against the training rows. Rows asked for together (directly or through a shared row)
+    form a group stored as one dense block; groups that no request joins are stored apart
+    (e.g. the folds of a search whose scaler moves every fold's rows). A request whose pairs
+    are all new costs one direct computation plus a copy of its result.
 
     Args:
         max_bytes: memory bound of the cache (17 bytes per stored pair of rows, per network).
@@ -159,7 +197,6 @@ class KernelCache:
         """Forget every stored kernel (the counters are kept)."""
         with self._lock:
             self._stores: OrderedDict = OrderedDict()
-            self._keep: dict = {}
             if not hasattr(self, "pairs_computed"):
                 self.pairs_computed = 0
                 self.pairs_served = 0
@@ -167,7 +204,7 @@ class KernelCache:
     @property
     def nbytes(self) -> int:
         """Memory held by the stored kernels."""
-        return sum(s.nbytes for s in self._stores.values())
+        return sum(g.nbytes for groups in self._stores.values() for g in groups)
 
     def __repr__(self) -> str:
         return f"KernelCache(max_bytes={self.max_bytes})"
@@ -193,36 +230,47 @@ class KernelCache:
             )
         d = x1.shape[1]
         shape = None if input_shape is None else tuple(int(s) for s in input_shape)
-        keep: list = []
-        key = (_fingerprint(network, keep), shape, d)
+        key = (_fingerprint(network), shape, d)
         with self._lock:
-            store = self._stores.get(key)
-            if store is None:
-                store = _Store(d)
-            both = x1 if x2 is None else np.concatenate([x1, x2])
-            new = store.missing_rows(both)
-            need = store.n + len(new)
+            groups = self._stores.get(key, [])
+            b1 = [row.tobytes() for row in x1]
+            b2 = b1 if x2 is None else [row.tobytes() for row in x2]
+            wanted = list(dict.fromkeys(b1 if x2 is None else b1 + b2))
+            hit = [g for g in groups if not g.index.keys().isdisjoint(wanted)]
+            rest = [g for g in groups if all(g is not h for h in hit)]
+            new = wanted
+            for g in hit:
+                new = [b for b in new if b not in g.index]
+            need = sum(g.n for g in hit) + len(new)
             if _Store.bytes_for(need, d) > self.max_bytes:  # too large to keep: compute directly
                 self.pairs_computed += len(x1) * (len(x1) if x2 is None else len(x2))
                 return direct_kernels(network, x1, x2, shape)
-            cap = len(store.rows)
-            if need > cap:
-                cap = max(need, min(2 * cap, self._max_rows(d)))
-                self._make_room(key, _Store.bytes_for(cap, d) - store.nbytes)
+            if len(hit) == 1:
+                store, cap = hit[0], len(hit[0].rows)
+                if need > cap:
+                    cap = max(need, min(cap + cap // 2, self._max_rows(d)))  # geometric
+            else:  # a new group, or several that this request joins: merged into one
+                store, cap = None, need
+            self._stores[key] = rest
+            self._stores.move_to_end(key)
+            self._make_room(key, _Store.bytes_for(cap, d))
+            if store is None:
+                store = _Store.merged(hit, cap) if hit else _Store(d)
             if new:
                 store.add(new, cap)
-            self._stores[key] = store
-            self._stores.move_to_end(key)
-            self._keep[key] = keep
-            i1 = store.positions(x1)
-            i2 = i1 if x2 is None else store.positions(x2)
-            self._fill(network, store, i1, i2, x2 is None, shape)
+            self._stores[key].append(store)
+            i1 = store.positions(b1)
+            i2 = i1 if x2 is None else store.positions(b2)
+            fresh = self._fill(network, store, i1, i2, x2 is None, shape)
             self.pairs_served += len(i1) * len(i2)
-            return CachedKernels(
-                nngp=store.nngp[i1][:, i2],
-                ntk=store.ntk[i1][:, i2],
-                cov1=store.var[i1],
-                cov2=store.var[i2],
+            if fresh is not None:  # computed just now for exactly this request: no gather
+                return fresh
+            block = _block(i1, i2)
+            return CachedKernels(  # copies: a caller may change its tensors in place
+                nngp=torch.from_numpy(store.nngp[block].copy()),
+                ntk=torch.from_numpy(store.ntk[block].copy()),
+                cov1=torch.from_numpy(store.var[i1]),
+                cov2=torch.from_numpy(store.var[i2]),
             )
 
     def _max_rows(self, d: int) -> int:
@@ -235,52 +283,102 @@ class KernelCache:
         return lo
 
     def _make_room(self, key, extra: int) -> None:
-        """Drop the least recently used other networks until ``extra`` more bytes fit."""
+        """Drop the least recently used other networks, then this network's oldest other
+        groups, until ``extra`` more bytes fit."""
         for other in list(self._stores):
             if self.nbytes + extra <= self.max_bytes:
                 return
             if other != key:
                 del self._stores[other]
-                self._keep.pop(other, None)
+        groups = self._stores[key]
+        while groups and self.nbytes + extra > self.max_bytes:
+            groups.pop(0)
 
-    def _fill(self, network, store: _Store, i1, i2, same: bool, shape) -> None:
-        """Compute the entries among rows i1 x i2 that are not yet known."""
-        missing = ~store.known[i1][:, i2]
+    def _fill(self, network, store: _Store, i1, i2, same: bool, shape) -> CachedKernels | None:
+        """Compute the entries among rows i1 x i2 that are not yet known; return the kernels
+        computed if they are exactly the block i1 x i2, all new (the caller's to keep)."""
+        missing = ~store.known[_block(i1, i2)]
         if not missing.any():
-            return
+            return None
+        rows = np.unique(i1[missing.any(1)])
         if same:
             # a row outside ``rows`` has every pair with i1 known (the mask is symmetric), so
             # only pairs among ``rows`` can be missing: one kernel of that set with itself
-            rows = torch.unique(i1[missing.any(1)])
-            k = direct_kernels(network, store.rows[rows.numpy()], None, shape)
-            cols, cov2 = rows, k.cov1
-            self.pairs_computed += len(rows) * len(rows)
+            cols = rows
+            k = direct_kernels(network, store.rows[rows], None, shape)
+            cov2 = k.cov1
         else:
-            rows = torch.unique(i1[missing.any(1)])
-            cols = torch.unique(i2[missing.any(0)])
-            k = direct_kernels(network, store.rows[rows.numpy()], store.rows[cols.numpy()], shape)
+            cols = np.unique(i2[missing.any(0)])
+            k = direct_kernels(network, store.rows[rows], store.rows[cols], shape)
             cov2 = k.cov2
-            self.pairs_computed += len(rows) * len(cols)
+        self.pairs_computed += len(rows) * len(cols)
+        rs, cs = _span(rows), _span(cols)
+        if rs is not None and cs is not None and not store.known[rs, cs].any():
+            # the common case: a block of rows added together, all new (a fit, or new test
+            # rows against the training rows); slices, not fancy indexing, and no merging
+            if same or rs.stop <= cs.start or cs.stop <= rs.start:
+                k = self._write_new_block(store, k, rs, cs, cov2, same)
+                whole = np.array_equal(i1, rows) and np.array_equal(i2, cols)
+                return k if whole else None
         # write only what was missing: known entries keep their first value
-        new = ~store.known[rows][:, cols]
-        both = torch.isin(rows, cols).nonzero()[:, 0], torch.isin(cols, rows).nonzero()[:, 0]
+        at, at_t = np.ix_(rows, cols), np.ix_(cols, rows)
+        new = ~store.known[at]
+        o = np.intersect1d(rows, cols)  # rows in both sets: (a, b) and (b, a) were both
+        both = np.ix_(o, o)  # computed; keep the upper triangle's so the store is symmetric
         for name in ("nngp", "ntk"):
             full = getattr(store, name)
-            block = full[rows][:, cols]
-            block[new] = getattr(k, name)[new]
-            full[rows[:, None], cols[None, :]] = block
-            full[cols[:, None], rows[None, :]] = block.T
-            if len(both[0]):  # rows in both sets: (a, b) and (b, a) were both computed, keep one
-                o = rows[both[0]]  # the same sorted indices as cols[both[1]]
-                sub = block[both[0]][:, both[1]]
-                sub = sub.triu() + sub.triu(1).T
-                full[o[:, None], o[None, :]] = sub
-        store.known[rows[:, None], cols[None, :]] = True
-        store.known[cols[:, None], rows[None, :]] = True
+            block = full[at]
+            block[new] = getattr(k, name).numpy()[new]
+            full[at] = block
+            full[at_t] = block.T
+            if len(o):
+                sub = full[both]
+                full[both] = np.triu(sub) + np.triu(sub, 1).T
+        store.known[at] = True
+        store.known[at_t] = True
         for idx, var in ((rows, k.cov1), (cols, cov2)):
             fresh = ~store.var_known[idx]
-            store.var[idx[fresh]] = var[fresh]
+            store.var[idx[fresh]] = var.numpy()[fresh]
             store.var_known[idx] = True
+
+    @staticmethod
+    def _write_new_block(
+        store: _Store, k: CachedKernels, rs: slice, cs: slice, cov2, same
+    ) -> CachedKernels:
+        """Store a block of entries none of which was known (rows ``rs`` x columns ``cs``,
+        the same rows if ``same``: then kept symmetric, the upper triangle's values); return
+        the kernels as stored."""
+        out = {}
+        for name in ("nngp", "ntk"):
+            a = getattr(k, name).numpy()
+            full = getattr(store, name)
+            if same and not np.array_equal(a, a.T):
+                a = np.triu(a) + np.triu(a, 1).T
+            out[name] = torch.from_numpy(a)
+            full[rs, cs] = a
+            if not same:
+                full[cs, rs] = a.T
+        store.known[rs, cs] = True
+        store.known[cs, rs] = True
+        for sl, var in ((rs, k.cov1), (cs, cov2)):
+            fresh = ~store.var_known[sl]
+            store.var[sl][fresh] = var.numpy()[fresh]
+            store.var_known[sl] = True
+        cov1 = torch.from_numpy(store.var[rs].copy())
+        return CachedKernels(out["nngp"], out["ntk"], cov1, torch.from_numpy(store.var[cs].copy()))
+
+
+def _span(i: np.ndarray) -> slice | None:
+    """``i`` as a slice if it is a run of consecutive increasing integers, else None."""
+    if len(i) and i[-1] - i[0] + 1 == len(i) and (len(i) == 1 or bool(np.all(np.diff(i) == 1))):
+        return slice(int(i[0]), int(i[-1]) + 1)
+    return None
+
+
+def _block(i1: np.ndarray, i2: np.ndarray):
+    """Index of the block i1 x i2 of a matrix: slices where both are runs (a view, fast)."""
+    s1, s2 = _span(i1), _span(i2)
+    return (s1, s2) if s1 is not None and s2 is not None else np.ix_(i1, i2)
 
 
 def direct_kernels(network: Layer, x1: np.ndarray, x2, shape) -> CachedKernels:

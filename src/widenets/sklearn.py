@@ -41,12 +41,43 @@ share rows). Passing one :class:`KernelCache` as ``kernel_cache`` makes all clon
 it (cloning keeps the same object): each entry ``K(x_i, x_j)`` of each network is computed
 once, keyed by the network's configuration and the bytes of the two input rows. Rows that a
 per-fold preprocessing step (such as a ``StandardScaler`` inside the pipeline) changes are
-new rows to the cache, so it shares work between the settings of a fold but not between
-folds.
+new rows to the cache, kept in a group of their own, so it shares work between the settings
+of a fold but not between folds. A request with nothing to share costs its computation plus
+one copy into the cache, a visible fraction for cheap fully-connected kernels: a search where
+nothing can be shared (every setting a new network, every fold new rows) is faster without
+a cache (``bench/sklearn_cache.py``).
 
-Predictive distribution (``return_std`` of the regressors, ``predict_proba`` of the
-classifiers). At infinite width the outputs are Gaussian with covariance ``Sigma (x) I`` over
-the output channels, so every output shares the same predictive variance ``sigma^2(x)``:
+Predictive distribution of the regressors (``predict(X, return_std=True)`` or
+``return_cov=True``): a Gaussian process model whose amplitude is fitted to the targets, so
+the std is in the units of y and calibrated as a GP posterior. With ``Theta`` the training
+kernel (the NNGP kernel ``K`` for ``NNGPRegressor``, the NTK for ``NTKRegressor``),
+``lambda = diag_reg * mean(diag Theta)`` and ``y`` the centred targets (one column per
+output ``o``), the model is ``y_o = f_o(X) + eps``, ``f_o ~ GP(0, s_o^2 Theta)``,
+``eps ~ N(0, s_o^2 lambda I)``, and:
+
+- the amplitude is its maximum-likelihood value
+  ``s_o^2 = y_o^T (Theta + lambda I)^{-1} y_o / n`` (``amplitude_``;
+  ``noise_variance_ = s_o^2 lambda``); the mean does not depend on it;
+- the predictive covariance of new targets at test rows ``x`` is
+  ``s_o^2 [Theta_xx - 2 Theta_x M Theta_x^T + Theta_x M (Theta + lambda I) M Theta_x^T
+  + lambda I]``
+  with ``M = (Theta + lambda I)^{-1} (I - exp(-(Theta + lambda I) t / y.size))`` the matrix of
+  the mean ``Theta_x M y``. At ``t = inf`` (the default) this is the GP posterior predictive
+  ``s_o^2 [Theta_xx - Theta_x (Theta + lambda I)^{-1} Theta_x^T + lambda I]`` (Rasmussen &
+  Williams eq. 2.24), for the NNGP the Bayesian posterior of the infinitely wide network (Lee
+  et al. 2018) and for the NTK the NTK-GP posterior, which an ensemble of wide networks
+  trained from initialisations with an added untrained random function follows (He,
+  Lakshminarayanan & Teh 2020). It is not the spread over random initialisations of trained
+  networks, which is not a posterior (its prior is the NNGP, its mean the NTK's). At finite
+  ``t`` it is the spread of ``f_0(x) + Theta_x M (y - f_0(X) - eps)`` over the model's prior
+  draws ``f_0`` and noise ``eps`` ("sample then optimise", early stopped), plus new noise.
+  Latent-function variances are ``std**2 - noise_variance_``;
+- ``log_marginal_likelihood()`` is ``log p(y)`` at the fitted amplitude: choose ``diag_reg``
+  (the noise) or the network by maximising it, as a GP fits its hyperparameters.
+
+Predictive distribution of the classifiers (``predict_proba``). At infinite width the
+outputs are Gaussian with covariance ``Sigma (x) I`` over the output channels, so every
+output shares the same predictive variance ``sigma^2(x)``:
 
 - NNGP at ``t = inf``: the GP posterior variance ``K(x,x) - K(x,X) (K + reg I)^{-1} K(X,x)``
   (Rasmussen & Williams eq. 2.26, ``diag_reg`` acting as observation noise; latent f);
@@ -305,7 +336,8 @@ class _Regressor(RegressorMixin, _WideNetwork):
         """Fit to inputs X (N, D) and targets y (N,) or (N, O).
 
         The targets are centred by their training mean (a constant prior mean), so the
-        predictions revert to it far from the data.
+        predictions revert to it far from the data. Each output's amplitude is then fitted by
+        maximum likelihood (``amplitude_``, see the class docstring).
         """
         X, y = validate_data(self, X, y, dtype=np.float64, y_numeric=True, multi_output=True)
         y = np.asarray(y, dtype=np.float64)
@@ -313,17 +345,103 @@ class _Regressor(RegressorMixin, _WideNetwork):
         y2 = y.reshape(len(y), -1)
         self.y_mean_ = y2.mean(0)
         self._fit_targets(X, y2 - self.y_mean_)
+        theta = self.k_train_[self._kind]
+        self._noise = self._reg * float(theta.diagonal().mean())  # lambda, kernel units
+        n = self.y_fit_.shape[0]
+        self.amplitude_ = (self.y_fit_ * self._solve(self.y_fit_)).sum(0).numpy() / n
+        self.noise_variance_ = self.amplitude_ * self._noise
         return self
 
-    def predict(self, X, return_std: bool = False):
-        """Predictive mean (N,) or (N, O); with ``return_std`` also its std (see module doc)."""
-        mean, var = self._mean_and_var(X, return_std)
-        mean = mean + self.y_mean_
-        if self._y_1d:
-            mean = mean[:, 0]
+    def _solve(self, rhs: torch.Tensor) -> torch.Tensor:
+        """(Theta + lambda I)^+ rhs, by the predictor's Cholesky factor when it is safely
+        positive definite (shared with the t = inf mean), else its pseudo-inverse."""
+        with _in_user_terms(fitting=True):
+            out = self.predictor_._converged_solve(rhs)
+            if out is not None:
+                return out
+            spec = self.predictor_.spectrum
+        h = spec.growth_over_e(torch.tensor([math.inf], dtype=torch.float64))[0]
+        return spec.evecs @ (h[:, None] * (spec.evecs.T @ rhs))
+
+    def _latent_cov(self, theta_x, theta_xx, full: bool):
+        """Covariance of f at the test rows at unit amplitude: (N,) diagonal or (N, N).
+
+        Theta_xx - W Theta_x^T with W = Theta_x (Theta + lambda I)^+ at t = inf; at finite t
+        Theta_xx - U diag(h (2 - h e)) U^T with U = Theta_x V, Theta + lambda I = V diag(e) V^T
+        and h = (1 - exp(-e tau)) / e the eigenvalues of M (module docstring).
+        """
+        if math.isinf(self._t):
+            w = self._solve(theta_x.T).T
+            if full:
+                c = theta_xx - w @ theta_x.T
+                return (c + c.T) / 2
+            return theta_xx - (w * theta_x).sum(1)
+        spec = self.predictor_.spectrum
+        tau = torch.tensor([self._t / self.y_fit_.numel()], dtype=torch.float64)
+        h = spec.growth_over_e(tau)[0]
+        g = h * (2 - h * spec.evals)
+        u = theta_x @ spec.evecs
+        if full:
+            c = theta_xx - (u * g) @ u.T
+            return (c + c.T) / 2
+        return theta_xx - (u * u * g).sum(1)
+
+    def _self_kernel_diag(self, X: np.ndarray, k: CachedKernels) -> torch.Tensor:
+        """Theta(x, x) of each test row (the NNGP's is ``k.cov1``; the NTK's by blocks)."""
+        if self._kind == "nngp":
+            return k.cov1
+        blocks = [self._kernels(X[i : i + 64]).ntk.diagonal() for i in range(0, len(X), 64)]
+        return torch.cat(blocks) if blocks else torch.zeros(0, dtype=torch.float64)
+
+    def predict(self, X, return_std: bool = False, return_cov: bool = False):
+        """Predictive mean (N,) or (N, O); with ``return_std`` also the predictive standard
+        deviation of a new target at each row, (N,) or (N, O), or with ``return_cov`` the
+        predictive covariance of the new targets, (N, N) or (N, N, O), in the units of y
+        (class docstring)."""
+        if return_std and return_cov:
+            raise ValueError(
+                "`return_std` and `return_cov` cannot both be True: ask for one (the std is "
+                "the square root of the covariance's diagonal)."
+            )
+        check_is_fitted(self, "predictor_")
+        X = validate_data(self, X, reset=False, dtype=np.float64)
+        X = np.ascontiguousarray(X)
+        k = self._kernels(X, self.X_fit_)
+        theta_x = k.ntk if self._kind == "ntk" else k.nngp
+        with _in_user_terms(fitting=False):
+            mean = self.predictor_(self._t, theta_x).numpy() + self.y_mean_
+        out = mean[:, 0] if self._y_1d else mean
+        if not (return_std or return_cov):
+            return out
+        scale = self.amplitude_ if not self._y_1d else self.amplitude_[0]
         if return_std:
-            return mean, np.sqrt(var)
-        return mean
+            latent = self._latent_cov(theta_x, self._self_kernel_diag(X, k), full=False)
+            var = latent.clamp_min(0.0).numpy() + self._noise
+            return out, np.sqrt(np.multiply.outer(var, scale))
+        theta_xx = getattr(self._kernels(X), self._kind)
+        cov = self._latent_cov(theta_x, theta_xx, full=True).numpy()
+        idx = np.diag_indices(len(X))
+        cov[idx] = np.maximum(cov[idx], 0.0) + self._noise
+        return out, np.multiply.outer(cov, scale)
+
+    def log_marginal_likelihood(self) -> float:
+        """log p(y | X) of the training targets under the fitted GP, summed over outputs:
+        sum_o [-n/2 (log(2 pi amplitude_o) + 1) - 1/2 log det(Theta + lambda I)], the
+        marginal likelihood at the maximum-likelihood amplitude. Larger is better: compare
+        it across ``diag_reg`` (or networks) to choose them as a GP would."""
+        check_is_fitted(self, "predictor_")
+        n = self.y_fit_.shape[0]
+        # the Cholesky factor of Theta + lambda I that fit used, or False where it is not
+        # safely positive definite (its smallest pivot below the pseudo-inverse cutoff)
+        chol = self.predictor_._cholesky
+        if chol is None or chol is False or not np.all(self.amplitude_ > 0):
+            raise ValueError(
+                "log_marginal_likelihood: the training kernel plus `diag_reg` is singular or "
+                "the targets are constant, so the likelihood is unbounded; refit with a "
+                f"larger `diag_reg` (got {self.diag_reg!r}) or non-constant `y`."
+            )
+        logdet = 2 * float(torch.log(chol.diagonal()).sum())
+        return float(np.sum(-n / 2 * (np.log(2 * np.pi * self.amplitude_) + 1) - logdet / 2))
 
     def __sklearn_tags__(self):
         tags = super().__sklearn_tags__()
@@ -403,6 +521,11 @@ def _argmax_probabilities(mean: np.ndarray, std: np.ndarray) -> np.ndarray:
 class NNGPRegressor(_Regressor):
     """Regression with an infinitely wide network's NNGP kernel (Bayesian posterior at t=inf).
 
+    ``predict(X, return_std=True)`` gives the GP posterior predictive std of new targets in
+    the units of y: ``s^2 (K_xx - K_x (K + lambda I)^{-1} K_x^T + lambda)`` with the
+    maximum-likelihood amplitude ``s^2 = y^T (K + lambda I)^{-1} y / n`` of the centred
+    targets and ``lambda = diag_reg * mean(diag K)`` (module docstring; finite t there).
+
     Args:
         architecture: "fc" (a fully-connected net of ``depth`` hidden layers) or any widenets
             network (a ``Layer``; then ``depth``/``activation``/``w_std``/``b_std`` are unused).
@@ -416,6 +539,10 @@ class NNGPRegressor(_Regressor):
             convolutional network on sequences of length 40.
         kernel_cache: None, or a :class:`KernelCache` shared by this estimator and its clones
             (GridSearchCV, cross_val_score) so that no kernel entry is computed twice.
+
+    Attributes:
+        amplitude_: (O,) maximum-likelihood kernel amplitude s^2 of each output.
+        noise_variance_: (O,) the observation noise s^2 lambda of each output, in y units^2.
     """
 
     _kind = "nngp"
@@ -423,7 +550,11 @@ class NNGPRegressor(_Regressor):
 
 class NTKRegressor(_Regressor):
     """Regression with the mean of an infinite ensemble of wide networks trained by gradient
-    flow for time ``t`` (the NTK; arguments as :class:`NNGPRegressor`)."""
+    flow for time ``t`` (the NTK; arguments as :class:`NNGPRegressor`).
+
+    ``return_std`` / ``return_cov`` are those of the NTK-GP (the NNGP regressor's formulas
+    with the NTK Theta in place of K and its own fitted amplitude; module docstring).
+    """
 
     _kind = "ntk"
 

@@ -1,0 +1,102 @@
+"""GridSearchCV with and without a shared ``KernelCache``, with and without a StandardScaler.
+
+A ``KernelCache`` must never make a grid search slower than no cache. This times
+``GridSearchCV`` (3-fold, shuffled) over typical grids of an NTK estimator, in the four
+combinations of {no scaler, ``StandardScaler`` inside the pipeline} x {no cache, one
+``KernelCache`` shared by every clone}, and prints each cached search's time as a ratio to
+the uncached one measured in the same run (repeats interleaved, median of ``--repeats``).
+
+Grids (``NTKRegressor`` on ``load_diabetes``, ``NTKClassifier`` on ``load_breast_cancer``):
+
+- ``typical``: diag_reg {1e-3, 1e-1, 1} x depth {1, 3} x w_std {1.0, 1.5} (12 settings; the
+  three diag_reg values share one network, the folds share rows unless a scaler moves them);
+- ``networks``: depth {1, 2, 3} x w_std {1.0, 1.5} (6 settings, every one a new network: with
+  a scaler no entry is ever reused, the cache's worst case).
+
+With a scaler the rows reaching the estimator differ between folds (each fold is scaled by
+its own training statistics), so the cache can only share between the settings of a fold.
+
+    flock /tmp/bench.lock python bench/sklearn_cache.py            # 3 repeats
+    flock /tmp/bench.lock python bench/sklearn_cache.py --repeats 7 --threads 1
+
+``--threads 1`` runs torch on one thread: on a shared machine torch's intra-op threads wait
+for each other on every small operation, which adds more noise than either arm's own cost.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import statistics
+import sys
+import time
+
+import torch
+
+sys.path.insert(0, os.path.join(os.path.dirname(__file__), "..", "src"))
+
+from sklearn.datasets import load_breast_cancer, load_diabetes  # noqa: E402
+from sklearn.model_selection import GridSearchCV, KFold, StratifiedKFold  # noqa: E402
+from sklearn.pipeline import Pipeline  # noqa: E402
+from sklearn.preprocessing import StandardScaler  # noqa: E402
+
+from widenets.sklearn import KernelCache, NTKClassifier, NTKRegressor  # noqa: E402
+
+GRIDS = {
+    "typical": {"m__diag_reg": [1e-3, 1e-1, 1.0], "m__depth": [1, 3], "m__w_std": [1.0, 1.5]},
+    "networks": {"m__depth": [1, 2, 3], "m__w_std": [1.0, 1.5]},
+}
+TASKS = {
+    "diabetes (NTKRegressor)": (load_diabetes, NTKRegressor, KFold),
+    "breast_cancer (NTKClassifier)": (load_breast_cancer, NTKClassifier, StratifiedKFold),
+}
+
+
+def search_seconds(load, cls, split, grid, scaler: bool, cache) -> tuple[float, int]:
+    """Wall time of one GridSearchCV fit, and the pairs the cache computed (0 without)."""
+    x, y = load(return_X_y=True)
+    steps = [("s", StandardScaler())] if scaler else []
+    pipe = Pipeline(steps + [("m", cls(kernel_cache=cache))])
+    start = time.perf_counter()
+    GridSearchCV(pipe, grid, cv=split(3, shuffle=True, random_state=0)).fit(x, y)
+    return time.perf_counter() - start, 0 if cache is None else cache.pairs_computed
+
+
+def main(argv=None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--repeats", type=int, default=3, help="timed repeats per cell")
+    parser.add_argument("--threads", type=int, default=None, help="torch threads (default: as is)")
+    args = parser.parse_args(argv)
+    if args.threads is not None:
+        if args.threads < 1:
+            parser.error(f"--threads must be at least 1, got {args.threads}")
+        torch.set_num_threads(args.threads)
+    if args.repeats < 1:
+        parser.error(f"--repeats must be at least 1, got {args.repeats}")
+    print(
+        f"torch threads: {torch.get_num_threads()}; os.cpu_count(): {os.cpu_count()}; "
+        f"load average: {os.getloadavg()[0]:.1f}; median of {args.repeats} repeats\n"
+    )
+    print(
+        "| task | grid | scaler | no cache (s) | cache (s) | cache / no cache | "
+        "pairs computed (cache) |"
+    )
+    print("|---|---|---|---:|---:|---:|---:|")
+    for task, (load, cls, split) in TASKS.items():
+        for gname, grid in GRIDS.items():
+            for scaler in (False, True):
+                plain, cached, pairs = [], [], 0
+                for _ in range(args.repeats):  # interleaved, so that load drifts hit both
+                    plain.append(search_seconds(load, cls, split, grid, scaler, None)[0])
+                    sec, pairs = search_seconds(load, cls, split, grid, scaler, KernelCache())
+                    cached.append(sec)
+                a, b = statistics.median(plain), statistics.median(cached)
+                print(
+                    f"| {task} | {gname} | {'yes' if scaler else 'no'} | {a:.2f} | {b:.2f} "
+                    f"| {b / a:.2f} | {pairs:,} |",
+                    flush=True,
+                )
+
+
+if __name__ == "__main__":
+    main()
