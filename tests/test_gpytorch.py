@@ -367,3 +367,30 @@ def test_network_that_cannot_list_pairs_is_looped():
     with torch.no_grad():
         got = kern(x1, x2).to_dense()
     torch.testing.assert_close(got, _loop_reference(net, x1, x2, "nngp"), rtol=1e-12, atol=0)
+
+
+def test_w_std_prior_enters_the_marginal_likelihood():
+    """A prior on w_std adds log p(w_std) / n to ExactMarginalLogLikelihood, as GPyTorch does
+    for a lengthscale prior; its setting closure writes w_std."""
+    from gpytorch.priors import LogNormalPrior
+
+    x = _x(8)
+    y = torch.sin(x.sum(1))
+    prior = LogNormalPrior(0.4, 0.5)
+    values = []
+    for p in (None, prior):
+        lik = gpytorch.likelihoods.GaussianLikelihood().double()
+        kern = NetworkKernel(_net(), get="nngp", w_std_prior=p).double()
+        kern.w_std, kern.b_std = 1.3, 0.2
+        model = _GP(x, y, lik, kern).double()
+        mll = gpytorch.mlls.ExactMarginalLogLikelihood(lik, model)
+        model.train()
+        values.append(mll(model(x), y))
+    names = [name for name, *_ in kern.named_priors()]
+    assert names == ["w_std_prior"]
+    expected = prior.log_prob(torch.tensor(1.3, dtype=torch.float64)) / 8
+    torch.testing.assert_close(values[1] - values[0], expected, rtol=1e-10, atol=1e-12)
+    kern.sample_from_prior("w_std_prior")  # the setting closure
+    assert kern.w_std.item() != pytest.approx(1.3)
+    with pytest.raises(TypeError, match="`b_std_prior` must be a gpytorch.priors.Prior"):
+        NetworkKernel(_net(), b_std_prior=0.5)

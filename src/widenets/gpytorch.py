@@ -129,6 +129,9 @@ class NetworkKernel(_GPyTorchKernel):
         w_std, b_std: initial values of the shared hyperparameters; None takes them from the
             network's first affine layer.
         w_std_constraint, b_std_constraint: GPyTorch constraints (default ``Positive()``).
+        w_std_prior, b_std_prior: GPyTorch priors on the scales (default none), added to the
+            marginal likelihood by ``ExactMarginalLogLikelihood`` as for a lengthscale prior;
+            see docs/bayesian_optimisation.md for why a prior on ``w_std`` helps.
         **kwargs: passed to ``gpytorch.kernels.Kernel`` (``batch_shape``, ``active_dims``...).
 
     The kernel's output is that of a single output channel; wrap it in a ``ScaleKernel`` for
@@ -145,6 +148,8 @@ class NetworkKernel(_GPyTorchKernel):
         b_std: float | None = None,
         w_std_constraint=None,
         b_std_constraint=None,
+        w_std_prior=None,
+        b_std_prior=None,
         **kwargs,
     ):
         if not isinstance(net, Layer):
@@ -173,6 +178,20 @@ class NetworkKernel(_GPyTorchKernel):
             )
             self.register_constraint(f"raw_{name}", constraint)
             self._set(name, max(float(init), MIN_INITIAL_STD))
+        for name, prior in (("w_std", w_std_prior), ("b_std", b_std_prior)):
+            if prior is None:
+                continue
+            if not isinstance(prior, gpytorch.priors.Prior):
+                raise TypeError(
+                    f"`{name}_prior` must be a gpytorch.priors.Prior (e.g. "
+                    f"LogNormalPrior(0.4, 0.5)) or None, got {type(prior).__name__}."
+                )
+            self.register_prior(
+                f"{name}_prior",
+                prior,
+                lambda m, name=name: getattr(m, name),
+                lambda m, v, name=name: m._set(name, v),
+            )
 
     def _set(self, name: str, value) -> None:
         raw = getattr(self, f"raw_{name}")
