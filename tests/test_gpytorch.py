@@ -426,3 +426,27 @@ def test_batched_overflow_names_the_layer():
     x = torch.full((4, 2, 3), 1e200, dtype=torch.float64)
     with pytest.raises(NonFiniteKernelError, match=r"input kernel x.x / C of x1\[0\]"):
         kern(x, _x(3)).to_dense()
+
+
+def test_lengthscale_per_input_divides_the_inputs():
+    """With ard_num_dims the network sees x / lengthscale (per feature), and the lengthscale
+    is learnable: its gradient is that of the kernel of the rescaled inputs."""
+    g = torch.Generator().manual_seed(9)
+    x1 = torch.randn(5, 2, 3, generator=g, dtype=torch.float64)
+    x2 = torch.randn(4, 3, generator=g, dtype=torch.float64)
+    kern = NetworkKernel(_net(), get="ntk", ard_num_dims=3).double()
+    kern.w_std, kern.b_std = 1.3, 0.2
+    torch.testing.assert_close(kern.lengthscale, torch.ones(1, 3, dtype=torch.float64))
+    ell = torch.tensor([[0.5, 2.0, 1.5]], dtype=torch.float64)
+    kern.lengthscale = ell
+    with torch.no_grad():
+        got = kern(x1, x2).to_dense()
+        got_diag = kern(x1, diag=True)
+    torch.testing.assert_close(
+        got, _loop_reference(_net(), x1 / ell, x2 / ell, "ntk"), rtol=1e-12, atol=1e-12
+    )
+    torch.testing.assert_close(
+        got_diag, _loop_reference(_net(), x1 / ell, x1 / ell, "ntk", diag=True), rtol=1e-12, atol=0
+    )
+    kern(x1, x2).to_dense().sum().backward()
+    assert kern.raw_lengthscale.grad.abs().min() > 0

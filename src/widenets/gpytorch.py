@@ -133,6 +133,9 @@ class NetworkKernel(_GPyTorchKernel):
             marginal likelihood by ``ExactMarginalLogLikelihood`` as for a lengthscale prior;
             see docs/bayesian_optimisation.md for why a prior on ``w_std`` helps.
         **kwargs: passed to ``gpytorch.kernels.Kernel`` (``batch_shape``, ``active_dims``...).
+            With ``ard_num_dims=d`` the kernel also learns a lengthscale per input feature
+            (starting at 1; ``lengthscale_prior``, ``lengthscale_constraint`` as in GPyTorch):
+            the network sees x / lengthscale.
 
     The kernel's output is that of a single output channel; wrap it in a ``ScaleKernel`` for
     a separate output scale (``w_std`` of the readout already sets one).
@@ -165,7 +168,11 @@ class NetworkKernel(_GPyTorchKernel):
             w_std = float(affine[0].w_std)
         if b_std is None:
             b_std = next((float(a.b_std) for a in affine if a.b_std is not None), 0.0)
+        # with ard_num_dims, a learnable lengthscale per input feature (GPyTorch's own)
+        self.has_lengthscale = kwargs.get("ard_num_dims") is not None
         super().__init__(**kwargs)
+        if self.has_lengthscale:
+            self.lengthscale = 1.0
         self.net = net
         self.get = get
         for name, init, constraint in (
@@ -229,10 +236,14 @@ class NetworkKernel(_GPyTorchKernel):
         batch shape of their own take one pass per distinct value. ``last_dim_is_batch``
         treats each input feature as a separate batch element of 1-D inputs, (..., d, n1, n2).
         """
+        same = x1 is x2
+        if self.has_lengthscale:  # x / lengthscale per feature
+            x1 = x1.div(self.lengthscale)
+            x2 = x1 if same else x2.div(self.lengthscale)
         if last_dim_is_batch:
             x1 = x1.transpose(-1, -2).unsqueeze(-1)
             x2 = x2.transpose(-1, -2).unsqueeze(-1)
-        same = x1 is x2 or (x1.shape == x2.shape and torch.equal(x1, x2))
+        same = same or (x1.shape == x2.shape and torch.equal(x1, x2))
         if diag and not same and x1.shape[-2] != x2.shape[-2]:
             raise ValueError(
                 f"`diag=True` needs as many rows in x1 as in x2, got {x1.shape[-2]} and "
