@@ -132,7 +132,7 @@ def test_exact_gp_trains_and_marginal_likelihood_rises():
 
 def test_botorch_single_task_gp():
     botorch = pytest.importorskip("botorch")
-    from botorch.acquisition import ExpectedImprovement
+    from botorch.acquisition import LogExpectedImprovement
     from botorch.fit import fit_gpytorch_mll
     from botorch.models import SingleTaskGP
 
@@ -144,7 +144,7 @@ def test_botorch_single_task_gp():
     fit_gpytorch_mll(mll)
     # a batched acquisition evaluation (b, q, d) with gradients with respect to the inputs
     xq = torch.rand(4, 1, 2, dtype=torch.float64, requires_grad=True)
-    ei = ExpectedImprovement(gp, best_f=y.max())(xq)
+    ei = LogExpectedImprovement(gp, best_f=y.max())(xq)
     ei.sum().backward()
     assert ei.shape == (4,) and torch.isfinite(xq.grad).all()
     assert botorch is not None
