@@ -14,6 +14,10 @@ BoTorch ``SingleTaskGP``) is differentiated through every layer with respect to 
 ``b_std`` and the inputs. The float path of ``net.kernel`` is unchanged: the layers only take
 their out-of-place, differentiable branch when their inputs track gradients.
 
+A batch of inputs (..., n, d), such as BoTorch's (b, q, d) candidates, is evaluated in one
+pass: the pairs of every batch element are listed together in the kernel record's packed
+layout (:func:`batched_kernel`), which every fully-connected layer accepts.
+
 Needs the optional extra ``pip install widenets[gpytorch]``::
 
     import gpytorch, widenets as wn
