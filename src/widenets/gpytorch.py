@@ -14,6 +14,10 @@ BoTorch ``SingleTaskGP``) is differentiated through every layer with respect to 
 ``b_std`` and the inputs. The float path of ``net.kernel`` is unchanged: the layers only take
 their out-of-place, differentiable branch when their inputs track gradients.
 
+A batch of inputs (..., n, d), such as BoTorch's (b, q, d) candidates, is evaluated in one
+pass: the pairs of every batch element are listed together in the kernel record's packed
+layout (:func:`batched_kernel`), which every fully-connected layer accepts.
+
 Needs the optional extra ``pip install widenets[gpytorch]``::
 
     import gpytorch, widenets as wn
@@ -42,8 +46,8 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
     ) from err
 
 from widenets.compute import same_inputs
-from widenets.errors import check_finite_rows
-from widenets.kernel import input_kernel
+from widenets.errors import NonFiniteKernelError, check_finite_rows
+from widenets.kernel import Kernel, input_kernel, input_variances
 from widenets.layers.base import Layer, declares_hyperparameters
 from widenets.numerics import first_nonfinite, raise_nonfinite
 
@@ -131,7 +135,13 @@ class NetworkKernel(_GPyTorchKernel):
         w_std, b_std: initial values of the shared hyperparameters; None takes them from the
             network's first affine layer.
         w_std_constraint, b_std_constraint: GPyTorch constraints (default ``Positive()``).
+        w_std_prior, b_std_prior: GPyTorch priors on the scales (default none), added to the
+            marginal likelihood by ``ExactMarginalLogLikelihood`` as for a lengthscale prior;
+            see docs/bayesian_optimisation.md for why a prior on ``w_std`` helps.
         **kwargs: passed to ``gpytorch.kernels.Kernel`` (``batch_shape``, ``active_dims``...).
+            With ``ard_num_dims=d`` the kernel also learns a lengthscale per input feature
+            (starting at 1; ``lengthscale_prior``, ``lengthscale_constraint`` as in GPyTorch):
+            the network sees x / lengthscale.
 
     The kernel's output is that of a single output channel; wrap it in a ``ScaleKernel`` for
     a separate output scale (``w_std`` of the readout already sets one).
@@ -147,6 +157,8 @@ class NetworkKernel(_GPyTorchKernel):
         b_std: float | None = None,
         w_std_constraint=None,
         b_std_constraint=None,
+        w_std_prior=None,
+        b_std_prior=None,
         **kwargs,
     ):
         if not isinstance(net, Layer):
@@ -162,7 +174,11 @@ class NetworkKernel(_GPyTorchKernel):
             w_std = float(affine[0].w_std)
         if b_std is None:
             b_std = next((float(a.b_std) for a in affine if a.b_std is not None), 0.0)
+        # with ard_num_dims, a learnable lengthscale per input feature (GPyTorch's own)
+        self.has_lengthscale = kwargs.get("ard_num_dims") is not None
         super().__init__(**kwargs)
+        if self.has_lengthscale:
+            self.lengthscale = 1.0
         self.net = net
         self.get = get
         for name, init, constraint in (
@@ -175,6 +191,20 @@ class NetworkKernel(_GPyTorchKernel):
             )
             self.register_constraint(f"raw_{name}", constraint)
             self._set(name, max(float(init), MIN_INITIAL_STD))
+        for name, prior in (("w_std", w_std_prior), ("b_std", b_std_prior)):
+            if prior is None:
+                continue
+            if not isinstance(prior, gpytorch.priors.Prior):
+                raise TypeError(
+                    f"`{name}_prior` must be a gpytorch.priors.Prior (e.g. "
+                    f"LogNormalPrior(0.4, 0.5)) or None, got {type(prior).__name__}."
+                )
+            self.register_prior(
+                f"{name}_prior",
+                prior,
+                lambda m, name=name: getattr(m, name),
+                lambda m, v, name=name: m._set(name, v),
+            )
 
     def _set(self, name: str, value) -> None:
         raw = getattr(self, f"raw_{name}")
@@ -205,32 +235,166 @@ class NetworkKernel(_GPyTorchKernel):
         return with_scales(self.net, w, b)
 
     def forward(self, x1: Tensor, x2: Tensor, diag: bool = False, last_dim_is_batch=False, **_):
-        if last_dim_is_batch:
-            raise NotImplementedError("NetworkKernel does not support last_dim_is_batch.")
-        same = x1 is x2 or (x1.shape == x2.shape and torch.equal(x1, x2))
-        batch = torch.broadcast_shapes(x1.shape[:-2], x2.shape[:-2], self.batch_shape)
-        x1b = x1.expand(*batch, *x1.shape[-2:])
-        x2b = x2.expand(*batch, *x2.shape[-2:])
-        out = []
-        for idx in _indices(batch):
-            net = self.network(self._hyper_index(idx))
-            k = differentiable_kernel(net, x1b[idx], None if same else x2b[idx], self.get)
-            out.append(k.diagonal() if diag else k)
-        if not batch:
-            return out[0]
-        return torch.stack(out).reshape(*batch, *out[0].shape)
+        """k(x1, x2) of shape (..., n1, n2), or its diagonal (..., n) with ``diag``.
 
-    def _hyper_index(self, idx: tuple[int, ...]) -> tuple[int, ...]:
-        """Index into the hyperparameters' batch shape (broadcast) of a batch element."""
+        Every batch element is evaluated in one pass of the network's kernel map (the pairs of
+        all batch elements listed together, :func:`batched_kernel`); hyperparameters with a
+        batch shape of their own take one pass per distinct value. ``last_dim_is_batch``
+        treats each input feature as a separate batch element of 1-D inputs, (..., d, n1, n2).
+        """
+        same = x1 is x2
+        if self.has_lengthscale:  # x / lengthscale per feature
+            x1 = x1.div(self.lengthscale)
+            x2 = x1 if same else x2.div(self.lengthscale)
+        if last_dim_is_batch:
+            x1 = x1.transpose(-1, -2).unsqueeze(-1)
+            x2 = x2.transpose(-1, -2).unsqueeze(-1)
+        same = same or (x1.shape == x2.shape and torch.equal(x1, x2))
+        if diag and not same and x1.shape[-2] != x2.shape[-2]:
+            raise ValueError(
+                f"`diag=True` needs as many rows in x1 as in x2, got {x1.shape[-2]} and "
+                f"{x2.shape[-2]}."
+            )
         nb = len(self.batch_shape)
-        if not nb:
-            return ()
-        tail = idx[len(idx) - nb :]
-        return tuple(i if s > 1 else 0 for i, s in zip(tail, self.batch_shape, strict=True))
+        hyper = [i for i, s in enumerate(self.batch_shape) if s > 1]
+        if not hyper:  # shared hyperparameters: one pass for the whole batch
+            net = self.network(tuple(0 for _ in range(nb)))
+            return batched_kernel(net, x1, None if same else x2, self.get, diag=diag)
+        # one pass per distinct value of the hyperparameters: their batch axes moved first
+        batch = torch.broadcast_shapes(x1.shape[:-2], x2.shape[:-2], self.batch_shape)
+        axes = [len(batch) - nb + i for i in hyper]
+        front = list(range(len(axes)))
+        x1b = x1.expand(*batch, *x1.shape[-2:]).movedim(axes, front)
+        x2b = x2.expand(*batch, *x2.shape[-2:]).movedim(axes, front)
+        sizes = [batch[a] for a in axes]
+        out = []
+        for idx in _indices(sizes):
+            full = [0] * nb
+            for i, v in zip(hyper, idx, strict=True):
+                full[i] = v
+            k = batched_kernel(
+                self.network(tuple(full)), x1b[idx], None if same else x2b[idx], self.get, diag
+            )
+            out.append(k)
+        stacked = torch.stack(out).reshape(*sizes, *out[0].shape)
+        return stacked.movedim(front, axes)
 
 
 def _indices(shape) -> list[tuple[int, ...]]:
     return list(itertools.product(*(range(s) for s in shape)))
 
 
-__all__ = ["NetworkKernel", "differentiable_kernel", "gpytorch", "with_scales"]
+def _compact(x: Tensor) -> Tensor:
+    """x without the repeats of its broadcast (stride-0) batch axes: each kept at size 1."""
+    for axis in range(x.ndim - 2):
+        if x.stride(axis) == 0 and x.shape[axis] > 1:
+            x = x.narrow(axis, 0, 1)
+    return x
+
+
+def batched_kernel(
+    net: Layer, x1: Tensor, x2: Tensor | None = None, get: str = "ntk", diag: bool = False
+) -> Tensor:
+    """``getattr(net.kernel(x1[b], x2[b]), get)`` for every batch index b at once.
+
+    x1 is (..., n1, d) and x2 (..., n2, d) (batch axes broadcast; None: x1 itself); the result
+    is (..., n1, n2), or its diagonal (..., n1) with ``diag``. A network whose layers all
+    accept the packed pair layout (every fully-connected network) gets one list of all the
+    pairs (x1[b, i], x2[b, j]), each naming its two inputs in one set of the distinct rows, so
+    one pass of the kernel map serves the whole batch; any other network is evaluated one
+    batch element at a time (:func:`differentiable_kernel`). Differentiable in the network's
+    tensor-valued scales and in the inputs.
+    """
+    same = x2 is None
+    x2 = x1 if same else x2
+    for x, name in ((x1, "x1"), (x2, "x2")):
+        if x.ndim < 2:
+            raise ValueError(f"`{name}` must be (..., n, d), got shape {tuple(x.shape)}.")
+    if x1.shape[-1] != x2.shape[-1]:
+        raise ValueError(
+            f"`x1` and `x2` must have the same number of features, got {x1.shape[-1]} "
+            f"and {x2.shape[-1]}."
+        )
+    batch = torch.broadcast_shapes(x1.shape[:-2], x2.shape[:-2])
+    n1, n2 = x1.shape[-2], x2.shape[-2]
+    if not net.packs_pairs():
+        return _looped_kernel(net, x1, None if same else x2, get, diag, batch)
+    net.out_shape((x1.shape[-1],))
+    a1, a2 = _compact(x1), _compact(x2)
+    # the distinct rows, one set: x1's rows then (unless x2 is x1) x2's
+    rows1 = a1.reshape(-1, a1.shape[-1])
+    rows = rows1 if same else torch.cat([rows1, a2.reshape(-1, a2.shape[-1])])
+    check_finite_rows(rows1.detach(), "x1")
+    if not same:
+        check_finite_rows(rows[rows1.shape[0] :].detach(), "x2")
+    var = input_variances(rows)
+    ids1 = torch.arange(rows1.shape[0], device=rows.device).reshape(a1.shape[:-1])
+    ids2 = (
+        ids1
+        if same
+        else torch.arange(rows1.shape[0], rows.shape[0], device=rows.device).reshape(a2.shape[:-1])
+    )
+    d = x1.shape[-1]
+    if diag:
+        i = ids1.expand(*batch, n1).reshape(-1)
+        j = ids2.expand(*batch, n2).reshape(-1)
+        gram = var if same else (a1 * a2).sum(-1) / d
+        out_shape = (*batch, n1)
+    else:
+        i = ids1.unsqueeze(-1).expand(*batch, n1, n2).reshape(-1)
+        j = ids2.unsqueeze(-2).expand(*batch, n1, n2).reshape(-1)
+        gram = a1.matmul(a2.transpose(-1, -2)) / d
+        if same:  # an input with itself: its variance, exactly
+            gram = torch.diagonal_scatter(gram, var[ids1], dim1=-2, dim2=-1)
+        out_shape = (*batch, n1, n2)
+    if same and diag:
+        nngp = var[i]
+    else:
+        nngp = gram.expand(out_shape).reshape(-1)
+    nngp = nngp.unsqueeze(1)
+    k = Kernel(
+        nngp=nngp,
+        ntk=nngp.new_zeros(()).expand_as(nngp) if get == "ntk" else None,
+        cov1=var,
+        cov2=var,
+        shape1=(d,),
+        shape2=(d,),
+        x1_is_x2=True,
+        pairs=(i, j),
+    )
+    k = net.kernel_fn(k)
+    if isinstance(k, list):
+        raise ValueError(
+            "the network ends with several branches; merge them with fan_in_sum or fan_in_concat."
+        )
+    out = getattr(k, get)[:, 0].reshape(out_shape)
+    if first_nonfinite(out.detach()) is not None:  # name the layer, with the looped path
+        with torch.no_grad():
+            _looped_kernel(net, x1.detach(), None if same else x2.detach(), get, diag, batch)
+        raise NonFiniteKernelError(f"the batched {get.upper()} came out NaN or inf.")
+    return out
+
+
+def _looped_kernel(net, x1, x2, get, diag, batch) -> Tensor:
+    """:func:`batched_kernel` one batch element at a time (networks that cannot list pairs)."""
+    same = x2 is None
+    x1b = x1.expand(*batch, *x1.shape[-2:])
+    x2b = x1b if same else x2.expand(*batch, *x2.shape[-2:])
+    out = []
+    for idx in _indices(batch):
+        if diag and not same:
+            a, b = x1b[idx], x2b[idx]
+            k = torch.stack(
+                [
+                    differentiable_kernel(net, a[r : r + 1], b[r : r + 1], get)[0, 0]
+                    for r in range(a.shape[0])
+                ]
+            )
+        else:
+            k = differentiable_kernel(net, x1b[idx], None if same else x2b[idx], get)
+            k = k.diagonal() if diag else k
+        out.append(k)
+    return torch.stack(out).reshape(*batch, *out[0].shape)
+
+
+__all__ = ["NetworkKernel", "batched_kernel", "differentiable_kernel", "gpytorch", "with_scales"]
