@@ -145,7 +145,9 @@ def test_packed_path_is_taken_only_where_every_layer_handles_it(monkeypatch):
     wn.serial(wn.Conv(2, 3), wn.Relu(), wn.GlobalAvgPool(), wn.Dense(1)).kernel(x)  # full
     wn.serial(wn.Dense(3), wn.Relu(), wn.Dense(1)).kernel(x[:, :, 0, 0])  # not spatial
 
-    class Own(Layer):  # a layer of the user's that does not declare packed pairs
+    class Own(Layer):  # a layer of the user's that says it cannot take packed pairs
+        handles_packed_pairs = False
+
         def kernel_fn(self, k):
             return k
 

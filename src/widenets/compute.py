@@ -251,7 +251,14 @@ class KernelWork:
         else:
             k = slice_pairs(block, t.r0 - b.r0, t.r1 - b.r0, t.c0 - b.c0)
         with watch_pairs(self.refine.enabled) as watch:
-            k = _one_kernel(self.layer.kernel_fn(k))
+            try:
+                k = _one_kernel(self.layer.kernel_fn(k))
+            except RuntimeError as err:
+                if t.packed and "must match the size of tensor" in str(err):
+                    raise ValueError(f"{_PACKED_HINT} ({err})") from err
+                raise
+        if t.packed:
+            _check_packed(k, len(i))
         if watch.mask is None:
             return k
         if t.packed:  # listed pairs (M, 1), less those of an input with itself
@@ -264,6 +271,24 @@ class KernelWork:
             gi, gj = _flagged_cells(watch.mask, offset, t.r0, t.c0)
             where = (gi - t.r0, gj - t.c0)
         return self.refine(k, gi, gj, where)
+
+
+_PACKED_HINT = (
+    "a layer of the network does not handle the packed pair layout (a set of spatial inputs "
+    "with itself: Kernel.pairs lists the pairs i <= j, nngp is (M, 1, ...)): a layer whose "
+    "kernel_fn reads per-input tensors (cov1, cov2) directly, not through Kernel.map / "
+    "gather_pairs / pair_variances, must declare handles_packed_pairs = False"
+)
+
+
+def _check_packed(k: Kernel, pairs: int) -> None:
+    """A ValueError when the network's output lost the packed layout ((M, 1) leading
+    axes and ``Kernel.pairs``): a layer handled the list as a square (N1, N2) kernel."""
+    if k.pairs is None or tuple(k.nngp.shape[:2]) != (pairs, 1):
+        raise ValueError(
+            f"{_PACKED_HINT} (the kernel's leading shape is {tuple(k.nngp.shape[:2])}, "
+            f"expected ({pairs}, 1), pairs {'lost' if k.pairs is None else 'kept'})."
+        )
 
 
 def _workers(x: Tensor) -> int:

@@ -28,22 +28,6 @@ from widenets.layers.base import BuildContext, Layer, linear_degree
 from widenets.spatial_modules import AvgPoolModule, FlattenModule, GlobalAvgPoolModule
 
 
-def _single(layer, k):
-    if isinstance(k, list):
-        raise ValueError(f"{layer!r} takes a single input, got {len(k)} branches.")
-
-
-def _map(k: Kernel, fn) -> dict:
-    """Apply ``fn(t, n_batch)`` to nngp, ntk, cov1 and cov2."""
-    cov1 = fn(k.cov1, 1)
-    return dict(
-        nngp=fn(k.nngp, 2),
-        ntk=None if k.ntk is None else fn(k.ntk, 2),
-        cov1=cov1,
-        cov2=cov1 if k.cov2 is k.cov1 else fn(k.cov2, 1),
-    )
-
-
 class AvgPool(Layer):
     """Average pooling over windows of ``window`` positions.
 
@@ -56,6 +40,7 @@ class AvgPool(Layer):
 
     name = "AvgPool"
     mixes_positions = True
+    handles_packed_pairs = False  # the full layout only
 
     def __init__(self, window=2, stride=None, padding: str = "valid"):
         self.window = as_tuple(window, None, "window")
@@ -83,7 +68,6 @@ class AvgPool(Layer):
         return (in_shape[0], *(g[0] for g in geoms))
 
     def kernel_fn(self, k: Kernel) -> Kernel:
-        _single(self, k)
         ks, ss, geoms = self._geometry(k.shape1)
         if not k.full_spatial:
             raise ValueError(f"{self!r} needs the full pixel-pair kernel (got the diagonal one).")
@@ -94,7 +78,7 @@ class AvgPool(Layer):
             return pool_window_sum(t, n_batch, geoms, ks, ss, circular) * inv
 
         out = (k.shape1[0], *(g[0] for g in geoms))
-        return k.replace(**_map(k, pool), shape1=out, shape2=out)
+        return k.map(pool, shape1=out, shape2=out)
 
     def scaling_degree(self, degree):
         return linear_degree(degree, has_bias=False)
@@ -110,6 +94,7 @@ class GlobalAvgPool(Layer):
 
     name = "GlobalAvgPool"
     mixes_positions = True
+    handles_packed_pairs = False  # the full layout only
 
     def __repr__(self):
         return "GlobalAvgPool()"
@@ -119,7 +104,6 @@ class GlobalAvgPool(Layer):
         return (in_shape[0],)
 
     def kernel_fn(self, k: Kernel) -> Kernel:
-        _single(self, k)
         spatial_dims(self, k.shape1, None)
         if not k.full_spatial:
             raise ValueError(f"{self!r} needs the full pixel-pair kernel (got the diagonal one).")
@@ -128,7 +112,7 @@ class GlobalAvgPool(Layer):
             return t.flatten(n_batch).mean(-1)
 
         out = (k.shape1[0],)
-        return k.replace(**_map(k, mean), shape1=out, shape2=out, full_spatial=False)
+        return k.map(mean, shape1=out, shape2=out, full_spatial=False)
 
     def scaling_degree(self, degree):
         return linear_degree(degree, has_bias=False)
@@ -145,7 +129,6 @@ class Flatten(Layer):
     """
 
     name = "Flatten"
-    handles_packed_pairs = True
 
     def __repr__(self):
         return "Flatten()"
@@ -156,7 +139,6 @@ class Flatten(Layer):
         return (math.prod(in_shape),)
 
     def kernel_fn(self, k: Kernel) -> Kernel:
-        _single(self, k)
         if len(k.shape1) == 1:
             return k
         full = k.full_spatial
@@ -167,7 +149,7 @@ class Flatten(Layer):
             return t.flatten(n_batch).mean(-1)
 
         out = (math.prod(k.shape1),)
-        return k.replace(**_map(k, mean_diag), shape1=out, shape2=out, full_spatial=False)
+        return k.map(mean_diag, shape1=out, shape2=out, full_spatial=False)
 
     def scaling_degree(self, degree):
         return linear_degree(degree, has_bias=False)
