@@ -309,7 +309,7 @@ def _flagged_cells(mask: Tensor, offset, row0: int, col0: int) -> tuple[Tensor, 
     """Global (row, column) indices of the flagged cells of a tile whose first cell is
     (row0, col0). With ``offset`` (a set with itself: cell (r, r + offset) is an input
     with itself, exact in any dtype) those cells are left out, and so are the cells below
-    the diagonal (their mirror images are recomputed and written to both)."""
+    the diagonal (their mirror images are recomputed, and the sink copies them across)."""
     if offset is not None and -mask.shape[0] < offset < mask.shape[1]:
         mask.diagonal(offset).fill_(False)
     if not bool(mask.any()):
