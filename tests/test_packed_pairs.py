@@ -6,8 +6,8 @@ import torch
 
 import widenets as wn
 import widenets.compute as compute
-from widenets.compute import _packed_chunks
 from widenets.layers.base import Layer
+from widenets.tiling import packed_chunks, packed_tiles
 
 
 def _images(n=23, channels=3, size=(6, 5), seed=0):
@@ -99,7 +99,7 @@ def test_packed_in_square_blocks_equals_tiled(name, monkeypatch):
     tiled = net.kernel(x, batch_size=(4, 6))
     cost = net.pair_cost(tuple(x.shape[1:])) * x[0, 0].numel()
     monkeypatch.setattr(compute, "PACKED_NUMEL", 25 * cost)  # blocks of 5 inputs
-    tiles = compute._packed_tiles(31, 25)
+    tiles = packed_tiles(31, 25, compute.budgets())
     assert len(tiles) > 1 and any(c0 > r0 for r0, _, c0, _ in tiles)
     packed = net.kernel(x)
     for field in ("nngp", "ntk", "cov1"):
@@ -109,7 +109,7 @@ def test_packed_in_square_blocks_equals_tiled(name, monkeypatch):
 @pytest.mark.parametrize("n, budget", [(1, 1), (31, 25), (100, 64), (40, 4096)])
 def test_packed_tiles_cover_the_upper_triangle_once(n, budget):
     covered = torch.zeros(n, n, dtype=torch.int64)
-    for r0, r1, c0, c1 in compute._packed_tiles(n, budget):
+    for r0, r1, c0, c1 in packed_tiles(n, budget, compute.budgets()):
         for i in range(r0, r1):
             for j in range(max(i, c0), c1):
                 covered[i, j] += 1
@@ -127,13 +127,15 @@ def test_packed_nngp_only():
 
 def test_packed_path_is_taken_only_where_every_layer_handles_it(monkeypatch):
     calls = []
-    real = compute._evaluate_packed
+    real = compute.plan_tiles
 
     def spy(*args, **kwargs):
-        calls.append(1)
-        return real(*args, **kwargs)
+        plan = real(*args, **kwargs)
+        if plan.layout == "packed":
+            calls.append(1)
+        return plan
 
-    monkeypatch.setattr(compute, "_evaluate_packed", spy)
+    monkeypatch.setattr(compute, "plan_tiles", spy)
     x = _images(n=9)
     cnn = NETWORKS["cnn-vec relu"]()
     cnn.kernel(x)
@@ -143,7 +145,9 @@ def test_packed_path_is_taken_only_where_every_layer_handles_it(monkeypatch):
     wn.serial(wn.Conv(2, 3), wn.Relu(), wn.GlobalAvgPool(), wn.Dense(1)).kernel(x)  # full
     wn.serial(wn.Dense(3), wn.Relu(), wn.Dense(1)).kernel(x[:, :, 0, 0])  # not spatial
 
-    class Own(Layer):  # a layer of the user's that does not declare packed pairs
+    class Own(Layer):  # a layer of the user's that says it cannot take packed pairs
+        handles_packed_pairs = False
+
         def kernel_fn(self, k):
             return k
 
@@ -156,7 +160,7 @@ def test_packed_path_is_taken_only_where_every_layer_handles_it(monkeypatch):
 
 @pytest.mark.parametrize("n, budget", [(1, 1), (2, 1), (10, 10), (100, 4096), (57, 333)])
 def test_packed_chunks_cover_every_row_once(n, budget):
-    chunks = _packed_chunks(n, budget)
+    chunks = packed_chunks(n, budget)
     assert chunks[0][0] == 0 and chunks[-1][1] == n
     assert all(a[1] == b[0] for a, b in zip(chunks, chunks[1:], strict=False))
     sizes = [sum(n - i for i in range(r0, r1)) for r0, r1 in chunks]

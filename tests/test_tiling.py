@@ -79,11 +79,12 @@ def test_wide_row_tiles_of_two_spatial_sets(n1, n2):
     import math
 
     import widenets.compute as compute
+    from widenets.tiling import tile_sizes
 
     cost = 64
     pairs = compute.WIDE_NUMEL // cost
-    b1, b2 = compute._tile_sizes(
-        n1, n2, cost, None, compute.WIDE_NUMEL, square=True, wide_rows=True
+    b1, b2 = tile_sizes(
+        n1, n2, cost, None, compute.WIDE_NUMEL, compute.budgets(), square=True, wide_rows=True
     )
     assert 2 * b1 > min(n1, compute.MIN_WIDE_ROWS) and b2 <= n2
     assert b1 * b2 <= 2 * pairs

@@ -1,16 +1,21 @@
-"""Tiled evaluation of a network's infinite-width kernels.
+"""Evaluation of a network's infinite-width kernels: inputs, layout, tiles, checks.
 
-The (N1, N2) kernel is computed in tiles of (b1, b2) input pairs: each tile's input
-kernel is folded through every layer before the next tile starts, so intermediates stay
-in cache and memory is bounded by the tile. For a set with itself (x2 None, or equal to x1
-by value: :func:`same_inputs`) only the tiles on or above the diagonal are computed and the
-rest is mirrored. Every entry is computed by the same elementwise operations whatever the
-tiling, so the result does not depend on the tile size.
+:func:`evaluate_kernel` (behind ``Layer.kernel``) checks and prepares the inputs, picks the
+layout (:func:`kernel_layout`), asks the planner (``widenets.tiling``) for the tiles, and
+has an executor (``widenets.executors``, by default the in-process ``LocalExecutor``) run
+them through :class:`KernelWork` into a ``KernelSink``. Each tile's input kernel is folded
+through every layer before the next tile starts, so intermediates stay in cache and memory
+is bounded by the tile. For a set with itself (x2 None, or equal to x1 by value:
+:func:`same_inputs`) only the tiles on or above the diagonal are computed and the rest is
+mirrored. Every entry is computed by the same elementwise operations whatever the tiling,
+so the result does not depend on the tile size.
 
 Spatial inputs are carried in the diagonal layout (each position with itself: cost linear
 in positions) unless a layer of the network needs every pair of positions (pooling,
 attention: ``Layer.needs_pixel_pairs``), in which case the full layout is used and tiles
 are sized so that one tile's pixel-pair tensors stay bounded (never all pairs at once).
+The constants below are the planner's budgets (read at each call) and the thread pool's
+settings.
 """
 
 from __future__ import annotations
@@ -22,8 +27,9 @@ import torch
 from torch import Tensor
 
 from widenets._malloc import keep_freed_memory
-from widenets._pool import default_workers, others_running, run_tasks
+from widenets._pool import default_workers, others_running
 from widenets.errors import NonFiniteKernelError, check_get, shape_str
+from widenets.executors import KernelSink, LocalExecutor
 from widenets.kernel import Kernel, input_kernel, input_variances, slice_pairs
 from widenets.numerics import (
     FiniteCheck,
@@ -36,6 +42,7 @@ from widenets.numerics import (
     scale_output,
     watch_pairs,
 )
+from widenets.tiling import Block, Budgets, Tile, TileRequest, plan_tiles
 
 #: scalars per intermediate tile (float64: 4 MiB): near the caches, yet large enough that
 #: the per-operation overhead is amortised (measured on the demo kernels, 2 cores: 2^17
@@ -54,7 +61,7 @@ BLOCK_NUMEL = 1 << 21
 TILE_NUMEL_FULL = 1 << 19
 MIN_PAIRS_FULL = 24
 #: scalars per intermediate chunk of listed pairs in the packed layout (a set with itself,
-#: diagonal layout: see ``_evaluate_packed``). Fewer chunks mean fewer small operations:
+#: diagonal layout: ``widenets.tiling.packed_tiles``). Fewer chunks mean fewer small operations:
 #: 5-layer CNN-VEC NNGP+NTK, steady state, 2 threads, budgets 2^18 / 2^19 / 2^20 / 2^21 /
 #: 2^22 (before chunks were balanced): 16x16 N=100 162 / 125 / 125 / 122 / 108 ms; 8x8
 #: N=400 560 / 492 / 491 / 543 / 726 ms; 16x16 N=200 622 / 436 / 387 / 407 / 425 ms
@@ -94,57 +101,20 @@ def check_batch_size(batch_size) -> tuple[int, int]:
     return int(pair[0]), int(pair[1])
 
 
-def _tile_sizes(
-    n1: int,
-    n2: int,
-    pair_cost: int,
-    batch_size,
-    budget_numel: int = TILE_NUMEL,
-    square: bool = False,
-    thin_rows: bool = False,
-    wide_rows: bool = False,
-) -> tuple[int, int]:
-    if batch_size is not None:
-        b1, b2 = check_batch_size(batch_size)
-        return min(b1, n1), min(b2, n2)
-    budget = max(1, budget_numel // max(1, pair_cost))
-    if wide_rows:
-        # two sets in the diagonal layout: rows against as many columns as fit (at least
-        # MIN_WIDE_ROWS rows a tile, which bounds the per-input variance passes of a tile's
-        # b1 + b2 inputs to a few percent of its pairs), then evened out into equal tiles
-        b2 = min(n2, max(1, budget // MIN_WIDE_ROWS))
-        b1 = min(n1, max(1, budget // b2))
-        return _even(n1, b1), _even(n2, b2)
-    if thin_rows:
-        # a set with itself in the diagonal layout: a row tile computes its whole
-        # (b1, b1) diagonal square, of which half is mirrored, so the wasted share is about
-        # b1 / N; the per-input variances cost only (b1 + b2) positions a tile
-        b1 = min(n1, max(16, math.isqrt(budget) // 4))
-        return b1, min(n2, max(1, budget // b1))
-    if square:
-        # spatial kernels recompute the per-input covariances of a tile's b1 + b2 inputs
-        # (as large as a pair's entries): square tiles make that a 2/sqrt(budget) share
-        b1 = min(n1, max(1, math.isqrt(budget)))
-        b2 = min(n2, max(1, budget // b1))
-        return b1, b2
-    b2 = min(n2, max(1, min(8192, budget)))
-    b1 = min(n1, max(1, budget // b2))
-    return b1, b2
-
-
-def _even(n: int, b: int) -> int:
-    """The size of ceil(n / b) tiles of about equal size covering n."""
-    return math.ceil(n / math.ceil(n / b))
-
-
-def _swap_pairs(t: Tensor, full_spatial: bool = False) -> Tensor:
-    """K(x2, x1) from K(x1, x2): swap the two batch axes (and, in the full spatial layout,
-    the two positions of every spatial pair: K(x2, x1)[s', s] = K(x1, x2)[s, s'])."""
-    t = t.transpose(0, 1)
-    if full_spatial:
-        for a in range(2, t.ndim, 2):
-            t = t.transpose(a, a + 1)
-    return t
+def budgets() -> Budgets:
+    """The tile budgets of this module, as the planner takes them (read at each call, so
+    that setting a module constant takes effect)."""
+    return Budgets(
+        tile=TILE_NUMEL,
+        block=BLOCK_NUMEL,
+        full=TILE_NUMEL_FULL,
+        min_pairs_full=MIN_PAIRS_FULL,
+        packed=PACKED_NUMEL,
+        wide=WIDE_NUMEL,
+        min_wide_rows=MIN_WIDE_ROWS,
+        tasks_per_worker=TASKS_PER_WORKER,
+        min_task=MIN_TASK_NUMEL,
+    )
 
 
 def _spatial_factor(in_shape, full: bool) -> int:
@@ -162,6 +132,18 @@ def same_inputs(x1: torch.Tensor, x2: torch.Tensor | None) -> bool:
     return x1.shape == x2.shape and x1.device == x2.device and bool(torch.equal(x1, x2))
 
 
+def kernel_layout(layer, in_shape, same: bool, batch_size) -> str:
+    """The layout a network computes in: "full" when a layer needs every pixel pair,
+    "packed" for a spatial set with itself whose layers all accept listed pairs (and no
+    tile size asked for), else "diagonal"."""
+    spatial = len(in_shape) > 1
+    if spatial and layer.needs_pixel_pairs():
+        return "full"
+    if same and spatial and batch_size is None and layer.packs_pairs():
+        return "packed"
+    return "diagonal"
+
+
 def evaluate_kernel(
     layer,
     x1,
@@ -171,12 +153,19 @@ def evaluate_kernel(
     dtype: torch.dtype = torch.float64,
     batch_size=None,
     progress: bool | None = None,
+    executor=None,
 ) -> Kernel:
-    """Fold ``layer`` over the input kernel of (x1, x2), tile by tile. See ``Layer.kernel``."""
+    """Fold ``layer`` over the input kernel of (x1, x2), tile by tile. See ``Layer.kernel``.
+
+    The planner (``widenets.tiling``) lists the tiles; ``executor`` (default: a
+    ``LocalExecutor`` with ``_workers`` threads) runs them through :class:`KernelWork`
+    into a ``KernelSink``."""
     names = check_get(get)
     keep_freed_memory()
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise ValueError(f"`dtype` must be a floating torch dtype, got {dtype!r}.")
+    if progress is not None and not isinstance(progress, bool):
+        raise ValueError(f"`progress` must be True, False or None, got {progress!r}.")
     prep = prepare_inputs(layer, x1, x2, dtype)  # NaN/inf rejected, overflow rescaled
     x1, x2 = prep.x1, prep.x2
     same = same_inputs(x1, x2)
@@ -188,137 +177,118 @@ def evaluate_kernel(
         )
     in_shape = tuple(x1.shape[1:])
     layer.out_shape(in_shape)  # architecture/shape errors before any work
-    compute_ntk = "ntk" in names
+    if batch_size is not None:
+        batch_size = check_batch_size(batch_size)
     n1, n2 = x1.shape[0], x2.shape[0]
-    full = len(in_shape) > 1 and layer.needs_pixel_pairs()
+    layout = kernel_layout(layer, in_shape, same, batch_size)
+    full = layout == "full"
     cost = layer.pair_cost(in_shape) * _spatial_factor(in_shape, full)
-    if same and not full and len(in_shape) > 1 and batch_size is None and layer.packs_pairs():
-        return _evaluate_packed(layer, x1, names, dtype, cost, progress, prep)
-    spatial = len(in_shape) > 1
-    budget = TILE_NUMEL
-    if full:
-        budget = max(TILE_NUMEL_FULL, min(MIN_PAIRS_FULL * cost, 2 * TILE_NUMEL_FULL))
-    elif spatial and not same:
-        budget = WIDE_NUMEL
-    workers = _workers(x1)
-    if batch_size is None:
-        budget = _task_budget(budget, n1 * n2 * cost // (2 if same else 1), workers)
-    b1, b2 = _tile_sizes(
-        n1,
-        n2,
-        cost,
-        batch_size,
-        budget,
-        square=spatial,
-        thin_rows=same and not full and spatial,
-        wide_rows=not same and not full and spatial,
+    if executor is None:
+        executor = LocalExecutor(_workers(x1))
+    request = TileRequest(
+        n1, n2, same, layout, cost, len(in_shape) > 1, batch_size, executor.workers
     )
+    plan = plan_tiles(request, budgets())
+    work = KernelWork(layer, prep, names, dtype, same, full, cost)
+    sink = KernelSink(plan, dtype, names, "ntk" in names)
+    show = n1 * n2 * cost >= PROGRESS_NUMEL if progress is None else progress
+    executor.run(plan, work, sink, show)
+    return _checked(sink.finish(), layer, prep, sink.check, full)
 
-    rows_per_block = b1 * max(1, BLOCK_NUMEL // max(1, b1 * b2 * cost))
-    if workers > 1:  # one task per tile: the pool takes tiles, not blocks of them
-        rows_per_block = b1
-    blocks = []  # (row start, row end, column start)
-    for i0 in range(0, n1, rows_per_block):
-        i1 = min(i0 + rows_per_block, n1)
-        for j0 in range(i0 if same else 0, n2, b2):
-            blocks.append((i0, i1, j0))
-    n_tiles = sum(
-        1
-        for b0, b_end, j0 in blocks
-        for i0 in range(b0, b_end, b1)
-        if not same or i0 < min(j0 + b2, n2)
-    )
-    # full layout: each block computes the pixel-pair covariances of its own inputs (all
-    # N inputs' at once would be N P^2 numbers)
-    gram_exponent = prep.gram_exponent
-    var1 = None if full else input_variances(x1, gram_exponent=gram_exponent)
-    var2 = None if full else var1 if same else input_variances(x2, gram_exponent=gram_exponent)
-    # reduced precision: the pairs an activation flags as ill-conditioned are recomputed
-    # in float64 (``widenets.numerics``); every tile adds its sum to a finiteness check
-    refine = _Refiner(layer, prep, names, dtype, same, full, cost)
-    check = FiniteCheck()
-    out = _Outputs(n1, n2, dtype, compute_ntk, same)
 
-    def run_block(task):
-        b0, b_end, j0 = task
-        j1 = min(j0 + b2, n2)
-        offset = (b0 - j0) if same and b0 < j1 and j0 < b_end else None
-        block = input_kernel(
-            x1[b0:b_end],
-            x2[j0:j1],
-            diagonal_offset=offset,
-            compute_ntk=compute_ntk,
-            cov1=None if full else var1[b0:b_end],
-            cov2=None if full else var2[j0:j1],
-            full_spatial=full,
-            gram_exponent=gram_exponent,
+class KernelWork:
+    """Computes the tiles of a network's kernel (``widenets.executors.TileWork``): a
+    block's input kernel from its rows and columns (``block``), then the layers folded over
+    each tile of it (``tile``), in reduced precision with the flagged pairs recomputed in
+    float64 and put in place (``widenets.numerics``). Per-input variances are computed
+    once for the whole set in the diagonal layouts; in the full layout each block forms
+    its own (all N inputs at once would be N P^2 numbers)."""
+
+    def __init__(self, layer, prep: PreparedInputs, names, dtype, same: bool, full: bool, cost):
+        self.layer, self.prep, self.same, self.full = layer, prep, same, full
+        self.compute_ntk = "ntk" in names
+        x1, ge = prep.x1, prep.gram_exponent
+        self.x1 = x1
+        self.x2 = x1 if same else prep.x2
+        self.var1 = None if full else input_variances(x1, gram_exponent=ge)
+        self.var2 = (
+            None if full else self.var1 if same else input_variances(self.x2, gram_exponent=ge)
         )
-        for r0 in range(0, b_end - b0, b1):
-            r1 = min(r0 + b1, b_end - b0)
-            i0, i1 = b0 + r0, b0 + r1
-            # on a set with itself, a tile needs only the columns from its own diagonal
-            c0 = max(0, i0 - j0) if same else 0
-            if c0 >= j1 - j0:  # wholly below the diagonal: mirrored from another tile
-                continue
-            with watch_pairs(refine.enabled) as watch:
-                k = _one_kernel(layer.kernel_fn(slice_pairs(block, r0, r1, c0)))
-            nngp_out, ntk_out, cov1, cov2 = out.allocate(k)
-            cs = j0 + c0
-            for o, t in ((nngp_out, k.nngp), (ntk_out, k.ntk)):
-                if o is None:
-                    continue
-                o[i0:i1, cs:j1] = t
-                if same and j1 > i1:  # mirror below the diagonal while the tile is hot
-                    m0 = max(cs, i1)
-                    o[m0:j1, i0:i1] = _swap_pairs(t[:, m0 - cs :], k.full_spatial)
-            if j0 + c0 == (i0 if same else 0):
-                cov1[i0:i1] = k.cov1
-            if not same and b0 == 0 and r0 == 0:
-                cov2[j0:j1] = k.cov2
-            with out.lock:
-                check.add(k.nngp)
-                check.add(k.ntk)
-                if watch.mask is not None:
-                    gi, gj = _flagged_cells(watch.mask, i0 - cs if same else None, i0, cs)
-                    refine(gi, gj, nngp_out, ntk_out, check, k.full_spatial)
-                out.last = k
-                bar.update()
+        self.refine = _Refiner(layer, prep, names, dtype, same, full, cost)
 
-    with _progress_bar(n_tiles, progress, n1 * n2 * cost) as bar:
-        run_tasks(blocks, run_block, workers)
-    nngp_out, ntk_out, cov1, cov2, last = out.nngp, out.ntk, out.cov1, out.cov2, out.last
+    def block(self, b: Block) -> Kernel:
+        """The input kernel of rows [r0, r1) of x1 against columns [c0, c1) of x2."""
+        packed = b.tiles[0].packed  # a packed tile brings its own (zero) input NTK
+        return input_kernel(
+            self.x1[b.r0 : b.r1],
+            self.x2[b.c0 : b.c1],
+            diagonal_offset=b.diagonal_offset,
+            compute_ntk=self.compute_ntk and not packed,
+            cov1=None if self.full else self.var1[b.r0 : b.r1],
+            cov2=None if self.full else self.var2[b.c0 : b.c1],
+            full_spatial=self.full,
+            gram_exponent=self.prep.gram_exponent,
+        )
 
-    if same:
-        for out in (nngp_out, ntk_out):
-            if out is not None:
-                _symmetrize_diagonal_blocks(out, b1, last.full_spatial)
-    result = _assembled(names, nngp_out, ntk_out, cov1, cov2, last, same)
-    return _checked(result, layer, prep, check, full)
+    def tile(self, block: Kernel, b: Block, t: Tile) -> Kernel:
+        """The network's kernel of one tile of ``block`` (a packed tile: its pairs i <= j
+        listed, ``Kernel.pairs``)."""
+        if t.packed:
+            rows, cols = t.r1 - t.r0, t.c1 - t.c0
+            i, j = torch.triu_indices(rows, cols, device=block.nngp.device)
+            nngp = block.nngp.reshape(rows * cols, *block.nngp.shape[2:])
+            nngp = nngp.index_select(0, i * cols + j).unsqueeze(1)
+            cov = self.var2[t.c0 : t.c1]
+            k = block.replace(
+                nngp=nngp,
+                ntk=nngp.new_zeros(()).expand_as(nngp) if self.compute_ntk else None,
+                cov1=cov,
+                cov2=cov,
+                x1_is_x2=True,
+                diagonal_offset=None,
+                pairs=(i, j),
+            )
+        else:
+            k = slice_pairs(block, t.r0 - b.r0, t.r1 - b.r0, t.c0 - b.c0)
+        with watch_pairs(self.refine.enabled) as watch:
+            try:
+                k = _one_kernel(self.layer.kernel_fn(k))
+            except RuntimeError as err:
+                if t.packed and "must match the size of tensor" in str(err):
+                    raise ValueError(f"{_PACKED_HINT} ({err})") from err
+                raise
+        if t.packed:
+            _check_packed(k, len(i))
+        if watch.mask is None:
+            return k
+        if t.packed:  # listed pairs (M, 1), less those of an input with itself
+            i, j = k.pairs
+            m = (watch.mask[:, 0] & (i != j)).nonzero()[:, 0]
+            gi, gj = (i.index_select(0, m) + t.r0).cpu(), (j.index_select(0, m) + t.c0).cpu()
+            where = (m, 0)
+        else:
+            offset = t.r0 - t.c0 if self.same else None
+            gi, gj = _flagged_cells(watch.mask, offset, t.r0, t.c0)
+            where = (gi - t.r0, gj - t.c0)
+        return self.refine(k, gi, gj, where)
 
 
-class _Outputs:
-    """The whole kernel's tensors, allocated (on the CPU) when the first tile tells their
-    shape; tiles write disjoint slices of them from the pool's threads."""
+_PACKED_HINT = (
+    "a layer of the network does not handle the packed pair layout (a set of spatial inputs "
+    "with itself: Kernel.pairs lists the pairs i <= j, nngp is (M, 1, ...)): a layer whose "
+    "kernel_fn reads per-input tensors (cov1, cov2) directly, not through Kernel.map / "
+    "gather_pairs / pair_variances, must declare handles_packed_pairs = False"
+)
 
-    def __init__(self, n1, n2, dtype, compute_ntk, same):
-        self.n1, self.n2, self.dtype, self.compute_ntk, self.same = n1, n2, dtype, compute_ntk, same
-        self.nngp = self.ntk = self.cov1 = self.cov2 = self.last = None
-        self.lock = threading.Lock()
 
-    def allocate(self, k: Kernel):
-        with self.lock:
-            if self.nngp is None:
-                tail = tuple(k.nngp.shape[2:])
-                shape = (self.n1, self.n2, *tail)
-                self.ntk = torch.empty(shape, dtype=self.dtype) if self.compute_ntk else None
-                self.cov1 = torch.empty((self.n1, *k.cov1.shape[1:]), dtype=self.dtype)
-                self.cov2 = (
-                    self.cov1
-                    if self.same
-                    else torch.empty((self.n2, *k.cov2.shape[1:]), dtype=self.dtype)
-                )
-                self.nngp = torch.empty(shape, dtype=self.dtype)  # last: the flag
-        return self.nngp, self.ntk, self.cov1, self.cov2
+def _check_packed(k: Kernel, pairs: int) -> None:
+    """A ValueError when the network's output lost the packed layout ((M, 1) leading
+    axes and ``Kernel.pairs``): a layer handled the list as a square (N1, N2) kernel."""
+    if k.pairs is None or tuple(k.nngp.shape[:2]) != (pairs, 1):
+        raise ValueError(
+            f"{_PACKED_HINT} (the kernel's leading shape is {tuple(k.nngp.shape[:2])}, "
+            f"expected ({pairs}, 1), pairs {'lost' if k.pairs is None else 'kept'})."
+        )
 
 
 def _workers(x: Tensor) -> int:
@@ -335,20 +305,11 @@ def _workers(x: Tensor) -> int:
     return workers
 
 
-def _task_budget(budget: int, total: int, workers: int) -> int:
-    """A tile budget small enough that ``total`` pair-scalars make at least
-    TASKS_PER_WORKER tiles for each of the pool's threads (when there are several), and no
-    smaller than MIN_TASK_NUMEL."""
-    if workers <= 1:
-        return budget
-    return max(1, min(budget, max(MIN_TASK_NUMEL, total // (TASKS_PER_WORKER * workers))))
-
-
 def _flagged_cells(mask: Tensor, offset, row0: int, col0: int) -> tuple[Tensor, Tensor]:
     """Global (row, column) indices of the flagged cells of a tile whose first cell is
     (row0, col0). With ``offset`` (a set with itself: cell (r, r + offset) is an input
     with itself, exact in any dtype) those cells are left out, and so are the cells below
-    the diagonal (their mirror images are recomputed and written to both)."""
+    the diagonal (their mirror images are recomputed, and the sink copies them across)."""
     if offset is not None and -mask.shape[0] < offset < mask.shape[1]:
         mask.diagonal(offset).fill_(False)
     if not bool(mask.any()):
@@ -363,30 +324,36 @@ def _flagged_cells(mask: Tensor, offset, row0: int, col0: int) -> tuple[Tensor, 
 
 
 class _Refiner:
-    """Recomputes listed pairs in float64 and writes them, rounded, into the outputs."""
+    """Recomputes listed pairs of a tile in float64 and puts them, rounded, in its place."""
 
     def __init__(self, layer, prep: PreparedInputs, names, dtype, same, full, cost):
         self.layer, self.prep, self.names = layer, prep, names
         self.enabled = is_reduced(dtype)
         self.same, self.full, self.cost = same, full, cost
         self.pairs = 0  # how many were recomputed (for tests and benchmarks)
+        self.lock = threading.Lock()
 
-    def __call__(self, gi, gj, nngp_out, ntk_out, check, full_spatial) -> None:
+    def __call__(self, k: Kernel, gi: Tensor, gj: Tensor, where) -> Kernel:
+        """``k`` with the pairs (x1[gi], x2[gj]) recomputed, at ``where`` in its tensors
+        (a copy of each tensor changed: a layer may return a view of shared data)."""
         if not len(gi):
-            return
-        self.pairs += len(gi)
+            return k
+        with self.lock:
+            self.pairs += len(gi)
         nngp, ntk = recompute_pairs(
             self.layer, self.prep, gi, gj, self.names, self.same, self.full, self.cost
         )
-        for out, t in ((nngp_out, nngp), (ntk_out, ntk)):
-            if out is None or t is None:
+        changes = {}
+        for name, t in (("nngp", nngp), ("ntk", ntk)):
+            old = getattr(k, name)
+            if old is None or t is None:
                 continue
-            t = t.to(out.dtype).to(out.device)
-            check.add(t)
-            ri, ci = gi.to(out.device), gj.to(out.device)
-            out[ri, ci] = t
-            if self.same:
-                out[ci, ri] = _swap_pairs(t.unsqueeze(1), full_spatial).squeeze(0)
+            new = old.clone()
+            new[tuple(w.to(old.device) if isinstance(w, Tensor) else w for w in where)] = t.to(
+                old.dtype
+            ).to(old.device)
+            changes[name] = new
+        return k.replace(**changes)
 
 
 def recompute_pairs(layer, prep: PreparedInputs, gi, gj, names, same, full, cost):
@@ -508,38 +475,6 @@ def _checked(k: Kernel, layer, prep: PreparedInputs, check: FiniteCheck, full: b
     return k
 
 
-def _assembled(names, nngp, ntk, cov1, cov2, last: Kernel, same: bool) -> Kernel:
-    """The whole kernel from its assembled tensors and the flags of the last tile."""
-    return Kernel(
-        nngp=nngp if "nngp" in names else None,
-        ntk=ntk,
-        cov1=cov1,
-        cov2=cov2,
-        shape1=last.shape1,
-        shape2=last.shape2,
-        x1_is_x2=same,
-        is_gaussian=last.is_gaussian,
-        is_input=last.is_input,
-        full_spatial=last.full_spatial,
-        diagonal_offset=0 if same else None,
-    )
-
-
-def _progress_bar(tiles: int, progress: bool | None, scalars: int):
-    """A tqdm bar over the tiles, disabled (drawing nothing) unless ``progress`` asks for
-    it (None: from PROGRESS_NUMEL pair-scalars on) and there is more than one tile; a
-    context manager that closes it."""
-    from tqdm.auto import tqdm
-
-    if progress is not None and not isinstance(progress, bool):
-        raise ValueError(f"`progress` must be True, False or None, got {progress!r}.")
-    show = scalars >= PROGRESS_NUMEL if progress is None else progress
-
-    return tqdm(
-        total=tiles, desc="kernel", unit="tile", leave=False, disable=not show or tiles <= 1
-    )
-
-
 def _one_kernel(k):
     """The network's output kernel: an error if it ended with several branches."""
     if isinstance(k, list):
@@ -547,133 +482,3 @@ def _one_kernel(k):
             "the network ends with several branches; merge them with fan_in_sum or fan_in_concat."
         )
     return k
-
-
-def _packed_chunks(n: int, budget_pairs: int) -> list[tuple[int, int]]:
-    """Row ranges [r0, r1) of the upper triangle of an (n, n) kernel: as few chunks as
-    hold ``budget_pairs`` pairs (i, j >= i) each, of about equal size (whole rows; a chunk
-    may pass the budget by less than a row)."""
-    total = n * (n + 1) // 2
-    target = math.ceil(total / math.ceil(total / max(1, budget_pairs)))
-    chunks, r0 = [], 0
-    while r0 < n:
-        r1, pairs = r0 + 1, n - r0
-        while r1 < n and pairs < target:
-            pairs += n - r1
-            r1 += 1
-        chunks.append((r0, r1))
-        r0 = r1
-    return chunks
-
-
-def _packed_tiles(n: int, budget_pairs: int) -> list[tuple[int, int, int, int]]:
-    """Tiles (r0, r1, c0, c1) of the upper triangle of an (n, n) kernel, rows [r0, r1)
-    against columns [c0, c1). While at least MIN_WIDE_ROWS whole rows fit the budget, the
-    tiles are chunks of whole rows (``_packed_chunks``, c0 = r0, c1 = n); beyond, square
-    blocks of about sqrt(budget) inputs, so that no tile outgrows the budget however large
-    n is: those on the diagonal (c0 = r0) hold a triangle, the others a full rectangle."""
-    if n <= max(1, budget_pairs // MIN_WIDE_ROWS):
-        return [(r0, r1, r0, n) for r0, r1 in _packed_chunks(n, budget_pairs)]
-    b = _even(n, max(1, math.isqrt(budget_pairs)))
-    edges = [*range(0, n, b), n]
-    return [
-        (edges[r], edges[r + 1], edges[c], edges[c + 1])
-        for r in range(len(edges) - 1)
-        for c in range(r, len(edges) - 1)
-    ]
-
-
-def _evaluate_packed(layer, x: Tensor, names, dtype, cost: int, progress, prep) -> Kernel:
-    """A spatial set with itself in the diagonal layout, packed (``Kernel.pairs``): only
-    the pairs i <= j are computed, in tiles of the upper triangle (``_packed_tiles``); a
-    tile that meets the diagonal lists its pairs, one above it is a plain rectangle of two
-    sets. Each computed pair is written to both (i, j) and (j, i). The operations per entry
-    are those of the tiled path."""
-    n = x.shape[0]
-    compute_ntk = "ntk" in names
-    var = input_variances(x, gram_exponent=prep.gram_exponent)
-    workers = _workers(x)
-    budget = _task_budget(PACKED_NUMEL, n * n * cost // 2, workers)
-    tiles = _packed_tiles(n, max(1, budget // max(1, cost)))
-    refine = _Refiner(layer, prep, names, dtype, True, False, cost)
-    check = FiniteCheck()
-    out = _Outputs(n, n, dtype, compute_ntk, True)
-
-    def run_tile(tile):
-        r0, r1, c0, c1 = tile
-        rows, cols = r1 - r0, c1 - c0
-        on_diagonal = c0 == r0
-        block = input_kernel(
-            x[r0:r1],
-            x[c0:c1],
-            diagonal_offset=0 if on_diagonal else None,
-            compute_ntk=compute_ntk and not on_diagonal,
-            cov1=var[r0:r1],
-            cov2=var[c0:c1],
-            gram_exponent=prep.gram_exponent,
-        )
-        if on_diagonal:  # the pairs i <= j, listed
-            i, j = torch.triu_indices(rows, cols, device=x.device)
-            nngp = block.nngp.reshape(rows * cols, *block.nngp.shape[2:])
-            nngp = nngp.index_select(0, i * cols + j).unsqueeze(1)
-            cov = var[c0:c1]
-            block = block.replace(
-                nngp=nngp,
-                ntk=nngp.new_zeros(()).expand_as(nngp) if compute_ntk else None,
-                cov1=cov,
-                cov2=cov,
-                x1_is_x2=True,
-                diagonal_offset=None,
-                pairs=(i, j),
-            )
-        with watch_pairs(refine.enabled) as watch:
-            k = _one_kernel(layer.kernel_fn(block))
-        nngp_out, ntk_out, cov_out, _ = out.allocate(k)
-        # the whole kernel is assembled on the CPU, as the tiled path does
-        if on_diagonal:
-            cov_out[r0:r1] = k.cov1[:rows]
-            ic, jc = i.cpu() + r0, j.cpu() + c0
-            upper, lower = ic * n + jc, jc * n + ic
-        for o, t in ((nngp_out, k.nngp), (ntk_out, k.ntk)):
-            if o is None:
-                continue
-            if on_diagonal:
-                flat, t = o.view(n * n, -1), t.reshape(len(i), -1).to(o.device)
-                flat.index_copy_(0, upper, t)
-                flat.index_copy_(0, lower, t)
-            else:  # above the diagonal: mirrored below it
-                o[r0:r1, c0:c1] = t
-                o[c0:c1, r0:r1] = t.transpose(0, 1)
-        with out.lock:
-            check.add(k.nngp)
-            check.add(k.ntk)
-            if watch.mask is not None:
-                if on_diagonal:  # listed pairs (M, 1), less those of an input with itself
-                    m = (watch.mask[:, 0] & (i != j)).nonzero()[:, 0]
-                    gi, gj = (i.index_select(0, m) + r0).cpu(), (j.index_select(0, m) + c0).cpu()
-                else:
-                    gi, gj = _flagged_cells(watch.mask, None, r0, c0)
-                refine(gi, gj, nngp_out, ntk_out, check, False)
-            out.last = k
-            bar.update()
-
-    with _progress_bar(len(tiles), progress, n * n * cost) as bar:
-        run_tasks(tiles, run_tile, workers)
-    nngp_out, ntk_out, cov_out, last = out.nngp, out.ntk, out.cov1, out.last
-    result = _assembled(names, nngp_out, ntk_out, cov_out, cov_out, last, True)
-    return _checked(result, layer, prep, check, False)
-
-
-def _symmetrize_diagonal_blocks(out: Tensor, b1: int, full_spatial: bool = False) -> None:
-    """In each diagonal (b1 x b1) block of a (N, N, ...) kernel, copy the upper triangle
-    onto the lower one (the rest below the diagonal was mirrored tile by tile)."""
-    n = out.shape[0]
-    for i0 in range(0, n, b1):
-        i1 = min(i0 + b1, n)
-        block = out[i0:i1, i0:i1]
-        rows, cols = torch.tril_indices(i1 - i0, i1 - i0, offset=-1)
-        block[rows, cols] = _swap_pairs(block, full_spatial)[rows, cols]
-
-
-def tile_count(n1: int, n2: int, b1: int, b2: int) -> int:
-    return math.ceil(n1 / b1) * math.ceil(n2 / b2)

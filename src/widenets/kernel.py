@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -113,6 +114,90 @@ class Kernel:
         """Full layout: variances broadcasting against ``cov1`` (or ``cov2``): position s and s'."""
         q = self.variances(which)
         return interleave(q, 0), interleave(q, 1)
+
+    # ----- the layout API: a layer's kernel map says only its maths -------------------------
+    def map(
+        self,
+        fn: Callable[[Tensor, int], Tensor],
+        *,
+        ntk: Callable[[Tensor, Tensor], Tensor] | None = None,
+        cov: Callable[[Tensor, int], Tensor] | None = None,
+        **changes,
+    ) -> Kernel:
+        """The record after a layer that maps each kernel tensor, in every layout.
+
+        ``fn(t, n_batch)`` maps ``nngp`` (and ``ntk``, unless ``ntk`` is given) with
+        ``n_batch = 2`` leading batch axes ((N1, N2), or (M, 1) in the packed layout) and
+        the variances ``cov1``, ``cov2`` with ``n_batch = 1`` (unless ``cov`` is given);
+        the spatial axes that follow are in the record's layout (``full_spatial``).
+        ``ntk(theta, nngp)``: the new NTK from the input NTK and the new NNGP.
+        ``cov(t, which)``: the new variances of x1 (``which`` 1) or x2 (2).
+        An NTK that is not computed stays None and ``cov2`` stays the same tensor as
+        ``cov1`` when it was (computed once); ``changes`` are other fields to set.
+        """
+        nngp = None if self.nngp is None else fn(self.nngp, 2)
+        if self.ntk is None:
+            new_ntk = None
+        else:
+            new_ntk = fn(self.ntk, 2) if ntk is None else ntk(self.ntk, nngp)
+        cov1, cov2 = self.map_variances(cov or (lambda t, _: fn(t, 1)))
+        return self.replace(nngp=nngp, ntk=new_ntk, cov1=cov1, cov2=cov2, **changes)
+
+    def map_variances(self, fn: Callable[[Tensor, int], Tensor]) -> tuple[Tensor, Tensor]:
+        """(fn(cov1, 1), fn(cov2, 2)), the second the same tensor as the first when
+        ``cov2 is cov1`` (a set with itself: computed once)."""
+        cov1 = fn(self.cov1, 1)
+        return cov1, cov1 if self.cov2 is self.cov1 else fn(self.cov2, 2)
+
+    @staticmethod
+    def merge(ks: list[Kernel], fn: Callable[[list[Tensor]], Tensor], **changes) -> Kernel:
+        """The record merging branches ``ks`` field by field: ``fn([k.nngp for k in ks])``
+        and likewise ``ntk`` (None stays None), ``cov1`` and ``cov2`` (the same tensor as
+        ``cov1`` when it was); the other fields from ``ks[0]`` unless in ``changes``."""
+        k0 = ks[0]
+        cov1 = fn([k.cov1 for k in ks])
+        return k0.replace(
+            nngp=fn([k.nngp for k in ks]),
+            ntk=None if k0.ntk is None else fn([k.ntk for k in ks]),
+            cov1=cov1,
+            cov2=cov1 if k0.cov2 is k0.cov1 else fn([k.cov2 for k in ks]),
+            **changes,
+        )
+
+    def scale_self_pairs(self, t: Tensor, factor: float) -> Tensor:
+        """A pair tensor (like ``nngp``) with the entries of an input with itself at the
+        same position multiplied by ``factor``, in every layout: the listed pairs (i, i)
+        (packed), the entries ``diagonal_offset`` marks (diagonal), and there only each
+        position with itself (full). A copy when any entry changes, else ``t`` itself."""
+        if self.pairs is not None:
+            r = torch.nonzero(self.pairs[0] == self.pairs[1]).squeeze(1)
+            t = t.clone()
+            t[r] = t[r].mul_(factor)
+            return t
+        off = self.diagonal_offset
+        if off is None:
+            return t
+        lo, hi = max(0, -off), min(t.shape[0], t.shape[1] - off)
+        if hi <= lo:
+            return t
+        r = torch.arange(lo, hi)
+        t = t.clone()
+        block = t[r, r + off]  # (n, spatial...)
+        if self.full_spatial:
+            spatial_diagonal(block, 1).mul_(factor)
+        else:
+            block.mul_(factor)
+        t[r, r + off] = block
+        return t
+
+    def scale_self_variances(self, t: Tensor, factor: float) -> Tensor:
+        """Variances (like ``cov1``) with each position's variance times ``factor`` (the
+        full layout's covariances of distinct positions unchanged)."""
+        if not self.full_spatial:
+            return t * factor
+        t = t.clone()
+        spatial_diagonal(t, 1).mul_(factor)
+        return t
 
     def __repr__(self) -> str:
         def shape(t):

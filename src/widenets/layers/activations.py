@@ -83,8 +83,11 @@ class Activation(Layer):
     """Base class: ``fn`` is the finite face, ``pair`` the closed-form kernel map."""
 
     name = "Activation"
-    handles_packed_pairs = True
     requires_gaussian_input = True
+    gaussian_input_hint = (
+        "put an affine layer (Dense, Conv) before it. The closed-form kernel of a "
+        "nonlinearity assumes Gaussian pre-activations."
+    )
 
     def fn(self, x: Tensor) -> Tensor:
         raise NotImplementedError
@@ -104,23 +107,15 @@ class Activation(Layer):
         return self.pair(q, q, q, False)[0]
 
     def kernel_fn(self, k: Kernel) -> Kernel:
-        if isinstance(k, list):
-            raise ValueError(f"{self!r} takes a single input, got {len(k)} branches.")
-        if not k.is_gaussian:
-            raise ValueError(
-                f"{self!r} needs a Gaussian input: put an affine layer (Dense, Conv) before "
-                "it. The closed-form kernel of a nonlinearity assumes Gaussian pre-activations."
-            )
         nngp, dot = self.pair_of_kernel(k)
+
+        def variances(q, which):
+            if k.full_spatial:  # q holds every pair of positions of each input
+                return self.pair(q, *k.self_pair_variances(which), False)[0]
+            return self.variance(q)
+
+        cov1, cov2 = k.map_variances(variances)
         ntk = None if k.ntk is None else k.ntk * dot
-        if k.full_spatial:  # cov1 holds every pair of positions of each input
-            cov1 = self.pair(k.cov1, *k.self_pair_variances(1), False)[0]
-            cov2 = (
-                cov1 if k.cov2 is k.cov1 else self.pair(k.cov2, *k.self_pair_variances(2), False)[0]
-            )
-        else:
-            cov1 = self.variance(k.cov1)
-            cov2 = cov1 if k.cov2 is k.cov1 else self.variance(k.cov2)
         return k.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2, is_gaussian=False)
 
     def make_module(self, in_shape, ctx: BuildContext):

@@ -56,6 +56,7 @@ class GlobalSelfAttention(Layer):
 
     name = "GlobalSelfAttention"
     mixes_positions = True
+    handles_packed_pairs = False  # the full layout only
 
     n_chan_out: int = field(metadata=WIDTH)
     n_chan_key: int = field(metadata=INNER_WIDTH)
@@ -110,8 +111,6 @@ class GlobalSelfAttention(Layer):
         return logits
 
     def kernel_fn(self, k: Kernel) -> Kernel:
-        if isinstance(k, list):
-            raise ValueError(f"{self!r} takes a single input, got {len(k)} branches.")
         self.out_shape(k.shape1)
         if not self.linear_scaling:
             raise ValueError(
@@ -145,21 +144,27 @@ class GlobalSelfAttention(Layer):
             m = a @ m @ a.transpose(1, 2)
             return m.reshape(n, *pair_shape).permute([q - 1 for q in inv[1:]])
 
-        base = weigh_pair(k.nngp) * ov
-        nngp = base + b_var if b_var else base
-        ntk = None
-        if k.ntk is not None:
-            ntk = weigh_pair(k.ntk) * ov + 2 * base
+        bases = []  # w_o^2 w_v^2 A K A^T, which the NTK needs
+
+        def nngp_map(nngp, _):
+            base = weigh_pair(nngp) * ov
+            bases.append(base)
+            return base + b_var if b_var else base
+
+        def ntk_map(ntk, _):  # the output and value weights add K' - b^2 each
+            ntk = weigh_pair(ntk) * ov + 2 * bases[0]
             if b_var:
                 ntk += b_var
-        cov1 = weigh_self(k.cov1, a1) * ov + b_var
-        cov2 = cov1 if k.cov2 is k.cov1 else weigh_self(k.cov2, a2) * ov + b_var
+            return ntk
+
+        def variances(cov, which):
+            return weigh_self(cov, a1 if which == 1 else a2) * ov + b_var
+
         out = (self.n_chan_out, *k.shape1[1:])
-        return k.replace(
-            nngp=nngp,
-            ntk=ntk,
-            cov1=cov1,
-            cov2=cov2,
+        return k.map(
+            nngp_map,
+            ntk=ntk_map,
+            cov=variances,
             shape1=out,
             shape2=out,
             is_gaussian=True,

@@ -12,6 +12,7 @@ Users call :meth:`Layer.kernel` and :meth:`Layer.build` on any layer or network.
 from __future__ import annotations
 
 import copy
+import functools
 from dataclasses import MISSING, dataclass, field, fields
 
 import torch
@@ -114,17 +115,30 @@ class Layer:
 
     #: name used in error messages
     name: str = "Layer"
-    #: whether the layer's output is Gaussian whenever its input is (affine layers: always)
+    #: whether ``kernel_fn`` needs a Gaussian input (``Kernel.is_gaussian``: the output of an
+    #: affine layer); the base class raises otherwise, with ``gaussian_input_hint``
     requires_gaussian_input: bool = False
+    gaussian_input_hint: str = "put an affine layer (Dense, Conv) before it."
+    #: whether ``kernel_fn`` accepts a list of kernels (the branches after ``fan_out``);
+    #: for the others the base class refuses one with a one-line error
+    takes_branches: bool = False
     #: whether the layer's kernel needs the covariance of every pair of spatial positions
     #: (pooling, attention); if any layer of a network does, the network computes in the
     #: full pixel-pair layout, else in the cheap diagonal one (see ``widenets.kernel``)
     mixes_positions: bool = False
     #: whether ``kernel_fn`` accepts the packed pair layout (``Kernel.pairs``: only the
-    #: pairs i <= j of a set with itself, listed), by treating the leading axes as one
-    #: list of pairs and per-input tensors through ``Kernel.gather_pairs``; a network
-    #: computes packed when every layer in it does (``packs_pairs``)
-    handles_packed_pairs: bool = False
+    #: pairs i <= j of a set with itself, listed). True unless a layer says it cannot: a map
+    #: written with the record's layout API (``Kernel.map``, ``merge``, ``gather_pairs``,
+    #: ``pair_variances``, ``scale_self_pairs``) handles it. A network computes packed
+    #: when every layer in it does (``packs_pairs``)
+    handles_packed_pairs: bool = True
+
+    def __init_subclass__(cls, **kwargs):
+        """A subclass's own ``kernel_fn`` is wrapped in the base class's input checks."""
+        super().__init_subclass__(**kwargs)
+        fn = cls.__dict__.get("kernel_fn")
+        if fn is not None and not getattr(fn, "_checks_input", False):
+            cls.kernel_fn = _checking_input(fn)
 
     # ----- the two faces, implemented by subclasses -------------------------------------
     def kernel_fn(self, k: Kernel | list[Kernel]) -> Kernel | list[Kernel]:
@@ -375,6 +389,23 @@ class Layer:
             module = apply_variance_prior(module, last_layer_variance_prior, generator)
         module.input_shape = input_shape
         return module
+
+
+def _checking_input(fn):
+    """``kernel_fn`` after the checks every layer shares: a list of branches only where
+    ``takes_branches``, a Gaussian input where ``requires_gaussian_input``."""
+
+    @functools.wraps(fn)
+    def kernel_fn(self, k):
+        if isinstance(k, list):
+            if not self.takes_branches:
+                raise ValueError(f"{self!r} takes a single input, got {len(k)} branches.")
+        elif self.requires_gaussian_input and not k.is_gaussian:
+            raise ValueError(f"{self!r} needs a Gaussian input: {self.gaussian_input_hint}")
+        return fn(self, k)
+
+    kernel_fn._checks_input = True
+    return kernel_fn
 
 
 def _check_build_args(seed, dtype, init, generator, device=None) -> None:

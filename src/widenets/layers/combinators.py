@@ -38,7 +38,7 @@ class Serial(Layer):
     """Layers applied in sequence: ``serial(a, b, c)`` computes c(b(a(x)))."""
 
     name = "serial"
-    handles_packed_pairs = True
+    takes_branches = True
 
     layers: tuple[Layer, ...] = field(metadata={**SEQUENCE, **VARIADIC})
 
@@ -98,7 +98,7 @@ class Parallel(Layer):
     """Branch i applied to input i of a list (after ``fan_out``)."""
 
     name = "parallel"
-    handles_packed_pairs = True
+    takes_branches = True
 
     branches: tuple[Layer, ...] = field(metadata={**BRANCHES, **VARIADIC})
 
@@ -150,7 +150,6 @@ class FanOut(Layer):
     """One input to a list of ``n`` identical ones."""
 
     name = "fan_out"
-    handles_packed_pairs = True
 
     n: int
 
@@ -196,7 +195,7 @@ class FanInSum(Layer):
     """Sum of branches: K = sum_i K_i, Theta = sum_i Theta_i (independent branches)."""
 
     name = "fan_in_sum"
-    handles_packed_pairs = True
+    takes_branches = True
 
     def out_shape(self, in_shape):
         if not isinstance(in_shape, list):
@@ -215,13 +214,7 @@ class FanInSum(Layer):
                 out = out + t
             return out
 
-        k0 = ks[0]
-        same = k0.cov2 is k0.cov1
-        nngp = total([k.nngp for k in ks])
-        ntk = None if k0.ntk is None else total([k.ntk for k in ks])
-        cov1 = total([k.cov1 for k in ks])
-        cov2 = cov1 if same else total([k.cov2 for k in ks])
-        return k0.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2, **_merge_flags(ks))
+        return Kernel.merge(ks, total, **_merge_flags(ks))
 
     def scaling_degree(self, degree):
         return _merged_degree(degree)
@@ -235,7 +228,7 @@ class FanInConcat(Layer):
     """Concatenation over channels: K = sum_i n_i K_i / sum_i n_i (n_i finite channels)."""
 
     name = "fan_in_concat"
-    handles_packed_pairs = True
+    takes_branches = True
 
     def out_shape(self, in_shape):
         if not isinstance(in_shape, list):
@@ -259,13 +252,9 @@ class FanInConcat(Layer):
             return out
 
         k0 = ks[0]
-        same = k0.cov2 is k0.cov1
-        cov1 = mix([k.cov1 for k in ks])
-        return k0.replace(
-            nngp=mix([k.nngp for k in ks]),
-            ntk=None if k0.ntk is None else mix([k.ntk for k in ks]),
-            cov1=cov1,
-            cov2=cov1 if same else mix([k.cov2 for k in ks]),
+        return Kernel.merge(
+            ks,
+            mix,
             shape1=(int(total), *k0.shape1[1:]),
             shape2=(int(total), *k0.shape2[1:]),
             **_merge_flags(ks),
@@ -283,7 +272,7 @@ class Identity(Layer):
     """The identity: both faces pass their input through."""
 
     name = "Identity"
-    handles_packed_pairs = True
+    takes_branches = True
 
     def kernel_fn(self, k):
         return k
@@ -300,7 +289,6 @@ class Scale(Layer):
     """Multiplication by a constant c: K' = c^2 K, Theta' = c^2 Theta."""
 
     name = "Scale"
-    handles_packed_pairs = True
 
     factor: float
 
@@ -309,13 +297,7 @@ class Scale(Layer):
 
     def kernel_fn(self, k):
         c2 = self.factor**2
-        cov1 = k.cov1 * c2
-        return k.replace(
-            nngp=k.nngp * c2,
-            ntk=None if k.ntk is None else k.ntk * c2,
-            cov1=cov1,
-            cov2=cov1 if k.cov2 is k.cov1 else k.cov2 * c2,
-        )
+        return k.map(lambda t, _: t * c2)
 
     def scaling_degree(self, degree):
         return linear_degree(degree, has_bias=False)

@@ -64,7 +64,6 @@ class Conv(Layer):
     """
 
     name = "Conv"
-    handles_packed_pairs = True
 
     out_channels: int = field(metadata=WIDTH)
     kernel_size: int | tuple[int, ...] = 3
@@ -107,8 +106,6 @@ class Conv(Layer):
         return (self.out_channels, *(g[0] for g in geoms))
 
     def kernel_fn(self, k: Kernel) -> Kernel:
-        if isinstance(k, list):
-            raise ValueError(f"{self!r} takes a single input, got {len(k)} branches.")
         ks, ss, geoms = self._geometry(k.shape1)
         circular = self.padding == "circular"
         w_var = self.w_std**2
@@ -125,42 +122,37 @@ class Conv(Layer):
                 out += b_var
             return out
 
-        ntk = k.ntk
         folded = self.parameterization == "ntk" and not any_tensor(w_var, b_var)
         scale = w_var * inv
+        sums = []  # the window sum of the input NNGP, which the standard NTK needs
 
         def affine_sum(t, n_batch):  # w^2 M + b^2, the same passes for nngp and variances
             if not folded:  # (the diagonal of a set with itself then equals cov1 exactly)
-                return affine(window_mean(t, n_batch))
+                m = window_mean(t, n_batch)
+                if n_batch == 2:  # the nngp (the NTK has its own map)
+                    sums.append(m)
+                return affine(m)
             out = window_mean(t, n_batch, scale)  # w^2 / prod(k) folded into the sum's passes
             if b_var:
                 out += b_var
             return out
 
-        if folded:
-            nngp = affine_sum(k.nngp, 2)
-            if ntk is not None:  # the input NTK is zero: Theta' = K'
-                ntk = nngp.clone() if k.is_input else window_mean(ntk, 2, scale).add_(nngp)
-        else:
-            m_nngp = window_mean(k.nngp, 2)
-            nngp = affine(m_nngp)
-            if ntk is not None:
-                m_ntk = window_mean(ntk, 2)
-                if self.parameterization == "ntk":
-                    ntk = m_ntk.mul_(w_var * inv).add_(nngp)
-                else:
-                    fan_in = k.shape1[0] * math.prod(ks)
-                    ntk = m_ntk.mul_(w_var * inv).add_(m_nngp, alpha=fan_in * inv)
-                    if self.b_std is not None:
-                        ntk += 1.0
-        cov1 = affine_sum(k.cov1, 1)
-        cov2 = cov1 if k.cov2 is k.cov1 else affine_sum(k.cov2, 1)
+        def ntk_map(ntk, nngp):  # Theta' = w^2 M[Theta] + K' (standard: + fan_in M[K] + 1)
+            if folded:  # the input NTK is zero: Theta' = K'
+                return nngp.clone() if k.is_input else window_mean(ntk, 2, scale).add_(nngp)
+            m_ntk = window_mean(ntk, 2)
+            if self.parameterization == "ntk":
+                return m_ntk.mul_(w_var * inv).add_(nngp)
+            fan_in = k.shape1[0] * math.prod(ks)
+            ntk = m_ntk.mul_(w_var * inv).add_(sums[0], alpha=fan_in * inv)
+            if self.b_std is not None:
+                ntk += 1.0
+            return ntk
+
         out = (self.out_channels, *(g[0] for g in geoms))
-        return k.replace(
-            nngp=nngp,
-            ntk=ntk,
-            cov1=cov1,
-            cov2=cov2,
+        return k.map(
+            affine_sum,
+            ntk=ntk_map,
             shape1=out,
             shape2=out,
             is_gaussian=True,

@@ -89,7 +89,6 @@ class Dense(Layer):
     """
 
     name = "Dense"
-    handles_packed_pairs = True
 
     out_dim: int = field(metadata=WIDTH)
     w_std: float | torch.Tensor = 1.0
@@ -112,26 +111,21 @@ class Dense(Layer):
         if self.parameterization == "mean_field":
             w_var = w_var / k.shape1[0]
         b_var = 0.0 if self.b_std is None else self.b_std**2
-        nngp = affine(k.nngp, w_var, b_var)
-        ntk = k.ntk
-        if ntk is not None:
+
+        def ntk_map(ntk, nngp):  # nngp: this layer's output NNGP
             if self.parameterization in ("ntk", "mean_field"):
                 if isinstance(w_var, torch.Tensor):
-                    ntk = ntk * w_var + nngp
-                else:
-                    ntk = torch.add(nngp, ntk, alpha=w_var)
-            else:
-                ntk = ntk * w_var
-                ntk.add_(k.nngp, alpha=float(k.shape1[0]))
-                if self.b_std is not None:
-                    ntk += 1.0
-        cov1 = affine(k.cov1, w_var, b_var)
-        cov2 = cov1 if k.cov2 is k.cov1 else affine(k.cov2, w_var, b_var)
-        return k.replace(
-            nngp=nngp,
-            ntk=ntk,
-            cov1=cov1,
-            cov2=cov2,
+                    return ntk * w_var + nngp
+                return torch.add(nngp, ntk, alpha=w_var)
+            ntk = ntk * w_var
+            ntk.add_(k.nngp, alpha=float(k.shape1[0]))
+            if self.b_std is not None:
+                ntk += 1.0
+            return ntk
+
+        return k.map(
+            lambda t, _: affine(t, w_var, b_var),
+            ntk=ntk_map,
             shape1=(self.out_dim, *k.shape1[1:]),
             shape2=(self.out_dim, *k.shape2[1:]),
             is_gaussian=True,

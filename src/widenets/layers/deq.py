@@ -83,6 +83,7 @@ class DEQ(Layer):
     """
 
     name = "DEQ"
+    handles_packed_pairs = False  # fully connected: pairs (N1, N2) only
 
     width: int = field(metadata=WIDTH)
     activation: Activation
@@ -140,8 +141,6 @@ class DEQ(Layer):
         return e, dot, eq1, eq2
 
     def kernel_fn(self, k: Kernel) -> Kernel:
-        if isinstance(k, list):
-            raise ValueError(f"{self!r} takes a single input, got {len(k)} branches.")
         if k.nngp is None:
             raise ValueError("DEQ needs the NNGP of its input.")
         w2, u2, kx, qx1, qx2 = self._maps(k)

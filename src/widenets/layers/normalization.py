@@ -19,7 +19,7 @@ import torch
 from torch import nn
 
 from widenets.errors import check_nonnegative
-from widenets.kernel import Kernel, interleave, spatial_diagonal
+from widenets.kernel import Kernel, interleave
 from widenets.layers.base import BuildContext, Layer, declare, linear_degree
 
 NORM_AXES = ("channels", "channels+space")
@@ -35,7 +35,11 @@ class LayerNorm(Layer):
     """
 
     name = "LayerNorm"
-    handles_packed_pairs = True
+    requires_gaussian_input = True
+    gaussian_input_hint = (
+        "a zero-mean one (the output of Dense or Conv): after a nonlinearity the channel "
+        "mean does not vanish at infinite width."
+    )
 
     over: str = "channels"
     eps: float = 1e-12
@@ -51,13 +55,6 @@ class LayerNorm(Layer):
         return in_shape
 
     def kernel_fn(self, k: Kernel) -> Kernel:
-        if isinstance(k, list):
-            raise ValueError(f"{self!r} takes a single input, got {len(k)} branches.")
-        if not k.is_gaussian:
-            raise ValueError(
-                f"{self!r} needs a Gaussian, zero-mean input (the output of Dense or Conv): "
-                "after a nonlinearity the channel mean does not vanish at infinite width."
-            )
         spatial = self.over == "channels+space" and len(k.shape1) > 1
         q1, q2 = k.variances(1), k.variances(2)
         if spatial:
@@ -94,11 +91,7 @@ class LayerNorm(Layer):
                 return a * a
 
         scale = pair(r1, r2)
-        nngp = k.nngp * scale
-        ntk = None if k.ntk is None else k.ntk * scale
-        cov1 = k.cov1 * own(r1)
-        cov2 = cov1 if k.cov2 is k.cov1 else k.cov2 * own(r2)
-        return k.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2)
+        return k.map(lambda t, _: t * scale, cov=lambda t, which: t * own(r1 if which == 1 else r2))
 
     def scaling_degree(self, degree):
         # K / sqrt(q1 q2) is scale-invariant without eps; with it, only at degree 0
@@ -139,7 +132,6 @@ class Dropout(Layer):
     """
 
     name = "Dropout"
-    handles_packed_pairs = True
 
     rate: float
     mode: str = "train"
@@ -153,51 +145,16 @@ class Dropout(Layer):
         self.rate = rate
 
     def kernel_fn(self, k: Kernel) -> Kernel:
-        if isinstance(k, list):
-            raise ValueError(f"{self!r} takes a single input, got {len(k)} branches.")
         if self.mode == "test" or self.rate == 0.0:
             return k
         if k.is_input:
             raise ValueError(f"{self!r} on the inputs has no Gaussian-process kernel.")
-        f = 1.0 / (1.0 - self.rate)
+        f = 1.0 / (1.0 - self.rate)  # E[m^2] where a unit's mask meets itself
 
-        def same_input(t):
-            if k.pairs is not None:  # packed: the listed pairs of an input with itself
-                r = torch.nonzero(k.pairs[0] == k.pairs[1]).squeeze(1)
-                t = t.clone()
-                t[r] = t[r].mul_(f)
-                return t
-            off = k.diagonal_offset
-            if off is None:
-                return t
-            lo, hi = max(0, -off), min(t.shape[0], t.shape[1] - off)
-            if hi <= lo:
-                return t
-            r = torch.arange(lo, hi)
-            t = t.clone()
-            block = t[r, r + off]  # (n, spatial...)
-            if k.full_spatial:
-                spatial_diagonal(block, 1).mul_(f)
-            else:
-                block.mul_(f)
-            t[r, r + off] = block
-            return t
+        def dropped(t, n_batch):
+            return k.scale_self_pairs(t, f) if n_batch == 2 else k.scale_self_variances(t, f)
 
-        def self_cov(t):
-            if not k.full_spatial:
-                return t * f
-            t = t.clone()
-            spatial_diagonal(t, 1).mul_(f)
-            return t
-
-        cov1 = self_cov(k.cov1)
-        return k.replace(
-            nngp=same_input(k.nngp),
-            ntk=None if k.ntk is None else same_input(k.ntk),
-            cov1=cov1,
-            cov2=cov1 if k.cov2 is k.cov1 else self_cov(k.cov2),
-            is_gaussian=False,
-        )
+        return k.map(dropped, is_gaussian=False)
 
     def scaling_degree(self, degree):
         return linear_degree(degree, has_bias=False)

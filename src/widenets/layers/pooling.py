@@ -31,22 +31,6 @@ from widenets.layers._spatial import (
 from widenets.layers.base import BuildContext, Layer, declare, linear_degree
 
 
-def _single(layer, k):
-    if isinstance(k, list):
-        raise ValueError(f"{layer!r} takes a single input, got {len(k)} branches.")
-
-
-def _map(k: Kernel, fn) -> dict:
-    """Apply ``fn(t, n_batch)`` to nngp, ntk, cov1 and cov2."""
-    cov1 = fn(k.cov1, 1)
-    return dict(
-        nngp=fn(k.nngp, 2),
-        ntk=None if k.ntk is None else fn(k.ntk, 2),
-        cov1=cov1,
-        cov2=cov1 if k.cov2 is k.cov1 else fn(k.cov2, 1),
-    )
-
-
 @declare
 class AvgPool(Layer):
     """Average pooling over windows of ``window`` positions.
@@ -60,6 +44,7 @@ class AvgPool(Layer):
 
     name = "AvgPool"
     mixes_positions = True
+    handles_packed_pairs = False  # the full layout only
 
     window: int | tuple[int, ...] = 2
     stride: int | tuple[int, ...] | None = None  # None: the window
@@ -90,7 +75,6 @@ class AvgPool(Layer):
         return (in_shape[0], *(g[0] for g in geoms))
 
     def kernel_fn(self, k: Kernel) -> Kernel:
-        _single(self, k)
         ks, ss, geoms = self._geometry(k.shape1)
         if not k.full_spatial:
             raise ValueError(f"{self!r} needs the full pixel-pair kernel (got the diagonal one).")
@@ -101,7 +85,7 @@ class AvgPool(Layer):
             return pool_window_sum(t, n_batch, geoms, ks, ss, circular) * inv
 
         out = (k.shape1[0], *(g[0] for g in geoms))
-        return k.replace(**_map(k, pool), shape1=out, shape2=out)
+        return k.map(pool, shape1=out, shape2=out)
 
     def scaling_degree(self, degree):
         return linear_degree(degree, has_bias=False)
@@ -118,13 +102,13 @@ class GlobalAvgPool(Layer):
 
     name = "GlobalAvgPool"
     mixes_positions = True
+    handles_packed_pairs = False  # the full layout only
 
     def out_shape(self, in_shape):
         spatial_dims(self, in_shape, None)
         return (in_shape[0],)
 
     def kernel_fn(self, k: Kernel) -> Kernel:
-        _single(self, k)
         spatial_dims(self, k.shape1, None)
         if not k.full_spatial:
             raise ValueError(f"{self!r} needs the full pixel-pair kernel (got the diagonal one).")
@@ -133,7 +117,7 @@ class GlobalAvgPool(Layer):
             return t.flatten(n_batch).mean(-1)
 
         out = (k.shape1[0],)
-        return k.replace(**_map(k, mean), shape1=out, shape2=out, full_spatial=False)
+        return k.map(mean, shape1=out, shape2=out, full_spatial=False)
 
     def scaling_degree(self, degree):
         return linear_degree(degree, has_bias=False)
@@ -151,7 +135,6 @@ class Flatten(Layer):
     """
 
     name = "Flatten"
-    handles_packed_pairs = True
 
     def out_shape(self, in_shape):
         if not isinstance(in_shape, tuple):
@@ -159,7 +142,6 @@ class Flatten(Layer):
         return (math.prod(in_shape),)
 
     def kernel_fn(self, k: Kernel) -> Kernel:
-        _single(self, k)
         if len(k.shape1) == 1:
             return k
         full = k.full_spatial
@@ -170,7 +152,7 @@ class Flatten(Layer):
             return t.flatten(n_batch).mean(-1)
 
         out = (math.prod(k.shape1),)
-        return k.replace(**_map(k, mean_diag), shape1=out, shape2=out, full_spatial=False)
+        return k.map(mean_diag, shape1=out, shape2=out, full_spatial=False)
 
     def scaling_degree(self, degree):
         return linear_degree(degree, has_bias=False)

@@ -1,0 +1,138 @@
+"""The tile planner covers a kernel once, and any executor that runs its blocks, in any
+order, gives the default executor's kernel bit for bit (tiles depend only on their own
+rows and columns; assembly is separate from computation)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import widenets as wn
+import widenets.compute as compute
+from widenets.executors import LocalExecutor
+from widenets.tiling import TileRequest, plan_tiles
+
+
+def _coverage(plan):
+    """How often each entry is written directly, by a mirror, and which lie in the
+    diagonal squares finished at the end."""
+    direct = torch.zeros(plan.n1, plan.n2, dtype=torch.int64)
+    mirrored = torch.zeros(plan.n1, plan.n2, dtype=torch.int64)
+    for block in plan.blocks:
+        for t in block.tiles:
+            assert block.r0 <= t.r0 < t.r1 <= block.r1 and block.c0 <= t.c0 < t.c1 <= block.c1
+            if t.packed:  # the pairs i <= j listed, written both ways
+                assert t.r0 == t.c0
+                for i in range(t.r0, t.r1):
+                    direct[i, max(i, t.c0) : t.c1] += 1
+                    mirrored[max(i + 1, t.c0) : t.c1, i] += 1
+                continue
+            direct[t.r0 : t.r1, t.c0 : t.c1] += 1
+            if t.mirror_from is not None:
+                mirrored[t.mirror_from : t.c1, t.r0 : t.r1] += 1
+            elif t.mirror and plan.layout == "packed":  # a rectangle above the diagonal
+                mirrored[t.c0 : t.c1, t.r0 : t.r1] += 1
+    return direct, mirrored
+
+
+CASES = [
+    # n1, n2, same, layout, cost, spatial, batch_size, workers
+    (37, 37, True, "diagonal", 1, False, None, 1),
+    (37, 23, False, "diagonal", 1, False, (5, 3), 1),
+    (37, 37, True, "diagonal", 1, False, (11, 7), 1),
+    (37, 37, True, "diagonal", 1, False, (4, 9), 3),
+    (50, 50, True, "diagonal", 64, True, None, 1),
+    (50, 30, False, "diagonal", 64, True, None, 4),
+    (300, 200, False, "diagonal", 64, True, None, 4),
+    (20, 20, True, "full", 4096, True, None, 1),
+    (20, 9, False, "full", 4096, True, (3, 4), 2),
+    (31, 31, True, "packed", 64, True, None, 1),
+    (31, 31, True, "packed", 64, True, None, 3),
+]
+
+
+@pytest.mark.parametrize("case", CASES, ids=[str(c) for c in CASES])
+@pytest.mark.parametrize("small", [False, True])
+def test_plan_covers_every_entry_once(case, small, monkeypatch):
+    if small:  # budgets of a few pairs: many tiles, square packed blocks
+        for name in ("TILE_NUMEL", "BLOCK_NUMEL", "PACKED_NUMEL", "WIDE_NUMEL"):
+            monkeypatch.setattr(compute, name, 25 * case[4])
+    n1, n2, same, layout, cost, spatial, batch_size, workers = case
+    plan = plan_tiles(
+        TileRequest(n1, n2, same, layout, cost, spatial, batch_size, workers), compute.budgets()
+    )
+    direct, mirrored = _coverage(plan)
+    if not same:
+        assert torch.equal(direct, torch.ones(n1, n2, dtype=torch.int64))
+        assert not mirrored.any()
+    else:
+        upper = torch.ones(n1, n1, dtype=torch.bool).triu()
+        assert torch.equal(direct[upper], torch.ones_like(direct[upper]))
+        # below the diagonal: a mirror image, or (grid layouts) the diagonal squares that
+        # the assembly finishes from the transposed upper triangle
+        i, j = torch.tril_indices(n1, n1, offset=-1)
+        in_square = (i // plan.square == j // plan.square) if plan.square else i < 0
+        assert torch.equal(mirrored[i, j] + in_square.long(), torch.ones_like(i))
+    cov1 = torch.zeros(n1, dtype=torch.int64)
+    cov2 = torch.zeros(n2, dtype=torch.int64)
+    for t in plan.tiles:
+        cov1[t.r0 : t.r1] += t.cov1
+        cov2[t.c0 : t.c1] += t.cov2
+    assert torch.equal(cov1, torch.ones_like(cov1))
+    assert torch.equal(cov2, torch.zeros_like(cov2) if same else torch.ones_like(cov2))
+    b = compute.budgets()
+    if batch_size is None and n1 * n2 * cost >= workers * b.tasks_per_worker * b.min_task:
+        assert plan.n_tiles >= workers  # tiles for every worker of the executor
+
+
+def test_packed_needs_a_set_with_itself():
+    with pytest.raises(ValueError, match="packed"):
+        TileRequest(4, 5, False, "packed", 1)
+    with pytest.raises(ValueError, match="layout"):
+        TileRequest(4, 4, True, "square", 1)
+
+
+class ShuffledExecutor:
+    """Another executor: blocks in reverse order, every tile from a freshly computed block
+    (as a distributed executor would compute each independently)."""
+
+    workers = 1
+
+    def __init__(self):
+        self.tiles = 0
+
+    def run(self, plan, work, sink, progress):
+        for block in reversed(plan.blocks):
+            for tile in reversed(block.tiles):
+                sink.write(tile, work.tile(work.block(block), block, tile))
+                self.tiles += 1
+
+
+def _nets():
+    conv = [wn.Conv(4, (3, 3), w_std=1.4, b_std=0.1), wn.Relu()]
+    return {
+        "fc": (wn.serial(wn.Dense(8, 1.5, 0.05), wn.Erf(), wn.Dense(1, 1.5)), (40, 7)),
+        "cnn packed": (wn.serial(*conv, *conv, wn.Flatten(), wn.Dense(1)), (20, 2, 6, 6)),
+        "cnn full": (wn.serial(*conv, wn.GlobalAvgPool(), wn.Dense(1)), (7, 2, 4, 4)),
+    }
+
+
+@pytest.mark.parametrize("name", list(_nets()))
+@pytest.mark.parametrize("two_sets", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_any_executor_gives_the_same_bits(name, two_sets, dtype, monkeypatch):
+    net, shape = _nets()[name]
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(*shape, generator=g, dtype=torch.float64)
+    x[1] = x[0] + 1e-6  # a near duplicate: in float32 it is recomputed in float64
+    x2 = torch.randn(*shape, generator=g, dtype=torch.float64) if two_sets else None
+    for name_ in ("TILE_NUMEL", "PACKED_NUMEL", "WIDE_NUMEL"):
+        monkeypatch.setattr(compute, name_, 1 << 8)  # several tiles
+    monkeypatch.setattr(compute, "TILE_NUMEL_FULL", 1 << 11)
+    monkeypatch.setattr(compute, "MIN_PAIRS_FULL", 1)
+    ref = compute.evaluate_kernel(net, x, x2, dtype=dtype, executor=LocalExecutor(1))
+    other = ShuffledExecutor()
+    got = compute.evaluate_kernel(net, x, x2, dtype=dtype, executor=other)
+    assert other.tiles > 1
+    for field in ("nngp", "ntk", "cov1", "cov2"):
+        assert torch.equal(getattr(got, field), getattr(ref, field)), field
