@@ -562,6 +562,27 @@ def test_forced_variant_is_used_only_where_it_can_run_and_explain_says_why():
         Force(mode="factored")
 
 
+def test_layers_run_in_the_modes_the_estimate_costed(monkeypatch):
+    """Per output, the Grams of the patches are formed once per output, which the
+    estimate counts; the layers must run in the modes chosen with that count (the
+    previous code chose them again as if the Grams were formed once, and with a tiny
+    budget ran one of cnn_bn's convolutions pairwise while it costed it materialised)."""
+    model, x1, x2 = cnn(), _x((5, 2, 5, 5), 44), _x((3, 2, 5, 5), 45)
+    force = Force(variant="per_output", budget=1000)
+    costed = _explain(model, x1, x2, force=force).cost("structured").modes
+    ran = []
+    real = structured.StructuredMethod.__init__
+
+    def spy(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        ran.append(dict(self.modes))
+
+    monkeypatch.setattr(structured.StructuredMethod, "__init__", spy)
+    _ntk(model, x1, x2, method="structured", force=force)
+    assert ran and all(m == costed for m in ran), (ran, costed)
+    assert list(costed.values()).count("materialised") == 2, costed
+
+
 def test_tiny_memory_budget_gives_the_same_kernel():
     """Blocks of one example and per-output passes of one example (chunks of 1)."""
     model, x1, x2 = cnn(), _x((5, 2, 5, 5), 44), _x((3, 2, 5, 5), 45)

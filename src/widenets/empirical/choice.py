@@ -174,14 +174,7 @@ def _structured(t, params, specs, shape, trace, budget, force, reasons) -> Metho
         for s in specs:
             opts = layer_options(s, shape.n_out, trace, one, grams_per_output=v == "per_output")
             layers[s.key] = _layer_mode(opts, n, force)
-        cost = structured_cost(t, v, layers, shape, p_rest, trace, budget)
-        if v == "per_output":  # as before the split: the modes run are chosen as if the
-            # Grams of the patches were formed once, not once per output as estimated
-            cost.modes = {
-                s.key: _layer_mode(layer_options(s, shape.n_out, trace, one), n, force).mode
-                for s in specs
-            }
-        options.append(cost)
+        options.append(structured_cost(t, v, layers, shape, p_rest, trace, budget))
     fit = [c for c in options if c.scalars <= budget] or options
     best = min(fit, key=lambda c: (c.flops, c.scalars))
     if len(options) > 1:
