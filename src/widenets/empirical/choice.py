@@ -154,6 +154,8 @@ def _structured(t, params, specs, shape, trace, budget, force, reasons) -> Metho
     covered = {s.weight for s in specs} | {s.bias for s in specs}
     rest = [k for k in params if k not in covered]
     p_rest = sum(params[k].numel() for k in rest)
+    # batched passes give each example's derivatives: every method runs only after
+    # ntk._Setup has checked that the model treats the examples of a batch independently
     if not specs:
         variants, why = ["per_example"], "no recognised layers"
     elif rest:

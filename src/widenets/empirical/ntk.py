@@ -129,8 +129,6 @@ class _Setup:
             act = activation_numel(model, self.params, self.frozen, x1)
         except Exception:  # noqa: BLE001 - a rough guess: the forward's outputs
             act = f_flops / 100
-        # check_per_example passed: the examples of a batch are independent, so batched
-        # passes (structured) give each example's derivatives
         y_numel = float(sum(math.prod(s.y_shape) for s in self.specs))
         self.shape = Shape(self.n_out, f_flops, act, y_numel)
         n1 = x1.n
