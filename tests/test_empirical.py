@@ -11,6 +11,10 @@ from torch import nn
 
 import widenets as wn
 import widenets.empirical.structured as structured
+from widenets.empirical.choice import Force
+from widenets.empirical.layer_structure import find_layers
+from widenets.empirical.ntk import _explain, _ntk
+from widenets.empirical.probes import Probes
 
 DT = torch.float64
 TOL = 1e-10
@@ -155,11 +159,10 @@ def test_streamed_jacobian_slices_match_explicit_jacobian(case, budget, monkeypa
     (and for the cross kernels, whose slices hold more examples, they may at any budget).
     The same answers at 1e-10."""
     methods = importlib.import_module("widenets.empirical._methods")
-    ntk_module = importlib.import_module("widenets.empirical.ntk")
 
     make, make_x1, make_x2 = CASES[case]
     model, x1, x2 = make(), make_x1(), make_x2()
-    monkeypatch.setattr(ntk_module, "MEMORY_SCALARS", budget)
+    force = Force(budget=budget)
     monkeypatch.setattr(methods, "GRAM_BLOCK", 2)
     params = {k: v.detach() for k, v in model.named_parameters()}
     n = len(next(iter(x1.values())) if isinstance(x1, dict) else x1)
@@ -172,12 +175,12 @@ def test_streamed_jacobian_slices_match_explicit_jacobian(case, budget, monkeypa
         assert sliced == (case == "mlp" and budget == 600), plan.slices
     ref_tr, ref_full = reference(model, x1)
     _, ref12_full = reference(model, x1, x2)
-    got = wn.empirical.ntk(model, x1, method="jacobian")
+    got = _ntk(model, x1, method="jacobian", force=force)
     torch.testing.assert_close(got, ref_tr, atol=TOL, rtol=0)
     assert torch.equal(got, got.T)
-    got_full = wn.empirical.ntk(model, x1, method="jacobian", trace_outputs=False)
+    got_full = _ntk(model, x1, method="jacobian", trace_outputs=False, force=force)
     torch.testing.assert_close(got_full, ref_full, atol=TOL, rtol=0)
-    got12 = wn.empirical.ntk(model, x1, x2, method="jacobian", trace_outputs=False)
+    got12 = _ntk(model, x1, x2, method="jacobian", trace_outputs=False, force=force)
     torch.testing.assert_close(got12, ref12_full, atol=TOL, rtol=0)
 
 
@@ -209,16 +212,16 @@ def test_parameter_slices_cover_every_parameter_once():
 
 @pytest.mark.parametrize("mode", ["materialised", "pairwise"])
 @pytest.mark.parametrize("case", ["cnn_bn", "conv1d"])
-def test_structured_modes_for_layers_with_positions(case, mode, monkeypatch):
+def test_structured_modes_for_layers_with_positions(case, mode):
     make, make_x1, make_x2 = CASES[case]
     model, x1, x2 = make(), make_x1(), make_x2()
-    monkeypatch.setattr(structured, "FORCE_MODE", mode)
+    force = Force(mode=mode)
     ref_tr, _ = reference(model, x1)
     _, ref12_full = reference(model, x1, x2)
     torch.testing.assert_close(
-        wn.empirical.ntk(model, x1, method="structured"), ref_tr, atol=TOL, rtol=0
+        _ntk(model, x1, method="structured", force=force), ref_tr, atol=TOL, rtol=0
     )
-    got = wn.empirical.ntk(model, x1, x2, method="structured", trace_outputs=False)
+    got = _ntk(model, x1, x2, method="structured", trace_outputs=False, force=force)
     torch.testing.assert_close(got, ref12_full, atol=TOL, rtol=0)
 
 
@@ -226,7 +229,7 @@ def test_structured_covers_widenets_dense_layers():
     net = wn.serial(wn.Dense(24, w_std=1.3, b_std=0.2), wn.Erf(), wn.Dense(3, w_std=1.1))
     model = net.build((4,), seed=0, dtype=DT)
     x = _x((5, 4), 20)
-    layers = structured.find_layers(
+    layers = find_layers(
         model, dict(model.named_parameters()), {}, wn.empirical._common.Batch((x,), {})
     )
     assert len(layers) == 2  # both Dense layers handled without Jacobians
@@ -493,24 +496,24 @@ VARIANT_CASES = {
 
 @pytest.mark.parametrize("case", list(VARIANT_CASES))
 @pytest.mark.parametrize("variant", VARIANTS)
-def test_structured_variants_match_explicit_jacobian(case, variant, monkeypatch):
+def test_structured_variants_match_explicit_jacobian(case, variant):
     """Every way of computing the structured NTK (per example under vmap; batched, held;
     streamed; per output) against the explicit Jacobian, traced and untraced, with one
     tile and with several (off-diagonal tiles run passes over two blocks)."""
     make, make_x1, make_x2 = VARIANT_CASES[case]
     model, x1, x2 = make(), make_x1(), make_x2()
-    monkeypatch.setattr(structured, "FORCE_VARIANT", variant)
+    kw = {"method": "structured", "force": Force(variant=variant)}
     ref_tr, ref_full = reference(model, x1)
     ref12_tr, ref12_full = reference(model, x1, x2)
-    got = wn.empirical.ntk(model, x1, method="structured")
+    got = _ntk(model, x1, **kw)
     torch.testing.assert_close(got, ref_tr, atol=TOL, rtol=0)
-    got = wn.empirical.ntk(model, x1, method="structured", batch_size=2)
+    got = _ntk(model, x1, batch_size=2, **kw)
     torch.testing.assert_close(got, ref_tr, atol=TOL, rtol=0)
-    got = wn.empirical.ntk(model, x1, x2, method="structured", batch_size=(2, 3))
+    got = _ntk(model, x1, x2, batch_size=(2, 3), **kw)
     torch.testing.assert_close(got, ref12_tr, atol=TOL, rtol=0)
-    got = wn.empirical.ntk(model, x1, x2, method="structured", trace_outputs=False)
+    got = _ntk(model, x1, x2, trace_outputs=False, **kw)
     torch.testing.assert_close(got, ref12_full, atol=TOL, rtol=0)
-    got = wn.empirical.ntk(model, x1, method="structured", trace_outputs=False, batch_size=3)
+    got = _ntk(model, x1, trace_outputs=False, batch_size=3, **kw)
     torch.testing.assert_close(got, ref_full, atol=TOL, rtol=0)
 
 
@@ -526,35 +529,73 @@ def test_every_layer_of_the_test_models_is_structured():
 
 @pytest.mark.parametrize("mode", ["materialised", "pairwise"])
 @pytest.mark.parametrize("variant", ["streamed", "per_output", "batched"])
-def test_batched_variants_in_both_modes_for_layers_with_positions(mode, variant, monkeypatch):
-    monkeypatch.setattr(structured, "FORCE_MODE", mode)
-    monkeypatch.setattr(structured, "FORCE_VARIANT", variant)
+def test_batched_variants_in_both_modes_for_layers_with_positions(mode, variant):
+    kw = {"method": "structured", "force": Force(variant=variant, mode=mode)}
     for case in ("cnn_bn", "conv1d", "norms"):
         make, make_x1, make_x2 = VARIANT_CASES[case]
         model, x1, x2 = make(), make_x1(), make_x2()
         ref12_tr, ref12_full = reference(model, x1, x2)
-        got = wn.empirical.ntk(model, x1, x2, method="structured", batch_size=(3, 2))
+        got = _ntk(model, x1, x2, batch_size=(3, 2), **kw)
         torch.testing.assert_close(got, ref12_tr, atol=TOL, rtol=0)
         if variant == "batched":
-            got = wn.empirical.ntk(model, x1, x2, method="structured", trace_outputs=False)
+            got = _ntk(model, x1, x2, trace_outputs=False, **kw)
             torch.testing.assert_close(got, ref12_full, atol=TOL, rtol=0)
 
 
-def test_tiny_memory_budget_gives_the_same_kernel(monkeypatch):
+def test_forced_variant_is_used_only_where_it_can_run_and_explain_says_why():
+    """``Force`` steers the choice; a variant that cannot run is not taken, and the
+    report's reasons name the variant and why."""
+    model, x = mlp(), _x((6, 5), 50)
+    rep = _explain(model, x, force=Force(variant="per_output"))
+    assert rep.cost("structured").variant == "per_output"
+    assert any("structured: per_output (forced" in r for r in rep.reasons), rep.reasons
+    rep = _explain(model, x, trace_outputs=False, force=Force(variant="streamed"))
+    assert rep.cost("structured").variant == "batched"  # streamed is for traced kernels
+    prelu = nn.Sequential(nn.Linear(5, 8), nn.PReLU(), nn.Linear(8, 2)).to(DT)
+    rep = _explain(prelu, x, force=Force(variant="streamed"))
+    assert rep.cost("structured").variant == "per_example"
+    assert any("1 parameter tensor(s) outside recognised layers" in r for r in rep.reasons)
+    assert rep.reasons[0].startswith(f"auto: {rep.method}") and str(rep).endswith(rep.reasons[-1])
+    with pytest.raises(ValueError, match="`variant` must be one of"):
+        Force(variant="fast")
+    with pytest.raises(ValueError, match="`mode` must be one of"):
+        Force(mode="factored")
+
+
+def test_layers_run_in_the_modes_the_estimate_costed(monkeypatch):
+    """Per output, the Grams of the patches are formed once per output, which the
+    estimate counts; the layers must run in the modes chosen with that count (the
+    previous code chose them again as if the Grams were formed once, and with a tiny
+    budget ran one of cnn_bn's convolutions pairwise while it costed it materialised)."""
+    model, x1, x2 = cnn(), _x((5, 2, 5, 5), 44), _x((3, 2, 5, 5), 45)
+    force = Force(variant="per_output", budget=1000)
+    costed = _explain(model, x1, x2, force=force).cost("structured").modes
+    ran = []
+    real = structured.StructuredMethod.__init__
+
+    def spy(self, *args, **kwargs):
+        real(self, *args, **kwargs)
+        ran.append(dict(self.modes))
+
+    monkeypatch.setattr(structured.StructuredMethod, "__init__", spy)
+    _ntk(model, x1, x2, method="structured", force=force)
+    assert ran and all(m == costed for m in ran), (ran, costed)
+    assert list(costed.values()).count("materialised") == 2, costed
+
+
+def test_tiny_memory_budget_gives_the_same_kernel():
     """Blocks of one example and per-output passes of one example (chunks of 1)."""
-    ntk_mod = importlib.import_module("widenets.empirical.ntk")
     model, x1, x2 = cnn(), _x((5, 2, 5, 5), 44), _x((3, 2, 5, 5), 45)
     ref_tr, _ = reference(model, x1)
     ref12_tr, _ = reference(model, x1, x2)
-    monkeypatch.setattr(ntk_mod, "MEMORY_SCALARS", 1000)
     for variant in ("streamed", "per_output"):
-        monkeypatch.setattr(structured, "FORCE_VARIANT", variant)
-        cost = wn.empirical.explain(model, x1, x2).cost("structured")
+        force = Force(variant=variant, budget=1000)
+        cost = _explain(model, x1, x2, force=force).cost("structured")
         if variant == "per_output":
             assert cost.chunk == 1
-        got = wn.empirical.ntk(model, x1, method="structured")
+        got = _ntk(model, x1, method="structured", force=force)
         torch.testing.assert_close(got, ref_tr, atol=TOL, rtol=0)
-        got = wn.empirical.ntk(model, x1, x2, method="structured")
+        got = _ntk(model, x1, x2, method="structured", force=force)
         torch.testing.assert_close(got, ref12_tr, atol=TOL, rtol=0)
 
 
@@ -601,7 +642,7 @@ def test_layer_that_is_not_what_it_claims_is_left_to_jacobians():
     model = nn.Sequential(FakeAffine(), nn.Linear(3, 2).to(DT))
     x = _x((4, 4), 48)
     params, frozen = dict(model.named_parameters()), {}
-    specs = structured.find_layers(model, params, frozen, wn.empirical._common.Batch((x,), {}))
+    specs = find_layers(model, params, frozen, wn.empirical._common.Batch((x,), {}))
     assert [s.key for s in specs] == ["1"]
     ref_tr, _ = reference(model, x)
     got = wn.empirical.ntk(model, x, method="structured")
@@ -645,23 +686,21 @@ def test_activation_estimate_leaves_out_tensors_made_from_the_weights_alone():
 def test_reverse_passes_batched_over_outputs_or_one_by_one(batched, variant, monkeypatch):
     """The reverse passes of several outputs as one pass over one-hot cotangents, or one
     output at a time: both give the explicit Jacobian's kernel."""
-    monkeypatch.setattr(structured, "FORCE_VARIANT", variant)
-    if not batched:
-        monkeypatch.setattr(structured, "REVERSE_SCALARS", 0)
+    force = Force(variant=variant, reverse_batch=None if batched else 1)
     ran = []
-    real = structured.StructuredMethod._batched_reverse
+    real = Probes._batched_reverse
 
     def spy(self, *args):
         ran.append(real(self, *args))
         return ran[-1]
 
-    monkeypatch.setattr(structured.StructuredMethod, "_batched_reverse", spy)
+    monkeypatch.setattr(Probes, "_batched_reverse", spy)
     for case in ("mlp", "cnn_bn", "multi_output_kwargs"):
         make, make_x1, make_x2 = VARIANT_CASES[case]
         model, x1, x2 = make(), make_x1(), make_x2()
         ref12_tr, ref12_full = reference(model, x1, x2)
-        got = wn.empirical.ntk(model, x1, x2, method="structured", batch_size=(3, 2))
+        got = _ntk(model, x1, x2, method="structured", batch_size=(3, 2), force=force)
         torch.testing.assert_close(got, ref12_tr, atol=TOL, rtol=0)
-        got = wn.empirical.ntk(model, x1, x2, method="structured", trace_outputs=False)
+        got = _ntk(model, x1, x2, method="structured", trace_outputs=False, force=force)
         torch.testing.assert_close(got, ref12_full, atol=TOL, rtol=0)
     assert ran and all(ran) == batched and (any(ran) == batched)

@@ -112,6 +112,14 @@ class Batch:
         return (self.args, self.kwargs)
 
 
+def cat_batches(parts: list[Batch]) -> Batch:
+    """The examples of several batches, in order, as one batch."""
+    if len(parts) == 1:
+        return parts[0]
+    trees = [p.tree() for p in parts]
+    return Batch(*tree_map(lambda *ts: torch.cat(ts), *trees))
+
+
 def prepare(model: nn.Module, x1, x2) -> tuple[Batch, Batch | None]:
     """x1, x2 as Batches on the model's device (floats in its dtype); x2 None means x1."""
     if not isinstance(model, nn.Module):

@@ -1,10 +1,11 @@
-"""Cost estimates of the empirical-NTK methods, and the choice ``method="auto"`` makes.
+"""Cost estimates of the empirical-NTK methods (what :func:`widenets.empirical.choice.choose`
+compares and ``explain`` prints).
 
 With F the forward FLOPs of one example (counted by ``torch.utils.flop_counter`` on one
 example), A the activations it saves for a reverse pass (counted on one example), P the
 number of differentiated parameters, O outputs, k = 1 (traced) or O (untraced), and the
 kernel computed in tiles of b1 x b2 examples (for x2 None only the tiles on or above the
-diagonal, each example pair once):
+diagonal, each example pair once, :class:`Tiling`):
 
 - jacobian: a forward pass and O reverse passes with weight gradients, F (1 + 2 O), for
   every example whose Jacobian is formed (the left block of a row of tiles, the right
@@ -17,19 +18,16 @@ diagonal, each example pair once):
   products through the x2 block); holds b1 O P rows and the tangents of b1 O b2 passes.
 - loop: the Jacobian contraction with one reverse pass per example and output in a
   Python loop (no ``vmap``): the arithmetic of the tiled jacobian, far more wall time;
-  holds one example's activations. Never the first choice: ``auto`` uses it only when
-  the others cannot run the model.
-- structured: F (1 + O) per example (reverse passes for the g's, no weight gradients),
-  plus the per-layer costs of :func:`widenets.empirical.structured.layer_cost`, plus the
-  Jacobian contraction of the parameters outside supported layers. Batched and traced
-  ("streamed"), each tile runs its own passes over both blocks and holds the activations
-  of those passes and the features of one output and one layer at a time.
+  holds one example's activations.
+- structured, in a variant (:data:`widenets.empirical.structured.VARIANTS`): F (1 + O)
+  per example (reverse passes for the g's, no weight gradients; "per_output": a forward
+  and a reverse pass per output, 2 F O), plus each layer's cost in its mode
+  (:func:`layer_options`), plus the Jacobian contraction of the parameters outside
+  recognised layers. "streamed" runs its own passes over both blocks of each tile and
+  holds the activations of those passes and the features of one output and one layer.
 
-These are estimates of arithmetic, not timings; ``explain`` prints them so the choice can
-be checked and overridden with ``method=...``. ``auto`` takes the fewest FLOPs; estimates
-within :data:`TIE` of each other count as a tie, broken by the smaller memory. Methods that
-cannot run the model (``CostReport.skipped``, with the first line of their error) are
-passed over, in the order of :meth:`CostReport.order`, down to the loop.
+These are estimates of arithmetic, not timings; ``explain`` prints them with the choice
+made from them, which can be overridden with ``method=...``.
 """
 
 from __future__ import annotations
@@ -40,13 +38,9 @@ from dataclasses import dataclass, field
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-from widenets.empirical import structured
 from widenets.empirical._common import Batch, call
-from widenets.empirical.structured import layer_cost
 
 METHODS = ("jacobian", "ntk_vector", "structured", "loop")
-#: estimates within this factor of the fewest FLOPs are a tie, broken by memory
-TIE = 1.25
 
 
 def forward_flops(model, params: dict, frozen: dict, batch: Batch) -> float:
@@ -91,13 +85,15 @@ class MethodCost:
     flops: float
     scalars: float  # largest number of scalars held at once (features of a block + tile)
     note: str = ""
-    variant: str | None = None  # structured: how (structured.VARIANTS)
+    variant: str | None = None  # jacobian: "streamed" or None (tiles); structured: how
     chunk: int | None = None  # structured, per output: examples per pass
+    modes: dict | None = None  # structured: {layer key: how it is contracted}
 
 
 @dataclass
 class CostReport:
-    """Estimated cost of each method; ``method`` is what ``"auto"`` picks."""
+    """Estimated cost of each method, the order in which ``"auto"`` tries them and why
+    (:func:`widenets.empirical.choice.choose`); ``method`` is what ``"auto"`` runs."""
 
     n1: int
     n2: int
@@ -109,22 +105,14 @@ class CostReport:
     budget: float = math.inf  # scalars; methods holding more are chosen only if none fit
     #: methods that cannot run this model: {method: "ErrorType: first line of the error"}
     skipped: dict = field(default_factory=dict)
-
-    def _best(self, costs: list[MethodCost]) -> MethodCost:
-        fit = [c for c in costs if c.scalars <= self.budget] or costs
-        least = min(c.flops for c in fit)
-        ties = [c for c in fit if c.flops <= TIE * least]
-        return min(ties, key=lambda c: (c.scalars, c.flops))
+    #: every method, in the order ``auto`` prefers them (the loop last)
+    preference: list[str] = field(default_factory=list)
+    #: why the choice is what it is, one line each
+    reasons: list[str] = field(default_factory=list)
 
     def order(self) -> list[str]:
         """Every method, in the order ``auto`` prefers them (the loop last)."""
-        rest = [c for c in self.costs if c.method != "loop"]
-        out = []
-        while rest:
-            best = self._best(rest)
-            out.append(best.method)
-            rest.remove(best)
-        return [*out, "loop"]
+        return list(self.preference)
 
     @property
     def method(self) -> str:
@@ -149,6 +137,7 @@ class CostReport:
             lines.append(
                 f"{c.method:<12}{c.flops / 1e9:>12.3f}{c.scalars / 1e6:>12.2f}  {c.note}{mark}"
             )
+        lines += [f"- {r}" for r in self.reasons]
         return "\n".join(lines)
 
     __repr__ = __str__
@@ -162,84 +151,81 @@ class Shape:
     f_flops: float
     act: float  # activations saved per example
     y_numel: float  # outputs of the structured layers per example (their g's)
-    batched: bool  # structured: batched passes (every parameter in a supported layer)
 
 
-def _tiling(n1, n2, b1, b2, same):
-    """(example pairs contracted, examples whose features are formed for left/right
-    blocks, examples run through per-tile passes, tiles)."""
+@dataclass(frozen=True)
+class Tiling:
+    """How a request is cut into tiles, as the estimates count it."""
+
+    n1: int
+    n2: int
+    block: tuple[int, int]
+    same: bool  # x2 None: only the tiles on or above the diagonal
+    pairs: float  # example pairs contracted
+    feats: float  # examples whose features are formed for left/right blocks
+    per_tile: float  # examples run through per-tile passes
+    span: int  # examples whose features a tile holds
+    tile: float  # scalars of one tile
+
+
+def tiling(n1, n2, block, trace, n_out, same) -> Tiling:
+    b1, b2 = block
     t1, t2 = math.ceil(n1 / b1), math.ceil(n2 / b2)
     if same:
-        tiles = t1 * (t1 + 1) // 2
         pairs = n1 * (n1 + b1) / 2
         feats = n1 + n1 * (t1 - 1) / 2
         per_tile = n1 + (t1 - 1) * n1
     else:
-        tiles = t1 * t2
         pairs = n1 * n2
         feats = n1 + t1 * n2
         per_tile = t1 * n2 + t2 * n1
-    return pairs, feats, per_tile, tiles
-
-
-def estimate(
-    n1, n2, params, specs, shape: Shape, block, trace, same=False, budget=math.inf, stream=False
-) -> CostReport:
-    """The cost of every method for this model and batch (see module docstring);
-    ``stream``: the Jacobian contraction may stream over parameter slices (no batch_size
-    given), which it does when a slice fits the budget."""
-    o, f, act = shape.n_out, shape.f_flops, shape.act
-    k = 1 if trace else o
-    p = sum(v.numel() for v in params.values())
-    b1, b2 = block
-    tile = b1 * b2 * (1 if trace else o**2)
-    pairs, feats, per_tile, _ = _tiling(n1, n2, b1, b2, same)
     # examples whose features a tile holds: one block when x2 is None and one tile covers
     # it (the diagonal tile reuses its left features), else the two blocks of the tile
     span = b1 if same and b1 >= n1 else b1 + b2
-    rep = CostReport(n1, n2, o, p, f, block, budget=budget)
-    streamed = _streamed_jacobian(n1, n2, params, shape, trace, same, budget) if stream else None
-    rep.costs.append(
-        streamed
-        or MethodCost(
-            "jacobian",
-            feats * f * (1 + 2 * o) + pairs * 2 * k * o * p,
-            span * o * p + max(b1, b2) * (o + 1) * act + tile,
-        )
+    tile = b1 * b2 * (1 if trace else n_out**2)
+    return Tiling(n1, n2, (b1, b2), same, pairs, feats, per_tile, span, tile)
+
+
+def jacobian_cost(t: Tiling, params, shape: Shape, trace, budget, stream) -> MethodCost:
+    """Jacobian contraction in tiles, or streamed over parameter slices (``stream``: no
+    batch_size given) when a slice fits the budget (``variant`` "streamed")."""
+    streamed = (
+        _streamed_jacobian(t.n1, t.n2, params, shape, trace, t.same, budget) if stream else None
     )
-    rep.costs.append(
-        MethodCost(
-            "ntk_vector",
-            n1 * f * (1 + 2 * o) + pairs * o * 3 * f,
-            b1 * o * p + b1 * o * b2 * act + (o + 1) * b1 * act + tile,
-        )
+    if streamed is not None:
+        return streamed
+    o, f, act = shape.n_out, shape.f_flops, shape.act
+    k = 1 if trace else o
+    p = sum(v.numel() for v in params.values())
+    b1, b2 = t.block
+    return MethodCost(
+        "jacobian",
+        t.feats * f * (1 + 2 * o) + t.pairs * 2 * k * o * p,
+        t.span * o * p + max(b1, b2) * (o + 1) * act + t.tile,
     )
-    covered = {s.weight for s in specs} | {s.bias for s in specs}
-    p_rest = sum(v.numel() for n, v in params.items() if n not in covered)
-    if not (shape.batched and not p_rest):
-        variants = ["per_example"]
-    else:
-        variants = ["streamed", "per_output"] if trace else ["batched"]
-    forced = structured.FORCE_VARIANT
-    if forced == "per_example" or forced in variants:
-        variants = [forced]
-    options = [
-        _structured(
-            v, specs, shape, p_rest, trace, block, span, pairs, feats, per_tile, tile, budget
-        )
-        for v in variants
-    ]
-    fit = [c for c in options if c.scalars <= budget] or options
-    rep.costs.append(min(fit, key=lambda c: (c.flops, c.scalars)))
-    rep.costs.append(
-        MethodCost(
-            "loop",
-            feats * f * (1 + 2 * o) + pairs * 2 * k * o * p,
-            span * o * p + (o + 1) * act + tile,
-            "a reverse pass per example and output, no vmap (last resort)",
-        )
+
+
+def ntk_vector_cost(t: Tiling, params, shape: Shape) -> MethodCost:
+    o, f, act = shape.n_out, shape.f_flops, shape.act
+    p = sum(v.numel() for v in params.values())
+    b1, b2 = t.block
+    return MethodCost(
+        "ntk_vector",
+        t.n1 * f * (1 + 2 * o) + t.pairs * o * 3 * f,
+        b1 * o * p + b1 * o * b2 * act + (o + 1) * b1 * act + t.tile,
     )
-    return rep
+
+
+def loop_cost(t: Tiling, params, shape: Shape, trace) -> MethodCost:
+    o, f, act = shape.n_out, shape.f_flops, shape.act
+    k = 1 if trace else o
+    p = sum(v.numel() for v in params.values())
+    return MethodCost(
+        "loop",
+        t.feats * f * (1 + 2 * o) + t.pairs * 2 * k * o * p,
+        t.span * o * p + (o + 1) * act + t.tile,
+        "a reverse pass per example and output, no vmap (last resort)",
+    )
 
 
 def _streamed_jacobian(n1, n2, params, shape: Shape, trace, same, budget) -> MethodCost | None:
@@ -272,7 +258,60 @@ def _streamed_jacobian(n1, n2, params, shape: Shape, trace, same, budget) -> Met
         passes * n * f * (1 + 2 * outputs) + pairs * 2 * (1 if trace else o) * o * p,
         n * outputs * per_slice + chunk * (outputs + 1) * shape.act + n1 * n2 * outputs**2,
         f"streamed, {len(slices)} parameter slices",
+        variant="streamed",
     )
+
+
+@dataclass
+class LayerCost:
+    """One layer's share of the structured method in one mode: FLOPs per example whose
+    features are formed and per pair of examples contracted, scalars held per example of
+    a block and per pair of a tile."""
+
+    mode: str
+    per_example: float
+    per_pair: float
+    held_example: float
+    held_pair: float = 0.0
+
+
+def layer_options(
+    spec, n_out: int, trace: bool, one_output: bool = False, grams_per_output: bool = False
+) -> dict[str, LayerCost]:
+    """The ways to contract one layer (see :mod:`widenets.empirical.structured`) and the
+    cost of each: {"norm"} or {"factored"} (one position), else {"materialised",
+    "pairwise"}.
+
+    ``one_output``: one output at a time (batched traced kernels), so only the features
+    of one output are held; ``grams_per_output``: the Gram matrices of the patches are
+    formed again for every output."""
+    k = 1 if trace else n_out  # output pairs per output
+    held_out = 1 if one_output else n_out
+    uu = n_out if grams_per_output else 1
+    if spec.norm:
+        p = spec.out * ((spec.weight is not None) + (spec.bias is not None))
+        cost = LayerCost(
+            "norm", 4 * n_out * math.prod(spec.y_shape), 2 * k * n_out * p, held_out * p
+        )
+        return {"norm": cost}
+    if spec.L == 1:
+        cost = LayerCost(
+            "factored",
+            0.0,
+            2 * (uu * spec.fan_in + k * n_out * spec.out),
+            held_out * spec.out + spec.fan_in,
+        )
+        return {"factored": cost}
+    p = spec.out * spec.fan_in
+    mat = LayerCost("materialised", 2 * n_out * spec.L * p, 2 * k * n_out * p, held_out * p)
+    pair = LayerCost(
+        "pairwise",
+        0.0,
+        2 * spec.L**2 * (uu * spec.fan_in + k * n_out * spec.out),
+        held_out * spec.L * spec.out + spec.L * spec.fan_in,
+        spec.L**2 * (1 + (1 if trace else n_out**2)),
+    )
+    return {"materialised": mat, "pairwise": pair}
 
 
 #: scalars a batched pass holds per example, in units of its saved activations
@@ -280,15 +319,17 @@ def _streamed_jacobian(n1, n2, params, shape: Shape, trace, same, budget) -> Met
 C_ACT = 3.0
 
 
-def _structured(
-    variant, specs, shape, p_rest, trace, block, span, pairs, feats, per_tile, tile, budget
-):
-    """The structured method's cost in one variant (see structured.VARIANTS)."""
+def structured_cost(
+    t: Tiling, variant: str, layers: dict, shape: Shape, p_rest: int, trace, budget
+) -> MethodCost:
+    """The structured method's cost in one variant, with ``layers`` {layer key:
+    LayerCost} in the chosen modes."""
     o, f, act = shape.n_out, shape.f_flops, shape.act
     k = 1 if trace else o
-    b1, b2 = block
+    b1, b2 = t.block
+    pairs, span, tile = t.pairs, t.span, t.tile
     one = variant in ("streamed", "per_output")
-    examples = per_tile if one else feats
+    examples = t.per_tile if one else t.feats
     chunk = None
     if variant == "per_output":  # a forward and a reverse pass per output
         flops = examples * o * 2 * f
@@ -300,16 +341,16 @@ def _structured(
     else:
         flops = examples * f * (1 + o) + pairs * 2 * k * o * p_rest
         held = span * o * (p_rest + shape.y_numel) + max(b1, b2) * (o + 1) * act + tile
-    modes, layer_held = {}, []
-    for s in specs:
-        c = layer_cost(s, max(1, int((b1 * b2) ** 0.5)), o, trace, one, variant == "per_output")
+    counts, layer_held = {}, []
+    for c in layers.values():
         flops += examples * c.per_example + pairs * c.per_pair
         layer_held.append(span * c.held_example + b1 * b2 * c.held_pair)
-        modes[c.mode] = modes.get(c.mode, 0) + 1
+        counts[c.mode] = counts.get(c.mode, 0) + 1
     if layer_held:  # streamed: one layer's features at a time; else all of them
         held += max(layer_held) if variant == "streamed" else sum(layer_held)
     how = variant.replace("_", " ") + (f", chunks of {chunk}" if chunk else "")
-    note = f"{len(specs)} structured layers {modes}, {how}" if specs else "no supported layers"
+    note = f"{len(layers)} structured layers {counts}, {how}" if layers else "no supported layers"
     if p_rest:
         note += f", {p_rest:,} params by Jacobian"
-    return MethodCost("structured", flops, held, note, variant, chunk)
+    modes = {key: c.mode for key, c in layers.items()}
+    return MethodCost("structured", flops, held, note, variant, chunk, modes)

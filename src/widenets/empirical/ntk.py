@@ -62,7 +62,6 @@ from torch.utils._pytree import tree_flatten
 from tqdm.auto import tqdm
 
 from widenets.compute import check_batch_size
-from widenets.empirical import structured
 from widenets.empirical._checks import check_per_example
 from widenets.empirical._common import Batch, eval_mode, model_device, model_dtype, prepare
 from widenets.empirical._methods import (
@@ -71,9 +70,11 @@ from widenets.empirical._methods import (
     NtkVectorMethod,
     StreamedJacobian,
 )
-from widenets.empirical.cost import CostReport, Shape, activation_numel, estimate, forward_flops
+from widenets.empirical.choice import Choice, Force, choose
+from widenets.empirical.cost import CostReport, Shape, activation_numel, forward_flops
+from widenets.empirical.layer_structure import find_layers
 from widenets.empirical.params import select_params
-from widenets.empirical.structured import StructuredMethod, find_layers
+from widenets.empirical.structured import StructuredMethod
 
 METHODS = ("auto", "jacobian", "ntk_vector", "structured", "loop")
 #: scalars held at once (features of two blocks and a tile); float64: 512 MiB
@@ -92,12 +93,23 @@ def _check_batch_size(batch_size, n1, n2):
 
 
 class _Setup:
-    """Everything the methods and the cost estimate need, computed once."""
+    """Everything the methods and the cost estimate need, computed once; ``choice``:
+    the method, variant and blocks (:func:`widenets.empirical.choice.choose`)."""
 
     def __init__(
-        self, model, x1: Batch, x2: Batch | None, params, trace, batch_size, method="auto"
+        self,
+        model,
+        x1: Batch,
+        x2: Batch | None,
+        params,
+        trace,
+        batch_size,
+        method="auto",
+        force: Force | None = None,
     ):
         self.model, self.x1, self.x2, self.trace = model, x1, x2, trace
+        self.force = force or Force()
+        self.budget = self.force.budget or MEMORY_SCALARS
         sel = select_params(model, params)
         self.params = {k: v.detach() for k, v in sel.items()}
         self.frozen = {k: v.detach() for k, v in model.named_parameters() if k not in sel}
@@ -117,15 +129,8 @@ class _Setup:
             act = activation_numel(model, self.params, self.frozen, x1)
         except Exception:  # noqa: BLE001 - a rough guess: the forward's outputs
             act = f_flops / 100
-        covered = {s.weight for s in self.specs} | {s.bias for s in self.specs}
-        batched = bool(self.specs) and all(k in covered for k in self.params)
-        # check_per_example passed: the examples of a batch are independent, so batched
-        # passes (structured) give each example's derivatives
-        if structured.FORCE_VARIANT is not None:
-            batched = batched and structured.FORCE_VARIANT != "per_example"
-        self.batched = batched
         y_numel = float(sum(math.prod(s.y_shape) for s in self.specs))
-        self.shape = Shape(self.n_out, f_flops, act, y_numel, batched)
+        self.shape = Shape(self.n_out, f_flops, act, y_numel)
         n1 = x1.n
         n2 = n1 if x2 is None else x2.n
         self.n1, self.n2 = n1, n2
@@ -135,7 +140,8 @@ class _Setup:
 
     def _plan(self, method: str) -> None:
         """Blocks sized for the method used ("auto": the one it picks among those not
-        skipped), the cost report for them, and that method's name."""
+        skipped), and the choice for them (``choice``; its ``report``, and the method's
+        name ``method_name``)."""
         n1, n2, fixed = self.n1, self.n2, self.batch_size
         if self.x2 is not None and fixed is None:
             fixed = self._fit(method, n1, n2, lambda b1, b2: b1 >= b2)
@@ -144,8 +150,9 @@ class _Setup:
         if self.x2 is None:
             fixed = (min(fixed),) * 2
         self.block = fixed
-        self.report = self._report(fixed)
-        self.method_name = self.report.method if method == "auto" else method
+        self.choice = self._choose(fixed, method)
+        self.report = self.choice.report
+        self.method_name = self.choice.method
 
     def skip(self, name: str, error: BaseException) -> None:
         """Method ``name`` cannot run this model: remember why (for this kind of model,
@@ -158,11 +165,10 @@ class _Setup:
 
     def _fit(self, method, b1, b2, halve_first):
         """Halve the blocks until the method used (for "auto": the one it would pick among
-        those that fit) holds at most MEMORY_SCALARS scalars."""
+        those that fit) holds at most ``budget`` scalars."""
         while True:
-            rep = self._report((b1, b2))
-            name = rep.method if method == "auto" else method
-            if rep.cost(name).scalars <= MEMORY_SCALARS or (b1 == 1 and b2 == 1):
+            choice = self._choose((b1, b2), method)
+            if choice.report.cost(choice.method).scalars <= self.budget or (b1 == 1 and b2 == 1):
                 return b1, b2
             if halve_first is None:  # x2 None: square blocks
                 b1 = b2 = max(1, b1 // 2)
@@ -171,21 +177,22 @@ class _Setup:
             else:
                 b2 = max(1, b2 // 2)
 
-    def _report(self, block) -> CostReport:
-        rep = estimate(
-            self.n1,
-            self.n2,
+    def _choose(self, block, method) -> Choice:
+        return choose(
             self.params,
             self.specs,
             self.shape,
+            self.n1,
+            self.n2,
             block,
-            self.trace,
+            trace=self.trace,
             same=self.x2 is None,
-            budget=MEMORY_SCALARS,
             stream=self.stream,
+            budget=self.budget,
+            method=method,
+            skipped=self.skipped,
+            force=self.force,
         )
-        rep.skipped = dict(self.skipped)
-        return rep
 
     def method(self, name: str):
         args = (self.model, self.params, self.frozen, self.n_out, self.trace)
@@ -195,13 +202,14 @@ class _Setup:
             return NtkVectorMethod(*args)
         if name == "loop":
             return LoopMethod(*args)
-        cost = self.report.cost("structured")
+        how = self.choice.structured
         return StructuredMethod(
             *args,
             self.specs,
-            max(1, int((self.block[0] * self.block[1]) ** 0.5)),
-            variant=cost.variant,
-            chunk=cost.chunk,
+            how.variant,
+            how.modes,
+            chunk=how.chunk,
+            reverse_batch=self.choice.reverse_batch,
         )
 
 
@@ -277,11 +285,36 @@ def ntk(
     Returns:
         A detached tensor in the model's dtype.
     """
+    return _ntk(
+        model,
+        x1,
+        x2,
+        params=params,
+        trace_outputs=trace_outputs,
+        method=method,
+        batch_size=batch_size,
+        progress=progress,
+    )
+
+
+def _ntk(
+    model,
+    x1,
+    x2=None,
+    *,
+    params=None,
+    trace_outputs=True,
+    method="auto",
+    batch_size=None,
+    progress=None,
+    force: Force | None = None,
+) -> Tensor:
+    """:func:`ntk`, with parts of the choice made by ``force`` (tests)."""
     if method not in METHODS:
         raise ValueError(f"`method` must be one of {METHODS}, got {method!r}.")
     x1, x2 = prepare(model, x1, x2)
     with eval_mode(model):
-        setup = _Setup(model, x1, x2, params, trace_outputs, batch_size, method)
+        setup = _Setup(model, x1, x2, params, trace_outputs, batch_size, method, force)
         if method != "auto":
             return _run_explicit(setup, method, progress).detach()
         while True:
@@ -298,10 +331,9 @@ def ntk(
 
 
 def _run(setup: _Setup, name: str, progress) -> Tensor:
-    if name == "jacobian" and setup.stream:
+    if name == "jacobian" and setup.choice.streamed_jacobian:
         streamed = _streamed_jacobian(setup, setup.x1, setup.x2)
-        if streamed is not None:
-            return _run_streamed(streamed, setup.x1, setup.x2, progress)
+        return _run_streamed(streamed, setup.x1, setup.x2, progress)
     m = setup.method(name)
     return _tiled(m, setup.x1, setup.x2, setup.block, setup.n_out, setup.trace, progress)
 
@@ -392,20 +424,23 @@ def _trial(setup: _Setup, name: str) -> None:
     _tiled(setup.method(name), a, b, block, setup.n_out, setup.trace, False)
 
 
-def _streamed_jacobian(setup: _Setup, x1: Batch, x2: Batch | None) -> StreamedJacobian | None:
-    """Jacobian contraction streamed over parameter slices (no Jacobian formed twice), if
-    one slice's Jacobians of all examples fit the memory budget; else None (tiles)."""
+def _streamed_jacobian(setup: _Setup, x1: Batch, x2: Batch | None) -> StreamedJacobian:
+    """Jacobian contraction streamed over parameter slices (no Jacobian formed twice), as
+    chosen: one slice's Jacobians of all examples fit the memory budget."""
     n = x1.n + (0 if x2 is None else x2.n)
-    return StreamedJacobian.plan(
+    m = StreamedJacobian.plan(
         setup.model,
         setup.params,
         setup.frozen,
         setup.n_out,
         setup.trace,
         n,
-        MEMORY_SCALARS,
+        setup.budget,
         setup.shape.act,
     )
+    if m is None:  # the estimate (cost._streamed_jacobian) found slices: so must this
+        raise RuntimeError("internal error: the streamed Jacobian's slices do not fit.")
+    return m
 
 
 def _run_streamed(m: StreamedJacobian, x1, x2, progress) -> Tensor:
@@ -432,11 +467,21 @@ def explain(
     ``print(explain(model, x1, x2))`` shows a table; ``.method`` is what ``"auto"`` uses:
     the cheapest by the estimate that can run the model, found (unless already known for
     this kind of model) by trying the methods in turn on two examples; ``.skipped`` holds
-    the ones that cannot, with the first line of their error.
+    the ones that cannot, with the first line of their error; ``.reasons`` says why the
+    choice (method, structured variant) is what it is.
     """
+    return _explain(
+        model, x1, x2, params=params, trace_outputs=trace_outputs, batch_size=batch_size
+    )
+
+
+def _explain(
+    model, x1, x2=None, *, params=None, trace_outputs=True, batch_size=None, force=None
+) -> CostReport:
+    """:func:`explain`, with parts of the choice made by ``force`` (tests)."""
     x1, x2 = prepare(model, x1, x2)
     with eval_mode(model):
-        setup = _Setup(model, x1, x2, params, trace_outputs, batch_size)
+        setup = _Setup(model, x1, x2, params, trace_outputs, batch_size, force=force)
         while True:  # which method auto runs: try it on two examples unless known
             name = setup.method_name
             if name == "loop" or name in setup.known:
