@@ -356,7 +356,9 @@ def test_network_that_cannot_list_pairs_is_looped():
 
     from widenets.layers.base import Layer
 
-    class Opaque(Layer):  # the identity, without declaring the packed layout
+    class Opaque(Layer):  # the identity, declaring that it cannot take the packed layout
+        handles_packed_pairs = False
+
         def kernel_fn(self, k):
             return k
 
