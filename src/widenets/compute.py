@@ -21,7 +21,7 @@ import threading
 import torch
 from torch import Tensor
 
-from widenets._malloc import keep_freed_memory
+from widenets._malloc import tune_if_asked
 from widenets._pool import default_workers, others_running, run_tasks
 from widenets.errors import NonFiniteKernelError, check_get, shape_str
 from widenets.kernel import Kernel, input_kernel, input_variances, slice_pairs
@@ -174,7 +174,7 @@ def evaluate_kernel(
 ) -> Kernel:
     """Fold ``layer`` over the input kernel of (x1, x2), tile by tile. See ``Layer.kernel``."""
     names = check_get(get)
-    keep_freed_memory()
+    tune_if_asked()  # process-wide: only when WIDENETS_MALLOC=tuned
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise ValueError(f"`dtype` must be a floating torch dtype, got {dtype!r}.")
     prep = prepare_inputs(layer, x1, x2, dtype)  # NaN/inf rejected, overflow rescaled
