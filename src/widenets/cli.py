@@ -37,7 +37,9 @@ class _OneLineErrors(TyperGroup):
             rv = super().main(args, prog_name, complete_var, standalone_mode=False, **extra)
         except typer.TyperException as err:
             if type(err).__name__ == "NoArgsIsHelpError":  # `widenets` alone: the help
-                err.show()
+                text = err.ctx.get_help()  # rich help prints itself and returns ""
+                if text:
+                    typer.echo(text)
                 sys.exit(2)
             ctx = getattr(err, "ctx", None)
             where = ctx.command_path if ctx is not None else "widenets"

@@ -76,7 +76,7 @@ class _Progress:
             return lambda n: None
         from tqdm.auto import tqdm
 
-        self._bar = tqdm(total=total or 1, desc=f"{name:<28}", unit="step", leave=True)
+        self._bar = tqdm(total=total or 1, desc=name, unit="step", leave=True)
         return self._bar.update
 
     def say(self, text: str) -> None:
@@ -242,7 +242,11 @@ def run(
         tensors["infinite"] = inf_t
         finite = {}
         results["finite"] = []
-        per_net = cfg.steps * (2 if cfg.sgd_batch_size else 1)
+
+        def per_net(seed):  # training runs of one network: GD, SGD, the linearisation
+            lin = cfg.linearize and seed < cfg.linearize_seeds
+            return cfg.steps * (1 + bool(cfg.sgd_batch_size) + lin)
+
         for width in cfg.widths:
             for seed in range(cfg.seeds):
                 res, tens = stage(
@@ -250,7 +254,7 @@ def run(
                     lambda tick, w=width, s=seed: stages.finite_stage(
                         cfg, ds, y, y_test, K, inf_t, lr, w, s, tick
                     ),
-                    total=per_net,
+                    total=per_net(seed),
                     depends=("kernels", "infinite"),
                 )
                 finite[(width, seed)] = (res, tens)
