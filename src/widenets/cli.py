@@ -331,7 +331,9 @@ def kernel(
     out: Annotated[Path, typer.Option(help="Output .pt file.", rich_help_panel=RUN)] = Path(
         "kernel.pt"
     ),
-    quiet: Annotated[bool, typer.Option("--quiet", "-q", rich_help_panel=RUN)] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress bar.", rich_help_panel=RUN)
+    ] = False,
 ):
     """Compute the NNGP and NTK (train-train and test-train) of a named architecture on a
     dataset and save them with torch.save (plus the resolved config as JSON beside it)."""
