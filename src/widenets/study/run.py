@@ -81,18 +81,15 @@ class _Progress:
 
     def say(self, text: str) -> None:
         """A line above the bars."""
+        self._close()
         if not self.quiet:
             from tqdm.auto import tqdm
 
             tqdm.write(text)
 
-    def finish(self, note: str = ""):
+    def finish(self):
         if self._bar is not None:
-            bar = self._bar
-            bar.n = bar.total
-            if note:
-                bar.set_description_str(bar.desc.rstrip() + note, refresh=False)
-            bar.refresh()
+            self._bar.n = self._bar.total
             self._close()
 
 
@@ -206,8 +203,7 @@ def run(
                         if not quiet:
                             progress.say(recomputed)
                 else:
-                    progress.stage(name, total)
-                    progress.finish(" (resumed)")
+                    progress.say(f"{name}: resumed")
                     results["stages"][name] = {"status": "resumed", "seconds": 0.0}
                     return res, tens
             tick = progress.stage(name, total)
