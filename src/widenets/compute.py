@@ -26,7 +26,7 @@ import threading
 import torch
 from torch import Tensor
 
-from widenets._malloc import keep_freed_memory
+from widenets._malloc import tune_if_asked
 from widenets._pool import default_workers, others_running
 from widenets.errors import NonFiniteKernelError, check_get, shape_str
 from widenets.executors import KernelSink, LocalExecutor
@@ -161,7 +161,7 @@ def evaluate_kernel(
     ``LocalExecutor`` with ``_workers`` threads) runs them through :class:`KernelWork`
     into a ``KernelSink``."""
     names = check_get(get)
-    keep_freed_memory()
+    tune_if_asked()  # process-wide: only when WIDENETS_MALLOC=tuned
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise ValueError(f"`dtype` must be a floating torch dtype, got {dtype!r}.")
     if progress is not None and not isinstance(progress, bool):

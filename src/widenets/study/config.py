@@ -1,18 +1,22 @@
 """The study's configuration: defaults, TOML input and output, and validation.
 
-A configuration is a flat set of keys (see :data:`DEFAULTS`). Values come, in increasing
-priority, from the defaults, a TOML file and explicit overrides (the command line). Every
+A configuration is a flat set of keys (see :data:`DEFAULTS`); a TOML file may group them in
+tables (:func:`flatten`). Values come, in increasing priority, from the defaults, a TOML
+file and explicit overrides (the command line). Every
 check runs in :func:`resolve`, before any work starts, and every error names the key.
 """
 
 from __future__ import annotations
 
+import difflib
 import hashlib
 import json
 import math
 import tomllib
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+
+import tomli_w
 
 from widenets.study.architectures import ACTIVATIONS, available_architectures
 
@@ -167,7 +171,7 @@ def _check(cfg: dict) -> dict:
     c["lr_factor"] = _real("lr_factor", c["lr_factor"], positive=True)
     c["sgd_batch_size"] = _int("sgd_batch_size", c["sgd_batch_size"], 0)
     if c["sgd_batch_size"] > c["n_train"]:
-        _fail("sgd_batch_size", f"at most n_train={c['n_train']}", c["sgd_batch_size"])
+        _fail("sgd_batch_size", f"at most n_train={c['n_train']} (0: no SGD)", c["sgd_batch_size"])
     for key in ("center", "linearize"):
         if not isinstance(c[key], bool):
             _fail(key, "true or false", c[key])
@@ -202,7 +206,7 @@ def _real_list(key, value, *, positive=False) -> list[float]:
 
 
 def load_toml(path) -> dict:
-    """The keys of a TOML file (flat, or grouped in tables whose keys are config keys)."""
+    """The keys of a TOML file, flat (see :func:`flatten` for sections)."""
     path = Path(path)
     if not path.is_file():
         raise ValueError(f"config file {str(path)!r} does not exist.")
@@ -211,12 +215,43 @@ def load_toml(path) -> dict:
             raw = tomllib.load(f)
     except tomllib.TOMLDecodeError as err:
         raise ValueError(f"config file {str(path)!r} is not valid TOML: {err}") from None
-    flat = {}
+    return flatten(raw, str(path))
+
+
+#: keys whose value is itself a table: a TOML table of that name is the value, not a section
+TABLE_KEYS = ("data_options",)
+
+
+def flatten(raw: dict, where: str = "config") -> dict:
+    """Config keys from a dict that may group them in sections (TOML tables).
+
+    A table is a section whose entries are config keys (its name is free: ``[model]``,
+    ``[data]``, ``[finite]``, ...), except a table named after a key that holds a table
+    (``data_options``), which is that key's value. In a section named after a key, ``name``
+    stands for that key: ``[data]`` with ``name = "digits"`` sets ``data``. A key given twice
+    (in two sections, or in a section and at the top) is an error.
+    """
+    flat: dict = {}
+
+    def put(key, value, section):
+        if key in flat:
+            place = f"section [{section}]" if section else "the top level"
+            raise ValueError(f"config key `{key}` is given twice in {where} (again in {place}).")
+        flat[key] = value
+
     for key, value in raw.items():
-        if isinstance(value, dict) and key not in KEYS:  # a [section] of keys
-            flat.update(value)
+        if isinstance(value, dict) and key not in TABLE_KEYS:
+            for sub, v in value.items():
+                if sub == "name" and key in KEYS:
+                    sub = key
+                if isinstance(v, dict) and sub not in TABLE_KEYS:
+                    raise ValueError(
+                        f"section [{key}.{sub}] of {where}: sections do not nest; write the "
+                        f"keys of [{key}.{sub}] in [{key}]."
+                    )
+                put(sub, v, key)
         else:
-            flat[key] = value
+            put(key, value, None)
     return flat
 
 
@@ -232,7 +267,7 @@ def resolve(config=None, **overrides) -> StudyConfig:
     elif isinstance(config, StudyConfig):
         given = config.to_dict()
     elif isinstance(config, dict):
-        given = dict(config)
+        given = flatten(config)
     elif isinstance(config, (str, Path)):
         given = load_toml(config)
     else:
@@ -242,30 +277,19 @@ def resolve(config=None, **overrides) -> StudyConfig:
     given.update({k: v for k, v in overrides.items() if v is not None})
     unknown = sorted(set(given) - set(KEYS))
     if unknown:
-        raise ValueError(f"unknown config key(s) {unknown}; known keys: {list(KEYS)}.")
+        close = {k: difflib.get_close_matches(k, KEYS, n=1) for k in unknown}
+        hint = "; ".join(f"{k!r}: did you mean {c[0]!r}?" for k, c in close.items() if c)
+        raise ValueError(
+            f"unknown config key(s) {unknown}{' (' + hint + ')' if hint else ''}; known keys: "
+            f"{list(KEYS)}."
+        )
     merged = {**StudyConfig().to_dict(), **given}
     return StudyConfig(**_check(merged))
 
 
-# ---------------------------------------------------------------------------------------------
-# a minimal TOML writer for the flat configuration (tomllib only reads)
-
-
-def _toml_value(v) -> str:
-    if isinstance(v, bool):
-        return "true" if v else "false"
-    if isinstance(v, (int, float)):
-        return repr(v)
-    if isinstance(v, str):
-        return json.dumps(v)
-    if isinstance(v, (list, tuple)):
-        return "[" + ", ".join(_toml_value(x) for x in v) + "]"
-    if isinstance(v, dict):
-        return "{" + ", ".join(f"{k} = {_toml_value(x)}" for k, x in v.items()) + "}"
-    raise TypeError(f"cannot write {v!r} as TOML.")
+TOML_HEADER = "# widenets study: the fully resolved configuration (rerun with --config)\n"
 
 
 def dump_toml(d: dict) -> str:
-    lines = ["# widenets study: the fully resolved configuration (rerun with --config)"]
-    lines += [f"{k} = {_toml_value(v)}" for k, v in d.items()]
-    return "\n".join(lines) + "\n"
+    """The configuration as TOML text (tomli-w), with a header line saying what it is."""
+    return TOML_HEADER + tomli_w.dumps(d)

@@ -20,7 +20,13 @@ import torch
 import widenets as wn
 from widenets.study import findings, report, stages, theory_checks
 from widenets.study.config import StudyConfig, resolve
-from widenets.study.store import StageStore, StaleStage, atomic_json, check_writable
+from widenets.study.store import (
+    StageStore,
+    StaleStage,
+    atomic_json,
+    atomic_write,
+    check_output,
+)
 
 
 class StudyError(RuntimeError):
@@ -43,48 +49,88 @@ def versions() -> dict:
 
 
 class _Progress:
-    """A rich progress bar over training steps, or nothing when quiet."""
+    """One tqdm bar per stage over its training steps (on stderr), or nothing when quiet.
 
-    def __init__(self, quiet: bool, console=None):
+    tqdm, as for the kernels' tile bars (:mod:`widenets.compute`), so a study draws one
+    kind of bar; rich is used only for the summary tables.
+    """
+
+    def __init__(self, quiet: bool):
         self.quiet = quiet
-        self.console = console
         self._bar = None
-        self._task = None
 
     def __enter__(self):
-        if not self.quiet:
-            from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
-
-            self._bar = Progress(
-                TextColumn("{task.description:<28}"),
-                BarColumn(),
-                TextColumn("{task.completed}/{task.total}"),
-                TimeElapsedColumn(),
-                console=self.console,
-                transient=False,
-            )
-            self._bar.__enter__()
         return self
 
     def __exit__(self, *exc):
+        self._close()
+
+    def _close(self):
         if self._bar is not None:
-            self._bar.__exit__(*exc)
+            self._bar.close()
+            self._bar = None
 
     def stage(self, name: str, total: int | None):
-        if self._bar is None:
+        self._close()
+        if self.quiet:
             return lambda n: None
-        self._task = self._bar.add_task(name, total=total or 1)
-        return lambda n: self._bar.advance(self._task, n)
+        from tqdm.auto import tqdm
+
+        self._bar = tqdm(total=total or 1, desc=name, unit="step", leave=True)
+        return self._bar.update
 
     def say(self, text: str) -> None:
-        """A line above the bars (or on the console when there are none)."""
-        if self._bar is not None:
-            self._bar.console.print(text, markup=False)
+        """A line above the bars."""
+        self._close()
+        if not self.quiet:
+            from tqdm.auto import tqdm
 
-    def finish(self, note: str = ""):
-        if self._bar is not None and self._task is not None:
-            task = self._bar.tasks[-1]
-            self._bar.update(self._task, completed=task.total, description=task.description + note)
+            tqdm.write(text)
+
+    def finish(self):
+        if self._bar is not None:
+            self._bar.n = self._bar.total
+            self._close()
+
+
+def fit_error(cfg: StudyConfig, ds) -> str | None:
+    """Why the architecture cannot run on the dataset's inputs, or None if it can.
+
+    Computes the infinite-width kernel of two training inputs and builds the narrowest
+    network and runs it on them: a shape mismatch shows here, before any real work.
+    """
+    from widenets.study.architectures import build_description
+
+    x = ds.x_train[:2]
+    try:
+        net = build_description(cfg, min(cfg.widths), stages.out_dim(ds))
+        net.kernel(x, get="nngp", progress=False)
+        with torch.no_grad():
+            net.build(ds.input_shape, seed=0, dtype=getattr(torch, cfg.dtype))(
+                x.to(getattr(torch, cfg.dtype))
+            )
+    except (ValueError, TypeError, RuntimeError, IndexError) as err:
+        return " ".join(str(err).split())
+    return None
+
+
+def prepare(cfg: StudyConfig):
+    """The dataset and its targets (:func:`stages.data_and_targets`), after checking that
+    the architecture fits its inputs; ValueError naming the keys otherwise."""
+    try:
+        ds, y, y_test = stages.data_and_targets(cfg)
+    except TypeError as err:  # an option the dataset's loader does not take
+        raise ValueError(
+            f"dataset `data`={cfg.data!r} cannot be loaded with these settings: {err}"
+        ) from None
+    why = fit_error(cfg, ds)
+    if why is not None:
+        raise ValueError(
+            f"architecture `arch`={cfg.arch!r} does not fit dataset `data`={cfg.data!r} "
+            f"(inputs of shape {tuple(ds.input_shape)}): {why.rstrip('.')}. Choose another "
+            "`arch` or `data`."
+        )
+    return ds, y, y_test
 
 
 def run(
@@ -92,6 +138,7 @@ def run(
     out: str | Path = "runs/study",
     *,
     resume: bool = False,
+    overwrite: bool = False,
     quiet: bool = True,
     console=None,
     **overrides,
@@ -104,21 +151,23 @@ def run(
         out: output folder (created); receives ``config.toml``, ``results.json``,
             ``runs.csv``, ``figures/*.png``, ``index.html`` and ``stages/``.
         resume: reuse the finished stages found in ``out`` (same configuration only).
+        overwrite: replace the results in a non-empty ``out`` (refused without it or
+            ``resume``, see :func:`store.check_output`).
         quiet: no progress bars or tables.
 
     Returns:
         The content of ``results.json`` as a dict.
 
     Raises:
-        ValueError / TypeError: bad configuration or output folder (before any work).
+        ValueError / TypeError: bad configuration, an architecture that does not fit the
+            dataset, or an output folder that is not writable or not empty (before any work).
         StudyError: a stage failed (finished stages stay on disk, readable).
     """
     cfg = resolve(config, **overrides)
-    out = check_writable(out)
+    ds, y, y_test = prepare(cfg)
+    out = check_output(out, resume=resume, overwrite=overwrite)
     store = StageStore(out, cfg.digest(), resume)
     atomic_json(out / "config.json", cfg.to_dict())
-    from widenets.study.store import atomic_write
-
     atomic_write(out / "config.toml", cfg.to_toml())
     results = {
         "status": "running",
@@ -128,7 +177,6 @@ def run(
         "stages": {},
         "notes": [],
     }
-    ds, y, y_test = stages.data_and_targets(cfg)
     results["dataset"] = {
         "name": ds.name,
         "task": ds.task,
@@ -140,7 +188,7 @@ def run(
     }
     tensors: dict = {}
 
-    with _Progress(quiet, console) as progress:
+    with _Progress(quiet) as progress:
 
         def stage(name, fn, total=None, depends=()):
             t0 = time.perf_counter()
@@ -155,8 +203,7 @@ def run(
                         if not quiet:
                             progress.say(recomputed)
                 else:
-                    progress.stage(name, total)
-                    progress.finish(" (resumed)")
+                    progress.say(f"{name}: resumed")
                     results["stages"][name] = {"status": "resumed", "seconds": 0.0}
                     return res, tens
             tick = progress.stage(name, total)
@@ -191,7 +238,11 @@ def run(
         tensors["infinite"] = inf_t
         finite = {}
         results["finite"] = []
-        per_net = cfg.steps * (2 if cfg.sgd_batch_size else 1)
+
+        def per_net(seed):  # training runs of one network: GD, SGD, the linearisation
+            lin = cfg.linearize and seed < cfg.linearize_seeds
+            return cfg.steps * (1 + bool(cfg.sgd_batch_size) + lin)
+
         for width in cfg.widths:
             for seed in range(cfg.seeds):
                 res, tens = stage(
@@ -199,7 +250,7 @@ def run(
                     lambda tick, w=width, s=seed: stages.finite_stage(
                         cfg, ds, y, y_test, K, inf_t, lr, w, s, tick
                     ),
-                    total=per_net,
+                    total=per_net(seed),
                     depends=("kernels", "infinite"),
                 )
                 finite[(width, seed)] = (res, tens)

@@ -271,7 +271,7 @@ class _Trainer:
                 xb, yb, fb = self.x, self.y, f0
             opt.zero_grad()
             loss = ((module(xb) - fb - yb) ** 2).sum() / (2 * yb.numel())
-            value = float(loss)
+            value = loss.item()  # float(loss) warns on a tensor that requires grad
             first_loss = value if first_loss is None else first_loss
             if not math.isfinite(value) or value > 1e6 * max(first_loss, 1e-12):
                 raise TrainingDiverged(

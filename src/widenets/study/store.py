@@ -83,6 +83,32 @@ def check_writable(out) -> Path:
     return out
 
 
+class OutputNotEmpty(ValueError):
+    """The output folder already holds files, and neither resuming nor overwriting was asked."""
+
+    def __init__(self, out: Path):
+        self.out = out
+        super().__init__(
+            f"output folder `out`={str(out)!r} is not empty; resume=True continues the study "
+            "in it, overwrite=True replaces its results."
+        )
+
+
+def check_output(out, *, resume: bool = False, overwrite: bool = False) -> Path:
+    """Check ``out`` can take a study's files, then create it (see :func:`check_writable`).
+
+    A folder that already holds anything is refused (:class:`OutputNotEmpty`) unless
+    ``resume`` (continue the study in it) or ``overwrite`` (replace its results) is set, so
+    that a second run never deletes the stages of a first one unasked.
+    """
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"output folder `out`={str(out)!r} is a file; give a folder.")
+    if not (resume or overwrite) and out.is_dir() and any(out.iterdir()):
+        raise OutputNotEmpty(out)
+    return check_writable(out)
+
+
 class StaleStage(Exception):
     """A stage file that cannot be reused; the message says why (missing, truncated or
     corrupted, another configuration, made from another version of a stage it uses)."""
