@@ -111,52 +111,25 @@ from sklearn.base import BaseEstimator, ClassifierMixin, RegressorMixin
 from sklearn.utils.multiclass import check_classification_targets, type_of_target
 from sklearn.utils.validation import check_is_fitted, validate_data
 
-from widenets import layers as L
+from widenets.architectures import ACTIVATIONS, fully_connected
 from widenets.kernel_cache import CachedKernels, KernelCache, direct_kernels
 from widenets.layers.base import Layer
 from widenets.predict import gradient_descent_mse
 from widenets.predict._linalg import Spectrum, regularize
 
-#: activation names accepted by ``architecture="fc"``
-ACTIVATIONS = {
-    "relu": L.Relu,
-    "erf": L.Erf,
-    "gelu": L.Gelu,
-    "abs": L.Abs,
-    "leaky_relu": L.LeakyRelu,
-    "sin": L.Sin,
-    "cos": L.Cos,
-    "sign": L.Sign,
-}
 ARCHITECTURES = ("fc",)
 _HERMITE_DEGREE = 48
 
 
 def fc_network(depth: int, activation="relu", w_std: float = 1.5, b_std: float = 0.05) -> Layer:
-    """``depth`` x [Dense(512, w_std, b_std), activation] + Dense(1, w_std, b_std).
+    """``depth`` x [Dense(512, w_std, b_std), activation] + Dense(1, w_std, b_std): the
+    library's one fully-connected builder, :func:`widenets.architectures.fully_connected`.
 
     The hidden width is irrelevant to the infinite-width kernels in the NTK parameterisation.
-    ``activation`` is a name in :data:`ACTIVATIONS` or a widenets activation layer.
+    ``activation`` is a name in :data:`ACTIVATIONS` (shared with the CLI and the study) or a
+    widenets activation layer.
     """
-    if isinstance(depth, bool) or not isinstance(depth, (int, np.integer)) or depth < 0:
-        raise ValueError(f"`depth` must be a non-negative integer, got {depth!r}.")
-    if isinstance(activation, str):
-        if activation.lower() not in ACTIVATIONS:
-            raise ValueError(
-                f"`activation` must be one of {sorted(ACTIVATIONS)} or a widenets activation "
-                f"layer, got {activation!r}."
-            )
-        make = ACTIVATIONS[activation.lower()]
-    elif isinstance(activation, Layer):
-        make = lambda: activation  # noqa: E731 - layers are immutable, sharing is safe
-    else:
-        raise ValueError(
-            f"`activation` must be a name or a widenets activation layer, got {activation!r}."
-        )
-    hidden = []
-    for _ in range(int(depth)):
-        hidden += [L.Dense(512, w_std, b_std), make()]
-    return L.serial(*hidden, L.Dense(1, w_std, b_std))
+    return fully_connected(depth, 512, 1, w_std, b_std, activation)
 
 
 def _check_t(t) -> float:
