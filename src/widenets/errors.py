@@ -41,6 +41,39 @@ def check_finite_real(value, name: str) -> float:
     return v
 
 
+INTEGER_DTYPES = (torch.int8, torch.int16, torch.int32, torch.int64, torch.uint8)
+
+
+def real_tensor(
+    x, name: str, *, bools: bool = False, none_error: type = TypeError, needs: str = "values"
+) -> Tensor:
+    """The library's one input converter: a detached tensor of real numbers (floating or
+    integer; bool too if ``bools``) from a tensor, numpy array or nested sequence, with
+    one-line errors naming ``name`` for None, non-numeric or complex data and tensors on the
+    meta device (``needs`` says what the values are needed for). No copy of a tensor."""
+    if x is None:
+        raise none_error(f"`{name}` must be a tensor or array of real numbers, got None.")
+    if isinstance(x, Tensor):
+        t = x.detach()
+    else:
+        try:
+            arr = np.asarray(x)
+        except (TypeError, ValueError) as e:
+            raise TypeError(f"`{name}` must be a tensor or array of real numbers: {e}") from None
+        if arr.dtype.kind not in ("fiub" if bools else "fiu"):
+            raise TypeError(f"`{name}` must hold real numbers, got an array of dtype {arr.dtype}.")
+        t = torch.as_tensor(arr)
+    if t.device.type == "meta":
+        raise ValueError(
+            f"`{name}` is on the meta device (a shape without values); {needs} need values: "
+            "create it on the CPU or a GPU."
+        )
+    allowed = INTEGER_DTYPES + ((torch.bool,) if bools else ())
+    if not (t.is_floating_point() or t.dtype in allowed):
+        raise TypeError(f"`{name}` must hold real numbers, got dtype {t.dtype}.")
+    return t
+
+
 def as_tensor(x, name: str, dtype: torch.dtype | None, *, min_ndim: int = 2) -> Tensor:
     """Convert an array-like input to a tensor of ``dtype``; reject NaN/inf and bad ndim.
 
@@ -48,22 +81,7 @@ def as_tensor(x, name: str, dtype: torch.dtype | None, *, min_ndim: int = 2) -> 
     a finite value that ``dtype`` cannot hold (e.g. 1e5 in float16) is reported as out of
     range rather than as inf. ``dtype=None`` keeps the input's own real dtype (checked).
     """
-    if x is None:
-        raise ValueError(f"`{name}` must be an array of inputs, got None.")
-    if isinstance(x, Tensor):
-        t = x.detach()
-    else:
-        arr = np.asarray(x)
-        if arr.dtype.kind not in "fiub":
-            raise TypeError(f"`{name}` must hold real numbers, got an array of dtype {arr.dtype}.")
-        t = torch.as_tensor(arr)
-    if t.device.type == "meta":
-        raise ValueError(
-            f"`{name}` is on the meta device (a shape without values); kernels need values: "
-            "create it on the CPU or a GPU."
-        )
-    if not (t.is_floating_point() or t.dtype in (torch.int32, torch.int64, torch.uint8)):
-        raise TypeError(f"`{name}` must hold real numbers, got dtype {t.dtype}.")
+    t = real_tensor(x, name, none_error=ValueError, needs="kernels")
     if t.ndim < min_ndim:
         raise ValueError(
             f"`{name}` must have at least {min_ndim} dimensions (a batch axis first, then "

@@ -17,6 +17,8 @@ from torch import Tensor, nn
 from torch.func import functional_call
 from torch.utils._pytree import tree_flatten, tree_map
 
+from widenets.errors import real_tensor
+
 
 def model_dtype(model: nn.Module) -> torch.dtype:
     for p in model.parameters():
@@ -34,32 +36,12 @@ def model_device(model: nn.Module) -> torch.device:
 
 
 def _leaf(x, name: str, dtype, device) -> Tensor:
-    if isinstance(x, Tensor):
-        t = x.detach()
-    else:
-        try:
-            t = torch.as_tensor(np.asarray(x))
-        except (TypeError, ValueError) as e:
-            raise TypeError(f"`{name}` must be a tensor or array of numbers: {e}") from None
-    if t.device.type == "meta":
-        raise ValueError(
-            f"`{name}` is on the meta device (a shape without values); the NTK needs values: "
-            "create it on the model's device."
-        )
+    t = real_tensor(x, name, bools=True, needs="empirical kernels")
     if t.is_floating_point():
         t = t.to(dtype)
         if not torch.isfinite(t).all():
             bad = (~torch.isfinite(t)).nonzero()[0].tolist()
             raise ValueError(f"`{name}` contains NaN or inf (first at index {tuple(bad)}).")
-    elif t.dtype not in (
-        torch.int32,
-        torch.int64,
-        torch.uint8,
-        torch.int16,
-        torch.int8,
-        torch.bool,
-    ):
-        raise TypeError(f"`{name}` must hold real numbers or integers, got dtype {t.dtype}.")
     if t.ndim < 1:
         raise ValueError(f"`{name}` must have a batch axis first, got a scalar.")
     if t.shape[0] == 0:

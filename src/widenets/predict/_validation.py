@@ -9,6 +9,8 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from widenets.errors import real_tensor
+
 KERNEL_NAMES = ("nngp", "ntk")
 
 
@@ -23,18 +25,7 @@ def result_dtype(*tensors: Tensor | None) -> torch.dtype:
 
 def as_real_tensor(x, name: str) -> Tensor:
     """A detached real tensor from a tensor, numpy array or nested sequence of numbers."""
-    if x is None:
-        raise TypeError(f"`{name}` must be a tensor or array, got None.")
-    if isinstance(x, Tensor):
-        t = x.detach()
-    else:
-        try:
-            t = torch.as_tensor(np.asarray(x))
-        except (TypeError, ValueError, RuntimeError) as e:
-            raise TypeError(f"`{name}` must be a tensor or array of real numbers: {e}") from None
-    if t.is_complex() or t.dtype == torch.bool:
-        raise TypeError(f"`{name}` must hold real numbers, got dtype {t.dtype}.")
-    return t
+    return real_tensor(x, name)
 
 
 def check_finite(t: Tensor, name: str) -> None:
