@@ -45,8 +45,7 @@ from widenets.numerics import (
 from widenets.tiling import Block, Budgets, Tile, TileRequest, plan_tiles
 
 #: scalars per intermediate tile (float64: 4 MiB): near the caches, yet large enough that
-#: the per-operation overhead is amortised (measured on the demo kernels, 2 cores: 2^17
-#: 0.58 s, 2^18 0.52 s, 2^19 0.48 s, 2^20 0.48 s, 2^21 0.52 s; `bench/kernel_fc.py`)
+#: the per-operation overhead is amortised (the sweep that chose it: docs/tile_budgets.md)
 TILE_NUMEL = 1 << 19
 #: scalars per input-kernel block: the input Gram is one matrix product per block (large
 #: products run faster), then the layers are folded over cache-sized row tiles of it
@@ -54,23 +53,16 @@ BLOCK_NUMEL = 1 << 21
 #: scalars per intermediate tile for the full pixel-pair layout (float64: 4 MiB), raised
 #: (up to twice that) until a tile holds MIN_PAIRS_FULL input pairs: each tile recomputes
 #: the pixel-pair covariances of its own b1 + b2 inputs, a 2/b share of a b x b tile, yet
-#: smaller tiles stay in cache. Steady state of 5-layer CNN-GAPs for budgets 2^18 / 2^19 /
-#: 2^20 / 2^21 (``python bench/kernel_cnn.py --tile-sweep``, 2 threads, 2 cores): 8x8 N=32
-#: 0.30 / 0.31-0.33 / 0.42-0.47 / 0.44 s; 14x14 N=40 (NNGP) 4.5-6.2 / 4.0-4.3 / 3.4 /
-#: 4.2-4.4 s; 16x16 N=24 3.2-3.5 / 3.0-3.1 / 2.9-3.0 / 3.8-3.9 s
+#: smaller tiles stay in cache (docs/tile_budgets.md)
 TILE_NUMEL_FULL = 1 << 19
 MIN_PAIRS_FULL = 24
 #: scalars per intermediate chunk of listed pairs in the packed layout (a set with itself,
-#: diagonal layout: ``widenets.tiling.packed_tiles``). Fewer chunks mean fewer small operations:
-#: 5-layer CNN-VEC NNGP+NTK, steady state, 2 threads, budgets 2^18 / 2^19 / 2^20 / 2^21 /
-#: 2^22 (before chunks were balanced): 16x16 N=100 162 / 125 / 125 / 122 / 108 ms; 8x8
-#: N=400 560 / 492 / 491 / 543 / 726 ms; 16x16 N=200 622 / 436 / 387 / 407 / 425 ms
+#: diagonal layout: ``widenets.tiling.packed_tiles``). Fewer chunks mean fewer small
+#: operations, larger ones fall out of cache (docs/tile_budgets.md)
 PACKED_NUMEL = 1 << 20
 #: scalars per tile of two sets of spatial inputs in the diagonal layout, in tiles of whole
-#: rows of at least MIN_WIDE_ROWS inputs against as many columns as fit. Neural Tangents'
-#: time over ours, 5-layer CNN-VEC NNGP+NTK, Flatten 8x8 N=100 / N=400, 16x16 N=100 /
-#: N=200 (``python bench/kernel_cnn.py --cross``, one run each): 1.19 / 1.57 / 1.43 / 1.55
-#: with the square 2^19 tiles used before, 1.38 / 1.76 / 1.59 / 1.50 with these
+#: rows of at least MIN_WIDE_ROWS inputs against as many columns as fit: fewer, longer
+#: operations than square tiles (docs/tile_budgets.md)
 WIDE_NUMEL = 1 << 20
 MIN_WIDE_ROWS = 16
 #: above this many pair-scalars a progress bar is shown by default
