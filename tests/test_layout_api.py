@@ -21,16 +21,15 @@ class CropModule(nn.Module):
         return x[..., self.lo : self.hi]
 
 
+@wn.declare
 class Crop(wn.Layer):
-    """Positions [lo, hi) of the last spatial axis: K'[s, s'] = K[s, s'] for s, s' kept."""
+    """Positions [lo, hi) of the last spatial axis: K'[s, s'] = K[s, s'] for s, s' kept.
 
-    name = "Crop"
+    Only public API: the worked example of docs/ARCHITECTURE.md ("Recipe: adding a layer").
+    """
 
-    def __init__(self, lo, hi):
-        self.lo, self.hi = lo, hi
-
-    def __repr__(self):
-        return f"Crop({self.lo}, {self.hi})"
+    lo: int
+    hi: int
 
     def out_shape(self, in_shape):
         return (*in_shape[:-1], self.hi - self.lo)
@@ -164,3 +163,37 @@ def test_a_layer_that_ignores_the_layout_is_an_error_not_a_wrong_kernel(layer, m
     monkeypatch.setattr(layer, "handles_packed_pairs", False)
     k, ref = net.kernel(x), net.kernel(x, batch_size=2)
     assert torch.equal(k.nngp, ref.nngp)
+
+
+def test_the_new_layer_has_declared_hyperparameters():
+    assert Crop(1, 5) == Crop(1, 5) and hash(Crop(1, 5)) == hash(Crop(1, 5))
+    assert Crop(1, 5) != Crop(1, 4)
+    assert repr(Crop(1, 5)) == "Crop(1, 5)"
+
+
+@pytest.mark.parametrize("full", [False, True])
+@pytest.mark.parametrize("batch_size", [None, 1, (3, 2), (13, 5)])
+def test_the_new_layer_does_not_depend_on_the_tile_size(full, batch_size):
+    tail = [wn.AvgPool(1)] if full else []
+    net = wn.serial(*_stack(), Crop(1, 5), wn.Relu(), *tail, wn.Flatten(), wn.Dense(1))
+    x, y = _images(), _images(n=5, seed=1)
+    for args in ((x,), (x, y)):
+        ref = net.kernel(*args, batch_size=(13, 13))
+        got = net.kernel(*args, batch_size=batch_size)
+        for field in ("nngp", "ntk"):
+            torch.testing.assert_close(
+                getattr(got, field), getattr(ref, field), rtol=1e-13, atol=0
+            )
+
+
+@pytest.mark.parametrize("get", ["nngp", "ntk"])
+def test_the_new_layer_matches_monte_carlo(get):
+    """The average over finite networks built from the same description (the Crop module
+    inside them) converges to the analytic kernel (tests/_mc.py: within 4.5 standard errors
+    plus an O(1/width) allowance, and closer at the larger width)."""
+    from tests._mc import assert_converges
+
+    net = wn.serial(wn.Conv(4, 3, w_std=1.4, b_std=0.1), wn.Relu(), Crop(1, 4), wn.Flatten())
+    net = wn.serial(net, wn.Dense(1))
+    x = _images(n=3)[..., :5, :6]
+    assert_converges(net, x, get=get, widths=(4, 48), n_samples=24)

@@ -15,7 +15,7 @@ from widenets.layers.activations import (
     Sin,
 )
 from widenets.layers.attention import GlobalSelfAttention
-from widenets.layers.base import BuildContext, Layer
+from widenets.layers.base import BuildContext, Layer, declare
 from widenets.layers.combinators import (
     FanInConcat,
     FanInSum,
@@ -45,6 +45,7 @@ __all__ = [
     "Abs",
     "Activation",
     "BuildContext",
+    "declare",
     "Cos",
     "DEQ",
     "DEQModule",

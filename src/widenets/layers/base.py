@@ -134,8 +134,11 @@ class Layer:
     handles_packed_pairs: bool = True
 
     def __init_subclass__(cls, **kwargs):
-        """A subclass's own ``kernel_fn`` is wrapped in the base class's input checks."""
+        """A subclass's own ``kernel_fn`` is wrapped in the base class's input checks; a
+        subclass that sets no ``name`` is called by its class name (in reprs and errors)."""
         super().__init_subclass__(**kwargs)
+        if "name" not in cls.__dict__:
+            cls.name = cls.__name__
         fn = cls.__dict__.get("kernel_fn")
         if fn is not None and not getattr(fn, "_checks_input", False):
             cls.kernel_fn = _checking_input(fn)
