@@ -26,7 +26,10 @@ from typing import Annotated
 import typer
 from typer.core import TyperGroup
 
+from widenets.architectures import ACTIVATIONS
 from widenets.study.config import DEFAULTS, KEYS
+
+_ACTIVATION_HELP = f"Activation (fc): {', '.join(ACTIVATIONS)}."
 
 
 class _OneLineErrors(TyperGroup):
@@ -172,9 +175,7 @@ def study(
         "arch"
     ],
     depth: Annotated[int, _opt("depth", "Hidden layers.", M)] = DEFAULTS["depth"],
-    activation: Annotated[
-        str, _opt("activation", "Activation (fc): relu, erf, gelu, abs, leaky_relu.", M)
-    ] = DEFAULTS["activation"],
+    activation: Annotated[str, _opt("activation", _ACTIVATION_HELP, M)] = DEFAULTS["activation"],
     w_std: Annotated[float, _opt("w_std", "Weight standard deviation.", M)] = DEFAULTS["w_std"],
     b_std: Annotated[float, _opt("b_std", "Bias standard deviation.", M)] = DEFAULTS["b_std"],
     data: Annotated[str, _opt("data", "Dataset (`widenets info` lists them).", D)] = DEFAULTS[
@@ -307,9 +308,7 @@ def kernel(
     ctx: typer.Context,
     arch: Annotated[str, _opt("arch", "Architecture (`widenets info` lists them).", M)] = "fc",
     depth: Annotated[int, _opt("depth", "Hidden layers.", M)] = 2,
-    activation: Annotated[
-        str, _opt("activation", "Activation (fc): relu, erf, gelu, abs, leaky_relu.", M)
-    ] = DEFAULTS["activation"],
+    activation: Annotated[str, _opt("activation", _ACTIVATION_HELP, M)] = DEFAULTS["activation"],
     w_std: Annotated[float, _opt("w_std", "Weight standard deviation.", M)] = DEFAULTS["w_std"],
     b_std: Annotated[float, _opt("b_std", "Bias standard deviation.", M)] = DEFAULTS["b_std"],
     data: Annotated[str, _opt("data", "Dataset (`widenets info` lists them).", D)] = "digits",
