@@ -382,6 +382,13 @@ class _Refiner:
         self.pairs = 0  # how many were recomputed (for tests and benchmarks)
         self.lock = threading.Lock()
 
+    def __getstate__(self):  # picklable, for executors in other processes
+        return {k: v for k, v in self.__dict__.items() if k != "lock"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
+        self.lock = threading.Lock()
+
     def __call__(self, k: Kernel, gi: Tensor, gj: Tensor, where) -> Kernel:
         """``k`` with the pairs (x1[gi], x2[gj]) recomputed, at ``where`` in its tensors
         (a copy of each tensor changed: a layer may return a view of shared data)."""
