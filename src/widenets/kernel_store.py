@@ -8,9 +8,10 @@ written (zarr writes each chunk file to a temporary name and renames it), a comp
 marker ``tiles/<i>.<j>.json`` is written the same way, holding the CRC-32 and file size of
 every chunk the tile wrote. Calling again with the same network, inputs, dtype and kernels
 computes only the tiles without a valid marker; anything else is a one-line error naming
-what differs. Chunks carry zarr's own CRC-32C codec, so a damaged chunk fails to decode
-rather than reading as numbers; a missing chunk reads as NaN (the fill value) and is
-caught by the marker's file check.
+what differs. Chunks are stored uncompressed (kernel values do not compress; zarr's
+CRC-32C codec wrote ten times slower than the bare chunks), so a chunk's size is known:
+opening a store checks every chunk file's size (a missing chunk would read as NaN, the fill
+value), and the dask arrays of :class:`StoredKernel` check each chunk's CRC-32 as it loads.
 
 Layout of the folder: ``widenets.json`` (what the store holds, written last at creation:
 its presence means the store is set up), the zarr group (arrays ``nngp``, ``ntk``, ``cov1``
@@ -348,7 +349,7 @@ def _create(path: str, meta: dict, plan: TilePlan, job, work) -> None:
                 shape=shape,
                 chunks=chunks,
                 dtype=dt,
-                compressors=[zarr.codecs.Crc32cCodec()],
+                compressors=None,
                 fill_value=np.nan,
             )
         os.makedirs(os.path.join(tmp, TILES))
@@ -437,8 +438,9 @@ class StoredKernel:
     ``nngp``, ``ntk``, ``cov1``, ``cov2`` (None when not stored; ``cov2`` is ``cov1`` for a
     set with itself): dask arrays whose every chunk is checked against its recorded CRC-32
     when loaded (a CorruptTileError, never numbers). ``zarr(name)``: the zarr array itself
-    (chunks checked by zarr's CRC-32C only). ``operator(name)``: a
-    ``widenets.predict.operators.DenseKernel`` reading it by row blocks (PCG solvers)."""
+    (unchecked beyond the file sizes checked at opening). ``operator(name)``: a
+    ``widenets.predict.operators.DenseKernel`` reading the checked dask array by row blocks
+    of one chunk (PCG solvers)."""
 
     path: str
     meta: dict
@@ -498,7 +500,9 @@ class StoredKernel:
     def operator(self, name: str = "nngp"):
         from widenets.predict.operators import DenseKernel
 
-        a = self.zarr(name)
+        a = self._dask(name)
+        if a is None:
+            self.zarr(name)  # the error naming what is stored
         if a.ndim != 2:
             raise ValueError(
                 f"the stored {name} has shape {a.shape}: an operator needs an (N1, N2) matrix "
