@@ -240,3 +240,19 @@ def test_bad_arguments(tmp_path):
     with pytest.raises(ValueError, match="not a widenets kernel store"):
         open_kernel(tmp_path / "other")
     assert kernel_store.DEFAULT_CHUNK >= 256
+
+
+def test_a_non_finite_tile_is_an_error_and_not_marked(tmp_path, monkeypatch):
+    net, x = fully_connected(2), _x(12)
+    tile = compute.KernelWork.tile
+
+    def poisoned(self, shared, b, t):
+        k = tile(self, shared, b, t)
+        if t.r0 == CHUNK:  # the second row of chunks
+            k.nngp.view(-1)[0] = float("nan")
+        return k
+
+    monkeypatch.setattr(compute.KernelWork, "tile", poisoned)
+    with pytest.raises(widenets.errors.NonFiniteKernelError, match=r"rows \[8, 12\)"):
+        store_kernel(net, tmp_path / "k", x, chunk=CHUNK, get="nngp")
+    assert sorted(os.listdir(tmp_path / "k" / "tiles")) == ["0.0.json", "0.1.json"]

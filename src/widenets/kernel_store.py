@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import re
 import shutil
@@ -188,7 +189,8 @@ class StoreSink:
             t = t.detach().to("cpu", copy=True)
             if self.out_exponent:
                 scale_output(t, self.out_exponent)
-            if not bool(torch.isfinite(t).all()):
+            # a NaN or inf anywhere makes the sum non-finite (a cheap first look)
+            if not math.isfinite(float(t.sum())) and not bool(torch.isfinite(t).all()):
                 raise NonFiniteKernelError(
                     f"the {name} of rows [{tile.r0}, {tile.r1}) against columns "
                     f"[{tile.c0}, {tile.c1}) is not finite (NaN or inf); compute "
