@@ -78,6 +78,7 @@ def test_local_processes_bit_identical(tmp_path, reference):
 
 @pytest.fixture(scope="module")
 def cluster():
+    """A LocalCluster of 2 worker processes with 1 thread each (slow tests)."""
     distributed = pytest.importorskip("distributed")
     with (
         distributed.LocalCluster(
@@ -88,14 +89,31 @@ def cluster():
         yield client
 
 
-def test_local_cluster_bit_identical(tmp_path, reference, cluster):
+def _check_cluster(tmp_path, reference, client):
     net, x, want = reference
-    ex = DaskExecutor(cluster)
+    ex = DaskExecutor(client)
     assert ex.workers == 2
     stored = store_kernel(net, tmp_path / "k", x, chunk=CHUNK, executor=ex)
     _assert_equal(_read(stored), want)
     k = evaluate_kernel(net, x, batch_size=CHUNK, executor=ex)  # results sent back
     assert np.array_equal(k.ntk.numpy(), want["ntk"])
+
+
+def test_distributed_client_bit_identical(tmp_path, reference):
+    """The distributed path (scatter, submit, results back) on workers in this process."""
+    distributed = pytest.importorskip("distributed")
+    with (
+        distributed.LocalCluster(
+            n_workers=2, threads_per_worker=1, processes=False, dashboard_address=None
+        ) as lc,
+        distributed.Client(lc) as client,
+    ):
+        _check_cluster(tmp_path, reference, client)
+
+
+@pytest.mark.slow
+def test_local_cluster_of_processes_bit_identical(tmp_path, reference, cluster):
+    _check_cluster(tmp_path, reference, cluster)
 
 
 class SlowWork:
