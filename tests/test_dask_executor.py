@@ -60,6 +60,14 @@ def test_local_threads_bit_identical_and_threads_restored(tmp_path, reference):
     assert torch.equal(k.nngp, k0.nngp) and torch.equal(k.ntk, k0.ntk)
 
 
+def test_device_path_on_the_cpu(tmp_path, reference):
+    """``device=`` moves the work's tensors and brings results back; on the CPU it must
+    leave the bits alone (the GPU run is the skipped test below)."""
+    net, x, want = reference
+    ex = DaskExecutor(workers=2, device="cpu")
+    _assert_equal(_read(store_kernel(net, tmp_path / "k", x, chunk=CHUNK, executor=ex)), want)
+
+
 def test_bad_arguments():
     with pytest.raises(ValueError, match="`scheduler`"):
         DaskExecutor(scheduler="cluster")
