@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import threading
+from dataclasses import dataclass
 
 import torch
 from torch import Tensor
@@ -152,12 +153,72 @@ def evaluate_kernel(
     The planner (``widenets.tiling``) lists the tiles; ``executor`` (default: a
     ``LocalExecutor`` with ``_workers`` threads) runs them through :class:`KernelWork`
     into a ``KernelSink``."""
+    if progress is not None and not isinstance(progress, bool):
+        raise ValueError(f"`progress` must be True, False or None, got {progress!r}.")
+    job = prepare_kernel(layer, x1, x2, get=get, dtype=dtype, batch_size=batch_size)
+    if executor is None:
+        executor = LocalExecutor(_workers(job.prep.x1))
+    plan = plan_tiles(job.request(executor.workers), budgets())
+    work = job.work()
+    sink = KernelSink(plan, dtype, job.names, "ntk" in job.names)
+    executor.run(plan, work, sink, job.show_progress(progress))
+    return _checked(sink.finish(), layer, job.prep, sink.check, job.full)
+
+
+@dataclass(frozen=True)
+class KernelJob:
+    """A checked kernel request before planning: the prepared inputs, the layout and the
+    cost per pair (``prepare_kernel``); ``request`` gives the planner's ``TileRequest``,
+    ``work`` the :class:`KernelWork` of its tiles."""
+
+    layer: object
+    names: tuple
+    dtype: torch.dtype
+    prep: PreparedInputs
+    same: bool
+    layout: str
+    cost: int
+    in_shape: tuple
+    batch_size: tuple[int, int] | None
+
+    @property
+    def full(self) -> bool:
+        return self.layout == "full"
+
+    @property
+    def n1(self) -> int:
+        return self.prep.x1.shape[0]
+
+    @property
+    def n2(self) -> int:
+        return self.n1 if self.same else self.prep.x2.shape[0]
+
+    def request(self, workers: int, chunk: int | None = None) -> TileRequest:
+        spatial = len(self.in_shape) > 1
+        return TileRequest(
+            self.n1, self.n2, self.same, self.layout, self.cost, spatial, self.batch_size,
+            workers, chunk,
+        )  # fmt: skip
+
+    def work(self) -> KernelWork:
+        return KernelWork(
+            self.layer, self.prep, self.names, self.dtype, self.same, self.full, self.cost
+        )
+
+    def show_progress(self, progress: bool | None) -> bool:
+        return self.n1 * self.n2 * self.cost >= PROGRESS_NUMEL if progress is None else progress
+
+
+def prepare_kernel(
+    layer, x1, x2=None, *, get=("nngp", "ntk"), dtype=torch.float64, batch_size=None, grid=False
+) -> KernelJob:
+    """Check and prepare a kernel request (``get``, ``dtype``, inputs, shapes, layout, cost
+    per pair) without computing anything. ``grid``: never the packed layout (a store's
+    chunk-aligned tiles, ``widenets.kernel_store``)."""
     names = check_get(get)
     tune_if_asked()  # process-wide: only when WIDENETS_MALLOC=tuned
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise ValueError(f"`dtype` must be a floating torch dtype, got {dtype!r}.")
-    if progress is not None and not isinstance(progress, bool):
-        raise ValueError(f"`progress` must be True, False or None, got {progress!r}.")
     prep = prepare_inputs(layer, x1, x2, dtype)  # NaN/inf rejected, overflow rescaled
     x1, x2 = prep.x1, prep.x2
     same = same_inputs(x1, x2)
@@ -171,21 +232,9 @@ def evaluate_kernel(
     layer.out_shape(in_shape)  # architecture/shape errors before any work
     if batch_size is not None:
         batch_size = check_batch_size(batch_size)
-    n1, n2 = x1.shape[0], x2.shape[0]
-    layout = kernel_layout(layer, in_shape, same, batch_size)
-    full = layout == "full"
-    cost = layer.pair_cost(in_shape) * _spatial_factor(in_shape, full)
-    if executor is None:
-        executor = LocalExecutor(_workers(x1))
-    request = TileRequest(
-        n1, n2, same, layout, cost, len(in_shape) > 1, batch_size, executor.workers
-    )
-    plan = plan_tiles(request, budgets())
-    work = KernelWork(layer, prep, names, dtype, same, full, cost)
-    sink = KernelSink(plan, dtype, names, "ntk" in names)
-    show = n1 * n2 * cost >= PROGRESS_NUMEL if progress is None else progress
-    executor.run(plan, work, sink, show)
-    return _checked(sink.finish(), layer, prep, sink.check, full)
+    layout = kernel_layout(layer, in_shape, same, batch_size if not grid else (1, 1))
+    cost = layer.pair_cost(in_shape) * _spatial_factor(in_shape, layout == "full")
+    return KernelJob(layer, names, dtype, prep, same, layout, cost, in_shape, batch_size)
 
 
 class KernelWork:
@@ -323,6 +372,13 @@ class _Refiner:
         self.enabled = is_reduced(dtype)
         self.same, self.full, self.cost = same, full, cost
         self.pairs = 0  # how many were recomputed (for tests and benchmarks)
+        self.lock = threading.Lock()
+
+    def __getstate__(self):  # picklable, for executors in other processes
+        return {k: v for k, v in self.__dict__.items() if k != "lock"}
+
+    def __setstate__(self, state):
+        self.__dict__.update(state)
         self.lock = threading.Lock()
 
     def __call__(self, k: Kernel, gi: Tensor, gj: Tensor, where) -> Kernel:

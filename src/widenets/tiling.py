@@ -57,6 +57,9 @@ class TileRequest:
         batch_size: (b1, b2) tiles asked for by the user, or None.
         workers: tiles the executor runs at once; with several, tiles are made small enough
             that each worker gets ``Budgets.tasks_per_worker`` of them.
+        chunk: tiles of (chunk, chunk) on the grid of a store's chunks, one tile a block, so
+            that no two tiles write one chunk (``widenets.kernel_store``); grid layouts only,
+            and it replaces ``batch_size`` and the budgets.
     """
 
     n1: int
@@ -67,10 +70,16 @@ class TileRequest:
     spatial: bool = False
     batch_size: tuple[int, int] | None = None
     workers: int = 1
+    chunk: int | None = None
 
     def __post_init__(self):
         if self.layout not in LAYOUTS:
             raise ValueError(f"`layout` must be one of {LAYOUTS}, got {self.layout!r}.")
+        if self.chunk is not None and (self.layout == "packed" or self.chunk < 1):
+            raise ValueError(
+                f"`chunk` needs a grid layout and a positive size, got chunk={self.chunk!r} "
+                f"with layout {self.layout!r}."
+            )
         if self.layout == "packed" and not (self.same and self.n1 == self.n2):
             raise ValueError("the packed layout needs a set with itself (same=True, n1 == n2).")
 
@@ -151,6 +160,10 @@ def plan_tiles(request: TileRequest, budgets: Budgets) -> TilePlan:
             tile = Tile(r0, r1, c0, c1, packed=on_diagonal, mirror=True, cov1=on_diagonal)
             blocks.append(Block(r0, r1, c0, c1, 0 if on_diagonal else None, (tile,)))
         return TilePlan(n, n, True, "packed", tuple(blocks))
+    if r.chunk is not None:  # a store's chunk grid: each chunk written by one tile alone
+        b1, b2 = min(r.chunk, r.n1), min(r.chunk, r.n2)
+        blocks = grid(r.n1, r.n2, b1, b2, same=r.same, block_rows=b1, block_cols=b2)
+        return TilePlan(r.n1, r.n2, r.same, r.layout, blocks, b1 if r.same else 0)
     b1, b2 = tile_shape(r, budgets)
     rows_per_block = b1 * max(1, budgets.block // max(1, b1 * b2 * r.cost))
     if r.workers > 1:  # one task per tile: the pool takes tiles, not blocks of them
