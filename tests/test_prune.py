@@ -111,6 +111,7 @@ def test_magnitude_and_random_scores():
     assert torch.equal(r1["2"], r2["2"]) and 0 <= float(r1["2"].min()) < float(r1["2"].max()) < 1
 
 
+@pytest.mark.filterwarnings("ignore::widenets.prune.LayerCollapseWarning")  # the unmatched
 def test_synflow_avoids_layer_collapse_where_magnitude_and_snip_collapse():
     # Tanaka et al. 2020: iterative SynFlow keeps every layer connected at extreme sparsity
     # (here 22 of 11,200 weights), where single-shot magnitude and SNIP empty a layer.
@@ -359,3 +360,20 @@ def test_imp_masks_are_nested_and_bad_rewind_is_reported():
         P.imp(_mlp(), _trainer(), density=0.5, rounds=1, rewind_step=-1)
     with pytest.raises(ValueError, match="`density`"):
         P.imp(_mlp(), _trainer(), density=0.0, rounds=1)
+
+
+@pytest.mark.parametrize("method", ["random", "magnitude", "snip", "grasp", "synflow"])
+def test_every_method_on_a_widenets_conv_network(method):
+    net = wn.serial(
+        wn.Conv(6, (3,), w_std=1.4, b_std=0.1), wn.Relu(), wn.Flatten(), wn.Dense(3, 1.4, 0.1)
+    )
+    model = net.build((2, 7), seed=0, dtype=D)
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(10, 2, 7, generator=g, dtype=D)
+    y = torch.randint(0, 3, (10,), generator=g)
+    ms = P.prune(model, method, 0.3, data=(x, y), iterations=3, seed=0)
+    n = sum(v.numel() for v in ms.values())
+    assert sum(int(v.sum()) for v in ms.values()) == round(0.3 * n)
+    for name, mod in P.prunable(model).items():
+        assert float(mod.weight.detach()[~ms[name]].abs().max()) == 0.0
+    assert torch.isfinite(model(x)).all()

@@ -120,7 +120,8 @@ def apply_masks(model: nn.Module, new_masks: dict, *, rescale: bool = False) -> 
         new_masks: module name -> boolean tensor of the weight's shape (True: kept).
         rescale: multiply each layer's kept weights by 1 / sqrt(p), p the layer's kept
             fraction, so each weight keeps its variance (a random mask then gives a
-            pseudo-IID network with the Gaussian-process limit of the dense one).
+            pseudo-IID network with the Gaussian-process limit of the dense one). Each call
+            sets the scale anew: re-masking with ``rescale=False`` resets it to 1.
 
     A layer whose mask keeps nothing raises a :class:`LayerCollapseWarning` naming it.
     """
