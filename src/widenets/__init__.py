@@ -8,7 +8,7 @@ One description, two networks::
     model = net.build((784,), seed=0)  # finite width: a torch.nn.Module
 """
 
-from widenets import architectures, data, empirical, init, predict, priors, study, theory
+from widenets import architectures, data, empirical, init, predict, priors, prune, study, theory
 from widenets._version import __version__
 from widenets.errors import NonFiniteKernelError, ReducedPrecisionWarning
 from widenets.kernel import Kernel
@@ -28,6 +28,7 @@ __all__ = [
     "linearize",
     "predict",
     "priors",
+    "prune",
     "study",
     "Taylor",
     "taylor",
