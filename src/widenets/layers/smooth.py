@@ -22,11 +22,9 @@ from torch import Tensor
 from widenets.errors import check_finite_real, check_positive_int
 from widenets.layers.activations import Activation, ActivationModule
 from widenets.layers.base import BuildContext, declare
-from widenets.layers.quadrature import pair_by_rule, panel_nodes
+from widenets.layers.quadrature import HALF_WIDTH, pair_by_rule, panel_nodes
+from widenets.layers.quadrature import PANEL_POINTS as POINTS
 
-#: the Gaussian tails beyond |z| = 9 weigh 2.3e-19
-HALF_WIDTH = 9.0
-POINTS = 16
 DEFAULT_PANELS = 16
 
 
