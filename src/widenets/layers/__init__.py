@@ -38,6 +38,7 @@ from widenets.layers.normalization import Dropout, LayerNorm
 from widenets.layers.pooling import AvgPool, Flatten, GlobalAvgPool
 from widenets.layers.quadrature import Elementwise
 from widenets.layers.scaled import Scaled, scaled
+from widenets.layers.smooth import Mish, Sigmoid, Silu, Softplus, Swish, Tanh
 from widenets.layers.spiky import SpikySmooth, spike_kernel, spiky_smooth_kernel
 
 __all__ = [
@@ -68,7 +69,13 @@ __all__ = [
     "Scaled",
     "Serial",
     "Sign",
+    "Sigmoid",
+    "Silu",
     "Sin",
+    "Softplus",
+    "Swish",
+    "Tanh",
+    "Mish",
     "SpikySmooth",
     "fan_in_concat",
     "fan_in_sum",

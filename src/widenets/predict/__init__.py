@@ -4,6 +4,8 @@
 - :func:`student_t_inference`: the Student-t process of an inverse-gamma prior on the
   readout variance (scale mixture of the NNGP);
 - :func:`gradient_descent_mse`: outputs under gradient flow on the MSE loss at any time;
+- :func:`gradient_descent`: gradient flow on any differentiable loss (e.g.
+  :func:`cross_entropy`), by integrating the function-space ODE;
 - :func:`ensemble` / :func:`ensemble_from_kernels`: mean and covariance of the infinite
   ensemble of networks trained by gradient flow (Lee et al. 2019);
 - :func:`gp_mean_pcg` / :func:`gradient_descent_mse_pcg`: the NNGP posterior mean and the
@@ -17,7 +19,12 @@ train kernel, and the loss is ||f(X_train) - y||^2 / (2 * y_train.numel()).
 
 from widenets.predict.ensemble import ensemble, ensemble_from_kernels
 from widenets.predict.gp import gp_inference
-from widenets.predict.gradient_descent import GradientDescentMSEPredictor, gradient_descent_mse
+from widenets.predict.gradient_descent_mse import GradientDescentMSEPredictor, gradient_descent_mse
+from widenets.predict.gradient_flow import (
+    GradientDescentPredictor,
+    cross_entropy,
+    gradient_descent,
+)
 from widenets.predict.operators import (
     DenseKernel,
     KernelOperator,
@@ -41,6 +48,7 @@ __all__ = [
     "ConvergenceWarning",
     "DenseKernel",
     "GradientDescentMSEPredictor",
+    "GradientDescentPredictor",
     "KernelOperator",
     "LowRankPreconditioner",
     "NetworkKernel",
@@ -48,10 +56,12 @@ __all__ = [
     "PCGResult",
     "RowFunctionKernel",
     "StudentTPosterior",
+    "cross_entropy",
     "ensemble",
     "ensemble_from_kernels",
     "gp_inference",
     "gp_mean_pcg",
+    "gradient_descent",
     "gradient_descent_mse",
     "gradient_descent_mse_pcg",
     "nystrom",

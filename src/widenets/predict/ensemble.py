@@ -58,7 +58,7 @@ def ensemble_from_kernels(
     :func:`gp_inference` with the same ``diag_reg``. For "ntk" the middle K and K_* are
     the un-regularised NNGP kernels (as in Neural Tangents). One eigendecomposition per
     regularised train kernel is used; at t = inf Theta^{-1} is the pseudo-inverse
-    described in :class:`~widenets.predict.gradient_descent.GradientDescentMSEPredictor`.
+    described in :class:`~widenets.predict.gradient_descent_mse.GradientDescentMSEPredictor`.
 
     Args:
         k_train_train: kernel object with ``.nngp`` / ``.ntk`` (N, N) for the train inputs.
