@@ -315,7 +315,7 @@ def test_kernel_cache_keeps_rows_never_asked_together_apart():
     cache = KernelCache()
     for g in range(4):
         cache.kernels(net, x[10 * g : 10 * g + 10], input_shape=(1, 12))
-    ten = 10 * 10 * 17 + 10 * (8 * 12 + 9)  # bytes of a group of 10 rows
+    ten = 10 * 10 * 16 + 10 * (8 * 12 + 8)  # bytes of the kernels and rows of 10 rows
     assert cache.nbytes == 4 * ten  # one store of all 40 rows: 40 * 40 * 17 + ... bytes
     k = cache.kernels(net, x[::2], x, input_shape=(1, 12))  # joins the four groups
     for name in ("nngp", "ntk"):

@@ -153,6 +153,83 @@ class _Store:
         return np.fromiter(map(self.index.__getitem__, rows), np.intp, len(rows))
 
 
+class _Block:
+    """A request's kernels computed while nothing of them was known, kept by reference.
+
+    Most computed blocks are never read again (a search whose per-fold scaler moves every
+    row, a network tried once), so the cache keeps the very tensors it returned instead of
+    copying them into a :class:`_Store`: an identical later request gets them back as they
+    are, and a request that needs some of their entries among others first writes them into
+    the store of their rows. The caller holds the same tensors, so the block records their
+    version counters: a tensor changed in place since is an error at the next read, never a
+    silently wrong kernel.
+    """
+
+    __slots__ = ("exact", "b1", "b2", "r", "c", "k", "versions", "nbytes")
+
+    def __init__(self, exact, b1: list[bytes], b2: list[bytes] | None, k: CachedKernels, d: int):
+        self.exact, self.b1, self.b2, self.k = exact, b1, b2, k
+        self.r = dict.fromkeys(b1)
+        self.c = self.r if b2 is None else dict.fromkeys(b2)
+        self.versions = _versions(k)
+        n1, n2 = len(b1), len(b1 if b2 is None else b2)
+        # two float64 kernels per pair; each distinct input row and its variance
+        self.nbytes = 16 * n1 * n2 + (n1 if b2 is None else n1 + n2) * (8 * d + 8)
+
+    def shares_pairs(self, b1: list[bytes], b2: list[bytes]) -> bool:
+        """Whether some pair of b1 x b2 is among this block's (either orientation)."""
+        r, c = self.r.keys(), self.c.keys()
+        if not r.isdisjoint(b1) and not c.isdisjoint(b2):
+            return True
+        return self.b2 is not None and not c.isdisjoint(b1) and not r.isdisjoint(b2)
+
+    def kernels(self) -> CachedKernels:
+        if _versions(self.k) != self.versions:
+            raise RuntimeError(
+                "a kernel tensor returned by KernelCache was modified in place after it was "
+                "returned; the cache shares its tensors between the estimators that ask for the "
+                "same kernels: copy a tensor (`.clone()`) before changing it."
+            )
+        return self.k
+
+
+def _versions(k: CachedKernels) -> tuple[int, ...]:
+    return tuple(t._version for t in (k.nngp, k.ntk, k.cov1, k.cov2))
+
+
+class _Network:
+    """What the cache holds for one network: dense stores of row groups, and blocks kept by
+    reference keyed by the bytes of their two inputs (oldest first)."""
+
+    __slots__ = ("groups", "blocks")
+
+    def __init__(self):
+        self.groups: list[_Store] = []
+        self.blocks: dict[tuple, _Block] = {}
+
+    @property
+    def nbytes(self) -> int:
+        return sum(g.nbytes for g in self.groups) + sum(b.nbytes for b in self.blocks.values())
+
+
+def _row_keys(x: np.ndarray) -> list[bytes]:
+    """The bytes of each row of a C-contiguous float64 (N, D) array (one C-level pass)."""
+    if x.shape[1] == 0:
+        return [b""] * len(x)
+    return x.view(np.dtype((np.void, 8 * x.shape[1]))).ravel().tolist()
+
+
+def _rows_of(keys: list[bytes], d: int) -> np.ndarray:
+    """The (N, D) float64 rows whose bytes are ``keys``."""
+    return np.frombuffer(b"".join(keys), dtype=np.float64).reshape(len(keys), d).copy()
+
+
+def _may_know(store: _Store, b1: list[bytes], b2: list[bytes]) -> bool:
+    """Whether the group may hold a pair of b1 x b2 (it holds a row of each)."""
+    keys = store.index.keys()
+    return not keys.isdisjoint(b1) and not keys.isdisjoint(b2)
+
+
 class KernelCache:
     """A memo of networks' NNGP and NTK entries, shared by estimators and their clones.
 
@@ -204,7 +281,7 @@ class KernelCache:
     @property
     def nbytes(self) -> int:
         """Memory held by the stored kernels."""
-        return sum(g.nbytes for groups in self._stores.values() for g in groups)
+        return sum(net.nbytes for net in self._stores.values())
 
     def __repr__(self) -> str:
         return f"KernelCache(max_bytes={self.max_bytes})"
@@ -220,7 +297,12 @@ class KernelCache:
 
     def kernels(self, network: Layer, x1, x2=None, input_shape=None) -> CachedKernels:
         """NNGP and NTK of ``network`` between the rows of x1 (N1, D) and x2 (N2, D)
-        (None: x1 with itself), each row reshaped to ``input_shape`` if given."""
+        (None: x1 with itself), each row reshaped to ``input_shape`` if given.
+
+        The tensors returned may be the cache's own (shared with other callers that asked for
+        the same kernels): read them, or ``.clone()`` them before changing them in place (the
+        cache raises a RuntimeError at its next read of a tensor changed in place).
+        """
         x1 = np.ascontiguousarray(x1, dtype=np.float64)
         x2 = None if x2 is None else np.ascontiguousarray(x2, dtype=np.float64)
         if x1.ndim != 2 or (x2 is not None and (x2.ndim != 2 or x2.shape[1] != x1.shape[1])):
@@ -231,47 +313,89 @@ class KernelCache:
         d = x1.shape[1]
         shape = None if input_shape is None else tuple(int(s) for s in input_shape)
         key = (_fingerprint(network), shape, d)
+        n_pairs = len(x1) * (len(x1) if x2 is None else len(x2))
         with self._lock:
-            groups = self._stores.get(key, [])
-            b1 = [row.tobytes() for row in x1]
-            b2 = b1 if x2 is None else [row.tobytes() for row in x2]
-            wanted = list(dict.fromkeys(b1 if x2 is None else b1 + b2))
-            hit = [g for g in groups if not g.index.keys().isdisjoint(wanted)]
-            rest = [g for g in groups if all(g is not h for h in hit)]
-            new = wanted
-            for g in hit:
-                new = [b for b in new if b not in g.index]
-            need = sum(g.n for g in hit) + len(new)
-            if _Store.bytes_for(need, d) > self.max_bytes:  # too large to keep: compute directly
-                self.pairs_computed += len(x1) * (len(x1) if x2 is None else len(x2))
-                return direct_kernels(network, x1, x2, shape)
-            if len(hit) == 1:
-                store, cap = hit[0], len(hit[0].rows)
-                if need > cap:
-                    cap = max(need, min(cap + cap // 2, self._max_rows(d)))  # geometric
-            else:  # a new group, or several that this request joins: merged into one
-                store, cap = None, need
-            self._stores[key] = rest
-            self._stores.move_to_end(key)
-            self._make_room(key, _Store.bytes_for(cap, d))
-            if store is None:
-                store = _Store.merged(hit, cap) if hit else _Store(d)
-            if new:
-                store.add(new, cap)
-            self._stores[key].append(store)
-            i1 = store.positions(b1)
-            i2 = i1 if x2 is None else store.positions(b2)
-            fresh = self._fill(network, store, i1, i2, x2 is None, shape)
-            self.pairs_served += len(i1) * len(i2)
-            if fresh is not None:  # computed just now for exactly this request: no gather
-                return fresh
-            block = _block(i1, i2)
-            return CachedKernels(  # copies: a caller may change its tensors in place
-                nngp=torch.from_numpy(store.nngp[block].copy()),
-                ntk=torch.from_numpy(store.ntk[block].copy()),
-                cov1=torch.from_numpy(store.var[i1]),
-                cov2=torch.from_numpy(store.var[i2]),
-            )
+            net = self._stores.get(key)
+            if net is None:
+                net = _Network()
+            else:
+                self._stores.move_to_end(key)
+            exact = (x1.tobytes(), None if x2 is None else x2.tobytes())
+            block = net.blocks.get(exact)
+            if block is not None:  # the very request seen before: its tensors, no copy
+                self.pairs_served += n_pairs
+                return block.kernels()
+            b1 = _row_keys(x1)
+            b2 = b1 if x2 is None else _row_keys(x2)
+            blocks = [b for b in net.blocks.values() if b.shares_pairs(b1, b2)]
+            if not blocks and not any(_may_know(g, b1, b2) for g in net.groups):
+                # nothing of it is known: compute, and keep the result by reference
+                k = direct_kernels(network, x1, x2, shape)
+                self.pairs_computed += n_pairs
+                self.pairs_served += n_pairs
+                block = _Block(exact, b1, None if x2 is None else b2, k, d)
+                if block.nbytes <= self.max_bytes:
+                    self._stores[key] = net
+                    self._make_room(key, block.nbytes)
+                    net.blocks[exact] = block
+                return k
+            return self._from_store(key, net, blocks, b1, b2, x2 is None, network, shape)
+
+    def _from_store(self, key, net: _Network, blocks, b1, b2, same, network, shape):
+        """Kernels of rows b1 x b2 through the dense store of their group: the kept blocks
+        sharing pairs with the request are written into it first, then only the entries
+        still missing are computed."""
+        d = key[2]
+        wanted = list(dict.fromkeys(b1 if same else b1 + b2))
+        kept = [r for b in blocks for r in (b.b1 if b.b2 is None else b.b1 + b.b2)]
+        if kept:
+            wanted = list(dict.fromkeys(wanted + kept))
+        hit = [g for g in net.groups if not g.index.keys().isdisjoint(wanted)]
+        rest = [g for g in net.groups if all(g is not h for h in hit)]
+        new = wanted
+        for g in hit:
+            new = [b for b in new if b not in g.index]
+        need = sum(g.n for g in hit) + len(new)
+        if _Store.bytes_for(need, d) > self.max_bytes:  # too large to keep: compute directly
+            x1 = _rows_of(b1, d)
+            x2 = None if same else _rows_of(b2, d)
+            self.pairs_computed += len(b1) * len(b2)
+            self.pairs_served += len(b1) * len(b2)
+            return direct_kernels(network, x1, x2, shape)
+        for b in blocks:
+            b.kernels()  # unchanged since it was returned, or an error
+            del net.blocks[b.exact]
+        if len(hit) == 1:
+            store, cap = hit[0], len(hit[0].rows)
+            if need > cap:
+                cap = max(need, min(cap + cap // 2, self._max_rows(d)))  # geometric
+        else:  # a new group, or several that this request joins: merged into one
+            store, cap = None, need
+        net.groups = rest
+        self._stores[key] = net
+        self._make_room(key, _Store.bytes_for(cap, d))
+        if store is None:
+            store = _Store.merged(hit, cap) if hit else _Store(d)
+        if new:
+            store.add(new, cap)
+        net.groups.append(store)
+        for b in blocks:
+            p1 = store.positions(b.b1)
+            p2 = p1 if b.b2 is None else store.positions(b.b2)
+            self._write(store, p1, p2, b.k, b.k.cov1 if b.b2 is None else b.k.cov2, b.b2 is None)
+        i1 = store.positions(b1)
+        i2 = i1 if same else store.positions(b2)
+        fresh = self._fill(network, store, i1, i2, same, shape)
+        self.pairs_served += len(i1) * len(i2)
+        if fresh is not None:  # computed just now for exactly this request: no gather
+            return fresh
+        block = _block(i1, i2)
+        return CachedKernels(  # copies: the store's arrays are its own
+            nngp=torch.from_numpy(store.nngp[block].copy()),
+            ntk=torch.from_numpy(store.ntk[block].copy()),
+            cov1=torch.from_numpy(store.var[i1]),
+            cov2=torch.from_numpy(store.var[i2]),
+        )
 
     def _max_rows(self, d: int) -> int:
         lo, hi = 0, 1
@@ -283,16 +407,18 @@ class KernelCache:
         return lo
 
     def _make_room(self, key, extra: int) -> None:
-        """Drop the least recently used other networks, then this network's oldest other
-        groups, until ``extra`` more bytes fit."""
+        """Drop the least recently used other networks, then this network's oldest kept
+        blocks, then its oldest groups, until ``extra`` more bytes fit."""
         for other in list(self._stores):
             if self.nbytes + extra <= self.max_bytes:
                 return
             if other != key:
                 del self._stores[other]
-        groups = self._stores[key]
-        while groups and self.nbytes + extra > self.max_bytes:
-            groups.pop(0)
+        net = self._stores[key]
+        while net.blocks and self.nbytes + extra > self.max_bytes:
+            del net.blocks[next(iter(net.blocks))]
+        while net.groups and self.nbytes + extra > self.max_bytes:
+            net.groups.pop(0)
 
     def _fill(self, network, store: _Store, i1, i2, same: bool, shape) -> CachedKernels | None:
         """Compute the entries among rows i1 x i2 that are not yet known; return the kernels
@@ -312,15 +438,20 @@ class KernelCache:
             k = direct_kernels(network, store.rows[rows], store.rows[cols], shape)
             cov2 = k.cov2
         self.pairs_computed += len(rows) * len(cols)
+        k = self._write(store, rows, cols, k, cov2, same)
+        whole = np.array_equal(i1, rows) and np.array_equal(i2, cols)
+        return k if whole else None
+
+    def _write(self, store: _Store, rows, cols, k: CachedKernels, cov2, same: bool):
+        """Write the kernels k of store rows ``rows`` x ``cols`` where not yet known (known
+        entries keep their first value); return k as stored if it was all new and written
+        as one block of slices, else None."""
         rs, cs = _span(rows), _span(cols)
         if rs is not None and cs is not None and not store.known[rs, cs].any():
             # the common case: a block of rows added together, all new (a fit, or new test
             # rows against the training rows); slices, not fancy indexing, and no merging
             if same or rs.stop <= cs.start or cs.stop <= rs.start:
-                k = self._write_new_block(store, k, rs, cs, cov2, same)
-                whole = np.array_equal(i1, rows) and np.array_equal(i2, cols)
-                return k if whole else None
-        # write only what was missing: known entries keep their first value
+                return self._write_new_block(store, k, rs, cs, cov2, same)
         at, at_t = np.ix_(rows, cols), np.ix_(cols, rows)
         new = ~store.known[at]
         o = np.intersect1d(rows, cols)  # rows in both sets: (a, b) and (b, a) were both
@@ -340,6 +471,7 @@ class KernelCache:
             fresh = ~store.var_known[idx]
             store.var[idx[fresh]] = var.numpy()[fresh]
             store.var_known[idx] = True
+        return None
 
     @staticmethod
     def _write_new_block(
