@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import threading
+import weakref
 from collections import OrderedDict
 from dataclasses import dataclass
 
@@ -154,27 +155,46 @@ class _Store:
 
 
 class _Block:
-    """A request's kernels computed while nothing of them was known, kept by reference.
+    """A request's kernels computed while nothing of them was known.
 
     Most computed blocks are never read again (a search whose per-fold scaler moves every
-    row, a network tried once), so the cache keeps the very tensors it returned instead of
-    copying them into a :class:`_Store`: an identical later request gets them back as they
-    are, and a request that needs some of their entries among others first writes them into
-    the store of their rows. The caller holds the same tensors, so the block records their
-    version counters: a tensor changed in place since is an error at the next read, never a
-    silently wrong kernel.
+    row, a network tried once), and keeping memory alive is not free: the next computation
+    must then fault in fresh pages, which costs a visible fraction of a cheap kernel. So a
+    block is kept either strongly (the cache holds the tensors it returned, no copy) or, until
+    the cache has seen a request reuse anything, as a ghost: its row keys, its variances and
+    weak references to its kernels, alive only while the caller keeps them. An identical
+    later request gets the tensors back as they are; a request that needs some of their
+    entries among others first writes them into the store of their rows.
+
+    The caller holds the same tensors, so the block records their version counters: a tensor
+    changed in place since is an error at the next read, never a silently wrong kernel.
     """
 
-    __slots__ = ("exact", "b1", "b2", "r", "c", "k", "versions", "nbytes")
+    __slots__ = ("exact", "b1", "b2", "r", "c", "k", "refs", "covs", "versions", "nbytes", "d")
 
-    def __init__(self, exact, b1: list[bytes], b2: list[bytes] | None, k: CachedKernels, d: int):
-        self.exact, self.b1, self.b2, self.k = exact, b1, b2, k
+    def __init__(self, exact, b1, b2, k: CachedKernels, d: int, strong: bool):
+        self.exact, self.b1, self.b2, self.d = exact, b1, b2, d
         self.r = dict.fromkeys(b1)
         self.c = self.r if b2 is None else dict.fromkeys(b2)
         self.versions = _versions(k)
-        n1, n2 = len(b1), len(b1 if b2 is None else b2)
-        # two float64 kernels per pair; each distinct input row and its variance
-        self.nbytes = 16 * n1 * n2 + (n1 if b2 is None else n1 + n2) * (8 * d + 8)
+        self.covs = (k.cov1, k.cov2)
+        self.k, self.refs = None, (weakref.ref(k.nngp), weakref.ref(k.ntk))
+        self.nbytes = self._nbytes(False)
+        if strong:
+            self.keep(k)
+
+    def _nbytes(self, strong: bool) -> int:
+        n1, n2 = len(self.b1), len(self.b1 if self.b2 is None else self.b2)
+        rows = n1 if self.b2 is None else n1 + n2  # each distinct row, and its variance
+        return (16 * n1 * n2 if strong else 0) + rows * (8 * self.d + 8)
+
+    def keep(self, k: CachedKernels) -> None:
+        """Hold the kernels strongly from now on."""
+        self.k, self.nbytes = k, self._nbytes(True)
+
+    @property
+    def strong(self) -> bool:
+        return self.k is not None
 
     def shares_pairs(self, b1: list[bytes], b2: list[bytes]) -> bool:
         """Whether some pair of b1 x b2 is among this block's (either orientation)."""
@@ -183,14 +203,21 @@ class _Block:
             return True
         return self.b2 is not None and not c.isdisjoint(b1) and not r.isdisjoint(b2)
 
-    def kernels(self) -> CachedKernels:
-        if _versions(self.k) != self.versions:
+    def kernels(self) -> CachedKernels | None:
+        """The kernels as returned, or None for a ghost whose kernels were freed."""
+        k = self.k
+        if k is None:
+            nngp, ntk = self.refs[0](), self.refs[1]()
+            if nngp is None or ntk is None:
+                return None
+            k = CachedKernels(nngp, ntk, *self.covs)
+        if _versions(k) != self.versions:
             raise RuntimeError(
                 "a kernel tensor returned by KernelCache was modified in place after it was "
                 "returned; the cache shares its tensors between the estimators that ask for the "
                 "same kernels: copy a tensor (`.clone()`) before changing it."
             )
-        return self.k
+        return k
 
 
 def _versions(k: CachedKernels) -> tuple[int, ...]:
@@ -274,6 +301,7 @@ class KernelCache:
         """Forget every stored kernel (the counters are kept)."""
         with self._lock:
             self._stores: OrderedDict = OrderedDict()
+            self.reused = False  # has a request reused anything yet (see _Block)
             if not hasattr(self, "pairs_computed"):
                 self.pairs_computed = 0
                 self.pairs_served = 0
@@ -320,26 +348,45 @@ class KernelCache:
                 net = _Network()
             else:
                 self._stores.move_to_end(key)
-            exact = (x1.tobytes(), None if x2 is None else x2.tobytes())
-            block = net.blocks.get(exact)
-            if block is not None:  # the very request seen before: its tensors, no copy
-                self.pairs_served += n_pairs
-                return block.kernels()
             b1 = _row_keys(x1)
             b2 = b1 if x2 is None else _row_keys(x2)
-            blocks = [b for b in net.blocks.values() if b.shares_pairs(b1, b2)]
+            # each row's bytes are hashed once, here; the later set operations reuse the hash
+            exact = (tuple(b1), None if x2 is None else tuple(b2))
+            block = net.blocks.get(exact)
+            if block is not None:  # the very request seen before: its tensors, no copy
+                self.reused = True
+                k = block.kernels()
+                if k is not None:
+                    if not block.strong:
+                        del net.blocks[exact]
+                        block.keep(k)
+                        self._keep(key, net, block)
+                    self.pairs_served += n_pairs
+                    return k
+                del net.blocks[exact]  # a ghost whose kernels were freed
+            blocks = []  # (block, its kernels) of the blocks sharing pairs with the request
+            for b in [b for b in net.blocks.values() if b.shares_pairs(b1, b2)]:
+                self.reused = True
+                k = b.kernels()  # unchanged since returned, or an error
+                if k is None:  # a ghost whose kernels were freed: forget it
+                    del net.blocks[b.exact]
+                else:
+                    blocks.append((b, k))
             if not blocks and not any(_may_know(g, b1, b2) for g in net.groups):
                 # nothing of it is known: compute, and keep the result by reference
                 k = direct_kernels(network, x1, x2, shape)
                 self.pairs_computed += n_pairs
                 self.pairs_served += n_pairs
-                block = _Block(exact, b1, None if x2 is None else b2, k, d)
-                if block.nbytes <= self.max_bytes:
-                    self._stores[key] = net
-                    self._make_room(key, block.nbytes)
-                    net.blocks[exact] = block
+                block = _Block(exact, b1, None if x2 is None else b2, k, d, self.reused)
+                self._keep(key, net, block)
                 return k
             return self._from_store(key, net, blocks, b1, b2, x2 is None, network, shape)
+
+    def _keep(self, key, net: _Network, block: _Block) -> None:
+        if block.nbytes <= self.max_bytes:
+            self._stores[key] = net
+            self._make_room(key, block.nbytes)
+            net.blocks[block.exact] = block
 
     def _from_store(self, key, net: _Network, blocks, b1, b2, same, network, shape):
         """Kernels of rows b1 x b2 through the dense store of their group: the kept blocks
@@ -347,9 +394,9 @@ class KernelCache:
         still missing are computed."""
         d = key[2]
         wanted = list(dict.fromkeys(b1 if same else b1 + b2))
-        kept = [r for b in blocks for r in (b.b1 if b.b2 is None else b.b1 + b.b2)]
-        if kept:
-            wanted = list(dict.fromkeys(wanted + kept))
+        extra = [r for b, _ in blocks for r in (b.b1 if b.b2 is None else b.b1 + b.b2)]
+        if extra:
+            wanted = list(dict.fromkeys(wanted + extra))
         hit = [g for g in net.groups if not g.index.keys().isdisjoint(wanted)]
         rest = [g for g in net.groups if all(g is not h for h in hit)]
         new = wanted
@@ -362,8 +409,7 @@ class KernelCache:
             self.pairs_computed += len(b1) * len(b2)
             self.pairs_served += len(b1) * len(b2)
             return direct_kernels(network, x1, x2, shape)
-        for b in blocks:
-            b.kernels()  # unchanged since it was returned, or an error
+        for b, _ in blocks:
             del net.blocks[b.exact]
         if len(hit) == 1:
             store, cap = hit[0], len(hit[0].rows)
@@ -379,10 +425,10 @@ class KernelCache:
         if new:
             store.add(new, cap)
         net.groups.append(store)
-        for b in blocks:
+        for b, k in blocks:
             p1 = store.positions(b.b1)
             p2 = p1 if b.b2 is None else store.positions(b.b2)
-            self._write(store, p1, p2, b.k, b.k.cov1 if b.b2 is None else b.k.cov2, b.b2 is None)
+            self._write(store, p1, p2, k, k.cov1 if b.b2 is None else k.cov2, b.b2 is None)
         i1 = store.positions(b1)
         i2 = i1 if same else store.positions(b2)
         fresh = self._fill(network, store, i1, i2, same, shape)
