@@ -376,10 +376,14 @@ def test_kernel_cache_holds_nothing_until_a_request_reuses_something():
     net = _cnn(3)
     k = cache.kernels(net, x[:20], input_shape=(1, 12))
     ref = weakref.ref(k.ntk)
-    assert not cache.reused and cache.nbytes < 20 * 20 * 16  # rows only, no kernels
     del k
     gc.collect()
+    assert ref() is not None  # the latest results are held, for the next fold to reuse
+    for i in range(4):  # four more results, none reusing anything: the first is dropped
+        cache.kernels(net, x[20:] + i + 1, input_shape=(1, 12))
+    gc.collect()
     assert ref() is None  # the cache did not keep the kernel alive
+    assert not cache.reused and cache.nbytes < 20 * 20 * 16 + 4 * 10 * 10 * 16
     n = cache.pairs_computed
     again = cache.kernels(net, x[:20], input_shape=(1, 12))  # a reuse, but its block was freed
     assert cache.pairs_computed == n + 400 and cache.reused

@@ -4,7 +4,10 @@ scikit-learn refits a clone of an estimator for every fold and setting of a grid
 the settings that do not change the network (``diag_reg``, ``t``) and the folds that share
 rows would recompute the same entries ``K(x_i, x_j)``. :class:`KernelCache` keys each
 network by its configuration and each entry by the bytes of its two float64 rows, and
-computes only the entries not yet known (see ``widenets.sklearn``).
+computes only the entries not yet known (see ``widenets.sklearn``). It never copies a
+result that nothing reads again, and keeps nothing alive until something is reused: for
+cheap kernels a copy, or the page faults of memory kept alive, cost a visible fraction of
+the computation.
 """
 
 from __future__ import annotations
@@ -12,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import weakref
-from collections import OrderedDict
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -224,6 +227,12 @@ def _versions(k: CachedKernels) -> tuple[int, ...]:
     return tuple(t._version for t in (k.nngp, k.ntk, k.cov1, k.cov2))
 
 
+#: results held strongly while the cache has seen no reuse, the most recent first: enough for
+#: the next fold of a search to reuse a fold's fit and prediction, few enough that their memory
+#: is recycled instead of faulting in fresh pages for every result
+_RECENT = 4
+
+
 class _Network:
     """What the cache holds for one network: dense stores of row groups, and blocks kept by
     reference keyed by the bytes of their two inputs (oldest first)."""
@@ -266,16 +275,27 @@ class KernelCache:
     the network's configuration (its layers' classes and attributes; functions by identity,
     each kept alive by its key), ``input_shape``, and the bytes of the two float64 input rows;
     values are exactly what the first computation gave (equal to a direct ``net.kernel`` call
-    up to rounding, since every entry is computed by the same elementwise operations). Only
-    entries that a request needs and that are not yet known are computed: for the rows of a
-    fit, the pairs among them that are missing; for a prediction, the block of new rows
-    against the training rows. Rows asked for together (directly or through a shared row)
-    form a group stored as one dense block; groups that no request joins are stored apart
-    (e.g. the folds of a search whose scaler moves every fold's rows). A request whose pairs
-    are all new costs one direct computation plus a copy of its result.
+    up to rounding, since every entry is computed by the same elementwise operations).
+
+    A request none of whose pairs is known is computed directly and its result kept by
+    reference (no copy): an identical later request gets the same tensors back. Until some
+    request has reused something, the cache references such results only weakly (they live as
+    long as their caller keeps them, the latest four also by the cache), so a search in which
+    nothing is ever shared (every
+    setting a new network, every fold new rows under a per-fold scaler) costs no memory and
+    no copy; the first reuse of a freed result recomputes it, and from then on results are
+    held. A request that needs some known entries among others goes through a dense store of
+    its rows' group: the kept results it overlaps are written into it, and only the entries
+    still missing are computed (for a fit, the pairs among its rows; for a prediction, new
+    rows against the training rows). Groups that no request joins are stored apart.
+
+    Returned tensors may be shared with other callers: read them, or ``.clone()`` them before
+    changing them in place; a kept tensor changed in place raises a RuntimeError at the
+    cache's next read of it, never a silently wrong kernel.
 
     Args:
-        max_bytes: memory bound of the cache (17 bytes per stored pair of rows, per network).
+        max_bytes: memory bound of the cache (16 bytes per kept pair of rows, 17 per stored
+            pair in a group's dense store, per network).
             The least recently used networks are dropped to make room; a request that alone
             needs more is computed directly and not stored.
 
@@ -286,6 +306,8 @@ class KernelCache:
     Attributes:
         pairs_computed: (x1, x2) pairs whose kernels were computed so far.
         pairs_served: pairs returned to callers (computed or looked up).
+        reused: whether a request has reused a kept result yet (until then results are
+            referenced weakly; ``clear`` resets it).
     """
 
     def __init__(self, max_bytes: int = 2**30):
@@ -302,6 +324,7 @@ class KernelCache:
         with self._lock:
             self._stores: OrderedDict = OrderedDict()
             self.reused = False  # has a request reused anything yet (see _Block)
+            self._recent: deque = deque(maxlen=_RECENT)  # the latest weakly kept results
             if not hasattr(self, "pairs_computed"):
                 self.pairs_computed = 0
                 self.pairs_served = 0
@@ -309,7 +332,8 @@ class KernelCache:
     @property
     def nbytes(self) -> int:
         """Memory held by the stored kernels."""
-        return sum(net.nbytes for net in self._stores.values())
+        held = sum(16 * k.nngp.numel() for k in self._recent)
+        return held + sum(net.nbytes for net in self._stores.values())
 
     def __repr__(self) -> str:
         return f"KernelCache(max_bytes={self.max_bytes})"
@@ -379,6 +403,8 @@ class KernelCache:
                 self.pairs_served += n_pairs
                 block = _Block(exact, b1, None if x2 is None else b2, k, d, self.reused)
                 self._keep(key, net, block)
+                if not self.reused and 16 * _RECENT * n_pairs <= self.max_bytes:
+                    self._recent.append(k)
                 return k
             return self._from_store(key, net, blocks, b1, b2, x2 is None, network, shape)
 
@@ -465,6 +491,8 @@ class KernelCache:
             del net.blocks[next(iter(net.blocks))]
         while net.groups and self.nbytes + extra > self.max_bytes:
             net.groups.pop(0)
+        while self._recent and self.nbytes + extra > self.max_bytes:
+            self._recent.popleft()
 
     def _fill(self, network, store: _Store, i1, i2, same: bool, shape) -> CachedKernels | None:
         """Compute the entries among rows i1 x i2 that are not yet known; return the kernels
