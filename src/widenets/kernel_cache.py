@@ -237,11 +237,25 @@ class _Network:
     """What the cache holds for one network: dense stores of row groups, and blocks kept by
     reference keyed by the bytes of their two inputs (oldest first)."""
 
-    __slots__ = ("groups", "blocks")
+    __slots__ = ("groups", "blocks", "seen")
 
     def __init__(self):
         self.groups: list[_Store] = []
         self.blocks: dict[tuple, _Block] = {}
+        # every row of the blocks (a superset after blocks are dropped): one scan of a
+        # request's rows tells that no block can share a pair with it (e.g. new rows)
+        self.seen: dict[bytes, None] = {}
+
+    def add(self, block: _Block) -> None:
+        self.blocks[block.exact] = block
+        self.seen.update(block.r)
+        if block.b2 is not None:
+            self.seen.update(block.c)
+
+    def drop(self, block: _Block) -> None:
+        del self.blocks[block.exact]
+        if not self.blocks:
+            self.seen = {}
 
     @property
     def nbytes(self) -> int:
@@ -382,18 +396,21 @@ class KernelCache:
                 k = block.kernels()
                 if k is not None:
                     if not block.strong:
-                        del net.blocks[exact]
+                        net.drop(block)
                         block.keep(k)
                         self._keep(key, net, block)
                     self.pairs_served += n_pairs
                     return k
-                del net.blocks[exact]  # a ghost whose kernels were freed
+                net.drop(block)  # a ghost whose kernels were freed
             blocks = []  # (block, its kernels) of the blocks sharing pairs with the request
-            for b in [b for b in net.blocks.values() if b.shares_pairs(b1, b2)]:
+            sharing = []
+            if not net.seen.keys().isdisjoint(b1):  # a pair of a block has a row in b1
+                sharing = [b for b in net.blocks.values() if b.shares_pairs(b1, b2)]
+            for b in sharing:
                 self.reused = True
                 k = b.kernels()  # unchanged since returned, or an error
                 if k is None:  # a ghost whose kernels were freed: forget it
-                    del net.blocks[b.exact]
+                    net.drop(b)
                 else:
                     blocks.append((b, k))
             if not blocks and not any(_may_know(g, b1, b2) for g in net.groups):
@@ -412,7 +429,7 @@ class KernelCache:
         if block.nbytes <= self.max_bytes:
             self._stores[key] = net
             self._make_room(key, block.nbytes)
-            net.blocks[block.exact] = block
+            net.add(block)
 
     def _from_store(self, key, net: _Network, blocks, b1, b2, same, network, shape):
         """Kernels of rows b1 x b2 through the dense store of their group: the kept blocks
@@ -436,7 +453,7 @@ class KernelCache:
             self.pairs_served += len(b1) * len(b2)
             return direct_kernels(network, x1, x2, shape)
         for b, _ in blocks:
-            del net.blocks[b.exact]
+            net.drop(b)
         if len(hit) == 1:
             store, cap = hit[0], len(hit[0].rows)
             if need > cap:
@@ -488,7 +505,7 @@ class KernelCache:
                 del self._stores[other]
         net = self._stores[key]
         while net.blocks and self.nbytes + extra > self.max_bytes:
-            del net.blocks[next(iter(net.blocks))]
+            net.drop(next(iter(net.blocks.values())))
         while net.groups and self.nbytes + extra > self.max_bytes:
             net.groups.pop(0)
         while self._recent and self.nbytes + extra > self.max_bytes:
