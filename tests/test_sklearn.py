@@ -351,6 +351,10 @@ def test_kernel_cache_memory_bound_eviction_and_bypass():
         with pytest.raises(ValueError, match="`max_bytes` must be a positive integer"):
             KernelCache(max_bytes=bad)
 
+    # before any reuse: the latest results held by the cache count against the bound too
+    weak = KernelCache(max_bytes=one)
+    held = [weak.kernels(_cnn(3), x[i : i + 10] + i, input_shape=(1, 12)) for i in range(6)]
+    assert weak.nbytes <= one and len(held) == 6
     # joined groups: the merged store of 30 rows fits the bound, 40 rows would not
     big = KernelCache(max_bytes=one)
     big.reused = True

@@ -422,6 +422,8 @@ class KernelCache:
                 self._keep(key, net, block)
                 if not self.reused and 16 * _RECENT * n_pairs <= self.max_bytes:
                     self._recent.append(k)
+                    while self._recent and self.nbytes > self.max_bytes:
+                        self._recent.popleft()
                 return k
             return self._from_store(key, net, blocks, b1, b2, x2 is None, network, shape)
 
