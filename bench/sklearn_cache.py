@@ -4,7 +4,9 @@ A ``KernelCache`` must never make a grid search slower than no cache. This times
 ``GridSearchCV`` (3-fold, shuffled) over typical grids of an NTK estimator, in the four
 combinations of {no scaler, ``StandardScaler`` inside the pipeline} x {no cache, one
 ``KernelCache`` shared by every clone}, and prints each cached search's time as a ratio to
-the uncached one measured in the same run (repeats interleaved, median of ``--repeats``).
+the uncached one measured in the same run (repeats interleaved, in alternating order; the
+ratio of the medians of ``--repeats``, the quartiles of the per-repeat ratios as its spread,
+and the ratio of median process CPU times, less sensitive to other people's load).
 
 Grids (``NTKRegressor`` on ``load_diabetes``, ``NTKClassifier`` on ``load_breast_cancer``):
 
@@ -52,14 +54,16 @@ TASKS = {
 }
 
 
-def search_seconds(load, cls, split, grid, scaler: bool, cache) -> tuple[float, int]:
-    """Wall time of one GridSearchCV fit, and the pairs the cache computed (0 without)."""
+def search_seconds(load, cls, split, grid, scaler: bool, cache) -> tuple[float, float, int]:
+    """Wall and process CPU time of one GridSearchCV fit, and the pairs the cache computed
+    (0 without)."""
     x, y = load(return_X_y=True)
     steps = [("s", StandardScaler())] if scaler else []
     pipe = Pipeline(steps + [("m", cls(kernel_cache=cache))])
-    start = time.perf_counter()
+    start, cpu = time.perf_counter(), time.process_time()
     GridSearchCV(pipe, grid, cv=split(3, shuffle=True, random_state=0)).fit(x, y)
-    return time.perf_counter() - start, 0 if cache is None else cache.pairs_computed
+    wall, cpu = time.perf_counter() - start, time.process_time() - cpu
+    return wall, cpu, 0 if cache is None else cache.pairs_computed
 
 
 def main(argv=None) -> None:
@@ -79,21 +83,29 @@ def main(argv=None) -> None:
     )
     print(
         "| task | grid | scaler | no cache (s) | cache (s) | cache / no cache | "
-        "pairs computed (cache) |"
+        "per-repeat ratios (quartiles) | CPU time ratio | pairs computed (cache) |"
     )
-    print("|---|---|---|---:|---:|---:|---:|")
+    print("|---|---|---|---:|---:|---:|---:|---:|---:|")
     for task, (load, cls, split) in TASKS.items():
         for gname, grid in GRIDS.items():
             for scaler in (False, True):
                 plain, cached, pairs = [], [], 0
-                for _ in range(args.repeats):  # interleaved, so that load drifts hit both
-                    plain.append(search_seconds(load, cls, split, grid, scaler, None)[0])
-                    sec, pairs = search_seconds(load, cls, split, grid, scaler, KernelCache())
-                    cached.append(sec)
-                a, b = statistics.median(plain), statistics.median(cached)
+                for i in range(args.repeats):  # interleaved, so that load drifts hit both
+                    arms = [None, KernelCache()]
+                    for cache in arms if i % 2 == 0 else arms[::-1]:  # alternating order
+                        sec, cpu, n = search_seconds(load, cls, split, grid, scaler, cache)
+                        (plain if cache is None else cached).append((sec, cpu))
+                        pairs = n or pairs
+                a = statistics.median(s for s, _ in plain)
+                b = statistics.median(s for s, _ in cached)
+                ratios = [c[0] / p[0] for p, c in zip(plain, cached, strict=True)]
+                q1, _, q3 = statistics.quantiles(ratios, n=4) if len(ratios) > 1 else ratios * 3
+                cpu = statistics.median(c for _, c in cached) / statistics.median(
+                    c for _, c in plain
+                )
                 print(
-                    f"| {task} | {gname} | {'yes' if scaler else 'no'} | {a:.2f} | {b:.2f} "
-                    f"| {b / a:.2f} | {pairs:,} |",
+                    f"| {task} | {gname} | {'yes' if scaler else 'no'} | {a:.3f} | {b:.3f} "
+                    f"| {b / a:.2f} | {q1:.2f}-{q3:.2f} | {cpu:.2f} | {pairs:,} |",
                     flush=True,
                 )
 

@@ -4,13 +4,14 @@ import copy
 import gc
 import math
 import pickle
+import weakref
 
 import numpy as np
 import pytest
 import torch
 from sklearn.base import clone
 from sklearn.datasets import load_iris, make_regression
-from sklearn.model_selection import GridSearchCV, StratifiedKFold, cross_val_score
+from sklearn.model_selection import GridSearchCV, KFold, StratifiedKFold, cross_val_score
 from sklearn.pipeline import Pipeline
 from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from sklearn.utils.estimator_checks import check_estimator
@@ -313,9 +314,10 @@ def test_kernel_cache_keeps_rows_never_asked_together_apart():
     net = _cnn()
     direct = net.kernel(torch.tensor(x).reshape(40, 1, 12))
     cache = KernelCache()
+    cache.reused = True  # as after a first reuse: computed blocks are held, not weakly referenced
     for g in range(4):
         cache.kernels(net, x[10 * g : 10 * g + 10], input_shape=(1, 12))
-    ten = 10 * 10 * 17 + 10 * (8 * 12 + 9)  # bytes of a group of 10 rows
+    ten = 10 * 10 * 16 + 10 * (8 * 12 + 8)  # bytes of the kernels and rows of 10 rows
     assert cache.nbytes == 4 * ten  # one store of all 40 rows: 40 * 40 * 17 + ... bytes
     k = cache.kernels(net, x[::2], x, input_shape=(1, 12))  # joins the four groups
     for name in ("nngp", "ntk"):
@@ -332,6 +334,7 @@ def test_kernel_cache_memory_bound_eviction_and_bypass():
     x, _ = _sequences(n=30)
     one = 30 * 30 * 17 + 30 * (8 * 12 + 9)  # bytes of one network's store of 30 rows
     cache = KernelCache(max_bytes=one)
+    cache.reused = True  # computed blocks are held (see the test of weak references below)
     cache.kernels(_cnn(3), x, input_shape=(1, 12))
     assert cache.nbytes <= one
     cache.kernels(_cnn(5), x, input_shape=(1, 12))  # evicts the first network
@@ -347,6 +350,112 @@ def test_kernel_cache_memory_bound_eviction_and_bypass():
     for bad in (0, -5, 1.5, "1GB", True):
         with pytest.raises(ValueError, match="`max_bytes` must be a positive integer"):
             KernelCache(max_bytes=bad)
+
+    # before any reuse: the latest results held by the cache count against the bound too
+    weak = KernelCache(max_bytes=one)
+    held = [weak.kernels(_cnn(3), x[i : i + 10] + i, input_shape=(1, 12)) for i in range(6)]
+    assert weak.nbytes <= one and len(held) == 6
+    # joined groups: the merged store of 30 rows fits the bound, 40 rows would not
+    big = KernelCache(max_bytes=one)
+    big.reused = True
+    big.kernels(_cnn(3), x[:15], input_shape=(1, 12))
+    big.kernels(_cnn(3), x[15:], input_shape=(1, 12))
+    joined = big.kernels(_cnn(3), x, input_shape=(1, 12))  # all 30 rows in one store
+    assert big.nbytes <= one
+    torch.testing.assert_close(joined.ntk, direct.ntk, rtol=1e-12, atol=1e-14)
+    x40, _ = _sequences(n=40)
+    k40 = big.kernels(_cnn(3), x40, input_shape=(1, 12))  # needs more than the bound: direct
+    assert big.nbytes <= one
+    torch.testing.assert_close(
+        k40.ntk, _cnn(3).kernel(torch.tensor(x40).reshape(40, 1, 12)).ntk, rtol=1e-12, atol=1e-14
+    )
+
+
+def test_kernel_cache_holds_nothing_until_a_request_reuses_something():
+    """Until a request reuses an entry, a computed block is referenced weakly: a search where
+    nothing is shared keeps no kernel memory alive; the first reuse of a block still held by
+    its caller costs no computation, and from then on blocks are held by the cache."""
+    x, _ = _sequences(n=30)
+    cache = KernelCache()
+    net = _cnn(3)
+    k = cache.kernels(net, x[:20], input_shape=(1, 12))
+    ref = weakref.ref(k.ntk)
+    del k
+    gc.collect()
+    assert ref() is not None  # the latest results are held, for the next fold to reuse
+    for i in range(4):  # four more results, none reusing anything: the first is dropped
+        cache.kernels(net, x[20:] + i + 1, input_shape=(1, 12))
+    gc.collect()
+    assert ref() is None  # the cache did not keep the kernel alive
+    assert not cache.reused and cache.nbytes < 20 * 20 * 16 + 4 * 10 * 10 * 16
+    n = cache.pairs_computed
+    again = cache.kernels(net, x[:20], input_shape=(1, 12))  # a reuse, but its block was freed
+    assert cache.pairs_computed == n + 400 and cache.reused
+    # a new block, now held by the cache: served again without computing, the same tensors
+    t = cache.kernels(net, x[20:], x[:20], input_shape=(1, 12))
+    ident = id(t.ntk)
+    del t
+    gc.collect()
+    n = cache.pairs_computed
+    t = cache.kernels(net, x[20:], x[:20], input_shape=(1, 12))
+    assert cache.pairs_computed == n and id(t.ntk) == ident
+    direct = net.kernel(torch.tensor(x).reshape(30, 1, 12))
+    torch.testing.assert_close(t.ntk, direct.ntk[20:, :20], rtol=1e-12, atol=1e-14)
+    torch.testing.assert_close(again.nngp, direct.nngp[:20, :20], rtol=1e-12, atol=1e-14)
+    # a block alive with its caller is promoted on its first reuse without computing
+    fresh = KernelCache()
+    held = fresh.kernels(net, x, input_shape=(1, 12))
+    m = fresh.pairs_computed
+    assert fresh.kernels(net, x, input_shape=(1, 12)).ntk is held.ntk
+    assert fresh.pairs_computed == m and fresh.nbytes >= 30 * 30 * 16
+
+
+def test_kernel_cache_tensors_changed_in_place_are_an_error_not_a_wrong_kernel():
+    x, _ = _sequences(n=20)
+    net = _cnn(3)
+    for reused in (False, True):  # a weakly referenced block and a held one
+        cache = KernelCache()
+        cache.reused = reused
+        k = cache.kernels(net, x, input_shape=(1, 12))
+        k.ntk.mul_(2.0)
+        with pytest.raises(RuntimeError, match="modified in place"):
+            cache.kernels(net, x, input_shape=(1, 12))  # the same request
+        with pytest.raises(RuntimeError, match="modified in place"):
+            cache.kernels(net, x[:5], x[5:], input_shape=(1, 12))  # some of its entries
+        cache.clear()
+        k2 = cache.kernels(net, x, input_shape=(1, 12))  # after clear: computed afresh
+        torch.testing.assert_close(k2.ntk, k.ntk / 2.0)
+
+
+@pytest.mark.parametrize("scaler", [False, True], ids=["no-scaler", "scaler"])
+def test_kernel_cache_grid_search_with_and_without_scaler_equals_uncached(scaler):
+    """Every cache path (weak blocks, held blocks, joined stores, exact repeats) against no
+    cache, on a search whose folds share rows (no scaler) or do not (a per-fold scaler)."""
+    g = np.random.default_rng(1)
+    x = g.standard_normal((45, 4))
+    y = x[:, 0] - 0.5 * x[:, 1] ** 2 + 0.1 * g.standard_normal(45)
+    grid = {"m__diag_reg": [1e-3, 1e-1], "m__depth": [1, 2], "m__w_std": [1.0, 1.5]}
+
+    def search(cache):
+        steps = [("s", StandardScaler())] if scaler else [("s", FunctionTransformer())]
+        pipe = Pipeline(steps + [("m", NTKRegressor(kernel_cache=cache))])
+        cv = KFold(3, shuffle=True, random_state=0)
+        return GridSearchCV(pipe, grid, cv=cv).fit(x[:36], y[:36])
+
+    cache = KernelCache()
+    cached, plain = search(cache), search(None)
+    np.testing.assert_allclose(
+        cached.cv_results_["mean_test_score"], plain.cv_results_["mean_test_score"], rtol=1e-12
+    )
+    mean_c, std_c = cached.best_estimator_.predict(x[36:], return_std=True)
+    mean_p, std_p = plain.best_estimator_.predict(x[36:], return_std=True)
+    np.testing.assert_allclose(mean_c, mean_p, rtol=1e-12, atol=1e-12)
+    np.testing.assert_allclose(std_c, std_p, rtol=1e-12, atol=1e-12)
+    assert cache.reused  # each network is tried at two diag_reg values
+    # fewer entries computed than asked for (8 settings x 3 folds, fit + score, + refit): with
+    # a scaler, the two networks tried before the first reuse are computed twice, the other
+    # two once (3/4 of the asks); without one, the folds also share rows
+    assert cache.pairs_computed < (0.8 if scaler else 0.5) * cache.pairs_served
 
 
 def test_kernel_cache_is_shared_by_clones_and_pickles_empty():

@@ -4,14 +4,18 @@ scikit-learn refits a clone of an estimator for every fold and setting of a grid
 the settings that do not change the network (``diag_reg``, ``t``) and the folds that share
 rows would recompute the same entries ``K(x_i, x_j)``. :class:`KernelCache` keys each
 network by its configuration and each entry by the bytes of its two float64 rows, and
-computes only the entries not yet known (see ``widenets.sklearn``).
+computes only the entries not yet known (see ``widenets.sklearn``). It never copies a
+result that nothing reads again, and keeps nothing alive until something is reused: for
+cheap kernels a copy, or the page faults of memory kept alive, cost a visible fraction of
+the computation.
 """
 
 from __future__ import annotations
 
 import hashlib
 import threading
-from collections import OrderedDict
+import weakref
+from collections import OrderedDict, deque
 from dataclasses import dataclass
 
 import numpy as np
@@ -153,6 +157,129 @@ class _Store:
         return np.fromiter(map(self.index.__getitem__, rows), np.intp, len(rows))
 
 
+class _Block:
+    """A request's kernels computed while nothing of them was known.
+
+    Most computed blocks are never read again (a search whose per-fold scaler moves every
+    row, a network tried once), and keeping memory alive is not free: the next computation
+    must then fault in fresh pages, which costs a visible fraction of a cheap kernel. So a
+    block is kept either strongly (the cache holds the tensors it returned, no copy) or, until
+    the cache has seen a request reuse anything, as a ghost: its row keys, its variances and
+    weak references to its kernels, alive only while the caller keeps them. An identical
+    later request gets the tensors back as they are; a request that needs some of their
+    entries among others first writes them into the store of their rows.
+
+    The caller holds the same tensors, so the block records their version counters: a tensor
+    changed in place since is an error at the next read, never a silently wrong kernel.
+    """
+
+    __slots__ = ("exact", "b1", "b2", "r", "c", "k", "refs", "covs", "versions", "nbytes", "d")
+
+    def __init__(self, exact, b1, b2, k: CachedKernels, d: int, strong: bool):
+        self.exact, self.b1, self.b2, self.d = exact, b1, b2, d
+        self.r = dict.fromkeys(b1)
+        self.c = self.r if b2 is None else dict.fromkeys(b2)
+        self.versions = _versions(k)
+        self.covs = (k.cov1, k.cov2)
+        self.k, self.refs = None, (weakref.ref(k.nngp), weakref.ref(k.ntk))
+        self.nbytes = self._nbytes(False)
+        if strong:
+            self.keep(k)
+
+    def _nbytes(self, strong: bool) -> int:
+        n1, n2 = len(self.b1), len(self.b1 if self.b2 is None else self.b2)
+        rows = n1 if self.b2 is None else n1 + n2  # each distinct row, and its variance
+        return (16 * n1 * n2 if strong else 0) + rows * (8 * self.d + 8)
+
+    def keep(self, k: CachedKernels) -> None:
+        """Hold the kernels strongly from now on."""
+        self.k, self.nbytes = k, self._nbytes(True)
+
+    @property
+    def strong(self) -> bool:
+        return self.k is not None
+
+    def shares_pairs(self, b1: list[bytes], b2: list[bytes]) -> bool:
+        """Whether some pair of b1 x b2 is among this block's (either orientation)."""
+        r, c = self.r.keys(), self.c.keys()
+        if not r.isdisjoint(b1) and not c.isdisjoint(b2):
+            return True
+        return self.b2 is not None and not c.isdisjoint(b1) and not r.isdisjoint(b2)
+
+    def kernels(self) -> CachedKernels | None:
+        """The kernels as returned, or None for a ghost whose kernels were freed."""
+        k = self.k
+        if k is None:
+            nngp, ntk = self.refs[0](), self.refs[1]()
+            if nngp is None or ntk is None:
+                return None
+            k = CachedKernels(nngp, ntk, *self.covs)
+        if _versions(k) != self.versions:
+            raise RuntimeError(
+                "a kernel tensor returned by KernelCache was modified in place after it was "
+                "returned; the cache shares its tensors between the estimators that ask for the "
+                "same kernels: copy a tensor (`.clone()`) before changing it."
+            )
+        return k
+
+
+def _versions(k: CachedKernels) -> tuple[int, ...]:
+    return tuple(t._version for t in (k.nngp, k.ntk, k.cov1, k.cov2))
+
+
+#: results held strongly while the cache has seen no reuse, the most recent first: enough for
+#: the next fold of a search to reuse a fold's fit and prediction, few enough that their memory
+#: is recycled instead of faulting in fresh pages for every result
+_RECENT = 4
+
+
+class _Network:
+    """What the cache holds for one network: dense stores of row groups, and blocks kept by
+    reference keyed by the bytes of their two inputs (oldest first)."""
+
+    __slots__ = ("groups", "blocks", "seen")
+
+    def __init__(self):
+        self.groups: list[_Store] = []
+        self.blocks: dict[tuple, _Block] = {}
+        # every row of the blocks (a superset after blocks are dropped): one scan of a
+        # request's rows tells that no block can share a pair with it (e.g. new rows)
+        self.seen: dict[bytes, None] = {}
+
+    def add(self, block: _Block) -> None:
+        self.blocks[block.exact] = block
+        self.seen.update(block.r)
+        if block.b2 is not None:
+            self.seen.update(block.c)
+
+    def drop(self, block: _Block) -> None:
+        del self.blocks[block.exact]
+        if not self.blocks:
+            self.seen = {}
+
+    @property
+    def nbytes(self) -> int:
+        return sum(g.nbytes for g in self.groups) + sum(b.nbytes for b in self.blocks.values())
+
+
+def _row_keys(x: np.ndarray) -> list[bytes]:
+    """The bytes of each row of a C-contiguous float64 (N, D) array (one C-level pass)."""
+    if x.shape[1] == 0:
+        return [b""] * len(x)
+    return x.view(np.dtype((np.void, 8 * x.shape[1]))).ravel().tolist()
+
+
+def _rows_of(keys: list[bytes], d: int) -> np.ndarray:
+    """The (N, D) float64 rows whose bytes are ``keys``."""
+    return np.frombuffer(b"".join(keys), dtype=np.float64).reshape(len(keys), d).copy()
+
+
+def _may_know(store: _Store, b1: list[bytes], b2: list[bytes]) -> bool:
+    """Whether the group may hold a pair of b1 x b2 (it holds a row of each)."""
+    keys = store.index.keys()
+    return not keys.isdisjoint(b1) and not keys.isdisjoint(b2)
+
+
 class KernelCache:
     """A memo of networks' NNGP and NTK entries, shared by estimators and their clones.
 
@@ -162,16 +289,27 @@ class KernelCache:
     the network's configuration (its layers' classes and attributes; functions by identity,
     each kept alive by its key), ``input_shape``, and the bytes of the two float64 input rows;
     values are exactly what the first computation gave (equal to a direct ``net.kernel`` call
-    up to rounding, since every entry is computed by the same elementwise operations). Only
-    entries that a request needs and that are not yet known are computed: for the rows of a
-    fit, the pairs among them that are missing; for a prediction, the block of new rows
-    against the training rows. Rows asked for together (directly or through a shared row)
-    form a group stored as one dense block; groups that no request joins are stored apart
-    (e.g. the folds of a search whose scaler moves every fold's rows). A request whose pairs
-    are all new costs one direct computation plus a copy of its result.
+    up to rounding, since every entry is computed by the same elementwise operations).
+
+    A request none of whose pairs is known is computed directly and its result kept by
+    reference (no copy): an identical later request gets the same tensors back. Until some
+    request has reused something, the cache references such results only weakly (they live as
+    long as their caller keeps them, the latest four also by the cache), so a search in which
+    nothing is ever shared (every
+    setting a new network, every fold new rows under a per-fold scaler) costs no memory and
+    no copy; the first reuse of a freed result recomputes it, and from then on results are
+    held. A request that needs some known entries among others goes through a dense store of
+    its rows' group: the kept results it overlaps are written into it, and only the entries
+    still missing are computed (for a fit, the pairs among its rows; for a prediction, new
+    rows against the training rows). Groups that no request joins are stored apart.
+
+    Returned tensors may be shared with other callers: read them, or ``.clone()`` them before
+    changing them in place; a kept tensor changed in place raises a RuntimeError at the
+    cache's next read of it, never a silently wrong kernel.
 
     Args:
-        max_bytes: memory bound of the cache (17 bytes per stored pair of rows, per network).
+        max_bytes: memory bound of the cache (16 bytes per kept pair of rows, 17 per stored
+            pair in a group's dense store, per network).
             The least recently used networks are dropped to make room; a request that alone
             needs more is computed directly and not stored.
 
@@ -182,6 +320,8 @@ class KernelCache:
     Attributes:
         pairs_computed: (x1, x2) pairs whose kernels were computed so far.
         pairs_served: pairs returned to callers (computed or looked up).
+        reused: whether a request has reused a kept result yet (until then results are
+            referenced weakly; ``clear`` resets it).
     """
 
     def __init__(self, max_bytes: int = 2**30):
@@ -197,6 +337,8 @@ class KernelCache:
         """Forget every stored kernel (the counters are kept)."""
         with self._lock:
             self._stores: OrderedDict = OrderedDict()
+            self.reused = False  # has a request reused anything yet (see _Block)
+            self._recent: deque = deque(maxlen=_RECENT)  # the latest weakly kept results
             if not hasattr(self, "pairs_computed"):
                 self.pairs_computed = 0
                 self.pairs_served = 0
@@ -204,7 +346,8 @@ class KernelCache:
     @property
     def nbytes(self) -> int:
         """Memory held by the stored kernels."""
-        return sum(g.nbytes for groups in self._stores.values() for g in groups)
+        held = sum(16 * k.nngp.numel() for k in self._recent)
+        return held + sum(net.nbytes for net in self._stores.values())
 
     def __repr__(self) -> str:
         return f"KernelCache(max_bytes={self.max_bytes})"
@@ -220,7 +363,12 @@ class KernelCache:
 
     def kernels(self, network: Layer, x1, x2=None, input_shape=None) -> CachedKernels:
         """NNGP and NTK of ``network`` between the rows of x1 (N1, D) and x2 (N2, D)
-        (None: x1 with itself), each row reshaped to ``input_shape`` if given."""
+        (None: x1 with itself), each row reshaped to ``input_shape`` if given.
+
+        The tensors returned may be the cache's own (shared with other callers that asked for
+        the same kernels): read them, or ``.clone()`` them before changing them in place (the
+        cache raises a RuntimeError at its next read of a tensor changed in place).
+        """
         x1 = np.ascontiguousarray(x1, dtype=np.float64)
         x2 = None if x2 is None else np.ascontiguousarray(x2, dtype=np.float64)
         if x1.ndim != 2 or (x2 is not None and (x2.ndim != 2 or x2.shape[1] != x1.shape[1])):
@@ -231,47 +379,114 @@ class KernelCache:
         d = x1.shape[1]
         shape = None if input_shape is None else tuple(int(s) for s in input_shape)
         key = (_fingerprint(network), shape, d)
+        n_pairs = len(x1) * (len(x1) if x2 is None else len(x2))
         with self._lock:
-            groups = self._stores.get(key, [])
-            b1 = [row.tobytes() for row in x1]
-            b2 = b1 if x2 is None else [row.tobytes() for row in x2]
-            wanted = list(dict.fromkeys(b1 if x2 is None else b1 + b2))
-            hit = [g for g in groups if not g.index.keys().isdisjoint(wanted)]
-            rest = [g for g in groups if all(g is not h for h in hit)]
-            new = wanted
-            for g in hit:
-                new = [b for b in new if b not in g.index]
-            need = sum(g.n for g in hit) + len(new)
-            if _Store.bytes_for(need, d) > self.max_bytes:  # too large to keep: compute directly
-                self.pairs_computed += len(x1) * (len(x1) if x2 is None else len(x2))
-                return direct_kernels(network, x1, x2, shape)
-            if len(hit) == 1:
-                store, cap = hit[0], len(hit[0].rows)
-                if need > cap:
-                    cap = max(need, min(cap + cap // 2, self._max_rows(d)))  # geometric
-            else:  # a new group, or several that this request joins: merged into one
-                store, cap = None, need
-            self._stores[key] = rest
-            self._stores.move_to_end(key)
-            self._make_room(key, _Store.bytes_for(cap, d))
-            if store is None:
-                store = _Store.merged(hit, cap) if hit else _Store(d)
-            if new:
-                store.add(new, cap)
-            self._stores[key].append(store)
-            i1 = store.positions(b1)
-            i2 = i1 if x2 is None else store.positions(b2)
-            fresh = self._fill(network, store, i1, i2, x2 is None, shape)
-            self.pairs_served += len(i1) * len(i2)
-            if fresh is not None:  # computed just now for exactly this request: no gather
-                return fresh
-            block = _block(i1, i2)
-            return CachedKernels(  # copies: a caller may change its tensors in place
-                nngp=torch.from_numpy(store.nngp[block].copy()),
-                ntk=torch.from_numpy(store.ntk[block].copy()),
-                cov1=torch.from_numpy(store.var[i1]),
-                cov2=torch.from_numpy(store.var[i2]),
-            )
+            net = self._stores.get(key)
+            if net is None:
+                net = _Network()
+            else:
+                self._stores.move_to_end(key)
+            b1 = _row_keys(x1)
+            b2 = b1 if x2 is None else _row_keys(x2)
+            # each row's bytes are hashed once, here; the later set operations reuse the hash
+            exact = (tuple(b1), None if x2 is None else tuple(b2))
+            block = net.blocks.get(exact)
+            if block is not None:  # the very request seen before: its tensors, no copy
+                self.reused = True
+                k = block.kernels()
+                if k is not None:
+                    if not block.strong:
+                        net.drop(block)
+                        block.keep(k)
+                        self._keep(key, net, block)
+                    self.pairs_served += n_pairs
+                    return k
+                net.drop(block)  # a ghost whose kernels were freed
+            blocks = []  # (block, its kernels) of the blocks sharing pairs with the request
+            sharing = []
+            if not net.seen.keys().isdisjoint(b1):  # a pair of a block has a row in b1
+                sharing = [b for b in net.blocks.values() if b.shares_pairs(b1, b2)]
+            for b in sharing:
+                self.reused = True
+                k = b.kernels()  # unchanged since returned, or an error
+                if k is None:  # a ghost whose kernels were freed: forget it
+                    net.drop(b)
+                else:
+                    blocks.append((b, k))
+            if not blocks and not any(_may_know(g, b1, b2) for g in net.groups):
+                # nothing of it is known: compute, and keep the result by reference
+                k = direct_kernels(network, x1, x2, shape)
+                self.pairs_computed += n_pairs
+                self.pairs_served += n_pairs
+                block = _Block(exact, b1, None if x2 is None else b2, k, d, self.reused)
+                self._keep(key, net, block)
+                if not self.reused and 16 * _RECENT * n_pairs <= self.max_bytes:
+                    self._recent.append(k)
+                    while self._recent and self.nbytes > self.max_bytes:
+                        self._recent.popleft()
+                return k
+            return self._from_store(key, net, blocks, b1, b2, x2 is None, network, shape)
+
+    def _keep(self, key, net: _Network, block: _Block) -> None:
+        if block.nbytes <= self.max_bytes:
+            self._stores[key] = net
+            self._make_room(key, block.nbytes)
+            net.add(block)
+
+    def _from_store(self, key, net: _Network, blocks, b1, b2, same, network, shape):
+        """Kernels of rows b1 x b2 through the dense store of their group: the kept blocks
+        sharing pairs with the request are written into it first, then only the entries
+        still missing are computed."""
+        d = key[2]
+        wanted = list(dict.fromkeys(b1 if same else b1 + b2))
+        extra = [r for b, _ in blocks for r in (b.b1 if b.b2 is None else b.b1 + b.b2)]
+        if extra:
+            wanted = list(dict.fromkeys(wanted + extra))
+        hit = [g for g in net.groups if not g.index.keys().isdisjoint(wanted)]
+        rest = [g for g in net.groups if all(g is not h for h in hit)]
+        new = wanted
+        for g in hit:
+            new = [b for b in new if b not in g.index]
+        need = sum(g.n for g in hit) + len(new)
+        if _Store.bytes_for(need, d) > self.max_bytes:  # too large to keep: compute directly
+            x1 = _rows_of(b1, d)
+            x2 = None if same else _rows_of(b2, d)
+            self.pairs_computed += len(b1) * len(b2)
+            self.pairs_served += len(b1) * len(b2)
+            return direct_kernels(network, x1, x2, shape)
+        for b, _ in blocks:
+            net.drop(b)
+        if len(hit) == 1:
+            store, cap = hit[0], len(hit[0].rows)
+            if need > cap:
+                cap = max(need, min(cap + cap // 2, self._max_rows(d)))  # geometric
+        else:  # a new group, or several that this request joins: merged into one
+            store, cap = None, need
+        net.groups = rest
+        self._stores[key] = net
+        self._make_room(key, _Store.bytes_for(cap, d))
+        if store is None:
+            store = _Store.merged(hit, cap) if hit else _Store(d)
+        if new:
+            store.add(new, cap)
+        net.groups.append(store)
+        for b, k in blocks:
+            p1 = store.positions(b.b1)
+            p2 = p1 if b.b2 is None else store.positions(b.b2)
+            self._write(store, p1, p2, k, k.cov1 if b.b2 is None else k.cov2, b.b2 is None)
+        i1 = store.positions(b1)
+        i2 = i1 if same else store.positions(b2)
+        fresh = self._fill(network, store, i1, i2, same, shape)
+        self.pairs_served += len(i1) * len(i2)
+        if fresh is not None:  # computed just now for exactly this request: no gather
+            return fresh
+        block = _block(i1, i2)
+        return CachedKernels(  # copies: the store's arrays are its own
+            nngp=torch.from_numpy(store.nngp[block].copy()),
+            ntk=torch.from_numpy(store.ntk[block].copy()),
+            cov1=torch.from_numpy(store.var[i1]),
+            cov2=torch.from_numpy(store.var[i2]),
+        )
 
     def _max_rows(self, d: int) -> int:
         lo, hi = 0, 1
@@ -283,16 +498,20 @@ class KernelCache:
         return lo
 
     def _make_room(self, key, extra: int) -> None:
-        """Drop the least recently used other networks, then this network's oldest other
-        groups, until ``extra`` more bytes fit."""
+        """Drop the least recently used other networks, then this network's oldest kept
+        blocks, then its oldest groups, until ``extra`` more bytes fit."""
         for other in list(self._stores):
             if self.nbytes + extra <= self.max_bytes:
                 return
             if other != key:
                 del self._stores[other]
-        groups = self._stores[key]
-        while groups and self.nbytes + extra > self.max_bytes:
-            groups.pop(0)
+        net = self._stores[key]
+        while net.blocks and self.nbytes + extra > self.max_bytes:
+            net.drop(next(iter(net.blocks.values())))
+        while net.groups and self.nbytes + extra > self.max_bytes:
+            net.groups.pop(0)
+        while self._recent and self.nbytes + extra > self.max_bytes:
+            self._recent.popleft()
 
     def _fill(self, network, store: _Store, i1, i2, same: bool, shape) -> CachedKernels | None:
         """Compute the entries among rows i1 x i2 that are not yet known; return the kernels
@@ -312,15 +531,20 @@ class KernelCache:
             k = direct_kernels(network, store.rows[rows], store.rows[cols], shape)
             cov2 = k.cov2
         self.pairs_computed += len(rows) * len(cols)
+        k = self._write(store, rows, cols, k, cov2, same)
+        whole = np.array_equal(i1, rows) and np.array_equal(i2, cols)
+        return k if whole else None
+
+    def _write(self, store: _Store, rows, cols, k: CachedKernels, cov2, same: bool):
+        """Write the kernels k of store rows ``rows`` x ``cols`` where not yet known (known
+        entries keep their first value); return k as stored if it was all new and written
+        as one block of slices, else None."""
         rs, cs = _span(rows), _span(cols)
         if rs is not None and cs is not None and not store.known[rs, cs].any():
             # the common case: a block of rows added together, all new (a fit, or new test
             # rows against the training rows); slices, not fancy indexing, and no merging
             if same or rs.stop <= cs.start or cs.stop <= rs.start:
-                k = self._write_new_block(store, k, rs, cs, cov2, same)
-                whole = np.array_equal(i1, rows) and np.array_equal(i2, cols)
-                return k if whole else None
-        # write only what was missing: known entries keep their first value
+                return self._write_new_block(store, k, rs, cs, cov2, same)
         at, at_t = np.ix_(rows, cols), np.ix_(cols, rows)
         new = ~store.known[at]
         o = np.intersect1d(rows, cols)  # rows in both sets: (a, b) and (b, a) were both
@@ -340,6 +564,7 @@ class KernelCache:
             fresh = ~store.var_known[idx]
             store.var[idx[fresh]] = var.numpy()[fresh]
             store.var_known[idx] = True
+        return None
 
     @staticmethod
     def _write_new_block(

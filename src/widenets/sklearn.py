@@ -42,10 +42,11 @@ it (cloning keeps the same object): each entry ``K(x_i, x_j)`` of each network i
 once, keyed by the network's configuration and the bytes of the two input rows. Rows that a
 per-fold preprocessing step (such as a ``StandardScaler`` inside the pipeline) changes are
 new rows to the cache, kept in a group of their own, so it shares work between the settings
-of a fold but not between folds. A request with nothing to share costs its computation plus
-one copy into the cache, a visible fraction for cheap fully-connected kernels: a search where
-nothing can be shared (every setting a new network, every fold new rows) is faster without
-a cache (``bench/sklearn_cache.py``).
+of a fold but not between folds. Results that nothing has reused yet are referenced, not
+copied or kept alive, so a search where nothing can be shared (every setting a new network,
+every fold new rows) costs about what it costs without a cache (``bench/sklearn_cache.py``).
+The kernels an estimator holds (``k_train_``) may be shared with its clones: do not change
+them in place (the cache raises a RuntimeError if it finds one changed).
 
 Predictive distribution of the regressors (``predict(X, return_std=True)`` or
 ``return_cov=True``): a Gaussian process model whose amplitude is fitted to the targets, so
