@@ -24,6 +24,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import types
 import warnings
 
 import torch
@@ -55,19 +56,24 @@ FUSED = parse_switch(os.environ.get("WIDENETS_FUSED"))
 AUTO_NUMEL = 1 << 17
 
 _lock = threading.Lock()
-_compiled: dict = {}  # (ab, coef, tol): the compiled map, built on first use
+_compiled: dict = {}  # signature: the compiled map, built on first use
 _failed: str | None = None  # why compilation failed (then the eager path is used)
 _ready: set = set()  # signatures that compiled: later calls need no lock
 
 
-def _abrelu_map(ab: float, coef: float, tol: float):
+def _abrelu_map(ab: float, coef: float, tol: float, tag: int):
     """K' and Theta Kdot of ABRelu (the eager map's operations, out of place), with the
-    constants fixed (compiled into the loop rather than passed as symbolic scalars)."""
+    constants fixed (compiled into the loop rather than passed as symbolic scalars).
+
+    Each signature gets a code object of its own (named by ``tag``): dynamo keeps its
+    compiled variants per code object, up to a small limit beyond which it falls back
+    to eager with a warning; layouts, dtypes and activations would share one otherwise."""
 
     def fn(nngp, ntk, neg_inv1, inv2, scaled1, root2):
         return _abrelu(nngp, ntk, neg_inv1, inv2, scaled1, root2, ab, coef, tol)
 
-    return fn
+    code = fn.__code__.replace(co_name=f"abrelu_{tag}")
+    return types.FunctionType(code, fn.__globals__, code.co_name, None, fn.__closure__)
 
 
 def _abrelu(nngp, ntk, neg_inv1, inv2, scaled1, root2, ab: float, coef: float, tol: float):
@@ -144,13 +150,14 @@ def abrelu_pair(
     )
     try:
         if key in _ready:
-            return _compiled[consts](*args)
+            return _compiled[key](*args)
         with _lock:  # the first call of a signature compiles: one thread at a time
             if _failed is not None:
                 return None
-            if consts not in _compiled:
-                _compiled[consts] = torch.compile(_abrelu_map(*consts), dynamic=True)
-            out = _compiled[consts](*args)
+            if key not in _compiled:
+                fn = _abrelu_map(*consts, len(_compiled))
+                _compiled[key] = torch.compile(fn, dynamic=True)
+            out = _compiled[key](*args)
             _ready.add(key)
             return out
     except Exception as e:  # noqa: BLE001 - no compiler, unwritable cache, ...: use eager
