@@ -36,7 +36,13 @@ def _net(readout):
 LAYOUTS = {"full": ("gap", False), "packed": ("vec", False), "diagonal": ("vec", True)}
 
 
-@pytest.mark.parametrize("layout", list(LAYOUTS))
+# each signature compiles once (seconds, cached on disk): the fast suite keeps one of each
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize(
+    "layout", [pytest.param(k, marks=() if k == "packed" else SLOW) for k in LAYOUTS]
+)
 def test_network_kernels_equal_eager(layout, switch):
     readout, cross = LAYOUTS[layout]
     x1 = _images(5, 5, 0)
@@ -76,9 +82,18 @@ SHAPES = {
 }
 
 
-@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
-@pytest.mark.parametrize("layout", list(SHAPES))
-@pytest.mark.parametrize("ab", [(0.0, 1.0), (-0.3, 1.2)])
+FAST_MAPS = {("full", torch.float64, (0.0, 1.0)), ("diagonal", torch.float32, (-0.3, 1.2))}
+
+
+@pytest.mark.parametrize(
+    "layout, dtype, ab",
+    [
+        pytest.param(layout, dtype, ab, marks=() if (layout, dtype, ab) in FAST_MAPS else SLOW)
+        for layout in SHAPES
+        for dtype in (torch.float64, torch.float32)
+        for ab in ((0.0, 1.0), (-0.3, 1.2))
+    ],
+)
 def test_pair_map_equals_eager(layout, dtype, ab, switch):
     """Relative to the scale sqrt(q1 q2) of each entry (the map's output is of that size;
     near c = -1 both paths cancel sin(phi) - phi cos(phi), so a relative bound per entry
