@@ -144,9 +144,14 @@ def test_off_and_cuda_are_not_usable(switch):
     x = torch.ones(2, dtype=torch.float64)
     _fused.FUSED = False
     assert not _fused.usable(x)
-    _fused.FUSED = "auto"  # only tiles large enough to pay for the compilation
-    assert not _fused.usable(x)
-    assert _fused.usable(torch.ones(_fused.AUTO_NUMEL, dtype=torch.float64))
+    _fused.FUSED = "auto"  # only in large calls, on tiles large enough
+    big = torch.ones(_fused.AUTO_NUMEL, dtype=torch.float64)
+    assert not _fused.usable(x) and not _fused.usable(big)
+    with _fused.call(_fused.AUTO_CALL_NUMEL - 1):
+        assert not _fused.usable(big)
+    with _fused.call(_fused.AUTO_CALL_NUMEL):
+        assert _fused.usable(big) and not _fused.usable(x)
+    assert not _fused.usable(big)
     _fused.FUSED = True
     assert _fused.usable(x)
     assert not _fused.usable(x.to(torch.float16))

@@ -9,9 +9,10 @@ sqrt(128 eps) of 0 or pi, K' = ab K + (sin phi - phi (-c)) sqrt(q1) coef sqrt(q2
 Theta' = Theta (phi coef + ab): the operations of the eager ``ABRelu._pair_from_roots``.
 
 The switch is :data:`FUSED` (or the environment variable ``WIDENETS_FUSED``, read at import):
-``True`` uses the compiled loops wherever they apply, ``"auto"`` (default) only on tiles of
-at least :data:`AUTO_NUMEL` entries (where the first call's compilation pays off: a small
-kernel stays on the eager path and compiles nothing), ``False`` never.
+``True`` uses the compiled loops wherever they apply, ``"auto"`` (default) only within a
+kernel evaluation of at least :data:`AUTO_CALL_NUMEL` pair-scalars (``call``) and on tiles of
+at least :data:`AUTO_NUMEL` entries, where the first call's compilation (seconds) pays off:
+a small kernel stays on the eager path and compiles nothing; ``False`` never.
 Compilation happens on the first call of a process for each dtype and layout and is cached
 on disk by inductor (``TORCHINDUCTOR_CACHE_DIR``), so later processes load it. If it fails
 (no C++ compiler, no writable cache) the eager path is used from then on: silently under
@@ -26,6 +27,7 @@ import os
 import threading
 import types
 import warnings
+from contextlib import contextmanager
 
 import torch
 from torch import Tensor
@@ -54,11 +56,32 @@ FUSED = parse_switch(os.environ.get("WIDENETS_FUSED"))
 
 #: under "auto", the fewest entries of a tile's nngp for the compiled loop
 AUTO_NUMEL = 1 << 17
+#: under "auto", the fewest pair-scalars of a kernel evaluation (``compute.evaluate_kernel``:
+#: pairs times the network's cost per pair) for the compiled loops
+AUTO_CALL_NUMEL = 1 << 25
 
 _lock = threading.Lock()
 _compiled: dict = {}  # signature: the compiled map, built on first use
 _failed: str | None = None  # why compilation failed (then the eager path is used)
 _ready: set = set()  # signatures that compiled: later calls need no lock
+_large_calls = 0  # kernel evaluations running now that are large enough for "auto"
+
+
+@contextmanager
+def call(numel: int):
+    """Around a kernel evaluation of ``numel`` pair-scalars: under "auto" the compiled
+    loops are used within it when it is large enough (any thread's tiles)."""
+    global _large_calls
+    if numel < AUTO_CALL_NUMEL:
+        yield
+        return
+    with _lock:
+        _large_calls += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _large_calls -= 1
 
 
 def _abrelu_map(ab: float, coef: float, tol: float, tag: int):
@@ -98,9 +121,11 @@ def enabled() -> bool:
 
 def usable(nngp: Tensor, *tensors: Tensor | None) -> bool:
     """Whether a tile's nngp and the other tensors of its map may take the fused path: the
-    switch on (under "auto" for a large enough tile), CPU float32/float64, not recorded by
+    switch on (under "auto" in a large enough call and tile), CPU float32/float64, not recorded by
     autograd."""
-    if not enabled() or (FUSED == "auto" and nngp.numel() < AUTO_NUMEL):
+    if not enabled():
+        return False
+    if FUSED == "auto" and (_large_calls == 0 or nngp.numel() < AUTO_NUMEL):
         return False
     tensors = (nngp, *tensors)
     grad = torch.is_grad_enabled()

@@ -26,6 +26,7 @@ import threading
 import torch
 from torch import Tensor
 
+from widenets._fused import call as fused_call
 from widenets._malloc import tune_if_asked
 from widenets._pool import default_workers, others_running
 from widenets.errors import NonFiniteKernelError, check_get, shape_str
@@ -192,7 +193,8 @@ def evaluate_kernel(
     work = KernelWork(layer, prep, names, dtype, same, full, cost)
     sink = KernelSink(plan, dtype, names, "ntk" in names)
     show = n1 * n2 * cost >= PROGRESS_NUMEL if progress is None else progress
-    executor.run(plan, work, sink, show)
+    with fused_call(n1 * n2 * cost):  # the compiled loops' "auto" switch (widenets._fused)
+        executor.run(plan, work, sink, show)
     return _checked(sink.finish(), layer, prep, sink.check, full)
 
 
