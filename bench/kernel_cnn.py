@@ -11,6 +11,8 @@ a warm-up call) when that virtual environment exists; otherwise its columns say 
     python bench/kernel_cnn.py --mnist-gap [--n 1000]   # CNN-GAP NNGP of N x N digits at
                                           # 14x14, bounded memory, with a progress bar
     python bench/kernel_cnn.py --tile-sweep   # full-layout tile budgets (compute.py)
+    python bench/kernel_cnn.py --cross --configs myrtle5:32:4   # Myrtle-5 on 32x32x3,
+                                          # with the projected CIFAR-10 kernel's hours
     python bench/kernel_cnn.py --fused on     # only the fused loops (default: both, one
                                           # row each, fused on and off, ``widenets._fused``)
 
@@ -51,11 +53,21 @@ cfg = json.loads(sys.argv[1])
 x = np.load(cfg["x"]).transpose(0, 2, 3, 1)  # NCHW -> NHWC
 x2 = np.load(cfg["x2"]).transpose(0, 2, 3, 1) if cfg.get("x2") else None
 layers = []
-for _ in range(cfg["depth"]):
-    layers += [stax.Conv(cfg["channels"], (3, 3), padding="SAME", W_std=1.4, b_std=0.1),
-               stax.Relu()]
-readout = stax.Flatten() if cfg["readout"] == "vec" else stax.GlobalAvgPool()
-_, _, kernel_fn = stax.serial(*layers, readout, stax.Dense(1, W_std=1.4, b_std=0.1))
+if cfg["readout"] == "myrtle5":  # Shankar et al. 2020, as widenets.architectures.myrtle(5)
+    w = 2 ** 0.5
+    for i in range(4):
+        layers += [stax.Conv(cfg["channels"], (3, 3), padding="SAME", W_std=w, b_std=0.0),
+                   stax.Relu()]
+        if i in (1, 2):
+            layers.append(stax.AvgPool((2, 2), strides=(2, 2)))
+    layers += [stax.GlobalAvgPool(), stax.Dense(1, W_std=w, b_std=0.0)]
+else:
+    for _ in range(cfg["depth"]):
+        layers += [stax.Conv(cfg["channels"], (3, 3), padding="SAME", W_std=1.4, b_std=0.1),
+                   stax.Relu()]
+    readout = stax.Flatten() if cfg["readout"] == "vec" else stax.GlobalAvgPool()
+    layers += [readout, stax.Dense(1, W_std=1.4, b_std=0.1)]
+_, _, kernel_fn = stax.serial(*layers)
 kernel_fn = jax.jit(kernel_fn, static_argnames="get")
 times = []
 for _ in range(1 + cfg["repeats"]):  # the first call on these shapes compiles
@@ -73,6 +85,8 @@ print(json.dumps({"first": first, "seconds": dt, "cpu": cpu, "rss_mib": rss}))
 def network(depth, channels, readout):
     import widenets as wn
 
+    if readout == "myrtle5":
+        return wn.architectures.myrtle(5, channels=channels, out_dim=1)
     layers = []
     for _ in range(depth):
         layers += [wn.Conv(channels, (3, 3), w_std=1.4, b_std=0.1), wn.Relu()]
@@ -184,6 +198,15 @@ def compare(configs, depth, channels, threads=None, repeats=3, cross=False, fuse
                     b = np.load(os.path.join(tmp, "nt.npy"))
                     diff = float(np.abs(a - b).max())
                 per = 1e3 / (n * n)
+                cifar = 60_000 * 50_000 / (n * n) / 3600  # hours per second of this kernel
+                if readout == "myrtle5":
+                    print(
+                        f"  Myrtle-5 CIFAR-10 projection (60,000 x 50,000 entries), widenets "
+                        f"fused {mode}: {ours['seconds'] * cifar:.0f} wall-hours, "
+                        f"{ours['cpu'] * cifar:.0f} CPU-hours on this machine; Neural Tangents "
+                        f"{nt['seconds'] * cifar:.0f} wall-hours, {nt['cpu'] * cifar:.0f} "
+                        "CPU-hours"
+                    )
                 print(
                     f"{readout:7} {size:>3}^2 {n:>5} {mode:>5} | {ours['seconds']:8.3f} "
                     f"{ours['seconds'] * per:11.4f} {ours['rss_mib']:7.0f} {ours['first']:7.2f} |"
