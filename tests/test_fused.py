@@ -182,3 +182,15 @@ def test_bad_switch(value, switch):
     _fused.FUSED = value
     with pytest.raises(ValueError, match="auto, on or off"):
         _fused.enabled()
+
+
+def test_tiles_and_variances_bit_for_bit(switch):
+    """Fused: a kernel in small tiles equals it in one, bit for bit, and the diagonal of a
+    set with itself is its variances, bit for bit (both by the compiled loop)."""
+    _fused.FUSED = True
+    net = wn.serial(wn.Conv(3, (3, 3), w_std=1.4, b_std=0.1), wn.Relu(), wn.Flatten())
+    x = _images(9, 5, 2)
+    tiled, whole = net.kernel(x, batch_size=(4, 3)), net.kernel(x)
+    for name in ("nngp", "ntk", "cov1"):
+        assert torch.equal(getattr(tiled, name), getattr(whole, name)), name
+    assert torch.equal(torch.diagonal(whole.nngp), whole.cov1)

@@ -107,13 +107,8 @@ class Activation(Layer):
         the diagonal of a kernel of a set with itself must equal it bit for bit.)"""
         return self.pair(q, q, q, False)[0]
 
-    def pair_and_ntk(self, k: Kernel) -> tuple[Tensor, Tensor | None]:
-        """(K', Theta Kdot) of a kernel record: ``pair_of_kernel`` and the NTK product."""
-        nngp, dot = self.pair_of_kernel(k)
-        return nngp, None if k.ntk is None else k.ntk * dot
-
     def kernel_fn(self, k: Kernel) -> Kernel:
-        nngp, ntk = self.pair_and_ntk(k)
+        nngp, dot = self.pair_of_kernel(k)
 
         def variances(q, which):
             if k.full_spatial:  # q holds every pair of positions of each input
@@ -121,6 +116,7 @@ class Activation(Layer):
             return self.variance(q)
 
         cov1, cov2 = k.map_variances(variances)
+        ntk = None if k.ntk is None else k.ntk * dot
         return k.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2, is_gaussian=False)
 
     def make_module(self, in_shape, ctx: BuildContext):
@@ -180,12 +176,28 @@ class ABRelu(Activation):
         _, inv2, _, root2 = f1 if q2 is q1 else self._root_factors(q2)
         return self._pair_from_roots(nngp, neg_inv1, inv2, scaled1, root2, want_dot)
 
-    def pair_and_ntk(self, k: Kernel):
-        if not watching() and _fused.usable(k.nngp, k.ntk, k.cov1, k.cov2):
-            fused = _fused.abrelu_pair(self.a, self.b, k.nngp, k.ntk, *self._pair_factors(k))
-            if fused is not None:  # one compiled loop over the tile (``widenets._fused``)
-                return fused
-        return super().pair_and_ntk(k)
+    def kernel_fn(self, k: Kernel) -> Kernel:
+        if watching() or not _fused.usable(k.nngp, k.ntk, k.cov1, k.cov2):
+            return super().kernel_fn(k)
+        fused = _fused.abrelu_pair(self.a, self.b, k.nngp, k.ntk, *self._pair_factors(k))
+        if fused is None:
+            return super().kernel_fn(k)
+        # one compiled loop over the tile (``widenets._fused``); the variances by the same
+        # loop, so that the diagonal of a set with itself equals them bit for bit
+
+        def fused_pair(nngp, q1, q2):
+            f1 = self._root_factors(q1)
+            f2 = f1 if q2 is q1 else self._root_factors(q2)
+            out = _fused.abrelu_pair(self.a, self.b, nngp, None, f1[0], f2[1], f1[2], f2[3])
+            return self.pair(nngp, q1, q2, False)[0] if out is None else out[0]
+
+        def variances(q, which):
+            if k.full_spatial:  # q holds every pair of positions of each input
+                return fused_pair(q, *k.self_pair_variances(which))
+            return fused_pair(q, q, q)
+
+        cov1, cov2 = k.map_variances(variances)
+        return k.replace(nngp=fused[0], ntk=fused[1], cov1=cov1, cov2=cov2, is_gaussian=False)
 
     def _pair_factors(self, k: Kernel) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """-1/sqrt(q1), 1/sqrt(q2), sqrt(q1) coef and sqrt(q2), shaped to broadcast
