@@ -11,6 +11,10 @@ a warm-up call) when that virtual environment exists; otherwise its columns say 
     python bench/kernel_cnn.py --mnist-gap [--n 1000]   # CNN-GAP NNGP of N x N digits at
                                           # 14x14, bounded memory, with a progress bar
     python bench/kernel_cnn.py --tile-sweep   # full-layout tile budgets (compute.py)
+    python bench/kernel_cnn.py --cross --configs myrtle5:32:4   # Myrtle-5 on 32x32x3,
+                                          # with the projected CIFAR-10 kernel's hours
+    python bench/kernel_cnn.py --fused on     # only the fused loops (default: both, one
+                                          # row each, fused on and off, ``widenets._fused``)
 
 Network: ``depth`` x [Conv(3x3, same, w_std=1.4, b_std=0.1) + ReLU], readout, Dense(1).
 Each library computes the kernel 1 + ``--repeats`` (default 3) times on the same inputs in
@@ -20,7 +24,10 @@ were slowed by whatever else ran on the machine). Reported: steady-state wall se
 milliseconds per kernel entry (N^2 entries of each of NNGP and NTK), peak RSS in MiB, the
 ratio NT time / widenets time in the steady state, the same ratio of CPU (process) times
 (the fairer one on a machine that other jobs keep busy), and the ratio of first calls
-("1st": what a user calling each library once waits).
+("1st": what a user calling each library once waits). With ``--fused both`` widenets runs
+twice per configuration (``WIDENETS_FUSED=on`` and ``off``, each in a fresh process; the
+first call of the fused one includes loading or compiling its loops): "wn 1st" is that
+first call in seconds and "off/on" the steady-state time with the fused loops off over on.
 """
 
 from __future__ import annotations
@@ -46,11 +53,21 @@ cfg = json.loads(sys.argv[1])
 x = np.load(cfg["x"]).transpose(0, 2, 3, 1)  # NCHW -> NHWC
 x2 = np.load(cfg["x2"]).transpose(0, 2, 3, 1) if cfg.get("x2") else None
 layers = []
-for _ in range(cfg["depth"]):
-    layers += [stax.Conv(cfg["channels"], (3, 3), padding="SAME", W_std=1.4, b_std=0.1),
-               stax.Relu()]
-readout = stax.Flatten() if cfg["readout"] == "vec" else stax.GlobalAvgPool()
-_, _, kernel_fn = stax.serial(*layers, readout, stax.Dense(1, W_std=1.4, b_std=0.1))
+if cfg["readout"] == "myrtle5":  # Shankar et al. 2020, as widenets.architectures.myrtle(5)
+    w = 2 ** 0.5
+    for i in range(4):
+        layers += [stax.Conv(cfg["channels"], (3, 3), padding="SAME", W_std=w, b_std=0.0),
+                   stax.Relu()]
+        if i in (1, 2):
+            layers.append(stax.AvgPool((2, 2), strides=(2, 2)))
+    layers += [stax.GlobalAvgPool(), stax.Dense(1, W_std=w, b_std=0.0)]
+else:
+    for _ in range(cfg["depth"]):
+        layers += [stax.Conv(cfg["channels"], (3, 3), padding="SAME", W_std=1.4, b_std=0.1),
+                   stax.Relu()]
+    readout = stax.Flatten() if cfg["readout"] == "vec" else stax.GlobalAvgPool()
+    layers += [readout, stax.Dense(1, W_std=1.4, b_std=0.1)]
+_, _, kernel_fn = stax.serial(*layers)
 kernel_fn = jax.jit(kernel_fn, static_argnames="get")
 times = []
 for _ in range(1 + cfg["repeats"]):  # the first call on these shapes compiles
@@ -68,6 +85,8 @@ print(json.dumps({"first": first, "seconds": dt, "cpu": cpu, "rss_mib": rss}))
 def network(depth, channels, readout):
     import widenets as wn
 
+    if readout == "myrtle5":
+        return wn.architectures.myrtle(5, channels=channels, out_dim=1)
     layers = []
     for _ in range(depth):
         layers += [wn.Conv(channels, (3, 3), w_std=1.4, b_std=0.1), wn.Relu()]
@@ -106,7 +125,7 @@ def run(cmd, cfg, env=None):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def compare(configs, depth, channels, threads=None, repeats=3, cross=False):
+def compare(configs, depth, channels, threads=None, repeats=3, cross=False, fused="both"):
     import numpy as np
 
     have_nt = os.path.exists(NT_PYTHON)
@@ -119,10 +138,11 @@ def compare(configs, depth, channels, threads=None, repeats=3, cross=False):
     import torch
 
     print(f"threads: {threads or 'default'} (torch default here: {torch.get_num_threads()})")
+    modes = ["on", "off"] if fused == "both" else [fused]
     header = (
-        f"{'readout':7} {'size':>5} {'N':>5} | {'wn s':>8} {'wn ms/entry':>11} {'wn MiB':>7} |"
-        f" {'NT s':>8} {'NT ms/entry':>11} {'NT MiB':>7} | {'NT/wn':>6} {'cpu':>6} {'1st':>6}"
-        f" {'max|diff|':>9}"
+        f"{'readout':7} {'size':>5} {'N':>5} {'fused':>5} | {'wn s':>8} {'wn ms/entry':>11}"
+        f" {'wn MiB':>7} {'wn 1st':>7} | {'NT s':>8} {'NT ms/entry':>11} {'NT MiB':>7} |"
+        f" {'NT/wn':>6} {'cpu':>6} {'1st':>6} {'off/on':>6} {'max|diff|':>9}"
     )
     what = "N inputs against N others" if cross else "N inputs with themselves"
     print(
@@ -150,36 +170,52 @@ def compare(configs, depth, channels, threads=None, repeats=3, cross=False):
                 threads=threads,
                 repeats=repeats,
             )
-            ours = run(
-                [sys.executable, __file__, "--worker"],
-                dict(cfg, out=os.path.join(tmp, "wn.npy")),
-                env,
-            )
+            ours_by = {
+                mode: run(
+                    [sys.executable, __file__, "--worker"],
+                    dict(cfg, out=os.path.join(tmp, f"wn_{mode}.npy")),
+                    dict(env, WIDENETS_FUSED=mode),
+                )
+                for mode in modes
+            }
             nan = float("nan")
             nt = {"first": nan, "seconds": nan, "cpu": nan, "rss_mib": nan}
-            diff = float("nan")
             if have_nt:
                 nt = run(
                     [NT_PYTHON, "-c", NT_WORKER], dict(cfg, out=os.path.join(tmp, "nt.npy")), nt_env
                 )
-                if "error" not in nt and "error" not in ours:
-                    a = np.load(os.path.join(tmp, "wn.npy"))
+            off = ours_by.get("off", {}).get("seconds", nan)
+            for mode, ours in ours_by.items():
+                if "error" in ours or "error" in nt:
+                    print(
+                        f"{readout:7} {size:>5} {n:>5} {mode:>5} | error: {ours.get('error')} "
+                        f"{nt.get('error')}"
+                    )
+                    continue
+                diff = float("nan")
+                if have_nt:
+                    a = np.load(os.path.join(tmp, f"wn_{mode}.npy"))
                     b = np.load(os.path.join(tmp, "nt.npy"))
                     diff = float(np.abs(a - b).max())
-            if "error" in ours or "error" in nt:
+                per = 1e3 / (n * n)
+                cifar = 60_000 * 50_000 / (n * n) / 3600  # hours per second of this kernel
+                if readout == "myrtle5":
+                    print(
+                        f"  Myrtle-5 CIFAR-10 projection (60,000 x 50,000 entries), widenets "
+                        f"fused {mode}: {ours['seconds'] * cifar:.0f} wall-hours, "
+                        f"{ours['cpu'] * cifar:.0f} CPU-hours on this machine; Neural Tangents "
+                        f"{nt['seconds'] * cifar:.0f} wall-hours, {nt['cpu'] * cifar:.0f} "
+                        "CPU-hours"
+                    )
                 print(
-                    f"{readout:7} {size:>5} {n:>5} | error: {ours.get('error')} {nt.get('error')}"
+                    f"{readout:7} {size:>3}^2 {n:>5} {mode:>5} | {ours['seconds']:8.3f} "
+                    f"{ours['seconds'] * per:11.4f} {ours['rss_mib']:7.0f} {ours['first']:7.2f} |"
+                    f" {nt['seconds']:8.3f} {nt['seconds'] * per:11.4f} {nt['rss_mib']:7.0f} | "
+                    f"{nt['seconds'] / ours['seconds']:6.2f} {nt['cpu'] / ours['cpu']:6.2f} "
+                    f"{nt['first'] / ours['first']:6.2f} {off / ours['seconds']:6.2f} "
+                    f"{diff:9.2e}",
+                    flush=True,
                 )
-                continue
-            per = 1e3 / (n * n)
-            print(
-                f"{readout:7} {size:>3}^2 {n:>5} | {ours['seconds']:8.3f} "
-                f"{ours['seconds'] * per:11.4f} {ours['rss_mib']:7.0f} | {nt['seconds']:8.3f} "
-                f"{nt['seconds'] * per:11.4f} {nt['rss_mib']:7.0f} | "
-                f"{nt['seconds'] / ours['seconds']:6.2f} {nt['cpu'] / ours['cpu']:6.2f} "
-                f"{nt['first'] / ours['first']:6.2f} {diff:9.2e}",
-                flush=True,
-            )
 
 
 def mnist_gap(n, depth, channels, size=14):
@@ -268,6 +304,17 @@ def main():
         help="threads for both libraries (1: single-threaded; use it on a busy machine, "
         "where multithreaded runs wait on each other's cores)",
     )
+    p.add_argument(
+        "--fused",
+        choices=("both", "on", "off", "auto"),
+        default="both",
+        help="widenets' fused loops (WIDENETS_FUSED): on, off, auto, or both in the same run",
+    )
+    p.add_argument(
+        "--configs",
+        default=None,
+        help="readout:size:N,... (e.g. gap:8:32,vec:16:100) instead of the default list",
+    )
     args, rest = p.parse_known_args()
     if args.worker:
         worker(json.loads(rest[0]))
@@ -297,7 +344,11 @@ def main():
             ("gap", 16, 12),
             ("gap", 16, 24),
         ]
-    compare(configs, args.depth, 1, args.threads, args.repeats, args.cross)
+    if args.configs:
+        configs = [
+            (r, int(size), int(n)) for r, size, n in (c.split(":") for c in args.configs.split(","))
+        ]
+    compare(configs, args.depth, 1, args.threads, args.repeats, args.cross, args.fused)
 
 
 if __name__ == "__main__":

@@ -27,6 +27,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from widenets._fused import call as fused_call
 from widenets._malloc import tune_if_asked
 from widenets._pool import default_workers, others_running
 from widenets.errors import NonFiniteKernelError, check_get, shape_str
@@ -161,7 +162,8 @@ def evaluate_kernel(
     plan = plan_tiles(job.request(executor.workers), budgets())
     work = job.work()
     sink = KernelSink(plan, dtype, job.names, "ntk" in job.names)
-    executor.run(plan, work, sink, job.show_progress(progress))
+    with fused_call(job.n1 * job.n2 * job.cost):  # the compiled loops' "auto" switch
+        executor.run(plan, work, sink, job.show_progress(progress))
     return _checked(sink.finish(), layer, job.prep, sink.check, job.full)
 
 

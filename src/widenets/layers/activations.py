@@ -23,6 +23,7 @@ from dataclasses import field
 import torch
 from torch import Tensor, nn
 
+from widenets import _fused
 from widenets.errors import check_finite_real
 from widenets.kernel import Kernel
 from widenets.layers.base import BuildContext, Layer, declare, linear_degree
@@ -175,9 +176,32 @@ class ABRelu(Activation):
         _, inv2, _, root2 = f1 if q2 is q1 else self._root_factors(q2)
         return self._pair_from_roots(nngp, neg_inv1, inv2, scaled1, root2, want_dot)
 
-    def pair_of_kernel(self, k: Kernel):
-        if tracks_grad(k.nngp, k.cov1, k.cov2):
-            return super().pair_of_kernel(k)
+    def kernel_fn(self, k: Kernel) -> Kernel:
+        if watching() or not _fused.usable(k.nngp, k.ntk, k.cov1, k.cov2):
+            return super().kernel_fn(k)
+        fused = _fused.abrelu_pair(self.a, self.b, k.nngp, k.ntk, *self._pair_factors(k))
+        if fused is None:
+            return super().kernel_fn(k)
+        # one compiled loop over the tile (``widenets._fused``); the variances by the same
+        # loop, so that the diagonal of a set with itself equals them bit for bit
+
+        def fused_pair(nngp, q1, q2):
+            f1 = self._root_factors(q1)
+            f2 = f1 if q2 is q1 else self._root_factors(q2)
+            out = _fused.abrelu_pair(self.a, self.b, nngp, None, f1[0], f2[1], f1[2], f2[3])
+            return self.pair(nngp, q1, q2, False)[0] if out is None else out[0]
+
+        def variances(q, which):
+            if k.full_spatial:  # q holds every pair of positions of each input
+                return fused_pair(q, *k.self_pair_variances(which))
+            return fused_pair(q, q, q)
+
+        cov1, cov2 = k.map_variances(variances)
+        return k.replace(nngp=fused[0], ntk=fused[1], cov1=cov1, cov2=cov2, is_gaussian=False)
+
+    def _pair_factors(self, k: Kernel) -> tuple[Tensor, Tensor, Tensor, Tensor]:
+        """-1/sqrt(q1), 1/sqrt(q2), sqrt(q1) coef and sqrt(q2), shaped to broadcast
+        against ``k.nngp`` in its layout."""
         if k.pairs is None:
             q1, q2 = k.pair_variances()
             f1 = self._root_factors(q1)
@@ -190,8 +214,13 @@ class ABRelu(Activation):
             f2 = f1 if k.cov2 is k.cov1 else self._root_factors(k.cov2)
             neg_inv1, inv2 = k.gather_pairs(f1[0], f2[1])
             scaled1, root2 = k.gather_pairs(f1[2], f2[3])
+        return neg_inv1, inv2, scaled1, root2
+
+    def pair_of_kernel(self, k: Kernel):
+        if tracks_grad(k.nngp, k.cov1, k.cov2):
+            return super().pair_of_kernel(k)
         return self._pair_from_roots(
-            k.nngp, neg_inv1, inv2, scaled1, root2, k.ntk is not None, watch=watching()
+            k.nngp, *self._pair_factors(k), k.ntk is not None, watch=watching()
         )
 
     def _pair_from_roots(self, nngp, neg_inv1, inv2, scaled1, root2, want_dot, watch=False):

@@ -1,0 +1,192 @@
+"""Fused per-entry loops for the hottest kernel maps (``torch.compile``), eager as fallback.
+
+The eager path of an activation's pair map is a dozen torch operations over the tile (acos,
+sin, snapping, products), each a separate sweep over memory and a separate OpenMP region.
+Here the ReLU-family map (``ABRelu``) and the NTK product after it are compiled by
+``torch.compile`` (inductor: one vectorised C++ loop per tile): per entry,
+-c = K (-1/sqrt q1)(1/sqrt q2) clipped to [-1, 1], phi = arccos(-c) snapped within
+sqrt(128 eps) of 0 or pi, K' = ab K + (sin phi - phi (-c)) sqrt(q1) coef sqrt(q2) and
+Theta' = Theta (phi coef + ab): the operations of the eager ``ABRelu._pair_from_roots``.
+
+The switch is :data:`FUSED` (or the environment variable ``WIDENETS_FUSED``, read at import):
+``True`` uses the compiled loops wherever they apply, ``"auto"`` only within a kernel
+evaluation of at least :data:`AUTO_CALL_NUMEL` pair-scalars (``call``) and on tiles of at
+least :data:`AUTO_NUMEL` entries, where the first call's compilation (seconds) pays off: a
+small kernel stays on the eager path and compiles nothing; ``False`` (the default) never.
+Off by default because compiling leaves state in the user's process (inductor's caches and
+compile workers, about 130 MiB) and costs seconds on the first call: the user opts in.
+Compilation happens on the first call of a process for each dtype and layout and is cached
+on disk by inductor (``TORCHINDUCTOR_CACHE_DIR``), so later processes load it. If it fails
+(no C++ compiler, no writable cache) the eager path is used from then on: silently under
+``"auto"``, with a warning under ``True``. Tensors that autograd records, tensors off the
+CPU and reduced-precision tiles that flag ill-conditioned pairs take the eager path.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import types
+import warnings
+from contextlib import contextmanager
+
+import torch
+from torch import Tensor
+
+PI = math.pi
+
+
+def parse_switch(value):
+    """ "auto", True or False from the switch's accepted spellings; a ValueError otherwise."""
+    if value is True or value is False:
+        return value
+    v = "auto" if value is None else str(value).strip().lower()
+    if v in ("", "auto"):
+        return "auto"
+    if v in ("1", "true", "on", "yes"):
+        return True
+    if v in ("0", "false", "off", "no"):
+        return False
+    raise ValueError(
+        f"WIDENETS_FUSED / widenets._fused.FUSED must be auto, on or off; got {value!r}."
+    )
+
+
+#: "auto", True or False: whether compiled loops replace the eager maps (see the module doc)
+FUSED = parse_switch(os.environ.get("WIDENETS_FUSED", "off"))
+
+#: under "auto", the fewest entries of a tile's nngp for the compiled loop
+AUTO_NUMEL = 1 << 17
+#: under "auto", the fewest pair-scalars of a kernel evaluation (``compute.evaluate_kernel``:
+#: pairs times the network's cost per pair) for the compiled loops
+AUTO_CALL_NUMEL = 1 << 25
+
+_lock = threading.Lock()
+_compiled: dict = {}  # signature: the compiled map, built on first use
+_failed: str | None = None  # why compilation failed (then the eager path is used)
+_ready: set = set()  # signatures that compiled: later calls need no lock
+_large_calls = 0  # kernel evaluations running now that are large enough for "auto"
+
+
+@contextmanager
+def call(numel: int):
+    """Around a kernel evaluation of ``numel`` pair-scalars: under "auto" the compiled
+    loops are used within it when it is large enough (any thread's tiles)."""
+    global _large_calls
+    if numel < AUTO_CALL_NUMEL:
+        yield
+        return
+    with _lock:
+        _large_calls += 1
+    try:
+        yield
+    finally:
+        with _lock:
+            _large_calls -= 1
+
+
+def _abrelu_map(ab: float, coef: float, tol: float, tag: int):
+    """K' and Theta Kdot of ABRelu (the eager map's operations, out of place), with the
+    constants fixed (compiled into the loop rather than passed as symbolic scalars).
+
+    Each signature gets a code object of its own (named by ``tag``): dynamo keeps its
+    compiled variants per code object, up to a small limit beyond which it falls back
+    to eager with a warning; layouts, dtypes and activations would share one otherwise."""
+
+    def fn(nngp, ntk, neg_inv1, inv2, scaled1, root2):
+        return _abrelu(nngp, ntk, neg_inv1, inv2, scaled1, root2, ab, coef, tol)
+
+    code = fn.__code__.replace(co_name=f"abrelu_{tag}")
+    return types.FunctionType(code, fn.__globals__, code.co_name, None, fn.__closure__)
+
+
+def _abrelu(nngp, ntk, neg_inv1, inv2, scaled1, root2, ab: float, coef: float, tol: float):
+    """K' and Theta Kdot of ABRelu (the eager map's operations, out of place)."""
+    neg_c = (nngp * neg_inv1 * inv2).clamp(-1.0, 1.0)
+    phi = torch.acos(neg_c)
+    phi = torch.where(phi < tol, 0.0, phi)
+    phi = torch.where(phi > PI - tol, PI, phi)
+    out = (torch.sin(phi) - phi * neg_c) * scaled1 * root2
+    dot = phi * coef
+    if ab != 0.0:
+        out = out + ab * nngp
+        dot = dot + ab
+    return out, None if ntk is None else ntk * dot
+
+
+def enabled() -> bool:
+    """Whether the compiled loops are to be tried now (the switch, and no failure so far)."""
+    switch = parse_switch(FUSED)
+    return switch is not False and _failed is None
+
+
+def usable(nngp: Tensor, *tensors: Tensor | None) -> bool:
+    """Whether a tile's nngp and the other tensors of its map may take the fused path: the
+    switch on (under "auto" in a large enough call and tile), CPU float32/float64, not recorded by
+    autograd."""
+    if not enabled():
+        return False
+    if FUSED == "auto" and (_large_calls == 0 or nngp.numel() < AUTO_NUMEL):
+        return False
+    tensors = (nngp, *tensors)
+    grad = torch.is_grad_enabled()
+    for t in tensors:
+        if t is None:
+            continue
+        if t.device.type != "cpu" or t.dtype not in (torch.float64, torch.float32):
+            return False
+        if grad and t.requires_grad:
+            return False
+    return True
+
+
+def _fail(e: BaseException) -> None:
+    global _failed
+    _failed = f"{type(e).__name__}: {e}".splitlines()[0]
+    if parse_switch(FUSED) is True:
+        warnings.warn(
+            f"widenets: the fused kernel loops could not be compiled ({_failed}); "
+            "using the eager path.",
+            RuntimeWarning,
+            stacklevel=3,
+        )
+
+
+def abrelu_pair(
+    a: float,
+    b: float,
+    nngp: Tensor,
+    ntk: Tensor | None,
+    neg_inv1: Tensor,
+    inv2: Tensor,
+    scaled1: Tensor,
+    root2: Tensor,
+) -> tuple[Tensor, Tensor | None] | None:
+    """(K', Theta Kdot) of ABRelu(a, b) by the compiled loop, or None when it is not
+    available (the caller then takes the eager path)."""
+    consts = (a * b, (b - a) ** 2 / (2 * PI), math.sqrt(2 * 64 * torch.finfo(nngp.dtype).eps))
+    args = (nngp, ntk, neg_inv1, inv2, scaled1, root2)
+    # dynamo specialises on size-1 axes (the broadcast pattern of the layout), dtype, ranks
+    key = (
+        consts,
+        nngp.dtype,
+        ntk is None,
+        a * b != 0.0,
+        *(tuple(n == 1 for n in t.shape) for t in (nngp, neg_inv1, inv2, scaled1, root2)),
+    )
+    try:
+        if key in _ready:
+            return _compiled[key](*args)
+        with _lock:  # the first call of a signature compiles: one thread at a time
+            if _failed is not None:
+                return None
+            if key not in _compiled:
+                fn = _abrelu_map(*consts, len(_compiled))
+                _compiled[key] = torch.compile(fn, dynamic=True)
+            out = _compiled[key](*args)
+            _ready.add(key)
+            return out
+    except Exception as e:  # noqa: BLE001 - no compiler, unwritable cache, ...: use eager
+        _fail(e)
+        return None

@@ -1,0 +1,196 @@
+"""The fused (compiled) ABRelu loop equals the eager path, in every layout and both dtypes,
+and the eager path is taken where the fused one does not apply (autograd, CUDA, failure)."""
+
+import math
+
+import pytest
+import torch
+
+import widenets as wn
+from widenets import _fused
+from widenets.layers.activations import ABRelu
+
+
+@pytest.fixture
+def switch():
+    """Restore the switch and the failure state after a test."""
+    before = _fused.FUSED, _fused._failed
+    yield
+    _fused.FUSED, _fused._failed = before
+
+
+def _images(n, size, seed, dtype=torch.float64):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, 2, size, size, generator=g, dtype=dtype)
+
+
+def _net(readout):
+    layers = []
+    for act in (wn.Relu(), wn.LeakyRelu(0.2), wn.Abs()):
+        layers += [wn.Conv(2, (3, 3), w_std=1.4, b_std=0.1), act]
+    ro = wn.GlobalAvgPool() if readout == "gap" else wn.Flatten()
+    return wn.serial(*layers, ro, wn.Dense(1, w_std=1.2, b_std=0.1))
+
+
+# full (pixel pairs, GAP), packed (a set with itself, Flatten), diagonal (two sets, Flatten)
+LAYOUTS = {"full": ("gap", False), "packed": ("vec", False), "diagonal": ("vec", True)}
+
+
+# each signature compiles once (seconds, cached on disk): the fast suite keeps one of each
+SLOW = pytest.mark.slow
+
+
+@pytest.mark.parametrize(
+    "layout", [pytest.param(k, marks=() if k == "packed" else SLOW) for k in LAYOUTS]
+)
+def test_network_kernels_equal_eager(layout, switch):
+    readout, cross = LAYOUTS[layout]
+    x1 = _images(5, 5, 0)
+    x2 = _images(4, 5, 1) if cross else None
+    net = _net(readout)
+    _fused.FUSED = False
+    eager = net.kernel(x1, x2)
+    _fused.FUSED = True
+    fused = net.kernel(x1, x2)
+    assert _fused._failed is None
+    for name in ("nngp", "ntk"):
+        a, b = getattr(fused, name), getattr(eager, name)
+        torch.testing.assert_close(a, b, rtol=1e-13, atol=0.0)
+
+
+def _factors(shape1, shape2, shape, dtype, seed):
+    """Random variances broadcasting like a layout, an nngp within Cauchy-Schwarz (with
+    exact +-1 correlations sprinkled in) and an NTK; the eager map's four root factors."""
+    g = torch.Generator().manual_seed(seed)
+    q1 = torch.rand(shape1, generator=g, dtype=torch.float64) + 0.5
+    q2 = torch.rand(shape2, generator=g, dtype=torch.float64) + 0.5
+    s = (q1 * q2).sqrt().expand(shape)
+    c = torch.rand(shape, generator=g, dtype=torch.float64) * 2 - 1
+    c.view(-1)[::7] = 1.0
+    c.view(-1)[3::11] = -1.0
+    nngp = (c * s).to(dtype)
+    ntk = torch.rand(shape, generator=g, dtype=torch.float64).to(dtype)
+    q1, q2 = q1.to(dtype), q2.to(dtype)
+    return nngp, ntk, q1, q2, s.to(dtype)
+
+
+SHAPES = {
+    "diagonal": ((6, 1, 4, 3), (1, 5, 4, 3), (6, 5, 4, 3)),
+    "packed": ((7, 1, 4, 3), (7, 1, 4, 3), (7, 1, 4, 3)),
+    "full": ((3, 1, 4, 1, 2, 1), (1, 2, 1, 4, 1, 2), (3, 2, 4, 4, 2, 2)),
+    "dense": ((9, 1), (1, 8), (9, 8)),
+}
+
+
+FAST_MAPS = {("full", torch.float64, (0.0, 1.0)), ("diagonal", torch.float32, (-0.3, 1.2))}
+
+
+@pytest.mark.parametrize(
+    "layout, dtype, ab",
+    [
+        pytest.param(layout, dtype, ab, marks=() if (layout, dtype, ab) in FAST_MAPS else SLOW)
+        for layout in SHAPES
+        for dtype in (torch.float64, torch.float32)
+        for ab in ((0.0, 1.0), (-0.3, 1.2))
+    ],
+)
+def test_pair_map_equals_eager(layout, dtype, ab, switch):
+    """Relative to the scale sqrt(q1 q2) of each entry (the map's output is of that size;
+    near c = -1 both paths cancel sin(phi) - phi cos(phi), so a relative bound per entry
+    would measure the cancellation, not the loop): 1e-13 in float64, a few ulp in float32."""
+    nngp, ntk, q1, q2, s = _factors(*SHAPES[layout], dtype, seed=3)
+    layer = ABRelu(*ab)
+    f1, f2 = layer._root_factors(q1), layer._root_factors(q2)
+    factors = f1[0], f2[1], f1[2], f2[3]
+    _fused.FUSED = True
+    got = _fused.abrelu_pair(layer.a, layer.b, nngp, ntk, *factors)
+    assert got is not None, _fused._failed
+    out, dot = layer._pair_from_roots(nngp, *factors, True)
+    tol = 1e-13 if dtype == torch.float64 else 8 * torch.finfo(dtype).eps
+    assert ((got[0] - out).abs() / s).max().item() <= tol
+    assert ((got[1] - ntk * dot).abs() / ntk.abs().clamp_min(1e-3)).max().item() <= tol
+    # the NNGP alone (no NTK) takes the same loop
+    only = _fused.abrelu_pair(layer.a, layer.b, nngp, None, *factors)
+    assert only[1] is None
+    assert ((only[0] - out).abs() / s).max().item() <= tol
+
+
+def test_exact_angles_are_closed_forms(switch):
+    """c = 1 gives K' = q/2 and Kdot = 1/2 for ReLU; c = -1 gives 0 and 0 (snapped angles)."""
+    q = torch.tensor([[2.0, 3.0]], dtype=torch.float64)
+    nngp = torch.tensor([[2.0, -3.0]], dtype=torch.float64)
+    layer = wn.Relu()
+    f = layer._root_factors(q)
+    _fused.FUSED = True
+    out, ntk = _fused.abrelu_pair(0.0, 1.0, nngp, torch.ones_like(nngp), f[0], f[1], f[2], f[3])
+    torch.testing.assert_close(out, torch.tensor([[1.0, 0.0]], dtype=torch.float64))
+    torch.testing.assert_close(ntk, torch.tensor([[0.5, 0.0]], dtype=torch.float64))
+
+
+def test_autograd_takes_the_eager_path(switch, monkeypatch):
+    def boom(*args, **kwargs):
+        raise AssertionError("the fused loop was called on tensors autograd records")
+
+    monkeypatch.setattr(_fused, "abrelu_pair", boom)
+    _fused.FUSED = True
+    w = torch.tensor(1.3, dtype=torch.float64, requires_grad=True)
+    net = wn.serial(wn.Dense(3, w_std=w, b_std=0.1), wn.Relu(), wn.Dense(1, w_std=1.0))
+    k = net.kernel(_images(3, 2, 0).reshape(3, -1))
+    k.nngp.sum().backward()
+    assert w.grad is not None and math.isfinite(w.grad.item())
+
+
+def test_off_and_cuda_are_not_usable(switch):
+    x = torch.ones(2, dtype=torch.float64)
+    _fused.FUSED = False
+    assert not _fused.usable(x)
+    _fused.FUSED = "auto"  # only in large calls, on tiles large enough
+    big = torch.ones(_fused.AUTO_NUMEL, dtype=torch.float64)
+    assert not _fused.usable(x) and not _fused.usable(big)
+    with _fused.call(_fused.AUTO_CALL_NUMEL - 1):
+        assert not _fused.usable(big)
+    with _fused.call(_fused.AUTO_CALL_NUMEL):
+        assert _fused.usable(big) and not _fused.usable(x)
+    assert not _fused.usable(big)
+    _fused.FUSED = True
+    assert _fused.usable(x)
+    assert not _fused.usable(x.to(torch.float16))
+    if torch.cuda.is_available():
+        assert not _fused.usable(x.cuda())
+
+
+def test_failed_compilation_falls_back_to_eager(switch, monkeypatch):
+    def no_compiler(*args, **kwargs):
+        raise RuntimeError("no C++ compiler")
+
+    monkeypatch.setattr(torch, "compile", no_compiler)
+    monkeypatch.setattr(_fused, "_compiled", {})
+    monkeypatch.setattr(_fused, "_ready", set())
+    x = _images(3, 4, 0)
+    net = _net("vec")
+    _fused.FUSED = False
+    eager = net.kernel(x)
+    _fused.FUSED = True
+    with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
+        k = net.kernel(x)
+    assert _fused._failed is not None and not _fused.enabled()
+    assert torch.equal(k.nngp, eager.nngp) and torch.equal(k.ntk, eager.ntk)
+
+
+@pytest.mark.parametrize("value", ["maybe", 2])
+def test_bad_switch(value, switch):
+    _fused.FUSED = value
+    with pytest.raises(ValueError, match="auto, on or off"):
+        _fused.enabled()
+
+
+def test_tiles_and_variances_bit_for_bit(switch):
+    """Fused: a kernel in small tiles equals it in one, bit for bit, and the diagonal of a
+    set with itself is its variances, bit for bit (both by the compiled loop)."""
+    _fused.FUSED = True
+    net = wn.serial(wn.Conv(3, (3, 3), w_std=1.4, b_std=0.1), wn.Relu(), wn.Flatten())
+    x = _images(9, 5, 2)
+    tiled, whole = net.kernel(x, batch_size=(4, 3)), net.kernel(x)
+    for name in ("nngp", "ntk", "cov1"):
+        assert torch.equal(getattr(tiled, name), getattr(whole, name)), name
+    assert torch.equal(torch.diagonal(whole.nngp), whole.cov1)
