@@ -229,15 +229,22 @@ class KernelWork:
         self.refine.enabled = self.refine.enabled and refine
 
     def block(self, b: Block) -> Kernel:
-        """The input kernel of rows [r0, r1) of x1 against columns [c0, c1) of x2."""
+        """The input kernel of rows [r0, r1) of x1 against columns [c0, c1) of x2 (a
+        diagonal square of a set with itself: ``cov2 is cov1``, so that layers map the
+        variances once)."""
         packed = b.tiles[0].packed  # a packed tile brings its own (zero) input NTK
+        cov1 = cov2 = None
+        if not self.full:
+            cov1 = self.var1[b.r0 : b.r1]
+            square = self.same and (b.r0, b.r1) == (b.c0, b.c1)
+            cov2 = cov1 if square else self.var2[b.c0 : b.c1]
         return input_kernel(
             self.x1[b.r0 : b.r1],
             self.x2[b.c0 : b.c1],
             diagonal_offset=b.diagonal_offset,
             compute_ntk=self.compute_ntk and not packed,
-            cov1=None if self.full else self.var1[b.r0 : b.r1],
-            cov2=None if self.full else self.var2[b.c0 : b.c1],
+            cov1=cov1,
+            cov2=cov2,
             full_spatial=self.full,
             gram_exponent=self.prep.gram_exponent,
         )
@@ -260,6 +267,8 @@ class KernelWork:
                 diagonal_offset=None,
                 pairs=(i, j),
             )
+        elif (t.r0, t.r1, t.c0, t.c1) == (b.r0, b.r1, b.c0, b.c1):
+            k = block  # the whole block (keeps ``cov2 is cov1``)
         else:
             k = slice_pairs(block, t.r0 - b.r0, t.r1 - b.r0, t.c0 - b.c0)
         k, mask = self.fold(k)
