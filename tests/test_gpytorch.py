@@ -453,3 +453,74 @@ def test_lengthscale_per_input_divides_the_inputs():
     )
     kern(x1, x2).to_dense().sum().backward()
     assert kern.raw_lengthscale.grad.abs().min() > 0
+
+
+# ----- one way a tile is computed: the planner and compute.KernelWork ---------------------
+
+
+@pytest.mark.parametrize("get", ["nngp", "ntk"])
+@pytest.mark.parametrize("n", [9, 300])
+def test_differentiable_kernel_is_net_kernels_single_tile(get, n):
+    """differentiable_kernel plans one tile and computes it as net.kernel does: equal bit
+    for bit to net.kernel run as one tile (one worker), and exactly symmetric for a set
+    with itself (at n = 300 the input Gram's matrix product is not, in general)."""
+    import widenets.compute as compute
+    from widenets.executors import LocalExecutor
+    from widenets.gpytorch import differentiable_kernel
+    from widenets.tiling import TileRequest, plan_tiles
+
+    net = _net(act=wn.Erf())
+    x1, x2 = _x(n), _x(n // 2 + 1, seed=1)
+    for a, b in ((x1, None), (x1, x2)):
+        m = a.shape[0] if b is None else b.shape[0]
+        plan = plan_tiles(TileRequest(n, m, b is None, "diagonal", 1), compute.budgets())
+        assert plan.n_tiles == 1  # so net.kernel's single tile is the same computation
+        ref = getattr(compute.evaluate_kernel(net, a, b, executor=LocalExecutor(1)), get)
+        got = differentiable_kernel(net, a, b, get)
+        assert torch.equal(got, ref)
+    got = differentiable_kernel(net, x1, None, get)
+    assert torch.equal(got, got.T)
+
+
+def test_differentiable_kernel_of_a_pixel_pair_network():
+    """A network that needs every pair of positions (global average pooling) gets the full
+    layout, as in net.kernel (it used to raise: the single tile was always diagonal), and
+    its gradient in a tensor w_std is the finite difference."""
+    from widenets.gpytorch import differentiable_kernel
+
+    g = torch.Generator().manual_seed(3)
+    x = torch.randn(5, 2, 4, 4, generator=g, dtype=torch.float64)
+
+    def net(w):
+        conv = wn.Conv(3, (3, 3), w_std=w, b_std=0.1, padding="SAME")
+        return wn.serial(conv, wn.Relu(), wn.GlobalAvgPool(), wn.Dense(1, w_std=1.2))
+
+    for get in ("nngp", "ntk"):
+        got = differentiable_kernel(net(1.3), x, get=get)
+        torch.testing.assert_close(got, getattr(net(1.3).kernel(x), get), rtol=1e-14, atol=0)
+    w = torch.tensor(1.3, dtype=torch.float64, requires_grad=True)
+    (grad,) = torch.autograd.grad(differentiable_kernel(net(w), x, get="ntk").sum(), w)
+    h = 1e-6
+    fd = (
+        differentiable_kernel(net(1.3 + h), x, get="ntk").sum()
+        - differentiable_kernel(net(1.3 - h), x, get="ntk").sum()
+    ) / (2 * h)
+    assert grad.item() == pytest.approx(float(fd), rel=1e-6)
+    assert abs(float(fd)) > 1e-2
+
+
+def test_batched_layer_that_loses_the_pair_list_is_named():
+    """The batched path folds the layers through compute.KernelWork, so a layer that reads
+    per-input tensors directly (not through the layout API) yet accepts listed pairs gets
+    the error naming handles_packed_pairs, not a broadcasting error."""
+    from widenets.layers.base import Layer
+
+    class ReadsVariances(Layer):  # multiplies by cov1 as if the kernel were (N1, N2)
+        def kernel_fn(self, k):
+            return k.replace(nngp=k.nngp * k.cov1[:, None])
+
+    net = wn.serial(_net(), ReadsVariances())
+    assert net.packs_pairs()
+    kern = NetworkKernel(net, get="nngp").double()
+    with pytest.raises(ValueError, match="handles_packed_pairs"):
+        kern(_x(8).reshape(4, 2, 3), _x(5, seed=1)).to_dense()

@@ -9,6 +9,7 @@ import torch
 
 import widenets as wn
 import widenets.compute as compute
+from widenets.empirical import tiles as empirical_tiles
 from widenets.executors import LocalExecutor
 from widenets.tiling import TileRequest, plan_tiles
 
@@ -61,6 +62,17 @@ def test_plan_covers_every_entry_once(case, small, monkeypatch):
     plan = plan_tiles(
         TileRequest(n1, n2, same, layout, cost, spatial, batch_size, workers), compute.budgets()
     )
+    _check_covers_once(plan)
+    b = compute.budgets()
+    if batch_size is None and n1 * n2 * cost >= workers * b.tasks_per_worker * b.min_task:
+        assert plan.n_tiles >= workers  # tiles for every worker of the executor
+
+
+def _check_covers_once(plan):
+    """Every entry written once: directly on and above the diagonal of a set with itself
+    (everywhere for two sets), below it by a mirror or in a diagonal square that the
+    assembly finishes; every input's variances by one tile."""
+    n1, n2, same = plan.n1, plan.n2, plan.same
     direct, mirrored = _coverage(plan)
     if not same:
         assert torch.equal(direct, torch.ones(n1, n2, dtype=torch.int64))
@@ -80,9 +92,34 @@ def test_plan_covers_every_entry_once(case, small, monkeypatch):
         cov2[t.c0 : t.c1] += t.cov2
     assert torch.equal(cov1, torch.ones_like(cov1))
     assert torch.equal(cov2, torch.zeros_like(cov2) if same else torch.ones_like(cov2))
-    b = compute.budgets()
-    if batch_size is None and n1 * n2 * cost >= workers * b.tasks_per_worker * b.min_task:
-        assert plan.n_tiles >= workers  # tiles for every worker of the executor
+
+
+@pytest.mark.parametrize(
+    "n1, n2, same, block",
+    [
+        (37, 37, True, (5, 5)),
+        (37, 37, True, (37, 37)),
+        (36, 36, True, (6, 6)),
+        (37, 23, False, (5, 3)),
+        (37, 23, False, (40, 40)),
+        (1, 1, True, (1, 1)),
+    ],
+)
+def test_empirical_plan_covers_every_entry_once(n1, n2, same, block):
+    """The empirical NTK's plan (one block per band of b1 rows, every tile of it spanning
+    those rows: the method's left factor is formed once per band) covers the kernel once."""
+    plan = empirical_tiles.plan(n1, n2, same, block)
+    _check_covers_once(plan)
+    b1 = min(block[0], n1)
+    assert len(plan.blocks) == -(-n1 // b1)
+    for blk in plan.blocks:
+        assert all((t.r0, t.r1) == (blk.r0, blk.r1) for t in blk.tiles)
+    if same:  # the diagonal tiles are the diagonal squares (made symmetric by the work)
+        diag = [t for t in plan.tiles if t.c0 == t.r0]
+        assert [(t.r0, t.r1) for t in diag] == [(t.c0, t.c1) for t in diag]
+        assert plan.square == b1 and len(diag) == len(plan.blocks)
+    with pytest.raises(ValueError, match="square tiles"):
+        empirical_tiles.plan(6, 6, True, (2, 3))
 
 
 def test_packed_needs_a_set_with_itself():
@@ -136,3 +173,27 @@ def test_any_executor_gives_the_same_bits(name, two_sets, dtype, monkeypatch):
     assert other.tiles > 1
     for field in ("nngp", "ntk", "cov1", "cov2"):
         assert torch.equal(getattr(got, field), getattr(ref, field)), field
+
+
+@pytest.mark.parametrize("method", ["jacobian", "ntk_vector", "structured", "loop"])
+def test_empirical_ntk_any_executor_gives_the_same_bits(method):
+    """The empirical NTK's tiles run by another executor (blocks and tiles in reverse
+    order, each tile from a freshly computed left factor) give the default's bits."""
+    from widenets.empirical.ntk import _ntk
+
+    torch.manual_seed(0)
+    net = torch.nn.Sequential(torch.nn.Linear(4, 8), torch.nn.Tanh(), torch.nn.Linear(8, 3))
+    net, shape = net.double(), (4,)
+    g = torch.Generator().manual_seed(4)
+    x1 = torch.randn(5, *shape, generator=g, dtype=torch.float64)
+    x2 = torch.randn(3, *shape, generator=g, dtype=torch.float64)
+    for two_sets, trace in ((False, False), (True, True)):
+        b = x2 if two_sets else None
+        kw = dict(method=method, trace_outputs=trace, batch_size=2, progress=False)
+        ref = _ntk(net, x1, b, **kw)
+        other = ShuffledExecutor()
+        got = _ntk(net, x1, b, executor=other, **kw)
+        assert other.tiles == 6  # 3 bands of rows by 2 tiles; or 3 + 2 + 1
+        assert torch.equal(got, ref)
+        if not two_sets:  # a set with itself: exactly symmetric (output axes swapped too)
+            assert torch.equal(got, got.permute(1, 0, 3, 2))

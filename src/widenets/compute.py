@@ -245,9 +245,20 @@ class KernelWork:
     each tile of it (``tile``), in reduced precision with the flagged pairs recomputed in
     float64 and put in place (``widenets.numerics``). Per-input variances are computed
     once for the whole set in the diagonal layouts; in the full layout each block forms
-    its own (all N inputs at once would be N P^2 numbers)."""
+    its own (all N inputs at once would be N P^2 numbers). ``refine=False``: no float64
+    recomputation (the GPyTorch kernel: its tiles carry autograd and stay as computed)."""
 
-    def __init__(self, layer, prep: PreparedInputs, names, dtype, same: bool, full: bool, cost):
+    def __init__(
+        self,
+        layer,
+        prep: PreparedInputs,
+        names,
+        dtype,
+        same: bool,
+        full: bool,
+        cost,
+        refine: bool = True,
+    ):
         self.layer, self.prep, self.same, self.full = layer, prep, same, full
         self.compute_ntk = "ntk" in names
         x1, ge = prep.x1, prep.gram_exponent
@@ -258,17 +269,25 @@ class KernelWork:
             None if full else self.var1 if same else input_variances(self.x2, gram_exponent=ge)
         )
         self.refine = _Refiner(layer, prep, names, dtype, same, full, cost)
+        self.refine.enabled = self.refine.enabled and refine
 
     def block(self, b: Block) -> Kernel:
-        """The input kernel of rows [r0, r1) of x1 against columns [c0, c1) of x2."""
+        """The input kernel of rows [r0, r1) of x1 against columns [c0, c1) of x2 (a
+        diagonal square of a set with itself: ``cov2 is cov1``, so that layers map the
+        variances once)."""
         packed = b.tiles[0].packed  # a packed tile brings its own (zero) input NTK
+        cov1 = cov2 = None
+        if not self.full:
+            cov1 = self.var1[b.r0 : b.r1]
+            square = self.same and (b.r0, b.r1) == (b.c0, b.c1)
+            cov2 = cov1 if square else self.var2[b.c0 : b.c1]
         return input_kernel(
             self.x1[b.r0 : b.r1],
             self.x2[b.c0 : b.c1],
             diagonal_offset=b.diagonal_offset,
             compute_ntk=self.compute_ntk and not packed,
-            cov1=None if self.full else self.var1[b.r0 : b.r1],
-            cov2=None if self.full else self.var2[b.c0 : b.c1],
+            cov1=cov1,
+            cov2=cov2,
             full_spatial=self.full,
             gram_exponent=self.prep.gram_exponent,
         )
@@ -291,29 +310,40 @@ class KernelWork:
                 diagonal_offset=None,
                 pairs=(i, j),
             )
+        elif (t.r0, t.r1, t.c0, t.c1) == (b.r0, b.r1, b.c0, b.c1):
+            k = block  # the whole block (keeps ``cov2 is cov1``)
         else:
             k = slice_pairs(block, t.r0 - b.r0, t.r1 - b.r0, t.c0 - b.c0)
-        with watch_pairs(self.refine.enabled) as watch:
-            try:
-                k = _one_kernel(self.layer.kernel_fn(k))
-            except RuntimeError as err:
-                if t.packed and "must match the size of tensor" in str(err):
-                    raise ValueError(f"{_PACKED_HINT} ({err})") from err
-                raise
-        if t.packed:
-            _check_packed(k, len(i))
-        if watch.mask is None:
+        k, mask = self.fold(k)
+        if mask is None:
             return k
         if t.packed:  # listed pairs (M, 1), less those of an input with itself
             i, j = k.pairs
-            m = (watch.mask[:, 0] & (i != j)).nonzero()[:, 0]
+            m = (mask[:, 0] & (i != j)).nonzero()[:, 0]
             gi, gj = (i.index_select(0, m) + t.r0).cpu(), (j.index_select(0, m) + t.c0).cpu()
             where = (m, 0)
         else:
             offset = t.r0 - t.c0 if self.same else None
-            gi, gj = _flagged_cells(watch.mask, offset, t.r0, t.c0)
+            gi, gj = _flagged_cells(mask, offset, t.r0, t.c0)
             where = (gi - t.r0, gj - t.c0)
         return self.refine(k, gi, gj, where)
+
+    def fold(self, k: Kernel) -> tuple[Kernel, Tensor | None]:
+        """The layers folded over the input kernel ``k`` (listed pairs when ``k.pairs`` is
+        set: the output must keep them, else a ValueError naming ``handles_packed_pairs``),
+        and the mask of the pairs the activations flagged for recomputation in float64
+        (None: none, or refinement off)."""
+        packed = k.pairs is not None
+        with watch_pairs(self.refine.enabled) as watch:
+            try:
+                out = _one_kernel(self.layer.kernel_fn(k))
+            except RuntimeError as err:
+                if packed and "must match the size of tensor" in str(err):
+                    raise ValueError(f"{_PACKED_HINT} ({err})") from err
+                raise
+        if packed:
+            _check_packed(out, len(k.pairs[0]))
+        return out, watch.mask
 
 
 _PACKED_HINT = (

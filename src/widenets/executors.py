@@ -63,12 +63,13 @@ class LocalExecutor:
     threads), or on ``workers`` threads each with one intra-op thread (``_pool.run_tasks``).
     Tiles write disjoint parts of the sink, so threads need no lock but the sink's own."""
 
-    def __init__(self, workers: int = 1):
+    def __init__(self, workers: int = 1, desc: str = "kernel"):
         self.workers = max(1, int(workers))
+        self.desc = desc  # the progress bar's label
 
     def run(self, plan: TilePlan, work: TileWork, sink: TileSink, progress: bool) -> None:
         lock = threading.Lock()
-        with progress_bar(plan.n_tiles, progress) as bar:
+        with progress_bar(plan.n_tiles, progress, self.desc) as bar:
 
             def run_block(block: Block) -> None:
                 shared = work.block(block)
@@ -80,14 +81,12 @@ class LocalExecutor:
             run_tasks(plan.blocks, run_block, self.workers)
 
 
-def progress_bar(tiles: int, show: bool):
+def progress_bar(tiles: int, show: bool, desc: str = "kernel"):
     """A tqdm bar over the tiles (drawing nothing unless ``show`` and more than one tile);
     a context manager that closes it."""
     from tqdm.auto import tqdm
 
-    return tqdm(
-        total=tiles, desc="kernel", unit="tile", leave=False, disable=not show or tiles <= 1
-    )
+    return tqdm(total=tiles, desc=desc, unit="tile", leave=False, disable=not show or tiles <= 1)
 
 
 class KernelSink:

@@ -45,11 +45,13 @@ except ImportError as err:  # pragma: no cover - exercised only without the extr
         "`pip install widenets[gpytorch]`."
     ) from err
 
-from widenets.compute import same_inputs
+from widenets.compute import KernelWork, _spatial_factor, budgets, kernel_layout, same_inputs
 from widenets.errors import NonFiniteKernelError, check_finite_rows
-from widenets.kernel import Kernel, input_kernel, input_variances
+from widenets.executors import LocalExecutor, swap_pairs
+from widenets.kernel import Kernel
 from widenets.layers.base import Layer, declares_hyperparameters
-from widenets.numerics import first_nonfinite, raise_nonfinite
+from widenets.numerics import PreparedInputs, first_nonfinite, raise_nonfinite
+from widenets.tiling import Tile, TilePlan, TileRequest, plan_tiles
 
 #: initial value given to a zero ``b_std`` (a positive constraint cannot start at 0)
 MIN_INITIAL_STD = 1e-4
@@ -88,7 +90,9 @@ def differentiable_kernel(net: Layer, x1: Tensor, x2: Tensor | None = None, get:
     """``getattr(net.kernel(x1, x2), get)`` in one tile, with autograd through every layer.
 
     Unlike :meth:`Layer.kernel` (tiled, for large float kernels) this evaluates the whole
-    (N1, N2) block at once in the inputs' dtype, so it is meant for GP-sized data sets.
+    (N1, N2) block at once in the inputs' dtype, so it is meant for GP-sized data sets. The
+    tile is planned (``widenets.tiling``: one block, one tile) and computed
+    (``compute.KernelWork``, no float64 refinement) as ``net.kernel``'s tiles are.
     """
     # NaN or inf in an input: an error naming the row (a GP's marginal likelihood would
     # otherwise come out NaN with no hint why)
@@ -98,14 +102,7 @@ def differentiable_kernel(net: Layer, x1: Tensor, x2: Tensor | None = None, get:
     same = same_inputs(x1, x2)
     x2 = x1 if same else x2
     net.out_shape(tuple(x1.shape[1:]))
-    k = input_kernel(
-        x1, x2, x1_is_x2=same, diagonal_offset=0 if same else None, compute_ntk=get == "ntk"
-    )
-    k = net.kernel_fn(k)
-    if isinstance(k, list):
-        raise ValueError(
-            "the network ends with several branches; merge them with fan_in_sum or fan_in_concat."
-        )
+    k, full = _one_tile(net, x1, x2, same, get)
     out = getattr(k, get)
     bad = first_nonfinite(out.detach())
     if bad is not None:  # which layer, overflow or NaN, and what to do
@@ -118,11 +115,61 @@ def differentiable_kernel(net: Layer, x1: Tensor, x2: Tensor | None = None, get:
                 i,
                 j,
                 same and i == j,
-                full_spatial=False,
+                full_spatial=full,
                 field="NTK" if get == "ntk" else "NNGP kernel",
                 same_set=same,
             )
     return out
+
+
+def _one_tile(net: Layer, x1: Tensor, x2: Tensor, same: bool, get: str) -> tuple[Kernel, bool]:
+    """The network's kernel of (x1, x2) as one tile, and whether it ran in the full
+    pixel-pair layout: planned with ``batch_size=(n1, n2)`` (one block, one tile; the
+    layout is ``net.kernel``'s for a given batch size: "full" or "diagonal"), computed by
+    ``compute.KernelWork`` on the inputs as given (autograd kept; no rescaling, no float64
+    refinement) and kept by a :class:`_TileKeeper`."""
+    n1, n2 = x1.shape[0], x2.shape[0]
+    in_shape = tuple(x1.shape[1:])
+    layout = kernel_layout(net, in_shape, same, (n1, n2))
+    full = layout == "full"
+    cost = net.pair_cost(in_shape) * _spatial_factor(in_shape, full)
+    request = TileRequest(n1, n2, same, layout, cost, len(in_shape) > 1, (n1, n2))
+    plan = plan_tiles(request, budgets())
+    inputs = PreparedInputs(x1, None if same else x2, x1, None if same else x2)
+    work = KernelWork(net, inputs, (get,), x1.dtype, same, full, cost, refine=False)
+    sink = _TileKeeper(plan)
+    LocalExecutor(1).run(plan, work, sink, progress=False)
+    return sink.finish(), full
+
+
+class _TileKeeper:
+    """A sink (``widenets.executors.TileSink``) for a plan of one tile that keeps the
+    tile's tensors as they are (no buffer written in place: autograd flows through). For a
+    set with itself (``TilePlan.square``) the lower triangle is taken from the transposed
+    upper one, out of place, so the kernel is exactly symmetric as ``net.kernel``'s is."""
+
+    def __init__(self, plan: TilePlan):
+        if plan.n_tiles != 1 or plan.layout == "packed":
+            raise RuntimeError(f"internal error: expected one grid tile, got {plan.n_tiles}.")
+        self.plan = plan
+        self.kernel: Kernel | None = None
+
+    def write(self, tile: Tile, k: Kernel) -> None:
+        self.kernel = k
+
+    def finish(self) -> Kernel:
+        k, n = self.kernel, self.plan.n1
+        if not self.plan.square or n < 2:
+            return k
+        lower = torch.ones(n, n, dtype=torch.bool, device=k.nngp.device).tril(-1)
+
+        def symmetric(t: Tensor | None) -> Tensor | None:
+            if t is None:
+                return None
+            mask = lower.reshape(n, n, *(1,) * (t.ndim - 2))
+            return torch.where(mask, swap_pairs(t, k.full_spatial), t)
+
+        return k.replace(nngp=symmetric(k.nngp), ntk=symmetric(k.ntk))
 
 
 class NetworkKernel(_GPyTorchKernel):
@@ -327,14 +374,18 @@ def batched_kernel(
     check_finite_rows(rows1.detach(), "x1")
     if not same:
         check_finite_rows(rows[rows1.shape[0] :].detach(), "x2")
-    var = input_variances(rows)
+    # the work object of net.kernel's tiles over the distinct rows, as one set: their
+    # variances, and the layers folded over the listed pairs (which must stay listed)
+    d = x1.shape[-1]
+    inputs = PreparedInputs(rows, None, rows, None)
+    work = KernelWork(net, inputs, (get,), rows.dtype, True, False, net.pair_cost((d,)), False)
+    var = work.var1
     ids1 = torch.arange(rows1.shape[0], device=rows.device).reshape(a1.shape[:-1])
     ids2 = (
         ids1
         if same
         else torch.arange(rows1.shape[0], rows.shape[0], device=rows.device).reshape(a2.shape[:-1])
     )
-    d = x1.shape[-1]
     if diag:
         i = ids1.expand(*batch, n1).reshape(-1)
         j = ids2.expand(*batch, n2).reshape(-1)
@@ -362,11 +413,7 @@ def batched_kernel(
         x1_is_x2=True,
         pairs=(i, j),
     )
-    k = net.kernel_fn(k)
-    if isinstance(k, list):
-        raise ValueError(
-            "the network ends with several branches; merge them with fan_in_sum or fan_in_concat."
-        )
+    k, _ = work.fold(k)
     out = getattr(k, get)[:, 0].reshape(out_shape)
     if first_nonfinite(out.detach()) is not None:  # name the layer, with the looped path
         with torch.no_grad():

@@ -47,8 +47,10 @@ Methods (see :mod:`.cost` for their estimated costs and :func:`explain`):
 
 The kernel is computed in tiles of (b1, b2) examples so that memory is bounded (the tiles
 are sized for the method used: at most ``MEMORY_SCALARS`` scalars held, by the estimate);
-for x2 None only tiles on or above the diagonal are computed and mirrored. Every entry is
-the same sum whatever the tiling, so the result does not depend on ``batch_size``.
+for x2 None only tiles on or above the diagonal are computed and mirrored. The tiles are
+planned and run as the network kernels' are (:mod:`.tiles`: ``widenets.tiling`` and an
+executor of ``widenets.executors``). Every entry is the same sum whatever the tiling, so
+the result does not depend on ``batch_size``.
 """
 
 from __future__ import annotations
@@ -59,9 +61,10 @@ import re
 import torch
 from torch import Tensor, nn
 from torch.utils._pytree import tree_flatten
-from tqdm.auto import tqdm
+from tqdm.auto import tqdm  # the streamed Jacobian's bar
 
 from widenets.compute import check_batch_size
+from widenets.empirical import tiles
 from widenets.empirical._checks import check_per_example
 from widenets.empirical._common import Batch, eval_mode, model_device, model_dtype, prepare
 from widenets.empirical._methods import (
@@ -75,6 +78,7 @@ from widenets.empirical.cost import CostReport, Shape, activation_numel, forward
 from widenets.empirical.layer_structure import find_layers
 from widenets.empirical.params import select_params
 from widenets.empirical.structured import StructuredMethod
+from widenets.executors import LocalExecutor
 
 METHODS = ("auto", "jacobian", "ntk_vector", "structured", "loop")
 #: scalars held at once (features of two blocks and a tile); float64: 512 MiB
@@ -109,6 +113,7 @@ class _Setup:
     ):
         self.model, self.x1, self.x2, self.trace = model, x1, x2, trace
         self.force = force or Force()
+        self.executor = None  # runs the tiles (None: ``_tiled``'s default); tests set it
         self.budget = self.force.budget or MEMORY_SCALARS
         sel = select_params(model, params)
         self.params = {k: v.detach() for k, v in sel.items()}
@@ -213,40 +218,17 @@ class _Setup:
         )
 
 
-def _tiled(m, x1: Batch, x2: Batch | None, block, n_out, trace, progress) -> Tensor:
-    same = x2 is None
-    x2b = x1 if same else x2
-    b1, b2 = block
-    r1 = [(i, min(i + b1, x1.n)) for i in range(0, x1.n, b1)]
-    r2 = r1 if same else [(j, min(j + b2, x2b.n)) for j in range(0, x2b.n, b2)]
-    tiles = [(a, b) for ia, a in enumerate(r1) for ib, b in enumerate(r2) if not same or ib >= ia]
-    show = progress if progress is not None else len(tiles) >= PROGRESS_TILES
-    out = None
-    bar = tqdm(total=len(tiles), desc="empirical NTK", disable=not show, leave=False)
-    try:
-        for a in r1:
-            left = m.left(x1.slice(*a))
-            for b in r2:
-                if same and b[0] < a[0]:
-                    continue
-                if same and b == a and m.symmetric_right:
-                    right = left
-                else:
-                    right = m.right(x2b.slice(*b))
-                tile = m.pair(left, right)
-                if same and b == a:  # exactly symmetric, whatever the rounding of the products
-                    tile = (tile + (tile.T if trace else tile.permute(1, 0, 3, 2))) / 2
-                if out is None:
-                    shape = (x1.n, x2b.n) + (() if trace else (n_out, n_out))
-                    out = torch.empty(shape, dtype=tile.dtype, device=tile.device)
-                out[a[0] : a[1], b[0] : b[1]] = tile
-                if same and b != a:
-                    mirror = tile.transpose(0, 1)
-                    out[b[0] : b[1], a[0] : a[1]] = mirror if trace else mirror.transpose(2, 3)
-                bar.update(1)
-    finally:
-        bar.close()
-    return out
+def _tiled(m, x1: Batch, x2: Batch | None, block, trace, progress, executor=None) -> Tensor:
+    """The kernel by method ``m`` in (b1, b2) = ``block`` tiles of examples, planned by
+    :func:`.tiles.plan` and run by ``executor`` (default: in this process, one band after
+    another, with a progress bar from ``PROGRESS_TILES`` tiles on)."""
+    plan = tiles.plan(x1.n, x1.n if x2 is None else x2.n, x2 is None, block)
+    sink = tiles.EmpiricalSink(plan)
+    show = progress if progress is not None else plan.n_tiles >= PROGRESS_TILES
+    if executor is None:
+        executor = LocalExecutor(1, desc="empirical NTK")
+    executor.run(plan, tiles.EmpiricalWork(m, x1, x2, trace), sink, show)
+    return sink.finish()
 
 
 def ntk(
@@ -308,13 +290,16 @@ def _ntk(
     batch_size=None,
     progress=None,
     force: Force | None = None,
+    executor=None,
 ) -> Tensor:
-    """:func:`ntk`, with parts of the choice made by ``force`` (tests)."""
+    """:func:`ntk`, with parts of the choice made by ``force`` and the tiles run by
+    ``executor`` (``widenets.executors``; tests)."""
     if method not in METHODS:
         raise ValueError(f"`method` must be one of {METHODS}, got {method!r}.")
     x1, x2 = prepare(model, x1, x2)
     with eval_mode(model):
         setup = _Setup(model, x1, x2, params, trace_outputs, batch_size, method, force)
+        setup.executor = executor
         if method != "auto":
             return _run_explicit(setup, method, progress).detach()
         while True:
@@ -335,7 +320,7 @@ def _run(setup: _Setup, name: str, progress) -> Tensor:
         streamed = _streamed_jacobian(setup, setup.x1, setup.x2)
         return _run_streamed(streamed, setup.x1, setup.x2, progress)
     m = setup.method(name)
-    return _tiled(m, setup.x1, setup.x2, setup.block, setup.n_out, setup.trace, progress)
+    return _tiled(m, setup.x1, setup.x2, setup.block, setup.trace, progress, setup.executor)
 
 
 def _run_explicit(setup: _Setup, method: str, progress) -> Tensor:
@@ -421,7 +406,7 @@ def _trial(setup: _Setup, name: str) -> None:
     a = setup.x1.slice(0, min(2, setup.x1.n))
     b = None if setup.x2 is None else setup.x2.slice(0, min(2, setup.x2.n))
     block = (a.n, a.n if b is None else b.n)
-    _tiled(setup.method(name), a, b, block, setup.n_out, setup.trace, False)
+    _tiled(setup.method(name), a, b, block, setup.trace, False)
 
 
 def _streamed_jacobian(setup: _Setup, x1: Batch, x2: Batch | None) -> StreamedJacobian:
