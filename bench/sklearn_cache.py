@@ -70,6 +70,11 @@ def main(argv=None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--repeats", type=int, default=3, help="timed repeats per cell")
     parser.add_argument("--threads", type=int, default=None, help="torch threads (default: as is)")
+    parser.add_argument("--tasks", default=None, help="comma-separated task prefixes (default all)")
+    parser.add_argument("--grids", default=None, help="comma-separated grids (default all)")
+    parser.add_argument(
+        "--scaler", choices=("both", "yes", "no"), default="both", help="which scaler cells"
+    )
     args = parser.parse_args(argv)
     if args.threads is not None:
         if args.threads < 1:
@@ -86,9 +91,18 @@ def main(argv=None) -> None:
         "per-repeat ratios (quartiles) | CPU time ratio | pairs computed (cache) |"
     )
     print("|---|---|---|---:|---:|---:|---:|---:|---:|")
-    for task, (load, cls, split) in TASKS.items():
-        for gname, grid in GRIDS.items():
-            for scaler in (False, True):
+    tasks = {
+        t: v
+        for t, v in TASKS.items()
+        if args.tasks is None or any(t.startswith(p) for p in args.tasks.split(","))
+    }
+    grids = {g: v for g, v in GRIDS.items() if args.grids is None or g in args.grids.split(",")}
+    scalers = {"both": (False, True), "yes": (True,), "no": (False,)}[args.scaler]
+    if not tasks or not grids:
+        parser.error(f"no cell selected: --tasks {args.tasks!r} --grids {args.grids!r}")
+    for task, (load, cls, split) in tasks.items():
+        for gname, grid in grids.items():
+            for scaler in scalers:
                 plain, cached, pairs = [], [], 0
                 for i in range(args.repeats):  # interleaved, so that load drifts hit both
                     arms = [None, KernelCache()]

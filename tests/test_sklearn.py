@@ -490,3 +490,70 @@ def test_errors_name_what_the_user_passed_not_internal_arguments():
         msg = str(err.value)
         assert "`X`" in msg, msg
         assert "k_train_train" not in msg and "`x1`" not in msg and "\n" not in msg
+
+
+@pytest.mark.parametrize("rows", ["run", "scattered"])
+@pytest.mark.parametrize("cols", ["run", "scattered"])
+def test_kernel_cache_take_equals_numpy_block_indexing(rows, cols):
+    """The store's gather (slices where the indices are runs) equals ``a[np.ix_(i1, i2)]``
+    and never returns a view of the store."""
+    from widenets.kernel_cache import _take
+
+    a = np.arange(90.0).reshape(9, 10)
+    idx = {"run": np.arange(2, 6), "scattered": np.array([0, 3, 4, 8])}
+    i1, i2 = idx[rows], idx[cols]
+    out = _take(a, i1, i2)
+    assert np.array_equal(out, a[np.ix_(i1, i2)])
+    out[...] = -1
+    assert (a >= 0).all()
+
+
+def test_kernel_cache_folds_compute_only_the_new_pairs_and_match_direct_kernels():
+    """Three folds A, B, C of a search on fixed rows: fit A+B, predict C against A+B, then fit
+    A+C computes only C x C (A x C is known from the prediction) and every kernel returned
+    equals the direct one; the rows of the kept results become runs of the store, so all
+    writes take the slice path."""
+    import widenets.kernel_cache as kc
+
+    x, _ = _sequences(n=30)
+    net = _cnn()
+    direct = net.kernel(torch.tensor(x).reshape(30, 1, 12))
+    a, b, c = np.arange(0, 30, 3), np.arange(1, 30, 3), np.arange(2, 30, 3)
+    ab, ac = np.sort(np.r_[a, b]), np.sort(np.r_[a, c])
+    cache = KernelCache()
+    k_ab = cache.kernels(net, x[ab], input_shape=(1, 12))
+    k_c = cache.kernels(net, x[c], x[ab], input_shape=(1, 12))
+    before = cache.pairs_computed
+    writes = []
+    general = kc.KernelCache._write
+
+    def spy(self, store, r, cl, *args):
+        writes.append(kc._span(r) is not None and kc._span(cl) is not None)
+        return general(self, store, r, cl, *args)
+
+    kc.KernelCache._write = spy
+    try:
+        k_ac = cache.kernels(net, x[ac], input_shape=(1, 12))
+    finally:
+        kc.KernelCache._write = general
+    assert cache.pairs_computed - before == len(c) * len(c)
+    assert writes and all(writes)
+    for k, i1, i2 in ((k_ab, ab, ab), (k_c, c, ab), (k_ac, ac, ac)):
+        for name in ("nngp", "ntk"):
+            torch.testing.assert_close(
+                getattr(k, name), getattr(direct, name)[np.ix_(i1, i2)], rtol=1e-12, atol=0
+            )
+    assert torch.equal(k_ac.ntk, k_ac.ntk.T)
+
+
+def test_kernel_cache_key_computed_once_serves_the_same_entries():
+    x, _ = _sequences(n=12)
+    net = _cnn()
+    cache = KernelCache()
+    key = KernelCache.key(net, (1, 12), 12)
+    assert key == KernelCache.key(_cnn(), (1, 12), 12)  # equal networks, equal keys
+    k1 = cache.kernels(net, x, input_shape=(1, 12), key=key)
+    k2 = cache.kernels(net, x, input_shape=(1, 12))
+    assert k1.ntk is k2.ntk
+    with pytest.raises(ValueError, match="`key` was made for rows of 11 features"):
+        cache.kernels(net, x, key=KernelCache.key(net, None, 11))

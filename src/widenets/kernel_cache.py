@@ -237,29 +237,33 @@ class _Network:
     """What the cache holds for one network: dense stores of row groups, and blocks kept by
     reference keyed by the bytes of their two inputs (oldest first)."""
 
-    __slots__ = ("groups", "blocks", "seen")
+    __slots__ = ("groups", "blocks", "seen", "block_bytes")
 
     def __init__(self):
         self.groups: list[_Store] = []
         self.blocks: dict[tuple, _Block] = {}
+        self.block_bytes = 0  # sum of the blocks' nbytes, kept as they come and go
         # every row of the blocks (a superset after blocks are dropped): one scan of a
         # request's rows tells that no block can share a pair with it (e.g. new rows)
         self.seen: dict[bytes, None] = {}
 
     def add(self, block: _Block) -> None:
         self.blocks[block.exact] = block
+        self.block_bytes += block.nbytes
         self.seen.update(block.r)
         if block.b2 is not None:
             self.seen.update(block.c)
 
     def drop(self, block: _Block) -> None:
         del self.blocks[block.exact]
+        self.block_bytes -= block.nbytes
         if not self.blocks:
             self.seen = {}
+            self.block_bytes = 0
 
     @property
     def nbytes(self) -> int:
-        return sum(g.nbytes for g in self.groups) + sum(b.nbytes for b in self.blocks.values())
+        return sum(g.nbytes for g in self.groups) + self.block_bytes
 
 
 def _row_keys(x: np.ndarray) -> list[bytes]:
@@ -361,9 +365,21 @@ class KernelCache:
     def __reduce__(self):
         return (type(self), (self.max_bytes,))
 
-    def kernels(self, network: Layer, x1, x2=None, input_shape=None) -> CachedKernels:
+    @staticmethod
+    def key(network: Layer, input_shape, n_features: int) -> tuple:
+        """The key under which the kernels of ``network`` on rows of ``n_features`` features
+        (reshaped to ``input_shape``) are kept: pass it as ``key=`` to later :meth:`kernels`
+        calls of the same network (an estimator computes it once at fit; fingerprinting a
+        network costs about as much as the bookkeeping of a request)."""
+        shape = None if input_shape is None else tuple(int(s) for s in input_shape)
+        return (_fingerprint(network), shape, int(n_features))
+
+    def kernels(
+        self, network: Layer, x1, x2=None, input_shape=None, *, key: tuple | None = None
+    ) -> CachedKernels:
         """NNGP and NTK of ``network`` between the rows of x1 (N1, D) and x2 (N2, D)
-        (None: x1 with itself), each row reshaped to ``input_shape`` if given.
+        (None: x1 with itself), each row reshaped to ``input_shape`` if given; ``key``, if
+        given, is ``KernelCache.key(network, input_shape, D)`` computed earlier.
 
         The tensors returned may be the cache's own (shared with other callers that asked for
         the same kernels): read them, or ``.clone()`` them before changing them in place (the
@@ -377,8 +393,13 @@ class KernelCache:
                 f"shapes {x1.shape} and {None if x2 is None else x2.shape}."
             )
         d = x1.shape[1]
-        shape = None if input_shape is None else tuple(int(s) for s in input_shape)
-        key = (_fingerprint(network), shape, d)
+        if key is None:
+            key = self.key(network, input_shape, d)
+        elif key[2] != d:
+            raise ValueError(
+                f"`key` was made for rows of {key[2]} features, but `x1` has {d} features."
+            )
+        shape = key[1]
         n_pairs = len(x1) * (len(x1) if x2 is None else len(x2))
         with self._lock:
             net = self._stores.get(key)
@@ -438,10 +459,10 @@ class KernelCache:
         sharing pairs with the request are written into it first, then only the entries
         still missing are computed."""
         d = key[2]
-        wanted = list(dict.fromkeys(b1 if same else b1 + b2))
+        # the kept blocks' rows first, in their order, then the request's new rows: each
+        # block's rows and columns are then runs of the store, written as slices
         extra = [r for b, _ in blocks for r in (b.b1 if b.b2 is None else b.b1 + b.b2)]
-        if extra:
-            wanted = list(dict.fromkeys(wanted + extra))
+        wanted = list(dict.fromkeys(extra + (b1 if same else b1 + b2)))
         hit = [g for g in net.groups if not g.index.keys().isdisjoint(wanted)]
         rest = [g for g in net.groups if all(g is not h for h in hit)]
         new = wanted
@@ -480,10 +501,9 @@ class KernelCache:
         self.pairs_served += len(i1) * len(i2)
         if fresh is not None:  # computed just now for exactly this request: no gather
             return fresh
-        block = _block(i1, i2)
         return CachedKernels(  # copies: the store's arrays are its own
-            nngp=torch.from_numpy(store.nngp[block].copy()),
-            ntk=torch.from_numpy(store.ntk[block].copy()),
+            nngp=torch.from_numpy(_take(store.nngp, i1, i2)),
+            ntk=torch.from_numpy(_take(store.ntk, i1, i2)),
             cov1=torch.from_numpy(store.var[i1]),
             cov2=torch.from_numpy(store.var[i2]),
         )
@@ -516,7 +536,7 @@ class KernelCache:
     def _fill(self, network, store: _Store, i1, i2, same: bool, shape) -> CachedKernels | None:
         """Compute the entries among rows i1 x i2 that are not yet known; return the kernels
         computed if they are exactly the block i1 x i2, all new (the caller's to keep)."""
-        missing = ~store.known[_block(i1, i2)]
+        missing = ~_take(store.known, i1, i2)
         if not missing.any():
             return None
         rows = np.unique(i1[missing.any(1)])
@@ -546,12 +566,12 @@ class KernelCache:
             if same or rs.stop <= cs.start or cs.stop <= rs.start:
                 return self._write_new_block(store, k, rs, cs, cov2, same)
         at, at_t = np.ix_(rows, cols), np.ix_(cols, rows)
-        new = ~store.known[at]
+        new = ~_take(store.known, rows, cols)
         o = np.intersect1d(rows, cols)  # rows in both sets: (a, b) and (b, a) were both
         both = np.ix_(o, o)  # computed; keep the upper triangle's so the store is symmetric
         for name in ("nngp", "ntk"):
             full = getattr(store, name)
-            block = full[at]
+            block = _take(full, rows, cols)
             block[new] = getattr(k, name).numpy()[new]
             full[at] = block
             full[at_t] = block.T
@@ -600,10 +620,15 @@ def _span(i: np.ndarray) -> slice | None:
     return None
 
 
-def _block(i1: np.ndarray, i2: np.ndarray):
-    """Index of the block i1 x i2 of a matrix: slices where both are runs (a view, fast)."""
+def _take(a: np.ndarray, i1: np.ndarray, i2: np.ndarray) -> np.ndarray:
+    """A new array holding the block i1 x i2 of a matrix: a copy of slices where both are
+    runs; else rows, then columns (a quarter of the time of ``a[np.ix_(i1, i2)]``)."""
     s1, s2 = _span(i1), _span(i2)
-    return (s1, s2) if s1 is not None and s2 is not None else np.ix_(i1, i2)
+    if s1 is not None and s2 is not None:
+        return a[s1, s2].copy()
+    if s1 is None and s2 is None:
+        return a[i1][:, i2]
+    return a[i1 if s1 is None else s1, i2 if s2 is None else s2]  # one advanced index
 
 
 def direct_kernels(network: Layer, x1: np.ndarray, x2, shape) -> CachedKernels:

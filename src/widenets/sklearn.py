@@ -247,7 +247,9 @@ class _WideNetwork(BaseEstimator):
         """nngp, ntk (N1, N2) and the output variances of flat rows x1, x2 (float64)."""
         with _in_user_terms(fitting=x2 is None):
             if self.kernel_cache is not None:
-                return self.kernel_cache.kernels(self.network_, x1, x2, self._input_shape)
+                return self.kernel_cache.kernels(
+                    self.network_, x1, x2, self._input_shape, key=self._cache_key_
+                )
             return direct_kernels(self.network_, x1, x2, self._input_shape)
 
     def _fit_targets(self, X, y2d: np.ndarray):
@@ -262,6 +264,11 @@ class _WideNetwork(BaseEstimator):
                 f"{self.kernel_cache!r}."
             )
         self.X_fit_ = np.array(X, dtype=np.float64, copy=True)
+        self._cache_key_ = (
+            None
+            if self.kernel_cache is None
+            else self.kernel_cache.key(self.network_, self._input_shape, X.shape[1])
+        )
         k = self._kernels(self.X_fit_)
         self.k_train_ = {"nngp": k.nngp, "ntk": k.ntk}
         self.y_fit_ = torch.from_numpy(np.asarray(y2d, dtype=np.float64))
