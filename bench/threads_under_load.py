@@ -11,9 +11,10 @@ Cases (NNGP + NTK, float64):
 Settings:
 
 - ``widenets``: the library as it is: on a quiet machine tiles one after another on torch's
-  threads; when another process is running, tiles spread over a pool of threads, each
-  running torch with one intra-op thread, so that no thread spins waiting for a preempted
-  one (``widenets._pool``);
+  threads; when another process is running, tiles (sized for the cores) spread over a pool
+  of one thread per core plus one, each running torch with one intra-op thread, so that no
+  thread spins waiting for a preempted one, and the steps outside the tiles also run on
+  one torch thread (``widenets._pool``, ``widenets.compute._workers``);
 - ``widenets, one pool thread``: tiles one after another with torch's own threads, whatever
   the load, as before the pool (``widenets.compute.TILE_WORKERS = 1``): the baseline;
 - ``Neural Tangents`` 0.6.5 (jitted, its default threads), when /tmp/nt-venv exists.

@@ -11,7 +11,8 @@ import torch
 
 import widenets as wn
 import widenets.compute as compute
-from widenets._pool import one_intra_op_thread, run_tasks
+from widenets._pool import busy_workers, one_intra_op_thread, run_tasks
+from widenets.executors import LocalExecutor
 
 
 def _nets():
@@ -100,15 +101,71 @@ def test_run_tasks_runs_each_task_once_and_raises_the_first_error():
 def test_the_pool_is_used_only_when_another_process_is_running(monkeypatch):
     x = torch.zeros(3, 2)
     monkeypatch.setattr(compute, "TILE_WORKERS", None)
+    monkeypatch.setattr(compute, "BUSY_EXTRA_WORKERS", 1)
     monkeypatch.setattr(compute, "default_workers", lambda: 2)
     monkeypatch.setattr(compute, "others_running", lambda: 0)
     assert compute._workers(x) == 1  # quiet: torch's own threads, as before the pool
     monkeypatch.setattr(compute, "others_running", lambda: 1)
-    assert compute._workers(x) == 2
+    assert compute._workers(x) == 3  # a thread more than the cores beside one neighbour
+    monkeypatch.setattr(compute, "others_running", lambda: 5)
+    assert compute._workers(x) == 3  # at most BUSY_EXTRA_WORKERS more
     monkeypatch.setattr(compute, "others_running", lambda: None)  # unknown: quiet
+    assert compute._workers(x) == 1
+    monkeypatch.setattr(compute, "default_workers", lambda: 1)  # the user set one thread
+    monkeypatch.setattr(compute, "others_running", lambda: 1)
     assert compute._workers(x) == 1
     monkeypatch.setattr(compute, "TILE_WORKERS", 3)
     assert compute._workers(x) == 3
+
+
+@pytest.mark.parametrize(
+    ("threads", "others", "extra", "expected"),
+    [(2, 0, 1, 1), (2, None, 1, 1), (1, 3, 1, 1), (2, 1, 1, 3), (2, 1, 2, 3), (2, 3, 2, 4),
+     (4, 2, 0, 4), (8, 1, 1, 9)],
+)  # fmt: skip
+def test_busy_workers(threads, others, extra, expected):
+    assert busy_workers(threads, others, extra) == expected
+
+
+def test_tiles_are_planned_for_the_cores_not_the_extra_threads(monkeypatch):
+    monkeypatch.setattr(compute, "TILE_WORKERS", None)
+    monkeypatch.setattr(compute, "default_workers", lambda: 2)
+    assert compute._plan_workers(LocalExecutor(3)) == 2
+    assert compute._plan_workers(LocalExecutor(1)) == 1
+    monkeypatch.setattr(compute, "default_workers", lambda: 4)
+    assert compute._plan_workers(LocalExecutor(3)) == 3
+    monkeypatch.setattr(compute, "TILE_WORKERS", 3)  # set: planned for all of them
+    monkeypatch.setattr(compute, "default_workers", lambda: 2)
+    assert compute._plan_workers(LocalExecutor(3)) == 3
+
+
+def test_a_busy_call_runs_outside_its_tiles_on_one_thread_and_restores_it(monkeypatch):
+    """On the pool, the input checks and variances run with one torch thread too (no
+    OpenMP barrier beside a busy process); the thread count is restored after the call."""
+    before = torch.get_num_threads()
+    seen = []
+    real = compute.prepare_kernel
+
+    def spy(*args, **kwargs):
+        seen.append(torch.get_num_threads())
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(compute, "prepare_kernel", spy)
+    monkeypatch.setattr(compute, "TILE_WORKERS", None)
+    monkeypatch.setattr(compute, "default_workers", lambda: 2)  # whatever the CPUs here
+    monkeypatch.setattr(compute, "others_running", lambda: 1)
+    net = wn.serial(wn.Dense(8), wn.Relu(), wn.Dense(1))
+    x = torch.randn(30, 3, dtype=torch.float64)
+    try:
+        torch.set_num_threads(2)
+        busy = net.kernel(x)
+        assert torch.get_num_threads() == 2
+        monkeypatch.setattr(compute, "others_running", lambda: 0)
+        quiet = net.kernel(x)
+        assert seen == [1, 2]
+        torch.testing.assert_close(busy.ntk, quiet.ntk, rtol=1e-13, atol=1e-15)
+    finally:
+        torch.set_num_threads(before)
 
 
 def test_others_running_sees_a_busy_process():

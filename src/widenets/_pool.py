@@ -78,6 +78,19 @@ def default_workers() -> int:
     return max(1, min(torch.get_num_threads(), cpu_count()))
 
 
+def busy_workers(threads: int, others: int | None, extra: int) -> int:
+    """Pool threads for a call: 1 (tiles one after another on torch's own threads) when
+    ``threads`` is 1 or no other process is running (``others`` 0, or None: unknown); else
+    ``threads`` plus one for each other running thread, at most ``extra`` more. The
+    scheduler shares the cores per runnable thread: n of our threads beside k others on c
+    cores get c n / (n + k) of them, so a thread more than the cores wins back part of
+    what the neighbours take (one neighbour on two cores: 4/3 cores with two threads, 3/2
+    with three)."""
+    if threads <= 1 or not others:
+        return 1
+    return threads + min(others, max(0, extra))
+
+
 @contextmanager
 def one_intra_op_thread():
     """torch's intra-op threads set to one within the block, restored after it."""

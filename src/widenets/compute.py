@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import math
 import threading
+from contextlib import nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -29,7 +30,7 @@ from torch import Tensor
 
 from widenets._fused import call as fused_call
 from widenets._malloc import tune_if_asked
-from widenets._pool import default_workers, others_running
+from widenets._pool import busy_workers, default_workers, one_intra_op_thread, others_running
 from widenets.errors import NonFiniteKernelError, check_get, shape_str
 from widenets.executors import KernelSink, LocalExecutor
 from widenets.kernel import Kernel, input_kernel, input_variances, slice_pairs
@@ -70,10 +71,12 @@ MIN_WIDE_ROWS = 16
 #: above this many pair-scalars a progress bar is shown by default
 PROGRESS_NUMEL = 1 << 26
 #: threads of the tile pool (``widenets._pool``). None: decided per call, tiles one after
-#: another on torch's own intra-op threads on a quiet machine, and one thread per CPU that
-#: torch may use (``torch.get_num_threads()``, at most the CPUs of this process) when another
-#: process is running; 1: always one after another
+#: another on torch's own intra-op threads on a quiet machine, and when another process is
+#: running one thread per CPU that torch may use (``torch.get_num_threads()``, at most the
+#: CPUs of this process) plus one per other running thread, at most BUSY_EXTRA_WORKERS more
+#: (``_pool.busy_workers``); 1: always one after another
 TILE_WORKERS: int | None = None
+BUSY_EXTRA_WORKERS = 1
 #: with several threads, tiles are made small enough that each thread gets this many, so
 #: that a thread slowed by another process holds up little; but not below MIN_TASK_NUMEL
 #: pair-scalars, where per-operation overhead would dominate
@@ -156,15 +159,19 @@ def evaluate_kernel(
     into a ``KernelSink``."""
     if progress is not None and not isinstance(progress, bool):
         raise ValueError(f"`progress` must be True, False or None, got {progress!r}.")
-    job = prepare_kernel(layer, x1, x2, get=get, dtype=dtype, batch_size=batch_size)
     if executor is None:
-        executor = LocalExecutor(_workers(job.prep.x1))
-    plan = plan_tiles(job.request(executor.workers), budgets())
-    work = job.work()
-    sink = KernelSink(plan, dtype, job.names, "ntk" in job.names)
-    with fused_call(job.n1 * job.n2 * job.cost):  # the compiled loops' "auto" switch
-        executor.run(plan, work, sink, job.show_progress(progress))
-    return _checked(sink.finish(), layer, job.prep, sink.check, job.full)
+        executor = LocalExecutor(_workers(x1))
+        serial = one_intra_op_thread() if executor.workers > 1 else nullcontext()
+    else:
+        serial = nullcontext()  # an executor of the caller's: its own threads
+    with serial:  # on the pool, the steps outside the tiles also run on one torch thread
+        job = prepare_kernel(layer, x1, x2, get=get, dtype=dtype, batch_size=batch_size)
+        plan = plan_tiles(job.request(_plan_workers(executor)), budgets())
+        work = job.work()
+        sink = KernelSink(plan, dtype, job.names, "ntk" in job.names)
+        with fused_call(job.n1 * job.n2 * job.cost):  # the compiled loops' "auto" switch
+            executor.run(plan, work, sink, job.show_progress(progress))
+        return _checked(sink.finish(), layer, job.prep, sink.check, job.full)
 
 
 @dataclass(frozen=True)
@@ -364,18 +371,29 @@ def _check_packed(k: Kernel, pairs: int) -> None:
         )
 
 
-def _workers(x: Tensor) -> int:
+def _workers(x) -> int:
     """Threads of the tile pool: ``TILE_WORKERS`` if set; else one (torch's own threads) on
-    a quiet machine and one per CPU torch may use when another process is running; one for
-    inputs on a GPU (its own queue orders the work)."""
-    if x.device.type != "cpu":
+    a quiet machine and, when another process is running, one per CPU torch may use plus
+    one per other running thread, at most ``BUSY_EXTRA_WORKERS`` more
+    (``_pool.busy_workers``); one for inputs on a GPU (its own queue orders the work)."""
+    if isinstance(x, Tensor) and x.device.type != "cpu":
         return 1
     if TILE_WORKERS is not None:
         return TILE_WORKERS
-    workers = default_workers()
-    if workers > 1 and not others_running():
+    threads = default_workers()
+    if threads <= 1:  # the user asked torch for one thread: no pool
         return 1
-    return workers
+    return busy_workers(threads, others_running(), BUSY_EXTRA_WORKERS)
+
+
+def _plan_workers(executor) -> int:
+    """Workers the planner sizes tiles for: the CPUs torch may use at most (threads beyond
+    them, ``BUSY_EXTRA_WORKERS``, only take the next tile sooner: smaller tiles would cost
+    more per-tile work, such as the full layout's per-tile covariances); all of a
+    ``TILE_WORKERS`` that was set."""
+    if TILE_WORKERS is not None:
+        return max(1, executor.workers)
+    return max(1, min(executor.workers, default_workers()))
 
 
 def _flagged_cells(mask: Tensor, offset, row0: int, col0: int) -> tuple[Tensor, Tensor]:
