@@ -144,6 +144,7 @@ def test_resume_recomputes_exactly_the_damaged_stages(tiny, tmp_path):
     assert {v["status"] for v in changed["stages"].values()} == {"done"}
 
 
+@pytest.mark.slow
 def test_store_and_dask_give_the_same_predictions(tiny, tmp_path):
     pytest.importorskip("zarr")
     distributed = pytest.importorskip("distributed")

@@ -71,6 +71,7 @@ def cost(results: dict, path) -> Path | None:
     ax_t.set_yscale("log")
     width_axis(ax_t, ns, label="training examples N")
     ax_t.set_ylabel("wall time (s)")
+    plain_log_ticks(ax_t, max_ratio=1e4)
     legend(ax_t)
     mem = [(p["n"], p["peak_memory_bytes"] / GIB) for p in points if p.get("peak_memory_bytes")]
     if mem:
