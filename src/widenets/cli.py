@@ -1,10 +1,11 @@
-"""The ``widenets`` command: ``study``, ``kernel`` and ``info``.
+"""The ``widenets`` command: ``study``, ``scale``, ``kernel`` and ``info``.
 
 widenets study                                   # the embedded default
 widenets study --config my_study.toml --out runs/fc-mnist
 widenets study --arch fc --data digits --n-train 1000 --n-test 500 --seeds 4
 widenets study --config my_study.toml --set n_times=10 --set 'zca_regularizers=[0.0, 1.0]'
 widenets kernel --arch fc --data digits --out k.pt
+widenets scale --n 1000,2000,4000,8000 --out runs/scale
 widenets info
 
 Values of a study come, in increasing priority, from the defaults, ``--config``, ``--set`` and
@@ -27,6 +28,7 @@ import typer
 from typer.core import TyperGroup
 
 from widenets.architectures import ACTIVATIONS
+from widenets.scale.config import DEFAULTS as SCALE_DEFAULTS
 from widenets.study.config import DEFAULTS, KEYS
 
 _ACTIVATION_HELP = f"Activation (fc): {', '.join(ACTIVATIONS)}."
@@ -400,6 +402,176 @@ def kernel(
 def _given_only(ctx: typer.Context, values: dict) -> dict:
     """The flags given on the command line: they win over ``--set``."""
     return {k: v for k, v in values.items() if _given(ctx, k)}
+
+
+SC, SO = "Scaling", "Solver"
+
+
+def _scale_opt(key: str, help: str, panel: str, **kw):
+    return typer.Option("--" + key.replace("_", "-"), help=help, rich_help_panel=panel, **kw)
+
+
+@app.command()
+def scale(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="TOML file of config keys.", rich_help_panel=RUN),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Output folder.", rich_help_panel=RUN)] = Path(
+        "runs/scale"
+    ),
+    n: Annotated[
+        str, _scale_opt("n", "Training-set sizes, comma-separated (nested).", SC)
+    ] = ",".join(map(str, SCALE_DEFAULTS["n"])),
+    n_test: Annotated[int, _scale_opt("n_test", "Test examples (one fixed set).", SC)] = (
+        SCALE_DEFAULTS["n_test"]
+    ),
+    data_seed: Annotated[
+        int, _scale_opt("data_seed", "Seed of mnist1d.data.make_dataset.", SC)
+    ] = SCALE_DEFAULTS["data_seed"],
+    depth: Annotated[int, _scale_opt("depth", "Hidden layers.", M)] = SCALE_DEFAULTS["depth"],
+    activation: Annotated[str, _scale_opt("activation", _ACTIVATION_HELP, M)] = SCALE_DEFAULTS[
+        "activation"
+    ],
+    w_std: Annotated[float, _scale_opt("w_std", "Weight standard deviation.", M)] = (
+        SCALE_DEFAULTS["w_std"]
+    ),
+    b_std: Annotated[float, _scale_opt("b_std", "Bias standard deviation.", M)] = (
+        SCALE_DEFAULTS["b_std"]
+    ),
+    kernels: Annotated[str, _scale_opt("kernels", "nngp, ntk or both, comma-separated.", M)] = (
+        ",".join(SCALE_DEFAULTS["kernels"])
+    ),
+    diag_reg: Annotated[
+        float, _scale_opt("diag_reg", "Ridge, relative to the mean kernel diagonal.", SO)
+    ] = SCALE_DEFAULTS["diag_reg"],
+    dense_max: Annotated[
+        int, _scale_opt("dense_max", "Largest N solved by dense Cholesky; PCG above.", SO)
+    ] = SCALE_DEFAULTS["dense_max"],
+    tol: Annotated[float, _scale_opt("tol", "PCG relative residual.", SO)] = SCALE_DEFAULTS["tol"],
+    rank: Annotated[int, _scale_opt("rank", "PCG preconditioner rank.", SO)] = SCALE_DEFAULTS[
+        "rank"
+    ],
+    max_iter: Annotated[int, _scale_opt("max_iter", "Most PCG iterations.", SO)] = (
+        SCALE_DEFAULTS["max_iter"]
+    ),
+    scheduler: Annotated[
+        str | None,
+        typer.Option(
+            help="Dask scheduler address (tcp://host:8786): tiles run on its workers.",
+            rich_help_panel=RUN,
+            show_default="this process",
+        ),
+    ] = None,
+    store: Annotated[
+        Path | None,
+        typer.Option(
+            help="Folder for zarr kernel stores (resumable tile by tile; seen by every worker).",
+            rich_help_panel=RUN,
+            show_default="in memory",
+        ),
+    ] = None,
+    settings: Annotated[
+        list[str],
+        typer.Option(
+            "--set",
+            metavar="KEY=VALUE",
+            help="Any config key, its value as TOML (seed=1); repeatable; flags win over it.",
+            rich_help_panel=RUN,
+            show_default=False,
+        ),
+    ] = [],  # noqa: B006 - typer reads the default, never mutates it
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="Continue the run in --out.", rich_help_panel=RUN),
+    ] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite", help="Replace the results in a non-empty --out.", rich_help_panel=RUN
+        ),
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress.", rich_help_panel=RUN)
+    ] = False,
+):
+    """Kernel regression at growing N on MNIST-1D (NNGP and NTK of a fully-connected network):
+    test error and MSE against N with fitted power laws, time and memory per N.
+
+    Values come, in increasing priority, from the defaults shown, --config, --set and the
+    flags given. The report is written to OUT/index.html.
+    """
+    from widenets._malloc import tune_for_command
+    from widenets.scale import KEYS as SCALE_KEYS
+    from widenets.scale import ScaleError, resolve
+    from widenets.scale import run as run_scale
+    from widenets.scale.report import resume_command
+    from widenets.study.store import OutputNotEmpty
+
+    flags = "n n_test data_seed depth activation w_std b_std kernels diag_reg dense_max tol "
+    flags = (flags + "rank max_iter").split()
+    values = {k: v for k, v in locals().items() if k in flags}
+
+    def bad(message: str) -> typer.Exit:
+        message = " ".join(message.split())
+        keys = [k for k in dict.fromkeys(re.findall(r"`(\w+)`", message)) if k in SCALE_KEYS]
+        if keys:
+            how = [_flag(k) if k in flags else f"--set {k}=..." for k in keys]
+            message = message.rstrip(".") + f". Set with {', '.join(how)}."
+        typer.echo(f"Error: {message}", err=True)
+        return typer.Exit(code=2)
+
+    again = resume_command(out, store, scheduler)
+    try:
+        given = parse_set(settings)
+        given.update({k: v for k, v in values.items() if _given(ctx, k)})
+        cfg = resolve(config, **given)
+    except (ValueError, TypeError) as err:
+        raise bad(str(err)) from None
+    tune_for_command()
+    try:
+        run_scale(
+            cfg,
+            out,
+            scheduler=scheduler,
+            store=store,
+            resume=resume,
+            overwrite=overwrite,
+            quiet=quiet,
+        )
+    except OutputNotEmpty:
+        raise bad(
+            f"output folder {str(out)!r} is not empty; add --resume to continue the run "
+            "there, --overwrite to replace its results, or choose another --out."
+        ) from None
+    except ScaleError as err:
+        typer.echo(
+            f"Error: {bad_text(str(err))}. The {_kept(out)} finished stages are kept in "
+            f"{out / 'stages'}; once the cause is fixed, resume with: {again}",
+            err=True,
+        )
+        raise typer.Exit(code=1) from None
+    except (ValueError, TypeError) as err:  # found before any work
+        raise bad(str(err)) from None
+    except KeyboardInterrupt:
+        kept = _kept(out)
+        if kept and (out / "config.toml").is_file():
+            typer.echo(
+                f"Interrupted: {kept} finished stages kept in {out / 'stages'}"
+                + (" (and the kernel tiles in the store)" if store else "")
+                + f"; resume with: {again}",
+                err=True,
+            )
+        else:
+            typer.echo("Interrupted before any stage finished: nothing kept to resume.", err=True)
+        raise typer.Exit(code=130) from None
+    if not quiet:
+        typer.echo(f"Report: {out / 'index.html'}")
+
+
+def bad_text(message: str) -> str:
+    return " ".join(message.split()).rstrip(".")
 
 
 @app.command()
