@@ -37,7 +37,10 @@ def _gap():
 
 
 def _gin_nt(impl):
-    # the per-vertex affine map first: A (x W) = (A x) W, and Neural Tangents' FanInSum
+    # Neural Tangents' composition: FanInSum adds the branches' kernels as if independent,
+    # which the identity and aggregate branches are not (the finite GIN is one Aggregate
+    # over A + I: tests/test_graph.py); the parity is of the same composition in both.
+    # The per-vertex affine map first: A (x W) = (A x) W, and Neural Tangents' FanInSum
     # needs Gaussian branches
     block = (
         f"{_conv1(6)}, stax.FanOut(2), stax.parallel(stax.Identity(), {_agg(impl=impl)}), "

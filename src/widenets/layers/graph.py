@@ -12,8 +12,11 @@ Tangent Kernel"; Neural Tangents) the kernel maps exactly as
     K'(x, x')[j, j'] = sum_{i, i'} P[i, j] K(x, x')[i, i'] P'[i', j'],  K' = P^T K P',
 
 Theta likewise, and the variances with P on both sides. It needs every pair of positions
-(the full layout). The GIN update (1 + eps) x + A x is ``fan_out(2)``, ``parallel(Scale(1 +
-eps), Aggregate())``, ``fan_in_sum()``; ``Conv(width, 1)`` is the per-vertex Dense layer.
+(the full layout). ``Conv(width, 1)`` is the per-vertex Dense layer. The GIN update
+(1 + eps) x + A x is one Aggregate over the pattern A + (1 + eps) I, not ``fan_out(2)``,
+``parallel(Identity(), Aggregate())``, ``fan_in_sum()``: FanInSum adds its branches'
+kernels as those of independent branches, and these two share their input (Neural
+Tangents' FanInSum makes the same assumption).
 
 Where the graphs go (the same keyword as Neural Tangents' ``pattern=``):
 
@@ -41,21 +44,22 @@ argument); ``aggregate_axis`` counts axes of the whole input (N, C, *spatial) as
 error rather than the identity graph; an arc index past the axis' size is an error
 rather than wrapping around.
 
-Example (GIN-like network on graphs with V vertices and C node features, x of shape (N,
-C, V), dense adjacencies A of shape (N, V, V)):
+Example (a GIN on graphs of V vertices with C node features: x of shape (N, C, V),
+adjacencies A of shape (N, V, V); ``examples/graph_classification.py`` trains on it):
 
+    import torch
     import widenets as wn
 
-    def gin_block(width):
-        return wn.serial(
-            wn.fan_out(2), wn.parallel(wn.Identity(), wn.Aggregate()), wn.fan_in_sum(),
-            wn.Conv(width, 1), wn.Relu(), wn.Conv(width, 1), wn.Relu(),
-        )
+    def gin_block(width):  # h -> relu(W2 relu(W1 (A + I) h))
+        return wn.serial(wn.Aggregate(), wn.Conv(width, 1), wn.Relu(),
+                         wn.Conv(width, 1), wn.Relu())
 
     net = wn.serial(gin_block(512), gin_block(512), wn.GlobalAvgPool(), wn.Dense(1))
-    k = net.kernel(x_train, x_test, pattern=(A_train, A_test))   # k.nngp, k.ntk: (N1, N2)
+    self_loops = lambda a: a + torch.eye(a.shape[-1], dtype=a.dtype)
+    P_train, P_test = self_loops(A_train), self_loops(A_test)
+    k = net.kernel(x_train, x_test, pattern=(P_train, P_test))  # k.nngp, k.ntk: (N1, N2)
     model = net.build((C, V), seed=0)
-    with wn.graph_pattern(A_train):
+    with wn.graph_pattern(P_train.float()):
         y = model(x_train.float())
 
 (A global sum readout is ``GlobalAvgPool`` followed by ``Scale(V)``.)
@@ -102,7 +106,8 @@ class Aggregate(Layer):
             int or increasing tuple; None: every spatial axis).
         batch_axis, channel_axis: 0 and 1 (widenets' layout; accepted for Neural Tangents
             code, any other value is an error).
-        to_dense: a function applied to each dense pattern before use (None: the identity).
+        to_dense: a function applied to the dense patterns before use (None: the identity);
+            it gets the rows of a tile, (n, ...), so it must map each graph on its own.
         implementation: "dense" (weighted adjacency) or "sparse" (edge lists); see the
             module docstring for the formats.
     """
