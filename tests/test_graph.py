@@ -191,3 +191,9 @@ def test_graph_classification_example_beats_chance():
     spec.loader.exec_module(mod)
     acc = mod.main()
     assert acc["nngp"] > 0.6, acc
+
+
+def test_declared_hyperparameters():
+    assert wn.Aggregate() == wn.Aggregate() and hash(wn.Aggregate()) == hash(wn.Aggregate())
+    assert wn.Aggregate() != wn.Aggregate(implementation="sparse")
+    assert repr(wn.Aggregate(aggregate_axis=(2, 3))) == "Aggregate(aggregate_axis=(2, 3))"
