@@ -24,7 +24,7 @@ Conventions matched (read from Neural Tangents 0.6.5's source):
 
 With ``--structures`` it compares instead the graph (``Aggregate``, dense and sparse
 patterns, 1-D and 2-D vertex axes) and masking (``mask_constant``: Conv + GlobalAvgPool,
-attention, Flatten) networks of ``tests/_nt_structures.py``; ``--write-references`` then
+attention, Flatten, AvgPool) networks of ``tests/_nt_structures.py``; ``--write-references`` then
 also stores their inputs and Neural Tangents' values in ``tests/data/nt_structures.json``,
 the references of ``tests/test_graph.py`` and ``tests/test_masking.py``.
 

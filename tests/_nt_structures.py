@@ -132,6 +132,26 @@ def _agg2d_wn(axis):
     )
 
 
+def _avgpool_nt(pool):
+    return (
+        f"stax.serial({_conv1(4, 3)}, stax.Relu(), {pool}, {_conv1(4, 3)}, stax.Relu(), {_gap()})"
+    )
+
+
+def _avgpool_wn(pool):
+    return wn.serial(
+        wn.Conv(4, 3, w_std=W, b_std=B),
+        wn.Relu(),
+        pool,
+        wn.Conv(4, 3, w_std=W, b_std=B),
+        wn.Relu(),
+        wn.GlobalAvgPool(),
+    )
+
+
+_POOL_VALID = "stax.AvgPool((2,), (2,), 'VALID', batch_axis=0, channel_axis=1)"
+_POOL_SAME = "stax.AvgPool((3,), (1,), 'SAME', batch_axis=0, channel_axis=1)"
+
 #: name -> (widenets network factory, Neural Tangents network source, kind)
 CASES = {
     "gin_dense": (lambda: _gin_wn("dense"), _gin_nt("DENSE"), "graph"),
@@ -141,6 +161,16 @@ CASES = {
     "masked_conv_gap": (_conv_gap_wn, _conv_gap_nt(), "masked"),
     "masked_attention": (_attention_wn, _attention_nt(), "masked"),
     "masked_flatten": (_flatten_wn, _flatten_nt(), "masked"),
+    "masked_avgpool_valid": (
+        lambda: _avgpool_wn(wn.AvgPool(2)),
+        _avgpool_nt(_POOL_VALID),
+        "masked",
+    ),
+    "masked_avgpool_same": (
+        lambda: _avgpool_wn(wn.AvgPool(3, stride=1, padding="same")),
+        _avgpool_nt(_POOL_SAME),
+        "masked",
+    ),
 }
 
 

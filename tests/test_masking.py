@@ -169,3 +169,24 @@ def test_a_layer_that_drops_the_mask_is_named():
     net = wn.serial(wn.Conv(4, 3), Crop(), wn.Flatten())
     with pytest.raises(ValueError, match="Crop.*does not support masked inputs"):
         net.kernel(padded(sequences(), 9), mask_constant=PAD)
+
+
+def test_graphs_of_different_sizes_padded():
+    """Graphs of 4 and 6 vertices padded to 7 (features PAD, arcs of padded vertices
+    anywhere: they are masked) give the kernel of each graph alone."""
+    g = torch.Generator().manual_seed(5)
+    net = wn.serial(
+        wn.Conv(6, 1, b_std=0.3), wn.Aggregate(), wn.Relu(), wn.Aggregate(), wn.GlobalAvgPool()
+    )
+    sizes, xs, ps = (4, 6), [], []
+    for v in sizes:
+        xs.append(torch.randn(1, 3, v, generator=g, dtype=torch.float64))
+        ps.append(torch.rand(1, v, v, generator=g, dtype=torch.float64))
+    x = padded(xs, 7)
+    p = torch.rand(2, 7, 7, generator=g, dtype=torch.float64)  # padded vertices' arcs: noise
+    for i, v in enumerate(sizes):
+        p[i, :v, :v] = ps[i][0]
+    k = net.kernel(x, pattern=p, mask_constant=PAD)
+    for i in range(2):
+        alone = net.kernel(xs[i], pattern=ps[i])
+        assert torch.allclose(k.ntk[i, i], alone.ntk[0, 0], rtol=1e-13)
