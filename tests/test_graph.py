@@ -197,3 +197,12 @@ def test_declared_hyperparameters():
     assert wn.Aggregate() == wn.Aggregate() and hash(wn.Aggregate()) == hash(wn.Aggregate())
     assert wn.Aggregate() != wn.Aggregate(implementation="sparse")
     assert repr(wn.Aggregate(aggregate_axis=(2, 3))) == "Aggregate(aggregate_axis=(2, 3))"
+
+
+def test_an_overflowing_graph_is_diagnosed_at_its_layer():
+    """The NaN/inf diagnosis re-runs the bad pair with its graphs (it used to fail for lack
+    of them, with the 'needs the inputs' graphs' error)."""
+    x, a = graphs(3, seed=8)
+    net = wn.serial(wn.Conv(4, 1), wn.Aggregate(), wn.Relu(), wn.GlobalAvgPool())
+    with pytest.raises(wn.numerics.NonFiniteKernelError, match="Aggregate"):
+        net.kernel(x, pattern=a * 1e200)

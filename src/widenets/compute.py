@@ -177,7 +177,7 @@ def evaluate_kernel(
     sink = KernelSink(plan, dtype, job.names, "ntk" in job.names)
     with fused_call(job.n1 * job.n2 * job.cost):  # the compiled loops' "auto" switch
         executor.run(plan, work, sink, job.show_progress(progress))
-    return _checked(sink.finish(), layer, job.prep, sink.check, job.full)
+    return _checked(sink.finish(), layer, job.prep, sink.check, job.full, job.side)
 
 
 @dataclass(frozen=True)
@@ -546,7 +546,9 @@ def recompute_pairs(layer, prep: PreparedInputs, gi, gj, names, same, full, cost
     return out.nngp[ri, ci], out.ntk[ri, ci] if compute_ntk else None
 
 
-def _checked(k: Kernel, layer, prep: PreparedInputs, check: FiniteCheck, full: bool) -> Kernel:
+def _checked(
+    k: Kernel, layer, prep: PreparedInputs, check: FiniteCheck, full: bool, side=None
+) -> Kernel:
     """The finished kernel after the checks: NaN or inf anywhere raise a
     NonFiniteKernelError naming the layer where the first bad entry arises; a homogeneous
     network's rescaled kernel is multiplied back (exactly) first."""
@@ -558,6 +560,7 @@ def _checked(k: Kernel, layer, prep: PreparedInputs, check: FiniteCheck, full: b
             bad = first_nonfinite(t)
             if bad is not None:
                 i, j = bad[0], bad[1]
+                rows = None if side is None else side.rows(slice(i, i + 1), slice(j, j + 1))
                 raise_nonfinite(
                     layer,
                     x1,
@@ -570,6 +573,7 @@ def _checked(k: Kernel, layer, prep: PreparedInputs, check: FiniteCheck, full: b
                     inputs=prep,
                     field="NTK" if t is k.ntk else "NNGP kernel",
                     same_set=k.x1_is_x2,
+                    side_fields=rows,
                 )
     for which, cov, xs in ((1, k.cov1, x1), (2, k.cov2, x2)):
         if which == 2 and cov is k.cov1:
@@ -577,6 +581,11 @@ def _checked(k: Kernel, layer, prep: PreparedInputs, check: FiniteCheck, full: b
         bad = first_nonfinite(cov)
         if bad is not None:
             i = bad[0]
+            rows = None
+            if side is not None:
+                two = SideInputs(side.mask2, side.mask2, side.pattern2, side.pattern2)
+                one = side if which == 1 else two
+                rows = one.rows(slice(i, i + 1), slice(i, i + 1), square=True)
             raise_nonfinite(
                 layer,
                 xs,
@@ -588,6 +597,7 @@ def _checked(k: Kernel, layer, prep: PreparedInputs, check: FiniteCheck, full: b
                 gram_exponent=prep.gram_exponent,
                 inputs=prep,
                 field=f"variance of x{which}[{i}]",
+                side_fields=rows,
             )
     if prep.out_exponent:
         covs = [k.cov1] if k.cov2 is k.cov1 else [k.cov1, k.cov2]
