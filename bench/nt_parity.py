@@ -22,10 +22,17 @@ Conventions matched (read from Neural Tangents 0.6.5's source):
 - ``ABRelu(a, b)``: slope a for x < 0 and b for x > 0 in both; ``LeakyRelu(alpha)``;
 - standard parameterisation: NTK gets n_in K (+1 with bias), n_in the finite input width.
 
+With ``--structures`` it compares instead the graph (``Aggregate``, dense and sparse
+patterns, 1-D and 2-D vertex axes) and masking (``mask_constant``: Conv + GlobalAvgPool,
+attention, Flatten, AvgPool) networks of ``tests/_nt_structures.py``; ``--write-references`` then
+also stores their inputs and Neural Tangents' values in ``tests/data/nt_structures.json``,
+the references of ``tests/test_graph.py`` and ``tests/test_masking.py``.
+
 Usage::
 
     PYTHONPATH=src python bench/nt_parity.py            # needs /tmp/nt-venv (see bench/_nt.py)
     PYTHONPATH=src python bench/nt_parity.py --tol 1e-8 # exit status 1 if any error exceeds it
+    PYTHONPATH=src python bench/nt_parity.py --structures [--write-references]
 """
 
 from __future__ import annotations
@@ -128,6 +135,76 @@ def widenets_net(make_act, width, w_std, b_std, param):
     )
 
 
+_NT_STRUCTURES = r"""
+import jax.numpy as jnp
+from neural_tangents import stax
+
+for name, case in spec["cases"].items():
+    _, _, kernel_fn = eval(case["nt"])
+    x1, x2 = load(name + "_x1"), load(name + "_x2")
+    if case["kind"] == "masked":
+        kw12 = kw11 = dict(mask_constant=spec["pad"])
+    else:
+        p1, p2 = load(name + "_p1"), load(name + "_p2")
+        kw12, kw11 = dict(pattern=(p1, p2)), dict(pattern=(p1, p1))
+    k12 = kernel_fn(x1, x2, ("nngp", "ntk"), **kw12)
+    k11 = kernel_fn(x1, None, ("nngp", "ntk"), **kw11)
+    save(name + "_nngp12", k12.nngp); save(name + "_ntk12", k12.ntk)
+    save(name + "_nngp11", k11.nngp); save(name + "_ntk11", k11.ntk)
+report(done=len(spec["cases"]))
+"""
+
+REFERENCES = Path(__file__).resolve().parents[1] / "tests" / "data" / "nt_structures.json"
+
+
+def structures(write: bool, tol: float | None) -> int:
+    """The graph and masking cases of tests/_nt_structures.py in both libraries."""
+    sys.path.insert(0, str(REFERENCES.parents[1]))
+    from _nt_structures import CASES, PAD, inputs, kernel_kwargs
+
+    arrays, spec = {}, {"pad": PAD, "cases": {}}
+    for name, (_, nt_src, kind) in CASES.items():
+        spec["cases"][name] = {"nt": nt_src, "kind": kind}
+        for key, a in inputs(kind).items():
+            arrays[f"{name}_{key}"] = a
+    script = f"import json\nspec = json.loads({json.dumps(spec)!r})\n" + _NT_STRUCTURES
+    try:
+        nt_out, _ = run_nt(script, arrays)
+    except NTUnavailable as e:
+        print(e)
+        return 0
+    print("widenets vs Neural Tangents 0.6.5, graphs and masks: max|wn - nt| / max|nt|")
+    header = f"{'case':<24} {'nngp12':>9} {'ntk12':>9} {'nngp11':>9} {'ntk11':>9}"
+    print(header)
+    print("-" * len(header))
+    worst, refs = 0.0, {}
+    for name, (make, _, kind) in CASES.items():
+        a = {k[len(name) + 1 :]: v for k, v in arrays.items() if k.startswith(name + "_")}
+        net = make()
+        x1, x2 = torch.from_numpy(a["x1"]), torch.from_numpy(a["x2"])
+        k12 = net.kernel(x1, x2, **kernel_kwargs(kind, a, False))
+        k11 = net.kernel(x1, **kernel_kwargs(kind, a, True))
+        got = {"nngp12": k12.nngp, "ntk12": k12.ntk, "nngp11": k11.nngp, "ntk11": k11.ntk}
+        errs = [rel_err(got[f].numpy(), nt_out[f"{name}_{f}"]) for f in got]
+        worst = max(worst, *errs)
+        print(f"{name:<24} " + " ".join(f"{e:9.2e}" for e in errs))
+        refs[name] = {
+            "inputs": {k: v.tolist() for k, v in a.items()},
+            "nt": {f: nt_out[f"{name}_{f}"].tolist() for f in got},
+        }
+    print(f"\nworst relative difference: {worst:.2e} over {len(CASES)} cases")
+    if write:
+        REFERENCES.parent.mkdir(exist_ok=True)
+        tmp = REFERENCES.with_suffix(".tmp")
+        tmp.write_text(json.dumps(refs, indent=None, separators=(",", ":")) + "\n")
+        tmp.replace(REFERENCES)
+        print(f"wrote {REFERENCES}")
+    if tol is not None and worst > tol:
+        print(f"FAIL: above --tol {tol:g}")
+        return 1
+    return 0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n1", type=int, default=6)
@@ -145,7 +222,15 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tol", type=float, default=None, help="fail (exit 1) above this error")
     ap.add_argument("--only", default=None, help="substring of the activation labels to run")
+    ap.add_argument("--structures", action="store_true", help="the graph and masking cases instead")
+    ap.add_argument(
+        "--write-references",
+        action="store_true",
+        help="with --structures: store inputs and NT values in tests/data/nt_structures.json",
+    )
     args = ap.parse_args(argv)
+    if args.structures:
+        return structures(args.write_references, args.tol)
     global DEGREE
     DEGREE = args.deg
 

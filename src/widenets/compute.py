@@ -34,6 +34,7 @@ from widenets._pool import busy_workers, default_workers, one_intra_op_thread, o
 from widenets.errors import NonFiniteKernelError, check_get, shape_str
 from widenets.executors import KernelSink, LocalExecutor
 from widenets.kernel import Kernel, input_kernel, input_variances, slice_pairs
+from widenets.layers.masking import zero_masked
 from widenets.numerics import (
     FiniteCheck,
     PreparedInputs,
@@ -45,6 +46,7 @@ from widenets.numerics import (
     scale_output,
     watch_pairs,
 )
+from widenets.side_inputs import SideInputs, prepare_side_inputs
 from widenets.tiling import Block, Budgets, Tile, TileRequest, plan_tiles
 
 #: scalars per intermediate tile (float64: 4 MiB): near the caches, yet large enough that
@@ -151,6 +153,8 @@ def evaluate_kernel(
     batch_size=None,
     progress: bool | None = None,
     executor=None,
+    pattern=None,
+    mask_constant=None,
 ) -> Kernel:
     """Fold ``layer`` over the input kernel of (x1, x2), tile by tile. See ``Layer.kernel``.
 
@@ -165,13 +169,22 @@ def evaluate_kernel(
     else:
         serial = nullcontext()  # an executor of the caller's: its own threads
     with serial:  # on the pool, the steps outside the tiles also run on one torch thread
-        job = prepare_kernel(layer, x1, x2, get=get, dtype=dtype, batch_size=batch_size)
+        job = prepare_kernel(
+            layer,
+            x1,
+            x2,
+            get=get,
+            dtype=dtype,
+            batch_size=batch_size,
+            pattern=pattern,
+            mask_constant=mask_constant,
+        )
         plan = plan_tiles(job.request(_plan_workers(executor)), budgets())
         work = job.work()
         sink = KernelSink(plan, dtype, job.names, "ntk" in job.names)
         with fused_call(job.n1 * job.n2 * job.cost):  # the compiled loops' "auto" switch
             executor.run(plan, work, sink, job.show_progress(progress))
-        return _checked(sink.finish(), layer, job.prep, sink.check, job.full)
+        return _checked(sink.finish(), layer, job.prep, sink.check, job.full, job.side)
 
 
 @dataclass(frozen=True)
@@ -189,6 +202,7 @@ class KernelJob:
     cost: int
     in_shape: tuple
     batch_size: tuple[int, int] | None
+    side: SideInputs = SideInputs()
 
     @property
     def full(self) -> bool:
@@ -211,7 +225,14 @@ class KernelJob:
 
     def work(self) -> KernelWork:
         return KernelWork(
-            self.layer, self.prep, self.names, self.dtype, self.same, self.full, self.cost
+            self.layer,
+            self.prep,
+            self.names,
+            self.dtype,
+            self.same,
+            self.full,
+            self.cost,
+            side=self.side,
         )
 
     def show_progress(self, progress: bool | None) -> bool:
@@ -219,18 +240,31 @@ class KernelJob:
 
 
 def prepare_kernel(
-    layer, x1, x2=None, *, get=("nngp", "ntk"), dtype=torch.float64, batch_size=None, grid=False
+    layer,
+    x1,
+    x2=None,
+    *,
+    get=("nngp", "ntk"),
+    dtype=torch.float64,
+    batch_size=None,
+    grid=False,
+    pattern=None,
+    mask_constant=None,
 ) -> KernelJob:
     """Check and prepare a kernel request (``get``, ``dtype``, inputs, shapes, layout, cost
     per pair) without computing anything. ``grid``: never the packed layout (a store's
-    chunk-aligned tiles, ``widenets.kernel_store``)."""
+    chunk-aligned tiles, ``widenets.kernel_store``). ``pattern``, ``mask_constant``: the
+    per-input graphs and masks (``widenets.side_inputs``)."""
     names = check_get(get)
     tune_if_asked()  # process-wide: only when WIDENETS_MALLOC=tuned
     if not (isinstance(dtype, torch.dtype) and dtype.is_floating_point):
         raise ValueError(f"`dtype` must be a floating torch dtype, got {dtype!r}.")
+    side, patterns_equal = SideInputs(), True
+    if pattern is not None or mask_constant is not None:
+        x1, x2, side, patterns_equal = prepare_side_inputs(x1, x2, pattern, mask_constant)
     prep = prepare_inputs(layer, x1, x2, dtype)  # NaN/inf rejected, overflow rescaled
     x1, x2 = prep.x1, prep.x2
-    same = same_inputs(x1, x2)
+    same = same_inputs(x1, x2) and patterns_equal
     x2 = x1 if same else x2
     if x1.shape[1:] != x2.shape[1:]:
         raise ValueError(
@@ -243,7 +277,11 @@ def prepare_kernel(
         batch_size = check_batch_size(batch_size)
     layout = kernel_layout(layer, in_shape, same, batch_size if not grid else (1, 1))
     cost = layer.pair_cost(in_shape) * _spatial_factor(in_shape, layout == "full")
-    return KernelJob(layer, names, dtype, prep, same, layout, cost, in_shape, batch_size)
+    if same and side.mask2 is not side.mask1:
+        side = SideInputs(side.mask1, side.mask1, side.pattern1, side.pattern1)
+    return KernelJob(
+        layer, names, dtype, prep, same, layout, cost, in_shape, batch_size, side
+    )  # fmt: skip
 
 
 class KernelWork:
@@ -265,8 +303,10 @@ class KernelWork:
         full: bool,
         cost,
         refine: bool = True,
+        side: SideInputs | None = None,
     ):
         self.layer, self.prep, self.same, self.full = layer, prep, same, full
+        self.side = SideInputs() if side is None else side
         self.compute_ntk = "ntk" in names
         x1, ge = prep.x1, prep.gram_exponent
         self.x1 = x1
@@ -275,7 +315,7 @@ class KernelWork:
         self.var2 = (
             None if full else self.var1 if same else input_variances(self.x2, gram_exponent=ge)
         )
-        self.refine = _Refiner(layer, prep, names, dtype, same, full, cost)
+        self.refine = _Refiner(layer, prep, names, dtype, same, full, cost, self.side)
         self.refine.enabled = self.refine.enabled and refine
 
     def block(self, b: Block) -> Kernel:
@@ -284,11 +324,11 @@ class KernelWork:
         variances once)."""
         packed = b.tiles[0].packed  # a packed tile brings its own (zero) input NTK
         cov1 = cov2 = None
+        square = self.same and (b.r0, b.r1) == (b.c0, b.c1)
         if not self.full:
             cov1 = self.var1[b.r0 : b.r1]
-            square = self.same and (b.r0, b.r1) == (b.c0, b.c1)
             cov2 = cov1 if square else self.var2[b.c0 : b.c1]
-        return input_kernel(
+        k = input_kernel(
             self.x1[b.r0 : b.r1],
             self.x2[b.c0 : b.c1],
             diagonal_offset=b.diagonal_offset,
@@ -298,6 +338,9 @@ class KernelWork:
             full_spatial=self.full,
             gram_exponent=self.prep.gram_exponent,
         )
+        if self.side.empty:
+            return k
+        return k.replace(**self.side.rows(slice(b.r0, b.r1), slice(b.c0, b.c1), square))
 
     def tile(self, block: Kernel, b: Block, t: Tile) -> Kernel:
         """The network's kernel of one tile of ``block`` (a packed tile: its pairs i <= j
@@ -316,6 +359,7 @@ class KernelWork:
                 x1_is_x2=True,
                 diagonal_offset=None,
                 pairs=(i, j),
+                **self.side.rows(slice(t.c0, t.c1), None, square=True),
             )
         elif (t.r0, t.r1, t.c0, t.c1) == (b.r0, b.r1, b.c0, b.c1):
             k = block  # the whole block (keeps ``cov2 is cov1``)
@@ -417,8 +461,8 @@ def _flagged_cells(mask: Tensor, offset, row0: int, col0: int) -> tuple[Tensor, 
 class _Refiner:
     """Recomputes listed pairs of a tile in float64 and puts them, rounded, in its place."""
 
-    def __init__(self, layer, prep: PreparedInputs, names, dtype, same, full, cost):
-        self.layer, self.prep, self.names = layer, prep, names
+    def __init__(self, layer, prep: PreparedInputs, names, dtype, same, full, cost, side):
+        self.layer, self.prep, self.names, self.side = layer, prep, names, side
         self.enabled = is_reduced(dtype)
         self.same, self.full, self.cost = same, full, cost
         self.pairs = 0  # how many were recomputed (for tests and benchmarks)
@@ -439,7 +483,7 @@ class _Refiner:
         with self.lock:
             self.pairs += len(gi)
         nngp, ntk = recompute_pairs(
-            self.layer, self.prep, gi, gj, self.names, self.same, self.full, self.cost
+            self.layer, self.prep, gi, gj, self.names, self.same, self.full, self.cost, self.side
         )
         changes = {}
         for name, t in (("nngp", nngp), ("ntk", ntk)):
@@ -454,7 +498,7 @@ class _Refiner:
         return k.replace(**changes)
 
 
-def recompute_pairs(layer, prep: PreparedInputs, gi, gj, names, same, full, cost):
+def recompute_pairs(layer, prep: PreparedInputs, gi, gj, names, same, full, cost, side=None):
     """The network's (nngp, ntk) of the pairs (x1[gi], x2[gj]) computed in float64 from the
     inputs as given, each (P, ...) (ntk None unless asked for).
 
@@ -462,16 +506,22 @@ def recompute_pairs(layer, prep: PreparedInputs, gi, gj, names, same, full, cost
     set, so that an index names one input); any other the block of the rows and columns
     involved, of which the listed cells are kept (at most a tile's worth of work)."""
     compute_ntk = "ntk" in names
+    side = SideInputs() if side is None else side
     if not full and layer.packs_pairs():
         if same:
             u, inv = torch.unique(torch.cat([gi, gj]), return_inverse=True)
             a, b = inv[: len(gi)], inv[len(gi) :]
             x = prep.rows64(1, u)
+            fields = side.rows(u, u, square=True)
         else:
             ur, a = torch.unique(gi, return_inverse=True)
             uc, b = torch.unique(gj, return_inverse=True)
             x = torch.cat([prep.rows64(1, ur), prep.rows64(2, uc)])
             b = b + len(ur)
+            two = side.rows(ur, uc)  # the rows of both sets as one set
+            one = {n: None if two[n + "1"] is None else torch.cat([two[n + "1"], two[n + "2"]])
+                   for n in ("mask", "pattern")}  # fmt: skip
+            fields = {f"{n}{w}": one[n] for n in one for w in "12"}
         a, b = a.to(x.device), b.to(x.device)
         var = input_variances(x, gram_exponent=prep.gram_exponent)
         per_pair = max(1, x[0].numel())
@@ -492,6 +542,7 @@ def recompute_pairs(layer, prep: PreparedInputs, gi, gj, names, same, full, cost
                 shape2=tuple(x.shape[1:]),
                 x1_is_x2=True,
                 pairs=(ai, bi),
+                **fields,
             )
             out = _one_kernel(layer.kernel_fn(k))
             nngps.append(out.nngp[:, 0])
@@ -506,12 +557,16 @@ def recompute_pairs(layer, prep: PreparedInputs, gi, gj, names, same, full, cost
         full_spatial=full,
         gram_exponent=prep.gram_exponent,
     )
+    if not side.empty:
+        block = block.replace(**side.rows(rows, cols))
     out = _one_kernel(layer.kernel_fn(block))
     ri, ci = ri.to(out.nngp.device), ci.to(out.nngp.device)
     return out.nngp[ri, ci], out.ntk[ri, ci] if compute_ntk else None
 
 
-def _checked(k: Kernel, layer, prep: PreparedInputs, check: FiniteCheck, full: bool) -> Kernel:
+def _checked(
+    k: Kernel, layer, prep: PreparedInputs, check: FiniteCheck, full: bool, side=None
+) -> Kernel:
     """The finished kernel after the checks: NaN or inf anywhere raise a
     NonFiniteKernelError naming the layer where the first bad entry arises; a homogeneous
     network's rescaled kernel is multiplied back (exactly) first."""
@@ -523,6 +578,7 @@ def _checked(k: Kernel, layer, prep: PreparedInputs, check: FiniteCheck, full: b
             bad = first_nonfinite(t)
             if bad is not None:
                 i, j = bad[0], bad[1]
+                rows = None if side is None else side.rows(slice(i, i + 1), slice(j, j + 1))
                 raise_nonfinite(
                     layer,
                     x1,
@@ -535,6 +591,7 @@ def _checked(k: Kernel, layer, prep: PreparedInputs, check: FiniteCheck, full: b
                     inputs=prep,
                     field="NTK" if t is k.ntk else "NNGP kernel",
                     same_set=k.x1_is_x2,
+                    side_fields=rows,
                 )
     for which, cov, xs in ((1, k.cov1, x1), (2, k.cov2, x2)):
         if which == 2 and cov is k.cov1:
@@ -542,6 +599,11 @@ def _checked(k: Kernel, layer, prep: PreparedInputs, check: FiniteCheck, full: b
         bad = first_nonfinite(cov)
         if bad is not None:
             i = bad[0]
+            rows = None
+            if side is not None:
+                two = SideInputs(side.mask2, side.mask2, side.pattern2, side.pattern2)
+                one = side if which == 1 else two
+                rows = one.rows(slice(i, i + 1), slice(i, i + 1), square=True)
             raise_nonfinite(
                 layer,
                 xs,
@@ -553,6 +615,7 @@ def _checked(k: Kernel, layer, prep: PreparedInputs, check: FiniteCheck, full: b
                 gram_exponent=prep.gram_exponent,
                 inputs=prep,
                 field=f"variance of x{which}[{i}]",
+                side_fields=rows,
             )
     if prep.out_exponent:
         covs = [k.cov1] if k.cov2 is k.cov1 else [k.cov1, k.cov2]
@@ -579,4 +642,4 @@ def _one_kernel(k):
         raise ValueError(
             "the network ends with several branches; merge them with fan_in_sum or fan_in_concat."
         )
-    return k
+    return zero_masked(k)  # a spatial output is 0 at masked positions (as Neural Tangents)

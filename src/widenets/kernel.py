@@ -57,6 +57,13 @@ class Kernel:
             (None: no input is shared); layers such as Dropout treat those entries apart.
         pairs: the packed layout (see the module docstring): the (M,) indices into
             ``cov1`` and ``cov2`` of the inputs of each listed pair, or None.
+        mask1, mask2: boolean (N1, S1, ..., Sd) and (N2, ...): True where a position of an
+            input is masked (padding of a variable-length input, ``widenets.layers.masking``);
+            None when nothing is masked. Indexed as ``cov1`` / ``cov2`` (packed layout too);
+            ``mask2 is mask1`` when ``cov2 is cov1``.
+        pattern1, pattern2: per-input graph patterns of x1 and x2 (dense (N, V, V) or edge
+            lists (N, E, 2), ``widenets.layers.graph.Aggregate``), or None; indexed as
+            ``cov1`` / ``cov2``.
     """
 
     nngp: Tensor | None
@@ -71,6 +78,10 @@ class Kernel:
     full_spatial: bool = False
     diagonal_offset: int | None = None
     pairs: tuple[Tensor, Tensor] | None = None
+    mask1: Tensor | None = None
+    mask2: Tensor | None = None
+    pattern1: Tensor | None = None
+    pattern2: Tensor | None = None
 
     def replace(self, **changes) -> Kernel:
         """A copy with some fields changed (the record itself never changes)."""
@@ -331,6 +342,10 @@ def _scale_exactly(t: Tensor, exponent: int) -> Tensor:
 def slice_pairs(k: Kernel, r0: int, r1: int, c0: int = 0) -> Kernel:
     """The kernel of x1[r0:r1] against x2[c0:] (views, no copy)."""
     offset = k.diagonal_offset
+
+    def rows(t, a, b=None):
+        return None if t is None else t[a:b]
+
     return k.replace(
         nngp=k.nngp[r0:r1, c0:],
         ntk=None if k.ntk is None else k.ntk[r0:r1, c0:],
@@ -338,4 +353,8 @@ def slice_pairs(k: Kernel, r0: int, r1: int, c0: int = 0) -> Kernel:
         cov2=k.cov2[c0:],
         x1_is_x2=False,
         diagonal_offset=None if offset is None else offset + r0 - c0,
+        mask1=rows(k.mask1, r0, r1),
+        mask2=rows(k.mask2, c0),
+        pattern1=rows(k.pattern1, r0, r1),
+        pattern2=rows(k.pattern2, c0),
     )

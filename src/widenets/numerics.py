@@ -399,11 +399,13 @@ def raise_nonfinite(
     field: str = "kernel",
     inputs: PreparedInputs | None = None,
     same_set: bool = False,
+    side_fields: dict | None = None,
 ) -> None:
     """Raise a :class:`NonFiniteKernelError` for the pair (x1[i], x2[j]) (the rows of the
     working tensors, as evaluated): the pair is re-run one layer at a time to find the
     first layer whose output is not finite, and the message says whether it overflowed or
-    produced NaN and what to do."""
+    produced NaN and what to do. ``side_fields``: the pair's masks and graphs
+    (``widenets.side_inputs.SideInputs.rows``), if any."""
     from widenets.kernel import input_kernel
 
     dtype = x1.dtype
@@ -421,6 +423,8 @@ def raise_nonfinite(
             full_spatial=full_spatial,
             gram_exponent=gram_exponent,
         )
+        if side_fields:
+            k = k.replace(**side_fields)
         found = _trace(layer, k, ()) if not _bad_fields(k) else ((), None, None, k)
     big = float(torch.cat([x1[i].flatten(), x2[j].flatten()]).abs().amax())
     if inputs is not None and inputs.exponent:

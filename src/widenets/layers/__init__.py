@@ -34,6 +34,7 @@ from widenets.layers.combinators import (
 from widenets.layers.conv import Conv
 from widenets.layers.dense import Dense
 from widenets.layers.deq import DEQ, DEQModule, FixedPointError
+from widenets.layers.graph import Aggregate, graph_pattern
 from widenets.layers.normalization import Dropout, LayerNorm
 from widenets.layers.pooling import AvgPool, Flatten, GlobalAvgPool
 from widenets.layers.quadrature import Elementwise
@@ -43,6 +44,8 @@ from widenets.layers.spiky import SpikySmooth, spike_kernel, spiky_smooth_kernel
 
 __all__ = [
     "ABRelu",
+    "Aggregate",
+    "graph_pattern",
     "Abs",
     "Activation",
     "BuildContext",

@@ -37,6 +37,7 @@ from widenets.layers.base import (
     WeightedModule,
     declare,
 )
+from widenets.layers.masking import check_some_unmasked
 
 MECHANISMS = ("softmax", "identity")
 
@@ -99,13 +100,17 @@ class GlobalSelfAttention(Layer):
             )
         return (self.n_chan_out, *in_shape[1:])
 
-    def _weights(self, cov: Tensor, d: int) -> Tensor:
-        """A(x): (N, P, P) attention weights from the full self-covariance (N, S1, S1', ...)."""
+    def _weights(self, cov: Tensor, d: int, mask: Tensor | None = None) -> Tensor:
+        """A(x): (N, P, P) attention weights from the full self-covariance (N, S1, S1', ...);
+        masked positions (``mask`` (N, S...), True) are no keys."""
         n = cov.shape[0]
         # (N, S1, S1', S2, S2') -> (N, S1, S2, S1', S2') -> (N, P, P)
         perm = [0, *range(1, 2 * d + 1, 2), *range(2, 2 * d + 2, 2)]
         p = math.prod(cov.shape[1::2])
         logits = cov.permute(perm).reshape(n, p, p) * (self.w_query_std * self.w_key_std)
+        if mask is not None:
+            fill = -math.inf if self.attention_mechanism == "softmax" else 0.0
+            logits = logits.masked_fill(mask.flatten(1).unsqueeze(1), fill)
         if self.attention_mechanism == "softmax":
             return torch.softmax(logits, dim=-1)
         return logits
@@ -122,8 +127,10 @@ class GlobalSelfAttention(Layer):
         d = k.n_spatial
         spatial = tuple(k.cov1.shape[1::2])
         p = math.prod(spatial)
-        a1 = self._weights(k.cov1, d)
-        a2 = a1 if k.cov2 is k.cov1 else self._weights(k.cov2, d)
+        if k.mask1 is not None:
+            check_some_unmasked(self, k)
+        a1 = self._weights(k.cov1, d, k.mask1)
+        a2 = a1 if k.cov2 is k.cov1 else self._weights(k.cov2, d, k.mask2)
         ov = (self.w_out_std * self.w_value_std) ** 2
         b_var = 0.0 if self.b_std is None else self.b_std**2
         perm = [0, 1, *range(2, 2 * d + 2, 2), *range(3, 2 * d + 3, 2)]

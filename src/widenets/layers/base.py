@@ -299,6 +299,8 @@ class Layer:
         dtype: torch.dtype = torch.float64,
         batch_size: int | tuple[int, int] | None = None,
         progress: bool | None = None,
+        pattern=None,
+        mask_constant: float | None = None,
     ) -> Kernel:
         """Infinite-width NNGP and NTK of this network between inputs x1 and x2.
 
@@ -314,6 +316,12 @@ class Layer:
             batch_size: tile size over x1 (and x2): an int for both or a pair. The result
                 does not depend on it. None picks tiles that keep intermediates small.
             progress: show a progress bar over tiles (None: only for large kernels).
+            pattern: graphs of the inputs, for ``Aggregate`` layers: ``(pattern1,
+                pattern2)``, one graph per input of x1 and of x2 (dense (N, V, V) weights or
+                (N, E, 2) edge lists, see ``Aggregate``), or one tensor when x2 is None.
+            mask_constant: positions of spatial inputs whose every channel equals it (NaN
+                allowed) are padding: the kernel is that of the inputs without them
+                (``widenets.layers.masking``). None: nothing masked.
 
         Returns:
             A :class:`Kernel` with ``nngp`` and/or ``ntk`` of shape (N1, N2, ...).
@@ -330,7 +338,15 @@ class Layer:
         from widenets.compute import evaluate_kernel
 
         return evaluate_kernel(
-            self, x1, x2, get=get, dtype=dtype, batch_size=batch_size, progress=progress
+            self,
+            x1,
+            x2,
+            get=get,
+            dtype=dtype,
+            batch_size=batch_size,
+            progress=progress,
+            pattern=pattern,
+            mask_constant=mask_constant,
         )
 
     def build(
@@ -405,10 +421,25 @@ def _checking_input(fn):
                 raise ValueError(f"{self!r} takes a single input, got {len(k)} branches.")
         elif self.requires_gaussian_input and not k.is_gaussian:
             raise ValueError(f"{self!r} needs a Gaussian input: {self.gaussian_input_hint}")
-        return fn(self, k)
+        out = fn(self, k)
+        if not isinstance(out, list) and out.mask1 is not None:
+            check_mask_shape(self, out)
+        return out
 
     kernel_fn._checks_input = True
     return kernel_fn
+
+
+def check_mask_shape(layer, k: Kernel) -> None:
+    """A ValueError when ``k``'s masks (``mask_constant``) no longer match its positions: the
+    layer moved or removed positions without carrying the masks along."""
+    cov = k.cov1
+    positions = (cov.shape[0], *cov.shape[1::2]) if k.full_spatial else tuple(cov.shape)
+    if tuple(k.mask1.shape) != positions:
+        raise ValueError(
+            f"{layer!r} does not support masked inputs (`mask_constant`): it maps positions "
+            f"{tuple(k.mask1.shape[1:])} to {positions[1:]} without carrying the mask."
+        )
 
 
 def _check_build_args(seed, dtype, init, generator, device=None) -> None:

@@ -38,6 +38,7 @@ from widenets.layers.dense import (
     draw_affine,
     has_bias,
 )
+from widenets.layers.masking import window_masks, zero_masked
 
 
 def any_tensor(*values) -> bool:
@@ -108,6 +109,7 @@ class Conv(Layer):
     def kernel_fn(self, k: Kernel) -> Kernel:
         ks, ss, geoms = self._geometry(k.shape1)
         circular = self.padding == "circular"
+        k = zero_masked(k)  # masked positions hold zeros (``widenets.layers.masking``)
         w_var = self.w_std**2
         b_var = 0.0 if self.b_std is None else self.b_std**2
         inv = 1.0 / math.prod(ks)
@@ -157,6 +159,7 @@ class Conv(Layer):
             shape2=out,
             is_gaussian=True,
             is_input=False,
+            **window_masks(k, geoms, ks, ss, circular),
         )
 
     def scaling_degree(self, degree):

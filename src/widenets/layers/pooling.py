@@ -29,6 +29,7 @@ from widenets.layers._spatial import (
     spatial_dims,
 )
 from widenets.layers.base import BuildContext, Layer, declare, linear_degree
+from widenets.layers.masking import check_some_unmasked, keeps, window_masks, zero_masked
 
 
 @declare
@@ -80,12 +81,14 @@ class AvgPool(Layer):
             raise ValueError(f"{self!r} needs the full pixel-pair kernel (got the diagonal one).")
         inv = 1.0 / math.prod(ks) ** 2
         circular = self.padding == "circular"
+        k = zero_masked(k)
 
         def pool(t, n_batch):
             return pool_window_sum(t, n_batch, geoms, ks, ss, circular) * inv
 
         out = (k.shape1[0], *(g[0] for g in geoms))
-        return k.map(pool, shape1=out, shape2=out)
+        masks = window_masks(k, geoms, ks, ss, circular)
+        return k.map(pool, shape1=out, shape2=out, **masks)
 
     def scaling_degree(self, degree):
         return linear_degree(degree, has_bias=False)
@@ -117,6 +120,8 @@ class GlobalAvgPool(Layer):
             return t.flatten(n_batch).mean(-1)
 
         out = (k.shape1[0],)
+        if k.mask1 is not None:  # the mean over unmasked positions
+            return _masked_mean(self, k, out)
         return k.map(mean, shape1=out, shape2=out, full_spatial=False)
 
     def scaling_degree(self, degree):
@@ -152,13 +157,43 @@ class Flatten(Layer):
             return t.flatten(n_batch).mean(-1)
 
         out = (math.prod(k.shape1),)
-        return k.map(mean_diag, shape1=out, shape2=out, full_spatial=False)
+        k = zero_masked(k)  # masked positions are zero features
+        return k.map(mean_diag, shape1=out, shape2=out, full_spatial=False, mask1=None, mask2=None)
 
     def scaling_degree(self, degree):
         return linear_degree(degree, has_bias=False)
 
     def make_module(self, in_shape, ctx: BuildContext):
         return FlattenModule()
+
+
+def _masked_mean(layer, k: Kernel, out) -> Kernel:
+    """GlobalAvgPool of a masked full-layout kernel: sum over unmasked position pairs
+    divided by n1 n2 (n_i: unmasked positions of each input)."""
+    check_some_unmasked(layer, k)
+    keep1, keep2 = keeps(k)
+    k = zero_masked(k)
+    n1 = keep1.flatten(1).sum(1)
+    n2 = n1 if keep2 is keep1 else keep2.flatten(1).sum(1)
+    a, b = k.gather_pairs(n1, n2)
+    pair = a * b
+
+    def total(t, n_batch):
+        return t.flatten(n_batch).sum(-1)
+
+    def cov(t, which):
+        n = n1 if which == 1 else n2
+        return total(t, 1) / (n * n)
+
+    return k.map(
+        lambda t, n: total(t, n) / pair,
+        cov=cov,
+        shape1=out,
+        shape2=out,
+        full_spatial=False,
+        mask1=None,
+        mask2=None,
+    )
 
 
 class AvgPoolModule(nn.Module):
