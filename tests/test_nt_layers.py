@@ -64,3 +64,30 @@ def test_kernel_equals_neural_tangents(reference, label, make):
     assert _rel(k11.ntk.numpy()[off], nt["ntk11"][off]) < TOL
     assert _rel(np.diag(k11.nngp.numpy()), np.diag(nt["nngp11"])) < TOL
     assert _rel(np.diag(k11.ntk.numpy()), np.diag(nt["ntk11"])) < DIAGONAL_NTK_TOL
+
+
+def _packable():
+    import widenets as wn
+
+    conv = wn.Conv(3, 3, w_std=1.3, b_std=0.2)
+    return {
+        "index": wn.serial(conv, wn.Relu(), wn.Index(wn.Slice[:, 1:5, ::-2]), conv),
+        "conv_transpose": wn.serial(conv, wn.Erf(), wn.ConvTranspose(3, 2, stride=2, b_std=0.1)),
+        "conv_local": wn.serial(conv, wn.Relu(), wn.ConvLocal(3, 3, b_std=0.1)),
+        "fan_in_prod": wn.serial(conv, wn.fan_out(2), wn.parallel(conv, conv), wn.fan_in_prod()),
+        "repeat": wn.serial(conv, wn.repeat(wn.serial(wn.Relu(), conv), 2)),
+    }
+
+
+@pytest.mark.parametrize("name", list(_packable()))
+def test_packed_pairs_equal_tiles_bit_for_bit(name):
+    """These layers take the packed layout of a set with itself without declaring anything
+    (written with the layout API); the result equals the tiled one bit for bit."""
+    import widenets as wn
+
+    net = wn.serial(_packable()[name], wn.Conv(3, 1), wn.Relu(), wn.Flatten(), wn.Dense(1))
+    assert net.packs_pairs()
+    x = torch.from_numpy(np.random.default_rng(0).standard_normal((9, 2, 6, 5)))
+    packed, tiled = net.kernel(x), net.kernel(x, batch_size=(4, 3))
+    for field in ("nngp", "ntk"):
+        assert torch.equal(getattr(packed, field), getattr(tiled, field)), field
