@@ -27,12 +27,19 @@ patterns, 1-D and 2-D vertex axes) and masking (``mask_constant``: Conv + Global
 attention, Flatten, AvgPool) networks of ``tests/_nt_structures.py``; ``--write-references`` then
 also stores their inputs and Neural Tangents' values in ``tests/data/nt_structures.json``,
 the references of ``tests/test_graph.py`` and ``tests/test_masking.py``.
+With ``--layers`` it compares instead the networks of ``bench/nt_layer_cases.py`` (SumPool,
+GlobalSumPool, FanInProd, repeat, Index, ConvTranspose, ConvLocal, ...) on small images, and
+``--write-reference PATH`` saves Neural Tangents' kernels of those networks with their inputs
+(``tests/data/nt_layers.npz``, which ``tests/test_nt_layers.py`` compares against without
+Neural Tangents).
 
 Usage::
 
     PYTHONPATH=src python bench/nt_parity.py            # needs /tmp/nt-venv (see bench/_nt.py)
     PYTHONPATH=src python bench/nt_parity.py --tol 1e-8 # exit status 1 if any error exceeds it
     PYTHONPATH=src python bench/nt_parity.py --structures [--write-references]
+    PYTHONPATH=src python bench/nt_parity.py --layers --tol 1e-13
+    PYTHONPATH=src python bench/nt_parity.py --layers --write-reference tests/data/nt_layers.npz
 """
 
 from __future__ import annotations
@@ -109,6 +116,102 @@ for i, case in enumerate(spec["cases"]):
     save(f"{i}_nngp11", k11.nngp); save(f"{i}_ntk11", k11.ntk)
 report(done=len(spec["cases"]))
 """
+
+
+_NT_LAYERS_SCRIPT = r"""
+import json
+from neural_tangents import stax
+
+x1 = load("x1").transpose(0, 2, 3, 1)  # NCHW -> NHWC
+x2 = load("x2").transpose(0, 2, 3, 1)
+for i, expr in enumerate(spec["exprs"]):
+    _, _, kernel_fn = eval(expr)
+    k12 = kernel_fn(x1, x2, ("nngp", "ntk"))
+    k11 = kernel_fn(x1, None, ("nngp", "ntk"))
+    save(f"{i}_nngp12", k12.nngp); save(f"{i}_ntk12", k12.ntk)
+    save(f"{i}_nngp11", k11.nngp); save(f"{i}_ntk11", k11.ntk)
+report(done=len(spec["exprs"]))
+"""
+
+LAYER_SHAPE = (2, 6, 5)  # per-example (C, H, W) of the --layers inputs
+
+
+def layer_inputs(n1: int, n2: int, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Images of different norms, so the per-input variances differ."""
+    rng = np.random.default_rng(seed)
+    x1 = rng.standard_normal((n1, *LAYER_SHAPE)) * rng.uniform(0.5, 1.5, (n1, 1, 1, 1))
+    x2 = rng.standard_normal((n2, *LAYER_SHAPE)) * rng.uniform(0.5, 1.5, (n2, 1, 1, 1))
+    return x1, x2
+
+
+def widenets_layer_kernels(make, x1: np.ndarray, x2: np.ndarray) -> dict[str, np.ndarray]:
+    net = make()
+    k12 = net.kernel(torch.from_numpy(x1), torch.from_numpy(x2))
+    k11 = net.kernel(torch.from_numpy(x1))
+    return {
+        "nngp12": k12.nngp.numpy(),
+        "ntk12": k12.ntk.numpy(),
+        "nngp11": k11.nngp.numpy(),
+        "ntk11": k11.ntk.numpy(),
+    }
+
+
+def layer_errors(ours: dict, theirs: dict) -> list[float]:
+    """Relative errors: K(x1, x2), K(x1, x1) off its diagonal, and its diagonal (NNGP, NTK)."""
+    errs = [rel_err(ours[n], theirs[n]) for n in ("nngp12", "ntk12")]
+    errs += [rel_err(off_diagonal(ours[n]), off_diagonal(theirs[n])) for n in ("nngp11", "ntk11")]
+    errs += [rel_err(np.diag(ours[n]), np.diag(theirs[n])) for n in ("nngp11", "ntk11")]
+    return errs
+
+
+def layers_main(args) -> int:
+    from nt_layer_cases import CASES
+
+    cases = [c for c in CASES if args.only is None or args.only in c[0]]
+    x1, x2 = layer_inputs(args.n1, args.n2, args.seed)
+    spec = dict(exprs=[c[2] for c in cases])
+    script = f"import json\nspec = json.loads({json.dumps(spec)!r})\n" + _NT_LAYERS_SCRIPT
+    try:
+        nt_out, _ = run_nt(script, {"x1": x1, "x2": x2})
+    except NTUnavailable as e:
+        print(e)
+        return 0
+    print(
+        f"widenets vs Neural Tangents 0.6.5, layers: max|wn - nt| / max|nt|, inputs "
+        f"{args.n1} and {args.n2} images {LAYER_SHAPE} (NCHW; NHWC for NT)"
+    )
+    names = ("nngp12", "ntk12", "nngp11", "ntk11")
+    cols = (*names[:2], "nngp11 off", "ntk11 off", "nngp diag", "ntk diag")
+    header = f"{'network':<32} " + " ".join(f"{n:>11}" for n in cols)
+    print(header)
+    print("-" * len(header))
+    worst, saved = 0.0, {"x1": x1, "x2": x2}
+    for i, (label, make, _) in enumerate(cases):
+        ours = widenets_layer_kernels(make, x1, x2)
+        errs = layer_errors(ours, {n: nt_out[f"{i}_{n}"] for n in names})
+        worst = max(worst, *[math.inf if math.isnan(e) else e for e in errs])
+        print(f"{label:<32} " + " ".join(f"{e:11.2e}" for e in errs))
+        for n in names:
+            saved[f"{label}/{n}"] = nt_out[f"{i}_{n}"]
+    print(f"\nworst relative difference: {worst:.2e} over {len(cases)} networks")
+    print(
+        "off: entries of K(x1, x1) off its diagonal; diag: its diagonal, where Neural Tangents'\n"
+        "correlation is a few ulp off 1 (see the activation table's note) and the ReLU NTK's\n"
+        "arccos amplifies that to ~1e-9."
+    )
+    if args.write_reference:
+        if args.only is not None:
+            print("--write-reference needs every case (drop --only).")
+            return 2
+        path = Path(args.write_reference)
+        tmp = path.with_name(path.name + ".tmp.npz")
+        np.savez_compressed(tmp, **saved)
+        tmp.replace(path)  # never a half-written reference
+        print(f"wrote Neural Tangents' kernels of {len(cases)} networks to {path}")
+    if args.tol is not None and worst > args.tol:
+        print(f"FAIL: above --tol {args.tol:g}")
+        return 1
+    return 0
 
 
 def rel_err(a: np.ndarray, b: np.ndarray) -> float:
@@ -228,6 +331,15 @@ def main(argv=None) -> int:
         action="store_true",
         help="with --structures: store inputs and NT values in tests/data/nt_structures.json",
     )
+    ap.add_argument(
+        "--layers", action="store_true", help="compare the networks of nt_layer_cases.py"
+    )
+    ap.add_argument(
+        "--write-reference",
+        default=None,
+        metavar="PATH",
+        help="with --layers: save Neural Tangents' kernels and the inputs (.npz)",
+    )
     args = ap.parse_args(argv)
     if args.structures:
         return structures(args.write_references, args.tol)
@@ -239,6 +351,10 @@ def main(argv=None) -> int:
         print(reason)
         print("Nothing to compare: this script only checks widenets against Neural Tangents.")
         return 0
+    if args.layers:
+        if args.n1 == 6 and args.n2 == 5:  # smaller defaults: full pixel-pair kernels
+            args.n1, args.n2 = 3, 2
+        return layers_main(args)
 
     rng = np.random.default_rng(args.seed)
     # rows of different norms, so the per-input variances differ

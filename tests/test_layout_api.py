@@ -134,7 +134,15 @@ def test_map_keeps_the_shared_variances_and_a_missing_ntk():
 
 
 def test_only_layers_that_cannot_pack_say_so():
-    cannot = {"AvgPool", "GlobalAvgPool", "GlobalSelfAttention", "DEQ", "Aggregate"}
+    cannot = {
+        "AvgPool",
+        "SumPool",
+        "GlobalAvgPool",
+        "GlobalSumPool",
+        "GlobalSelfAttention",
+        "DEQ",
+        "Aggregate",
+    }
     for name in layers.__all__:
         cls = getattr(layers, name)
         if isinstance(cls, type) and issubclass(cls, wn.Layer) and cls is not wn.Layer:

@@ -32,12 +32,17 @@ from widenets.layers.combinators import (
     serial,
 )
 from widenets.layers.conv import Conv
+from widenets.layers.conv_local import ConvLocal
+from widenets.layers.conv_transpose import ConvTranspose
 from widenets.layers.dense import Dense
 from widenets.layers.deq import DEQ, DEQModule, FixedPointError
 from widenets.layers.graph import Aggregate, graph_pattern
+from widenets.layers.indexing import Index, Slice
 from widenets.layers.normalization import Dropout, LayerNorm
-from widenets.layers.pooling import AvgPool, Flatten, GlobalAvgPool
+from widenets.layers.pooling import AvgPool, Flatten, GlobalAvgPool, GlobalSumPool, SumPool
+from widenets.layers.products import FanInProd, fan_in_prod
 from widenets.layers.quadrature import Elementwise
+from widenets.layers.repeat import Repeat, repeat
 from widenets.layers.scaled import Scaled, scaled
 from widenets.layers.smooth import Mish, Sigmoid, Silu, Softplus, Swish, Tanh
 from widenets.layers.spiky import SpikySmooth, spike_kernel, spiky_smooth_kernel
@@ -96,4 +101,14 @@ __all__ = [
     "LayerNorm",
     "spike_kernel",
     "spiky_smooth_kernel",
+    "ConvLocal",
+    "ConvTranspose",
+    "FanInProd",
+    "GlobalSumPool",
+    "Index",
+    "Repeat",
+    "Slice",
+    "SumPool",
+    "fan_in_prod",
+    "repeat",
 ]

@@ -1,10 +1,13 @@
-"""Pooling and readouts of spatial networks: AvgPool, GlobalAvgPool, Flatten.
+"""Pooling and readouts of spatial networks: AvgPool, SumPool, GlobalAvgPool,
+GlobalSumPool, Flatten.
 
 Kernel maps (Novak et al. 2019; Neural Tangents):
 
 - AvgPool (window k, stride s): K'[p, p'] = (1/k^2) sum_{d, d'} K[s p + d, s p' + d'] per
   axis; the two positions move independently, so it needs every pixel pair.
+- SumPool: the same sums without the 1/k^2 (the window sum of the activations).
 - GlobalAvgPool: K' = (1/P^2) sum_{p, p'} K[p, p'] (every pixel pair).
+- GlobalSumPool: K' = sum_{p, p'} K[p, p'] (P^2 times GlobalAvgPool's).
 - Flatten: the next Dense sees C * P features, so K' = (1/P) sum_p K[p, p] (only each
   position with itself: the cheap diagonal layout suffices).
 
@@ -79,7 +82,7 @@ class AvgPool(Layer):
         ks, ss, geoms = self._geometry(k.shape1)
         if not k.full_spatial:
             raise ValueError(f"{self!r} needs the full pixel-pair kernel (got the diagonal one).")
-        inv = 1.0 / math.prod(ks) ** 2
+        inv = self._scale(ks)
         circular = self.padding == "circular"
         k = zero_masked(k)
 
@@ -90,6 +93,9 @@ class AvgPool(Layer):
         masks = window_masks(k, geoms, ks, ss, circular)
         return k.map(pool, shape1=out, shape2=out, **masks)
 
+    def _scale(self, ks) -> float:  # of the window sums of the kernel
+        return 1.0 / math.prod(ks) ** 2
+
     def scaling_degree(self, degree):
         return linear_degree(degree, has_bias=False)
 
@@ -97,6 +103,28 @@ class AvgPool(Layer):
         ks, ss, geoms = self._geometry(in_shape)
         pads = tuple((lo, hi) for _, lo, hi in geoms)
         return AvgPoolModule(ks, ss, pads, self.padding == "circular")
+
+
+@declare
+class SumPool(AvgPool):
+    """Sum pooling over windows of ``window`` positions: AvgPool times the window size.
+
+    K'[p, p'] = sum_{d, d'} K[s p + d, s p' + d'] (Neural Tangents' ``stax.SumPool``).
+    Arguments as :class:`AvgPool`; unlike Neural Tangents, whose stride defaults to 1,
+    ``stride=None`` is the window (as AvgPool here): pass ``stride=1`` for theirs. Padded
+    positions ("same") are zeros in the sum.
+    """
+
+    name = "SumPool"
+    handles_packed_pairs = False  # the full layout only
+
+    def _scale(self, ks) -> float:
+        return 1.0
+
+    def make_module(self, in_shape, ctx: BuildContext):
+        ks, ss, geoms = self._geometry(in_shape)
+        pads = tuple((lo, hi) for _, lo, hi in geoms)
+        return SumPoolModule(ks, ss, pads, self.padding == "circular")
 
 
 @declare
@@ -116,19 +144,37 @@ class GlobalAvgPool(Layer):
         if not k.full_spatial:
             raise ValueError(f"{self!r} needs the full pixel-pair kernel (got the diagonal one).")
 
-        def mean(t, n_batch):
-            return t.flatten(n_batch).mean(-1)
-
         out = (k.shape1[0],)
-        if k.mask1 is not None:  # the mean over unmasked positions
-            return _masked_mean(self, k, out)
-        return k.map(mean, shape1=out, shape2=out, full_spatial=False)
+        if k.mask1 is not None:  # over unmasked positions
+            return self._masked(k, out)
+        return k.map(self._reduce, shape1=out, shape2=out, full_spatial=False)
+
+    def _reduce(self, t, n_batch):  # over every pixel pair
+        return t.flatten(n_batch).mean(-1)
+
+    def _masked(self, k: Kernel, out) -> Kernel:
+        return _masked_mean(self, k, out)
 
     def scaling_degree(self, degree):
         return linear_degree(degree, has_bias=False)
 
     def make_module(self, in_shape, ctx: BuildContext):
         return GlobalAvgPoolModule()
+
+
+@declare
+class GlobalSumPool(GlobalAvgPool):
+    """Sum over all spatial positions: (C, *spatial) -> (C,); K' = sum_{p, p'} K[p, p']
+    (Neural Tangents' ``stax.GlobalSumPool``)."""
+
+    name = "GlobalSumPool"
+    handles_packed_pairs = False  # the full layout only
+
+    def _reduce(self, t, n_batch):
+        return t.flatten(n_batch).sum(-1)
+
+    def make_module(self, in_shape, ctx: BuildContext):
+        return GlobalSumPoolModule()
 
 
 @declare
@@ -211,11 +257,29 @@ class AvgPoolModule(nn.Module):
         return f"window={self.window}, stride={self.stride}, pads={self.pads}"
 
 
+class SumPoolModule(AvgPoolModule):
+    """Sum pooling: the window mean times the window size (padded positions are zeros)."""
+
+    def __init__(self, window, stride, pads, circular):
+        super().__init__(window, stride, pads, circular)
+        self.size = math.prod(window)
+
+    def forward(self, x):
+        return super().forward(x) * self.size
+
+
 class GlobalAvgPoolModule(nn.Module):
     """Mean over every spatial axis: (N, C, *spatial) -> (N, C)."""
 
     def forward(self, x):
         return x.flatten(2).mean(-1)
+
+
+class GlobalSumPoolModule(nn.Module):
+    """Sum over every spatial axis: (N, C, *spatial) -> (N, C)."""
+
+    def forward(self, x):
+        return x.flatten(2).sum(-1)
 
 
 class FlattenModule(nn.Module):
@@ -225,4 +289,4 @@ class FlattenModule(nn.Module):
         return x.flatten(1)
 
 
-__all__ = ["AvgPool", "Flatten", "GlobalAvgPool"]
+__all__ = ["AvgPool", "Flatten", "GlobalAvgPool", "GlobalSumPool", "SumPool"]
