@@ -190,3 +190,16 @@ def test_graphs_of_different_sizes_padded():
     for i in range(2):
         alone = net.kernel(xs[i], pattern=ps[i])
         assert torch.allclose(k.ntk[i, i], alone.ntk[0, 0], rtol=1e-13)
+
+
+def test_global_sum_pool_of_a_padded_sequence_is_the_kernel_of_the_unpadded_one():
+    """GlobalSumPool sums over unmasked position pairs only (exact, against the sequence
+    computed alone at its own length)."""
+    torch.manual_seed(0)
+    net = wn.serial(wn.Conv(4, 3), wn.Relu(), wn.GlobalSumPool(), wn.Dense(1))
+    x = torch.randn(2, 2, 7, dtype=torch.float64)
+    x[1, :, 5:] = 0.0  # the second sequence padded by two positions
+    k = net.kernel(x, mask_constant=0.0)
+    alone = net.kernel(x[1:, :, :5])
+    torch.testing.assert_close(k.ntk[1, 1], alone.ntk[0, 0], rtol=1e-13, atol=0)
+    torch.testing.assert_close(k.nngp[1, 1], alone.nngp[0, 0], rtol=1e-13, atol=0)

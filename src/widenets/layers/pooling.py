@@ -173,6 +173,13 @@ class GlobalSumPool(GlobalAvgPool):
     def _reduce(self, t, n_batch):
         return t.flatten(n_batch).sum(-1)
 
+    def _masked(self, k: Kernel, out) -> Kernel:  # the sum over unmasked position pairs
+        check_some_unmasked(self, k)
+        k = zero_masked(k)
+        return k.map(
+            self._reduce, shape1=out, shape2=out, full_spatial=False, mask1=None, mask2=None
+        )
+
     def make_module(self, in_shape, ctx: BuildContext):
         return GlobalSumPoolModule()
 
