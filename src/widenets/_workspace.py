@@ -9,8 +9,9 @@ the library keeps its own buffers instead, and only for the duration of a call.
 Inside :func:`active` (``_fused.call`` enters it around every kernel evaluation), the
 kernel maps take their tile outputs from :func:`empty`: a buffer held here whose storage
 nobody else references (its use count is 1: the tensor that had it, and every view of it,
-is gone) is handed out again; else a new one is made and kept, up to :data:`MAX_BYTES` in
-all. When the outermost evaluation ends the buffers are dropped (a result the caller still
+is gone) is handed out again, the most recently used first (likely still in cache);
+else a new one is made and kept, up to :data:`MAX_BYTES` in all. When the outermost
+evaluation ends the buffers are dropped (a result the caller still
 holds keeps its own storage). Outside a call, or below :data:`MIN_BYTES`, or off the CPU,
 ``empty`` is ``torch.empty``. The values computed are unchanged: the same operations write
 into other memory.
@@ -68,9 +69,11 @@ def empty(shape, dtype: torch.dtype, device=None) -> Tensor:
     with _lock:
         if _active == 0:  # ended meanwhile
             return torch.empty(shape, dtype=dtype)
-        for s in _held:
+        for i in range(len(_held) - 1, -1, -1):  # the most recently handed out first
+            s = _held[i]
             size = s.nbytes()
             if nbytes <= size <= nbytes * SLACK and _use_count(s) == 1:
+                _held.append(_held.pop(i))  # (likely still in cache: reuse it next)
                 return torch.empty(0, dtype=dtype).set_(s, 0, tuple(shape))
         if _held_bytes + nbytes > MAX_BYTES:
             return torch.empty(shape, dtype=dtype)

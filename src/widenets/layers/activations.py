@@ -75,8 +75,8 @@ def snap_angles_(theta: Tensor) -> Tensor:
     a few ulp off 1, where arccos has infinite slope (c = 1 - 1e-16 gives theta = 1.5e-8).
     """
     tol = math.sqrt(2 * 64 * torch.finfo(theta.dtype).eps)
-    if not _workspace.usable(theta):
-        theta.masked_fill_(theta < tol, 0.0)
+    if not _workspace.usable(theta) or not theta.is_contiguous():  # (a buffer of another
+        theta.masked_fill_(theta < tol, 0.0)  # layout than theta's would slow both passes)
         theta.masked_fill_(theta > PI - tol, PI)
         return theta
     mask = _workspace.empty_like(theta, torch.bool)  # one buffer for both masks
