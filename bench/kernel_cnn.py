@@ -11,8 +11,9 @@ a warm-up call) when that virtual environment exists; otherwise its columns say 
     python bench/kernel_cnn.py --mnist-gap [--n 1000]   # CNN-GAP NNGP of N x N digits at
                                           # 14x14, bounded memory, with a progress bar
     python bench/kernel_cnn.py --tile-sweep   # full-layout tile budgets (compute.py)
-    python bench/kernel_cnn.py --cross --configs myrtle5:32:4   # Myrtle-5 on 32x32x3,
-                                          # with the projected CIFAR-10 kernel's hours
+    python bench/kernel_cnn.py --cross --configs myrtle5:32:4,myrtle10:32:2
+                                          # Myrtle-5 and -10 on 32x32x3, with the projected
+                                          # CIFAR-10 kernel's hours (60,000 x 50,000)
     python bench/kernel_cnn.py --fused on     # only the fused loops (default: both, one
                                           # row each, fused on and off, ``widenets._fused``)
 
@@ -53,12 +54,17 @@ cfg = json.loads(sys.argv[1])
 x = np.load(cfg["x"]).transpose(0, 2, 3, 1)  # NCHW -> NHWC
 x2 = np.load(cfg["x2"]).transpose(0, 2, 3, 1) if cfg.get("x2") else None
 layers = []
-if cfg["readout"] == "myrtle5":  # Shankar et al. 2020, as widenets.architectures.myrtle(5)
-    w = 2 ** 0.5
-    for i in range(4):
-        layers += [stax.Conv(cfg["channels"], (3, 3), padding="SAME", W_std=w, b_std=0.0),
-                   stax.Relu()]
-        if i in (1, 2):
+if cfg["readout"] in ("myrtle5", "myrtle10"):  # Shankar et al. 2020, as widenets'
+    w = 2 ** 0.5                                # architectures.myrtle(5 | 10)
+    groups = (1, 1, 1) if cfg["readout"] == "myrtle5" else (3, 3, 3)
+    def block():
+        return [stax.Conv(cfg["channels"], (3, 3), padding="SAME", W_std=w, b_std=0.0),
+                stax.Relu()]
+    layers += block()
+    for i, n in enumerate(groups):
+        for _ in range(n):
+            layers += block()
+        if i < 2:
             layers.append(stax.AvgPool((2, 2), strides=(2, 2)))
     layers += [stax.GlobalAvgPool(), stax.Dense(1, W_std=w, b_std=0.0)]
 else:
@@ -85,8 +91,8 @@ print(json.dumps({"first": first, "seconds": dt, "cpu": cpu, "rss_mib": rss}))
 def network(depth, channels, readout):
     import widenets as wn
 
-    if readout == "myrtle5":
-        return wn.architectures.myrtle(5, channels=channels, out_dim=1)
+    if readout in ("myrtle5", "myrtle10"):
+        return wn.architectures.myrtle(int(readout[6:]), channels=channels, out_dim=1)
     layers = []
     for _ in range(depth):
         layers += [wn.Conv(channels, (3, 3), w_std=1.4, b_std=0.1), wn.Relu()]
@@ -199,9 +205,10 @@ def compare(configs, depth, channels, threads=None, repeats=3, cross=False, fuse
                     diff = float(np.abs(a - b).max())
                 per = 1e3 / (n * n)
                 cifar = 60_000 * 50_000 / (n * n) / 3600  # hours per second of this kernel
-                if readout == "myrtle5":
+                if readout.startswith("myrtle"):
                     print(
-                        f"  Myrtle-5 CIFAR-10 projection (60,000 x 50,000 entries), widenets "
+                        f"  Myrtle-{readout[6:]} CIFAR-10 projection (60,000 x 50,000 entries), "
+                        f"widenets "
                         f"fused {mode}: {ours['seconds'] * cifar:.0f} wall-hours, "
                         f"{ours['cpu'] * cifar:.0f} CPU-hours on this machine; Neural Tangents "
                         f"{nt['seconds'] * cifar:.0f} wall-hours, {nt['cpu'] * cifar:.0f} "

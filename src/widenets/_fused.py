@@ -34,6 +34,8 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 
+from widenets import _workspace
+
 PI = math.pi
 
 
@@ -72,18 +74,20 @@ _large_calls = 0  # kernel evaluations running now that are large enough for "au
 @contextmanager
 def call(numel: int):
     """Around a kernel evaluation of ``numel`` pair-scalars: under "auto" the compiled
-    loops are used within it when it is large enough (any thread's tiles)."""
+    loops are used within it when it is large enough (any thread's tiles); the tile
+    buffers of ``widenets._workspace`` are reused within it."""
     global _large_calls
-    if numel < AUTO_CALL_NUMEL:
-        yield
-        return
-    with _lock:
-        _large_calls += 1
-    try:
-        yield
-    finally:
+    with _workspace.active():  # tile buffers reused within the evaluation (any size)
+        if numel < AUTO_CALL_NUMEL:
+            yield
+            return
         with _lock:
-            _large_calls -= 1
+            _large_calls += 1
+        try:
+            yield
+        finally:
+            with _lock:
+                _large_calls -= 1
 
 
 def _abrelu_map(ab: float, coef: float, tol: float, tag: int):

@@ -19,6 +19,7 @@ import math
 import torch
 from torch import Tensor
 
+from widenets import _workspace
 from widenets.errors import check_positive_int, shape_str
 
 PADDINGS = ("same", "valid", "circular")
@@ -149,7 +150,7 @@ def shift_sum(
             idx[a] = slice(d, d + s * (out_len - 1) + 1, s)
         return tuple(idx)
 
-    out = t[index(0)].clone() if scale is None else t[index(0)] * scale
+    out = scaled_copy(t[index(0)], scale)
     for d in range(1, k):
         out.add_(t[index(d)], alpha=1.0 if scale is None else scale)
     return out
@@ -182,13 +183,29 @@ def conv_window_mean(
     return t if scale is None else t * scale
 
 
+def scaled_copy(t: Tensor, scale: float | None) -> Tensor:
+    """A new tensor holding ``t`` (times ``scale``), in a workspace buffer when one may be
+    used (``widenets._workspace``; a contiguous copy, as ``clone`` of a sliced view is)."""
+    if not _workspace.usable(t) or not (t.is_contiguous() or _sliced(t)):
+        return t.clone() if scale is None else t * scale
+    out = _workspace.empty_like(t)
+    return out.copy_(t) if scale is None else torch.mul(t, scale, out=out)
+
+
+def _sliced(t: Tensor) -> bool:
+    """Whether ``t`` is a view that ``clone`` and ``*`` would return contiguous: its
+    strides decrease along its axes (a slice of a contiguous tensor) but leave gaps."""
+    strides = [s for s, n in zip(t.stride(), t.shape, strict=True) if n > 1]
+    return all(a > b for a, b in zip(strides, strides[1:], strict=False))
+
+
 def _same_shift_sum(
     t: Tensor, axes: tuple[int, ...], k: int, lo: int, scale: float | None = None
 ) -> Tensor:
     """sum_d t[p + d - lo] over taps d < k with zeros outside (times ``scale``), stride 1,
     output size = input size: no padded copy, each tap adds the overlapping block in place."""
     n = t.shape[axes[0]]
-    out = t.clone() if scale is None else t * scale  # the tap with shift 0 (d = lo)
+    out = scaled_copy(t, scale)  # the tap with shift 0 (d = lo)
     alpha = 1.0 if scale is None else scale
     for d in range(k):
         e = d - lo

@@ -23,7 +23,7 @@ from dataclasses import field
 import torch
 from torch import Tensor, nn
 
-from widenets import _fused
+from widenets import _fused, _workspace
 from widenets.errors import check_finite_real
 from widenets.kernel import Kernel
 from widenets.layers.base import BuildContext, Layer, declare, linear_degree
@@ -75,9 +75,24 @@ def snap_angles_(theta: Tensor) -> Tensor:
     a few ulp off 1, where arccos has infinite slope (c = 1 - 1e-16 gives theta = 1.5e-8).
     """
     tol = math.sqrt(2 * 64 * torch.finfo(theta.dtype).eps)
-    theta.masked_fill_(theta < tol, 0.0)
-    theta.masked_fill_(theta > PI - tol, PI)
+    if not _workspace.usable(theta) or not theta.is_contiguous():  # (a buffer of another
+        theta.masked_fill_(theta < tol, 0.0)  # layout than theta's would slow both passes)
+        theta.masked_fill_(theta > PI - tol, PI)
+        return theta
+    mask = _workspace.empty_like(theta, torch.bool)  # one buffer for both masks
+    theta.masked_fill_(torch.lt(theta, tol, out=mask), 0.0)
+    theta.masked_fill_(torch.gt(theta, PI - tol, out=mask), PI)
     return theta
+
+
+def _new(like: Tensor, *others: Tensor) -> Tensor | None:
+    """A workspace buffer for an elementwise result of ``like`` broadcast with ``others``
+    (``widenets._workspace``), or None (then the operation allocates its own)."""
+    if not _workspace.usable(like, *others) or not like.is_contiguous():
+        return None  # (a contiguous result: the operation's own would follow like's strides)
+    if torch.broadcast_shapes(like.shape, *(t.shape for t in others)) != like.shape:
+        return None
+    return _workspace.empty_like(like)
 
 
 class Activation(Layer):
@@ -116,8 +131,12 @@ class Activation(Layer):
             return self.variance(q)
 
         cov1, cov2 = k.map_variances(variances)
-        ntk = None if k.ntk is None else k.ntk * dot
+        ntk = None if k.ntk is None else self._ntk_product(k.ntk, dot)
         return k.replace(nngp=nngp, ntk=ntk, cov1=cov1, cov2=cov2, is_gaussian=False)
+
+    def _ntk_product(self, ntk: Tensor, dot: Tensor) -> Tensor:
+        """Theta Kdot (a layer whose ``dot`` is a new tensor of its own may write into it)."""
+        return ntk * dot
 
     def make_module(self, in_shape, ctx: BuildContext):
         return ActivationModule(self.fn, repr(self))
@@ -199,6 +218,13 @@ class ABRelu(Activation):
         cov1, cov2 = k.map_variances(variances)
         return k.replace(nngp=fused[0], ntk=fused[1], cov1=cov1, cov2=cov2, is_gaussian=False)
 
+    def _ntk_product(self, ntk, dot):
+        # ``dot`` is the angle's own new buffer (``_pair_from_roots``): the product in place
+        same_strides = ntk.is_contiguous() and dot.is_contiguous()
+        if dot.shape != ntk.shape or not same_strides or tracks_grad(ntk, dot):
+            return ntk * dot  # (a strided ntk: the product follows its strides)
+        return dot.mul_(ntk)
+
     def _pair_factors(self, k: Kernel) -> tuple[Tensor, Tensor, Tensor, Tensor]:
         """-1/sqrt(q1), 1/sqrt(q2), sqrt(q1) coef and sqrt(q2), shaped to broadcast
         against ``k.nngp`` in its layout."""
@@ -232,9 +258,9 @@ class ABRelu(Activation):
         coef = (b - a) ** 2 / (2 * PI)
         # -c = -K / sqrt(q1 q2) by two broadcast products (no division over the tile), and
         # phi = pi - theta = arccos(-c), so that sin(theta) = sin(phi): no pass for pi - theta
-        neg_c = torch.mul(nngp, neg_inv1).mul_(inv2).clamp_(-1.0, 1.0)
-        phi = snap_angles_(torch.acos(neg_c))
-        j = torch.sin(phi)
+        neg_c = torch.mul(nngp, neg_inv1, out=_new(nngp, neg_inv1)).mul_(inv2).clamp_(-1.0, 1.0)
+        phi = snap_angles_(torch.acos(neg_c, out=_new(neg_c)))
+        j = torch.sin(phi, out=_new(phi))
         if watch:
             flag_pairs_below(j, SIN_LIMIT)
         j.addcmul_(phi, neg_c, value=-1.0)  # sin(theta) + (pi - theta) c

@@ -28,6 +28,7 @@ from widenets.layers._spatial import (
     expand,
     geometry,
     pad_input,
+    scaled_copy,
     spatial_dims,
 )
 from widenets.layers.base import WIDTH, BuildContext, Layer, declare, linear_degree
@@ -116,7 +117,7 @@ class Conv(Layer):
 
         def window_mean(t, n_batch, scale=None):  # the window sum, times scale if given
             out = conv_window_mean(t, n_batch, k.full_spatial, geoms, ks, ss, circular, scale)
-            return out if out is not t else out.clone()
+            return out if out is not t else scaled_copy(out, None)
 
         def affine(m):  # w^2 M + b^2 with M the window sum (not yet divided)
             out = m * (w_var * inv)
@@ -141,7 +142,9 @@ class Conv(Layer):
 
         def ntk_map(ntk, nngp):  # Theta' = w^2 M[Theta] + K' (standard: + fan_in M[K] + 1)
             if folded:  # the input NTK is zero: Theta' = K'
-                return nngp.clone() if k.is_input else window_mean(ntk, 2, scale).add_(nngp)
+                if k.is_input:
+                    return scaled_copy(nngp, None)
+                return window_mean(ntk, 2, scale).add_(nngp)
             m_ntk = window_mean(ntk, 2)
             if self.parameterization == "ntk":
                 return m_ntk.mul_(w_var * inv).add_(nngp)
