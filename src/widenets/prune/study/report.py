@@ -46,7 +46,8 @@ DENSITY = DPI / 96  # CSS pixels are 1/96 inch: figures shown at their printed s
 CAPTION = (
     "{title}: test accuracy (left) and kernel distance at initialisation, "
     "‖Θ(m ⊙ θ) − Θ(θ)‖ / ‖Θ(θ)‖ of the empirical NTK on the first test inputs (right), "
-    "against the fraction of weights kept (log axis, dense on the left); mean ± standard "
+    "against the fraction of weights kept (log axes, dense on the left; a distance above 1: the "
+    "mask made the NTK larger); mean ± standard "
     "error over seeds; the dashed line is the dense network; hollow markers: a layer "
     "pruned to nothing in some seed."
 )
@@ -55,7 +56,9 @@ CAPTION = (
 def _curve(summary, arch, method, key):
     pts = [e for e in summary if e["arch"] == arch and e["method"] == method]
     dense = [e for e in summary if e["arch"] == arch and e["method"] == "dense"]
-    pts = sorted(pts + dense, key=lambda e: -e["density"])
+    if key == "accuracy":  # the dense point starts every accuracy curve (its distance is 0)
+        pts = pts + dense
+    pts = sorted(pts, key=lambda e: -e["density"])
     pts = [e for e in pts if e[key] is not None]
     return (
         [e["density"] for e in pts],
@@ -90,6 +93,7 @@ def accuracy_figure(summary, arch, path) -> Path:
         axis.set_xlabel("density (fraction of weights kept)")
         axis.xaxis.set_major_formatter(_pct_formatter())
     ax.set_ylabel("test accuracy (%)")
+    bx.set_yscale("log")
     bx.set_ylabel("kernel distance at initialisation")
     ax.set_title(TITLES.get(arch, arch), fontsize=10)
     legend(bx, outside=True)
