@@ -13,6 +13,8 @@ How sizes are reduced (the commands and snippets otherwise run exactly as printe
   ``--seeds``; the data sizes stay as written, so a README size beyond its dataset fails).
 - ``widenets scale`` commands get :data:`SCALE_SMALL` appended (N = 40 and 80 on a test set
   of 100, one hidden layer, both solvers).
+- ``widenets prune`` commands get :data:`PRUNE_SMALL` appended (the small CNN alone, one
+  seed, two densities, a few hundred examples, one epoch).
 - Python snippets have the texts of :data:`SNIPPET_SMALL` replaced (fewer examples and Monte
   Carlo samples); each text must occur in the README, so a reduction never silently stops.
 - :data:`SKIP` lists the commands that are not run, with the reason; ``make demo`` is run as
@@ -42,6 +44,11 @@ STUDY_SMALL = [
 ]  # fmt: skip
 #: appended to ``widenets scale`` commands: tiny sizes, both solvers
 SCALE_SMALL = ["--n", "40,80", "--n-test", "100", "--depth", "1", "--dense-max", "40"]
+PRUNE_SMALL = [
+    "--archs", "small_cnn", "--seeds", "1", "--densities", "1,0.1", "--epochs", "1",
+    "--set", "n_train=200", "--set", "n_test=50", "--set", "score_examples=50",
+    "--set", "synflow_iterations=2", "--set", "kernel_points=3",
+]  # fmt: skip
 SNIPPET_SMALL = {
     "n_train=4000, n_test=1000": "n_train=200, n_test=50",
     "n_samples=64": "n_samples=4",
@@ -107,6 +114,8 @@ def _run_widenets(words: list[str], cwd: Path):
         args = [*args, *STUDY_SMALL, "--quiet"]
     if args[:1] == ["scale"] and "--help" not in args:
         args = [*args, *SCALE_SMALL, "--quiet"]
+    if args[:1] == ["prune"] and "--help" not in args:
+        args = [*args, *PRUNE_SMALL, "--quiet"]
     cmd = [sys.executable, "-m", "widenets.cli", *args]
     return subprocess.run(cmd, cwd=cwd, env=_env(), capture_output=True, text=True, timeout=900)
 
@@ -131,7 +140,7 @@ def test_readme_command_runs(command, workdir):
     res = _run_widenets(words, workdir)
     assert res.returncode == 0, f"{command}\n{res.stdout}\n{res.stderr}"
     assert "Traceback" not in res.stderr and "Warning" not in res.stderr, res.stderr
-    if ("study" in words or "scale" in words) and "--help" not in words:
+    if ("study" in words or "scale" in words or "prune" in words) and "--help" not in words:
         out = workdir / words[words.index("--out") + 1]
         assert (out / "index.html").is_file() and (out / "results.json").is_file()
 
@@ -193,6 +202,31 @@ def test_readme_scale_command_is_valid_as_written(command, workdir, monkeypatch)
 
     checked = []
     monkeypatch.setattr(widenets.scale, "run", lambda cfg, out, **kw: checked.append(cfg))
+    monkeypatch.chdir(workdir)
+    res = CliRunner().invoke(app, shlex.split(command)[1:])
+    assert res.exit_code == 0, f"{command}\n{res.output}"
+    assert len(checked) == ("--help" not in command)
+
+
+def _prune_commands() -> list[str]:
+    return [c for c in _commands() if shlex.split(c)[:2] == ["widenets", "prune"]]
+
+
+def test_readme_has_a_prune_command():
+    assert _prune_commands()
+
+
+@pytest.mark.parametrize("command", _prune_commands())
+def test_readme_prune_command_is_valid_as_written(command, workdir, monkeypatch):
+    """Fast check of each README prune command as printed: its flags parse and its
+    configuration resolves (the run itself is the slow test above)."""
+    from typer.testing import CliRunner
+
+    import widenets.prune.study
+    from widenets.cli import app
+
+    checked = []
+    monkeypatch.setattr(widenets.prune.study, "run", lambda cfg, out, **kw: checked.append(cfg))
     monkeypatch.chdir(workdir)
     res = CliRunner().invoke(app, shlex.split(command)[1:])
     assert res.exit_code == 0, f"{command}\n{res.output}"

@@ -1,9 +1,10 @@
-"""The ``widenets`` command: ``study``, ``scale``, ``kernel`` and ``info``.
+"""The ``widenets`` command: ``study``, ``scale``, ``prune``, ``kernel`` and ``info``.
 
 widenets study                                   # the embedded default
 widenets study --config my_study.toml --out runs/fc-mnist
 widenets study --arch fc --data digits --n-train 1000 --n-test 500 --seeds 4
 widenets study --config my_study.toml --set n_times=10 --set 'zca_regularizers=[0.0, 1.0]'
+widenets prune --out runs/prune --seeds 3
 widenets kernel --arch fc --data digits --out k.pt
 widenets scale --n 1000,2000,4000,8000 --out runs/scale
 widenets info
@@ -28,6 +29,7 @@ import typer
 from typer.core import TyperGroup
 
 from widenets.architectures import ACTIVATIONS
+from widenets.prune.study.config import DEFAULTS as PRUNE
 from widenets.scale.config import DEFAULTS as SCALE_DEFAULTS
 from widenets.study.config import DEFAULTS, KEYS
 
@@ -397,6 +399,128 @@ def kernel(
             f"{repr(net)} on {ds.name}: NNGP/NTK {tuple(k.nngp.shape)} and "
             f"{tuple(kt.nngp.shape)} ({torch.float64}) saved to {out}"
         )
+
+
+#: the config key of each flag of ``prune``
+PRUNE_FLAGS = "archs methods densities seeds epochs".split()
+
+
+def _prune_resume_command(out: Path) -> str:
+    return " ".join(
+        ["widenets prune --config", shlex.quote(str(out / "config.toml")), "--out"]
+        + [shlex.quote(str(out)), "--resume"]
+    )
+
+
+def _prune_hint(message: str) -> str:
+    from widenets.prune.study.config import KEYS as PRUNE_KEYS
+
+    message = " ".join(message.split())
+    keys = [k for k in dict.fromkeys(re.findall(r"`(\w+)`", message)) if k in PRUNE_KEYS]
+    if keys:
+        how = [_flag(k) if k in PRUNE_FLAGS else f"--set {k}=..." for k in keys]
+        message = message.rstrip(".") + f". Set with {', '.join(how)}."
+    return message
+
+
+@app.command()
+def prune(
+    ctx: typer.Context,
+    config: Annotated[
+        Path | None,
+        typer.Option(help="TOML file of config keys, flat or in tables.", rich_help_panel=RUN),
+    ] = None,
+    out: Annotated[Path, typer.Option(help="Output folder.", rich_help_panel=RUN)] = Path(
+        "runs/prune"
+    ),
+    archs: Annotated[
+        str, typer.Option(help="Networks, comma-separated: lenet_300_100, small_cnn.")
+    ] = ",".join(PRUNE["archs"]),
+    methods: Annotated[
+        str,
+        typer.Option(
+            help="Methods, comma-separated: random, erk, magnitude, snip, grasp, synflow, "
+            "imp, imp_reinit."
+        ),
+    ] = ",".join(PRUNE["methods"]),
+    densities: Annotated[
+        str, typer.Option(help="Fractions of weights kept, comma-separated (1 is added).")
+    ] = ",".join(f"{d:g}" for d in PRUNE["densities"]),
+    seeds: Annotated[int, typer.Option(help="Networks per method and density.")] = PRUNE["seeds"],
+    epochs: Annotated[int, typer.Option(help="Training epochs (Adam).")] = PRUNE["epochs"],
+    settings: Annotated[
+        list[str],
+        typer.Option(
+            "--set",
+            metavar="KEY=VALUE",
+            help="Any config key of widenets.prune.study.PruneConfig, its value as TOML "
+            "(n_train=2000, kernel_points=8); repeatable; flags win over it.",
+            rich_help_panel=RUN,
+            show_default=False,
+        ),
+    ] = [],  # noqa: B006 - typer reads the default, never mutates it
+    resume: Annotated[
+        bool,
+        typer.Option("--resume", help="Continue the run in --out.", rich_help_panel=RUN),
+    ] = False,
+    overwrite: Annotated[
+        bool,
+        typer.Option(
+            "--overwrite", help="Replace the results in a non-empty --out.", rich_help_panel=RUN
+        ),
+    ] = False,
+    quiet: Annotated[
+        bool, typer.Option("--quiet", "-q", help="No progress or tables.", rich_help_panel=RUN)
+    ] = False,
+):
+    """Pruning at initialisation and lottery tickets on MNIST-5k: test accuracy against
+    density for each method, the kernel distance at initialisation beside it, and three
+    published findings checked. The report is written to OUT/index.html."""
+    import widenets.prune.study as prune_study
+    from widenets._malloc import tune_for_command
+    from widenets.study import StudyError
+    from widenets.study.store import OutputNotEmpty
+
+    values = {k: v for k, v in locals().items() if k in PRUNE_FLAGS}
+    given = parse_set(settings)
+    given.update({k: v for k, v in values.items() if _given(ctx, k)})
+    try:
+        cfg = prune_study.resolve(config, **given)
+    except (ValueError, TypeError) as err:
+        typer.echo(f"Error: {_prune_hint(str(err))}", err=True)
+        raise typer.Exit(code=2) from None
+    tune_for_command()
+    try:
+        prune_study.run(cfg, out, resume=resume, overwrite=overwrite, quiet=quiet)
+    except OutputNotEmpty:
+        raise _bad(
+            f"output folder {str(out)!r} is not empty; add --resume to continue the run "
+            "there, --overwrite to replace its results, or choose another --out."
+        ) from None
+    except StudyError as err:
+        typer.echo(
+            f"Error: {_prune_hint(str(err)).rstrip('.')}. The {_kept(out)} finished stages "
+            f"are kept in {out / 'stages'}; once the cause is fixed, resume with: "
+            f"{_prune_resume_command(out)}",
+            err=True,
+        )
+        raise typer.Exit(code=1) from None
+    except (ValueError, TypeError) as err:
+        typer.echo(f"Error: {_prune_hint(str(err))}", err=True)
+        raise typer.Exit(code=2) from None
+    except KeyboardInterrupt:
+        kept = _kept(out)
+        if kept and (out / "config.toml").is_file():
+            typer.echo(
+                f"Interrupted: {kept} finished stages kept in {out / 'stages'}; resume with: "
+                f"{_prune_resume_command(out)}",
+                err=True,
+            )
+        else:
+            typer.echo("Interrupted before any stage finished: nothing kept to resume.", err=True)
+        raise typer.Exit(code=130) from None
+    if not quiet:
+        typer.echo(f"Report: {out / 'index.html'}")
 
 
 def _given_only(ctx: typer.Context, values: dict) -> dict:

@@ -4,14 +4,19 @@ widenets modules with weights (``layers.base.WeightedModule``: Dense, Conv, atte
 DEQ, ...) redraw themselves with ``reset_parameters(scheme, generator)``, exactly as
 ``build`` draws them in their parameterisation. Plain torch layers are redrawn as
 W = w_std / sqrt(fan_in) * ``scheme.weight(shape, fan_in, ...)``.
+
+A pruned weight (a :class:`widenets.prune.Mask` parametrisation) is redrawn in its trainable
+original, so the weight becomes ``new draw * mask * scale``: the mask is kept.
 """
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
 from torch import nn
+from torch.nn.utils import parametrize
 
 from widenets.errors import check_nonnegative
 from widenets.init.schemes import draw_weight
@@ -57,12 +62,48 @@ def apply(
             generator.seed()
         else:
             generator.manual_seed(int(seed))
-    if not redraw(model, scheme, generator, w_std, b_std):
+    with _originals_exposed(model):
+        found = redraw(model, scheme, generator, w_std, b_std)
+    if not found:
         raise ValueError(
             "`model` has no layer that an initialiser applies to (a widenets layer with "
             "weights, nn.Linear, nn.Conv1d/2d/3d)."
         )
     return model
+
+
+@contextlib.contextmanager
+def _originals_exposed(model: nn.Module):
+    """While inside, each mask-parametrised tensor of ``model`` is its trainable original as
+    a plain parameter (the module's own class, ``_parameters`` holding the original), so that
+    writing ``module.weight`` writes the original; everything is restored on exit. Writing
+    the computed weight instead would change a temporary and leave the model as it was."""
+    from widenets.prune.targets import Mask  # lazy: widenets.prune imports the layers
+
+    found = [m for m in model.modules() if parametrize.is_parametrized(m)]
+    for m in found:
+        for name, plist in m.parametrizations.items():
+            other = [type(p).__name__ for p in plist if not isinstance(p, Mask)]
+            if other:
+                raise ValueError(
+                    f"`model`: the {name!r} of a {type(m).__bases__[0].__name__} is "
+                    f"parametrised by {other}; init.apply redraws plain or mask-pruned "
+                    "tensors only (remove the parametrisation first)."
+                )
+    swapped = []
+    try:
+        for m in found:
+            cls = type(m)
+            m.__class__ = cls.__bases__[0]  # parametrize made cls as a subclass of it
+            swapped.append((m, cls))
+            for name, plist in m.parametrizations.items():
+                m._parameters[name] = plist.original
+        yield
+    finally:
+        for m, cls in swapped:
+            for name in m.parametrizations:
+                m._parameters.pop(name, None)
+            m.__class__ = cls
 
 
 @torch.no_grad()

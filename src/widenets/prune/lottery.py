@@ -65,9 +65,10 @@ def _load(model: nn.Module, state: dict[str, Tensor]) -> None:
 def imp(
     model: nn.Module,
     train,
-    density: float,
-    rounds: int,
+    density: float | None = None,
+    rounds: int | None = None,
     *,
+    schedule=None,
     rewind_step: int = 0,
     scope: str = "global",
     layers=None,
@@ -80,6 +81,8 @@ def imp(
             it returns is recorded in ``train_results``.
         density: final fraction of prunable weights kept, in (0, 1].
         rounds: prune-train rounds; round r keeps density ** (r / rounds).
+        schedule: instead of ``density`` and ``rounds``, the density kept after each round,
+            decreasing (e.g. [0.5, 0.2, 0.1]).
         rewind_step: rewind to the weights after this many steps of the first round
             (0: the initial weights).
         scope: "global" or "layer" magnitude ranking.
@@ -88,8 +91,7 @@ def imp(
         A :class:`LotteryTicket`; ``model`` is left masked at ``density`` and rewound
         (untrained: train it to evaluate the ticket).
     """
-    density = check_density(density)
-    rounds = check_positive_int(rounds, "rounds")
+    schedule = _schedule(density, rounds, schedule)
     if isinstance(rewind_step, bool) or not isinstance(rewind_step, int) or rewind_step < 0:
         raise ValueError(f"`rewind_step` must be a non-negative int, got {rewind_step!r}.")
     if not callable(train):
@@ -106,14 +108,13 @@ def imp(
 
     if rewind_step == 0:
         saved["state"] = _state(model)
-    for r in range(1, rounds + 1):
+    for d in schedule:
         ticket.train_results.append(train(model, on_step))
         if "state" not in saved:
             raise ValueError(
                 f"`rewind_step`={rewind_step}: the training function reported only "
                 f"{steps[0]} steps through on_step(step)."
             )
-        d = density ** (r / rounds)
         mag = scores(model, "magnitude", layers=names)
         apply_masks(model, masks_from_scores(mag, d, scope))
         _load(model, saved["state"])
@@ -121,3 +122,24 @@ def imp(
     ticket.masks = masks(model, names)
     ticket.rewind_state = saved["state"]
     return ticket
+
+
+def _schedule(density, rounds, schedule) -> list[float]:
+    """The density after each round: density ** (r / rounds), or ``schedule`` checked."""
+    if schedule is None:
+        if density is None or rounds is None:
+            raise ValueError("imp: give `density` and `rounds`, or `schedule`.")
+        density = check_density(density)
+        rounds = check_positive_int(rounds, "rounds")
+        return [density ** (r / rounds) for r in range(1, rounds + 1)]
+    if density is not None or rounds is not None:
+        raise ValueError("imp: give `density` and `rounds`, or `schedule`, not both.")
+    if isinstance(schedule, (str, bytes)) or not hasattr(schedule, "__iter__"):
+        raise ValueError(f"`schedule` must be a list of densities, got {schedule!r}.")
+    out = [check_density(d, "schedule") for d in schedule]
+    if not out or any(b >= a for a, b in zip([1.0, *out], out, strict=False)):
+        raise ValueError(
+            f"`schedule` must be a non-empty list of densities in (0, 1), decreasing, got "
+            f"{list(schedule)!r}."
+        )
+    return out
