@@ -300,3 +300,20 @@ def test_bad_shapes_and_kinds_are_one_line_errors():
     bad = RowFunctionKernel(lambda s, e: k[s:e, :10], (40, 40))
     with pytest.raises(ValueError, match=r"must return shape"):
         bad.matmul(y)
+
+
+@pytest.mark.parametrize("mu, spread", [(1e-2, 2e-3), (1e-4, 2e-3), (1e-6, 0.1)])
+def test_low_rank_preconditioner_stays_positive_definite_over_a_wide_spectrum(mu, spread):
+    # singular values from 1e3 to 1e-5 (s_max^2 / mu up to 1e12): the Gram route drops
+    # directions with s^2 < mu / 1000 and keeps U orthonormal, so P^{-1} stays symmetric
+    # positive definite and P^{-1} A has its eigenvalues near 1
+    g = torch.Generator().manual_seed(5)
+    q, _ = torch.linalg.qr(torch.randn(400, 120, generator=g, dtype=torch.float64))
+    f = q * torch.logspace(3, -5, 120, dtype=torch.float64)
+    p = LowRankPreconditioner(f, mu)
+    eye = torch.eye(400, dtype=torch.float64)
+    assert float((p.u.T @ p.u - torch.eye(p.rank, dtype=torch.float64)).abs().max()) < 1e-10
+    inv = p(eye)
+    assert rel(inv, inv.T) < 1e-12
+    eig = torch.linalg.eigvals(inv @ (f @ f.T + mu * eye)).real
+    assert 1 - spread < float(eig.min()) and float(eig.max()) < 1 + spread
