@@ -181,9 +181,7 @@ def test_the_new_layer_does_not_depend_on_the_tile_size(full, batch_size):
         ref = net.kernel(*args, batch_size=(13, 13))
         got = net.kernel(*args, batch_size=batch_size)
         for field in ("nngp", "ntk"):
-            torch.testing.assert_close(
-                getattr(got, field), getattr(ref, field), rtol=1e-13, atol=0
-            )
+            torch.testing.assert_close(getattr(got, field), getattr(ref, field), rtol=1e-13, atol=0)
 
 
 @pytest.mark.parametrize("get", ["nngp", "ntk"])

@@ -77,6 +77,7 @@ def rpcholesky(
     *,
     seed: int = 0,
     block_size: int | None = None,
+    trace_tol: float | None = None,
 ) -> tuple[Tensor, Tensor]:
     """Randomly pivoted Cholesky: F (N x k), k <= rank, with F F^T ~ K, and its pivots.
 
@@ -91,12 +92,16 @@ def rpcholesky(
         rank: the target rank r.
         seed: seed of the pivot sampling (the factor is a deterministic function of it).
         block_size: candidates per round (default ceil(r / 2)).
+        trace_tol: adaptive rank: stop as soon as the residual trace tr(K - F F^T) is at
+            most ``trace_tol`` * tr(K) (``rank`` is then the most pivots); None: ``rank``.
     """
+    if trace_tol is not None and not 0 < trace_tol < 1:
+        raise ValueError(f"`trace_tol` must be in (0, 1) or None, got {trace_tol!r}.")
     with compute_threads():
-        return _rpcholesky(op, rank, seed, block_size)
+        return _rpcholesky(op, rank, seed, block_size, trace_tol)
 
 
-def _rpcholesky(op: KernelOperator, rank: int, seed: int, block_size: int | None):
+def _rpcholesky(op: KernelOperator, rank: int, seed: int, block_size, trace_tol=None):
     n = op.n
     rank = min(int(rank), n)
     block = max(1, math.ceil(rank / 2)) if block_size is None else int(block_size)
@@ -108,11 +113,14 @@ def _rpcholesky(op: KernelOperator, rank: int, seed: int, block_size: int | None
     gen = torch.Generator().manual_seed(int(seed))
     rng = np.random.default_rng(int(seed))
     k = 0
+    floor = trace0 * max(n * torch.finfo(torch.float64).eps, trace_tol or 0.0)
     for _ in range(4 * rank + 8):  # each round accepts at least one pivot in exact arithmetic
         total = float(d.sum())
-        if k >= rank or not total > trace0 * n * torch.finfo(torch.float64).eps:
+        if k >= rank or not total > floor:
             break
-        cand = torch.multinomial((d / total).cpu(), block, replacement=True, generator=gen)
+        # adaptive: rounds grow by a quarter of the pivots so far (few pivots past the target)
+        size = block if trace_tol is None else min(block, max(8, k // 4))
+        cand = torch.multinomial((d / total).cpu(), size, replacement=True, generator=gen)
         cand = torch.unique(cand)  # a repeated pivot would be rejected anyway
         cand = cand[torch.randperm(len(cand), generator=gen)]  # i.i.d. order for rejection
         cols = op.columns(cand).to(device, torch.float64)
