@@ -300,3 +300,40 @@ def test_bad_shapes_and_kinds_are_one_line_errors():
     bad = RowFunctionKernel(lambda s, e: k[s:e, :10], (40, 40))
     with pytest.raises(ValueError, match=r"must return shape"):
         bad.matmul(y)
+
+
+@pytest.mark.parametrize("mu, spread", [(1e-2, 2e-3), (1e-4, 2e-3), (1e-6, 0.1)])
+def test_low_rank_preconditioner_stays_positive_definite_over_a_wide_spectrum(mu, spread):
+    # singular values from 1e3 to 1e-5 (s_max^2 / mu up to 1e12): the Gram route drops
+    # directions with s^2 < mu / 1000 and keeps U orthonormal, so P^{-1} stays symmetric
+    # positive definite and P^{-1} A has its eigenvalues near 1
+    g = torch.Generator().manual_seed(5)
+    q, _ = torch.linalg.qr(torch.randn(400, 120, generator=g, dtype=torch.float64))
+    f = q * torch.logspace(3, -5, 120, dtype=torch.float64)
+    p = LowRankPreconditioner(f, mu)
+    eye = torch.eye(400, dtype=torch.float64)
+    assert float((p.u.T @ p.u - torch.eye(p.rank, dtype=torch.float64)).abs().max()) < 1e-10
+    inv = p(eye)
+    assert rel(inv, inv.T) < 1e-12
+    eig = torch.linalg.eigvals(inv @ (f @ f.T + mu * eye)).real
+    assert 1 - spread < float(eig.min()) and float(eig.max()) < 1 + spread
+
+
+def test_adaptive_rank_reaches_the_requested_residual_trace():
+    x, _, y = small_problem(n=300)
+    k = fc().kernel(x, get="nngp").nngp
+    trace = float(k.diagonal().sum())
+    for trace_tol in (1e-1, 1e-2):
+        f, piv = rpcholesky(DenseKernel(k), 300, trace_tol=trace_tol)
+        residual_trace = float((k - f @ f.T).diagonal().sum())
+        assert residual_trace <= trace_tol * trace
+        assert len(piv) == f.shape[1] < 300
+        # the factor without its last quarter of pivots (+ 8) would not have reached it
+        short = max(1, f.shape[1] - max(8, f.shape[1] // 4) - 1)
+        assert trace - float((f[:, :short] ** 2).sum()) > trace_tol * trace
+    res = pcg_solve(k, y, diag_reg=1e-3, rank=300, rank_tol=1e-2, tol=1e-10)
+    assert res.converged and 0 < res.rank < 300
+    with pytest.raises(ValueError, match="rank_tol"):
+        pcg_solve(k, y, diag_reg=1e-3, rank_tol=1e-2, preconditioner="nystrom")
+    with pytest.raises(ValueError, match="trace_tol"):
+        rpcholesky(DenseKernel(k), 10, trace_tol=2.0)

@@ -127,6 +127,7 @@ def pcg_solve(
     max_iter: int = 500,
     preconditioner: str | LowRankPreconditioner | None = "rpcholesky",
     rank: int | None = None,
+    rank_tol: float | None = None,
     seed: int = 0,
     on_no_convergence: str = "raise",
 ) -> PCGResult:
@@ -147,6 +148,8 @@ def pcg_solve(
         preconditioner: "rpcholesky" (randomly pivoted Cholesky, default), "nystrom", None
             (plain CG), or a :class:`LowRankPreconditioner` built before (to reuse it).
         rank: rank of the preconditioner (default min(N, 1000)).
+        rank_tol: adaptive rank ("rpcholesky"): stop adding pivots once the residual trace
+            tr(K - F F^T) <= ``rank_tol`` * tr(K) (``rank``: the most); None: ``rank``.
         seed: seed of the preconditioner's random sampling.
         on_no_convergence: "raise" (a :class:`ConvergenceError`) or "warn" (a
             :class:`ConvergenceWarning` and the iterate, ``converged=False``).
@@ -164,6 +167,7 @@ def pcg_solve(
             max_iter=max_iter,
             preconditioner=preconditioner,
             rank=rank,
+            rank_tol=rank_tol,
             seed=seed,
             on_no_convergence=on_no_convergence,
             workers=workers,
@@ -187,6 +191,7 @@ def _pcg_solve(
     seed,
     on_no_convergence,
     workers,
+    rank_tol=None,
 ) -> PCGResult:
     op = as_operator(k_train_train, "k_train_train", square=True)
     n = op.n
@@ -204,6 +209,13 @@ def _pcg_solve(
         _check_choice(preconditioner, "preconditioner", _PRECONDITIONERS)
     if rank is not None:
         rank = _check_count(rank, "rank")
+    if rank_tol is not None:
+        rank_tol = v.check_scalar(rank_tol, "rank_tol", positive=True)
+        if not rank_tol < 1 or preconditioner != "rpcholesky":
+            raise ValueError(
+                "`rank_tol` must be in (0, 1) with preconditioner='rpcholesky', got "
+                f"{rank_tol!r} with {preconditioner!r}."
+            )
     seed = _check_count(seed, "seed", minimum=0)
     y_t = v.as_targets(y, n, device=op.device, name="y")
     rhs = y_t.to(torch.float64).reshape(n, -1)
@@ -231,7 +243,9 @@ def _pcg_solve(
                 f"mu = {mu:.6g} (diag_reg {diag_reg:g}); build it with the same regulariser."
             )
     else:
-        precond = make_preconditioner(op, mu, preconditioner, rank=rank, seed=seed, workers=workers)
+        precond = make_preconditioner(
+            op, mu, preconditioner, rank=rank, seed=seed, workers=workers, rank_tol=rank_tol
+        )
     setup = time.perf_counter() - start
 
     start = time.perf_counter()
@@ -270,16 +284,19 @@ def make_preconditioner(
     kind: str | None = "rpcholesky",
     *,
     rank: int | None = None,
+    rank_tol: float | None = None,
     seed: int = 0,
     workers: int = 1,
 ) -> LowRankPreconditioner | None:
     """The preconditioner F F^T + mu I of ``kind`` ("rpcholesky", "nystrom" or None) with
-    rank min(N, ``rank`` or 1000), for the absolute regulariser ``mu``."""
+    rank min(N, ``rank`` or 1000), for the absolute regulariser ``mu``; with ``rank_tol``
+    (RPCholesky only) the rank is the fewest pivots whose residual trace tr(K - F F^T) is at
+    most ``rank_tol`` * tr(K), ``rank`` at most."""
     if kind is None:
         return None
     r = min(op.n, DEFAULT_RANK if rank is None else rank)
     if kind == "rpcholesky":
-        factor, _ = rpcholesky(op, r, seed=seed)
+        factor, _ = rpcholesky(op, r, seed=seed, trace_tol=rank_tol)
     else:
         factor = nystrom(op, r, seed=seed, workers=workers)
     return LowRankPreconditioner(factor, mu, name=kind)
@@ -374,6 +391,7 @@ def gp_mean_pcg(
     max_iter: int = 500,
     preconditioner: str | LowRankPreconditioner | None = "rpcholesky",
     rank: int | None = None,
+    rank_tol: float | None = None,
     seed: int = 0,
     on_no_convergence: str = "raise",
 ) -> PCGPrediction:
@@ -398,6 +416,7 @@ def gp_mean_pcg(
             max_iter=max_iter,
             preconditioner=preconditioner,
             rank=rank,
+            rank_tol=rank_tol,
             seed=seed,
             on_no_convergence=on_no_convergence,
             workers=workers,
@@ -420,6 +439,7 @@ def gradient_descent_mse_pcg(
     max_iter: int = 500,
     preconditioner: str | LowRankPreconditioner | None = "rpcholesky",
     rank: int | None = None,
+    rank_tol: float | None = None,
     seed: int = 0,
     on_no_convergence: str = "raise",
 ) -> PCGPrediction:
@@ -453,6 +473,7 @@ def gradient_descent_mse_pcg(
             max_iter=max_iter,
             preconditioner=preconditioner,
             rank=rank,
+            rank_tol=rank_tol,
             seed=seed,
             on_no_convergence=on_no_convergence,
             workers=workers,
