@@ -35,6 +35,16 @@ from widenets.layers.conv import Conv
 from widenets.layers.dense import Dense
 from widenets.layers.deq import DEQ, DEQModule, FixedPointError
 from widenets.layers.normalization import Dropout, LayerNorm
+from widenets.layers.nt_activations import (
+    Exp,
+    ExpNormalized,
+    Gabor,
+    Hermite,
+    Polynomial,
+    Rbf,
+    RectifiedMonomial,
+    Sigmoid_like,
+)
 from widenets.layers.pooling import AvgPool, Flatten, GlobalAvgPool
 from widenets.layers.quadrature import Elementwise
 from widenets.layers.scaled import Scaled, scaled
@@ -91,6 +101,14 @@ __all__ = [
     "GlobalAvgPool",
     "GlobalSelfAttention",
     "LayerNorm",
+    "Exp",
+    "ExpNormalized",
+    "Gabor",
+    "Hermite",
+    "Polynomial",
+    "Rbf",
+    "RectifiedMonomial",
+    "Sigmoid_like",
     "spike_kernel",
     "spiky_smooth_kernel",
 ]
