@@ -62,7 +62,11 @@ from widenets.layers.quadrature import DEFAULT_DEGREE  # noqa: E402
 #: Gauss-Hermite points per dimension for both libraries' numerical tanh (set by --deg)
 DEGREE = DEFAULT_DEGREE
 
-#: (label, widenets layer factory, NT stax name, NT positional args)
+#: Hermite needs unit-variance pre-activations: unit-norm inputs (||x||^2 / d = 1), w_std 1,
+#: no bias (every Dense then keeps variance 1, and so does He_n / sqrt(n!))
+UNIT = {"unit": True}
+
+#: (label, widenets layer factory, NT stax name, NT positional args[, options])
 ACTIVATIONS = [
     ("Relu", lambda: wn.Relu(), "Relu", []),
     ("LeakyRelu(0.1)", lambda: wn.LeakyRelu(0.1), "LeakyRelu", [0.1]),
@@ -81,6 +85,36 @@ ACTIVATIONS = [
     ("Sign", lambda: wn.Sign(), "Sign", []),
     *[(f"Monomial({d})", (lambda d=d: wn.Monomial(d)), "Monomial", [d]) for d in range(6)],
     ("Identity", lambda: wn.Identity(), "Identity", []),
+    ("Exp(0.3,0.5)", lambda: wn.Exp(0.3, 0.5), "Exp", [0.3, 0.5]),
+    ("Exp(0.8,-0.4)", lambda: wn.Exp(0.8, -0.4), "Exp", [0.8, -0.4]),
+    ("Gabor", lambda: wn.Gabor(), "Gabor", []),
+    ("Rbf", lambda: wn.Rbf(), "Rbf", []),
+    ("Rbf(0.3)", lambda: wn.Rbf(0.3), "Rbf", [0.3]),
+    ("Sigmoid_like", lambda: wn.Sigmoid_like(), "Sigmoid_like", []),
+    *[
+        (f"RectifiedMonomial({d})", (lambda d=d: wn.RectifiedMonomial(d)), "RectifiedMonomial", [d])
+        for d in range(5)
+    ],
+    (
+        "Polynomial(0.3,-1,0.5,0.2)",
+        lambda: wn.Polynomial([0.3, -1, 0.5, 0.2]),
+        "Polynomial",
+        [[0.3, -1.0, 0.5, 0.2]],
+    ),
+    (
+        "Polynomial(0,0,0,0,0.7)",
+        lambda: wn.Polynomial([0, 0, 0, 0, 0.7]),
+        "Polynomial",
+        [[0.0, 0.0, 0.0, 0.0, 0.7]],
+    ),
+    *[(f"Hermite({d})", (lambda d=d: wn.Hermite(d)), "Hermite", [d], UNIT) for d in range(5)],
+    ("ExpNormalized", lambda: wn.ExpNormalized(), "ExpNormalized", []),
+    (
+        "ExpNormalized(0.7,-0.4)",
+        lambda: wn.ExpNormalized(0.7, -0.4),
+        "ExpNormalized",
+        [0.7, -0.4, True],
+    ),
     (
         "Elementwise(tanh)",
         lambda: wn.Elementwise(torch.tanh, degree=DEGREE),
@@ -94,7 +128,7 @@ import json
 import jax.numpy as jnp
 from neural_tangents import stax
 
-x1, x2 = load("x1"), load("x2")
+inputs = {False: (load("x1"), load("x2")), True: (load("u1"), load("u2"))}
 
 def act(name, args):
     if name.startswith("ElementwiseNumerical:"):
@@ -103,7 +137,10 @@ def act(name, args):
     return getattr(stax, name)(*args)
 
 for i, case in enumerate(spec["cases"]):
-    kw = dict(W_std=spec["w_std"], b_std=spec["b_std"] if case["bias"] else None,
+    unit = case.get("unit", False)
+    x1, x2 = inputs[unit]
+    kw = dict(W_std=1.0 if unit else spec["w_std"],
+              b_std=spec["b_std"] if case["bias"] else None,
               parameterization=case["param"])
     a = case["act"]
     _, _, kernel_fn = stax.serial(
@@ -308,6 +345,33 @@ def structures(write: bool, tol: float | None) -> int:
     return 0
 
 
+def save_reference(args, cases, nt_out, x1, x2, u1, u2) -> None:
+    """Write the inputs, settings and Neural Tangents' kernels of every case as JSON (floats
+    by repr, so they read back bit for bit), by rename so no half-written file is left."""
+    ref = dict(
+        source="Neural Tangents 0.6.5 (bench/nt_parity.py --save-reference)",
+        width=args.width,
+        w_std=args.w_std,
+        b_std=args.b_std,
+        inputs={k: v.tolist() for k, v in dict(x1=x1, x2=x2, u1=u1, u2=u2).items()},
+        cases=[
+            dict(
+                label=c["label"],
+                param=c["param"],
+                bias=c["bias"],
+                unit=c["unit"],
+                **{k: nt_out[f"{i}_{k}"].tolist() for k in ("nngp12", "ntk12", "nngp11", "ntk11")},
+            )
+            for i, c in enumerate(cases)
+        ],
+    )
+    path = Path(args.save_reference)
+    tmp = path.with_name(path.name + ".tmp")
+    tmp.write_text(json.dumps(ref, indent=1) + "\n")
+    tmp.replace(path)
+    print(f"wrote {path}")
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--n1", type=int, default=6)
@@ -339,6 +403,17 @@ def main(argv=None) -> int:
         default=None,
         metavar="PATH",
         help="with --layers: save Neural Tangents' kernels and the inputs (.npz)",
+
+
+    ap.add_argument(
+        "--only", default=None, help="comma-separated substrings of the activation labels to run"
+    )
+    ap.add_argument(
+        "--save-reference",
+        default=None,
+        metavar="JSON",
+        help="also write the inputs and Neural Tangents' kernels to this file (the reference "
+        "of tests/test_nt_activations.py, so that the tests need no Neural Tangents)",
     )
     args = ap.parse_args(argv)
     if args.structures:
@@ -361,24 +436,37 @@ def main(argv=None) -> int:
     x1 = rng.standard_normal((args.n1, args.dim)) * rng.uniform(0.5, 1.5, (args.n1, 1))
     x2 = rng.standard_normal((args.n2, args.dim)) * rng.uniform(0.5, 1.5, (args.n2, 1))
 
-    acts = [a for a in ACTIVATIONS if args.only is None or args.only in a[0]]
+    # unit-norm rows (||x||^2 / d = 1), for activations that need unit variances
+    u1 = x1 / np.sqrt((x1**2).mean(1, keepdims=True))
+    u2 = x2 / np.sqrt((x2**2).mean(1, keepdims=True))
+
+    only = None if args.only is None else args.only.split(",")
+    acts = [a for a in ACTIVATIONS if only is None or any(o in a[0] for o in only)]
     cases = []
-    for label, make, nt_name, nt_args in acts:
+    for label, make, nt_name, nt_args, *opts in acts:
+        unit = bool(opts and opts[0].get("unit"))
         for param in ("ntk", "standard"):
-            for bias in (True, False):
+            for bias in (False,) if unit else (True, False):
                 cases.append(
-                    dict(label=label, make=make, act=[nt_name, nt_args], param=param, bias=bias)
+                    dict(
+                        label=label,
+                        make=make,
+                        act=[nt_name, nt_args],
+                        param=param,
+                        bias=bias,
+                        unit=unit,
+                    )
                 )
     spec = dict(
         width=args.width,
         w_std=args.w_std,
         b_std=args.b_std,
         nt_deg=args.deg,
-        cases=[{k: c[k] for k in ("act", "param", "bias")} for c in cases],
+        cases=[{k: c[k] for k in ("act", "param", "bias", "unit")} for c in cases],
     )
     script = f"import json\nspec = json.loads({json.dumps(spec)!r})\n" + _NT_SCRIPT
     try:
-        nt_out, _ = run_nt(script, {"x1": x1, "x2": x2})
+        nt_out, _ = run_nt(script, {"x1": x1, "x2": x2, "u1": u1, "u2": u2})
     except NTUnavailable as e:
         print(e)
         return 0
@@ -398,11 +486,13 @@ def main(argv=None) -> int:
     worst = 0.0
     rows = []
     for i, c in enumerate(cases):
+        a1, a2 = (u1, u2) if c["unit"] else (x1, x2)
+        w_std = 1.0 if c["unit"] else args.w_std
         net = widenets_net(
-            c["make"], args.width, args.w_std, args.b_std if c["bias"] else None, c["param"]
+            c["make"], args.width, w_std, args.b_std if c["bias"] else None, c["param"]
         )
-        k12 = net.kernel(torch.from_numpy(x1), torch.from_numpy(x2))
-        k11 = net.kernel(torch.from_numpy(x1))
+        k12 = net.kernel(torch.from_numpy(a1), torch.from_numpy(a2))
+        k11 = net.kernel(torch.from_numpy(a1))
         errs = [
             rel_err(k12.nngp.numpy(), nt_out[f"{i}_nngp12"]),
             rel_err(k12.ntk.numpy(), nt_out[f"{i}_ntk12"]),
@@ -411,7 +501,7 @@ def main(argv=None) -> int:
             rel_err(np.diag(k11.nngp.numpy()), np.diag(nt_out[f"{i}_nngp11"])),
             rel_err(np.diag(k11.ntk.numpy()), np.diag(nt_out[f"{i}_ntk11"])),
         ]
-        worst = max(worst, *[e for e in errs if not math.isnan(e)])
+        worst = max([worst, *[e for e in errs if not math.isnan(e)]])
         if any(math.isnan(e) for e in errs):
             worst = math.inf
         rows.append((c["label"], c["param"], c["bias"], errs))
@@ -419,6 +509,8 @@ def main(argv=None) -> int:
             f"{c['label']:<20} {c['param']:<8} {str(c['bias']):<5} "
             + " ".join(f"{e:11.2e}" for e in errs)
         )
+    if args.save_reference:
+        save_reference(args, cases, nt_out, x1, x2, u1, u2)
     print(f"\nworst relative difference: {worst:.2e} over {len(cases)} cases")
     print(
         "nngp(x1), ntk(x1): off-diagonal entries of K(x1, x1); diag: its diagonal. On the\n"

@@ -39,6 +39,16 @@ from widenets.layers.deq import DEQ, DEQModule, FixedPointError
 from widenets.layers.graph import Aggregate, graph_pattern
 from widenets.layers.indexing import Index, Slice
 from widenets.layers.normalization import Dropout, LayerNorm
+from widenets.layers.nt_activations import (
+    Exp,
+    ExpNormalized,
+    Gabor,
+    Hermite,
+    Polynomial,
+    Rbf,
+    RectifiedMonomial,
+    Sigmoid_like,
+)
 from widenets.layers.pooling import AvgPool, Flatten, GlobalAvgPool, GlobalSumPool, SumPool
 from widenets.layers.products import FanInProd, fan_in_prod
 from widenets.layers.quadrature import Elementwise
@@ -99,6 +109,14 @@ __all__ = [
     "GlobalAvgPool",
     "GlobalSelfAttention",
     "LayerNorm",
+    "Exp",
+    "ExpNormalized",
+    "Gabor",
+    "Hermite",
+    "Polynomial",
+    "Rbf",
+    "RectifiedMonomial",
+    "Sigmoid_like",
     "spike_kernel",
     "spiky_smooth_kernel",
     "ConvLocal",
