@@ -388,7 +388,9 @@ def main(argv=None) -> int:
     )
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--tol", type=float, default=None, help="fail (exit 1) above this error")
-    ap.add_argument("--only", default=None, help="substring of the activation labels to run")
+    ap.add_argument(
+        "--only", default=None, help="comma-separated substrings of the activation labels to run"
+    )
     ap.add_argument("--structures", action="store_true", help="the graph and masking cases instead")
     ap.add_argument(
         "--write-references",
@@ -403,10 +405,6 @@ def main(argv=None) -> int:
         default=None,
         metavar="PATH",
         help="with --layers: save Neural Tangents' kernels and the inputs (.npz)",
-
-
-    ap.add_argument(
-        "--only", default=None, help="comma-separated substrings of the activation labels to run"
     )
     ap.add_argument(
         "--save-reference",
