@@ -7,16 +7,14 @@ a finished stage is reused); where the kernels are computed (``scheduler``) and 
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 
 import tomli_w
 
 from widenets.architectures import ACTIVATIONS
-from widenets.study.config import _fail, _int, _real, load_toml
+from widenets.study.config import _fail, _int, _real, given_keys
 
 DATASETS = ("mnist1d",)
 KERNELS = ("nngp", "ntk")
@@ -131,25 +129,5 @@ def resolve(config=None, **overrides) -> ScaleConfig:
     """A checked :class:`ScaleConfig` from the defaults, ``config`` (None, a ScaleConfig, a
     dict or a TOML path) and ``overrides`` (None values ignored); a ValueError naming the key
     for an unknown key or a bad value, before any work."""
-    if config is None:
-        given = {}
-    elif isinstance(config, ScaleConfig):
-        given = config.to_dict()
-    elif isinstance(config, dict):
-        given = dict(config)
-    elif isinstance(config, (str, Path)):
-        given = load_toml(config)
-    else:
-        raise TypeError(
-            f"`config` must be a ScaleConfig, a dict or a TOML path, got {type(config).__name__}."
-        )
-    given.update({k: v for k, v in overrides.items() if v is not None})
-    unknown = sorted(set(given) - set(KEYS))
-    if unknown:
-        close = {k: difflib.get_close_matches(k, KEYS, n=1) for k in unknown}
-        hint = "; ".join(f"{k!r}: did you mean {c[0]!r}?" for k, c in close.items() if c)
-        raise ValueError(
-            f"unknown config key(s) {unknown}{' (' + hint + ')' if hint else ''}; known keys: "
-            f"{list(KEYS)}."
-        )
+    given = given_keys(config, ScaleConfig, KEYS, overrides, flat=dict)
     return ScaleConfig(**_check({**DEFAULTS, **given}))

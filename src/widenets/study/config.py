@@ -255,6 +255,36 @@ def flatten(raw: dict, where: str = "config") -> dict:
     return flat
 
 
+def given_keys(config, cls, keys, overrides: dict, flat=None) -> dict:
+    """The keys a user gave: ``config`` (None, a ``cls`` instance, a dict, flattened by
+    ``flat`` (default: :func:`flatten`), or the path of a TOML file) updated by ``overrides``
+    whose value is not None; a ValueError naming an unknown key (and the closest known one).
+    Shared by the study's, the scale job's and the prune study's configurations."""
+    if config is None:
+        given = {}
+    elif isinstance(config, cls):
+        given = config.to_dict()
+    elif isinstance(config, dict):
+        given = (flat or flatten)(config)
+    elif isinstance(config, (str, Path)):
+        given = load_toml(config)
+    else:
+        raise TypeError(
+            f"`config` must be a {cls.__name__}, a dict or a TOML path, got "
+            f"{type(config).__name__}."
+        )
+    given.update({k: v for k, v in overrides.items() if v is not None})
+    unknown = sorted(set(given) - set(keys))
+    if unknown:
+        close = {k: difflib.get_close_matches(k, keys, n=1) for k in unknown}
+        hint = "; ".join(f"{k!r}: did you mean {c[0]!r}?" for k, c in close.items() if c)
+        raise ValueError(
+            f"unknown config key(s) {unknown}{' (' + hint + ')' if hint else ''}; known keys: "
+            f"{list(keys)}."
+        )
+    return given
+
+
 def resolve(config=None, **overrides) -> StudyConfig:
     """A checked :class:`StudyConfig` from defaults, ``config`` and ``overrides``.
 
@@ -262,27 +292,7 @@ def resolve(config=None, **overrides) -> StudyConfig:
     ``overrides`` whose value is None are ignored. Unknown keys, unknown names and bad
     values raise a ValueError naming the key, before any work starts.
     """
-    if config is None:
-        given = {}
-    elif isinstance(config, StudyConfig):
-        given = config.to_dict()
-    elif isinstance(config, dict):
-        given = flatten(config)
-    elif isinstance(config, (str, Path)):
-        given = load_toml(config)
-    else:
-        raise TypeError(
-            f"`config` must be a StudyConfig, a dict or a TOML path, got {type(config).__name__}."
-        )
-    given.update({k: v for k, v in overrides.items() if v is not None})
-    unknown = sorted(set(given) - set(KEYS))
-    if unknown:
-        close = {k: difflib.get_close_matches(k, KEYS, n=1) for k in unknown}
-        hint = "; ".join(f"{k!r}: did you mean {c[0]!r}?" for k, c in close.items() if c)
-        raise ValueError(
-            f"unknown config key(s) {unknown}{' (' + hint + ')' if hint else ''}; known keys: "
-            f"{list(KEYS)}."
-        )
+    given = given_keys(config, StudyConfig, KEYS, overrides)
     merged = {**StudyConfig().to_dict(), **given}
     return StudyConfig(**_check(merged))
 

@@ -7,16 +7,14 @@ every error names the key.
 
 from __future__ import annotations
 
-import difflib
 import hashlib
 import json
 import math
 from dataclasses import asdict, dataclass, field, fields
-from pathlib import Path
 
 import tomli_w
 
-from widenets.study.config import flatten, load_toml
+from widenets.study.config import given_keys
 
 ARCHS = ("lenet_300_100", "small_cnn")
 #: methods in the order of the report; "imp_reinit" is trained alongside "imp"
@@ -151,25 +149,5 @@ def _check(c: dict) -> dict:
 def resolve(config=None, **overrides) -> PruneConfig:
     """A checked :class:`PruneConfig` from defaults, ``config`` (None, a PruneConfig, a dict
     or a TOML path) and ``overrides`` (None values ignored)."""
-    if config is None:
-        given = {}
-    elif isinstance(config, PruneConfig):
-        given = config.to_dict()
-    elif isinstance(config, dict):
-        given = flatten(config)
-    elif isinstance(config, (str, Path)):
-        given = load_toml(config)
-    else:
-        raise TypeError(
-            f"`config` must be a PruneConfig, a dict or a TOML path, got {type(config).__name__}."
-        )
-    given.update({k: v for k, v in overrides.items() if v is not None})
-    unknown = sorted(set(given) - set(KEYS))
-    if unknown:
-        close = {k: difflib.get_close_matches(k, KEYS, n=1) for k in unknown}
-        hint = "; ".join(f"{k!r}: did you mean {c[0]!r}?" for k, c in close.items() if c)
-        raise ValueError(
-            f"unknown config key(s) {unknown}{' (' + hint + ')' if hint else ''}; known keys: "
-            f"{list(KEYS)}."
-        )
+    given = given_keys(config, PruneConfig, KEYS, overrides)
     return PruneConfig(**_check({**DEFAULTS, **given}))
