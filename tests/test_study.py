@@ -98,7 +98,7 @@ def test_end_to_end_files_present(cli_run):
     for f in figs:
         data = f.read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, f
-    rows = list(csv.DictReader((out / "runs.csv").open()))
+    rows = list(csv.DictReader((out / "runs.csv").read_text().splitlines()))
     per_net = [r for r in rows if not r["seed"].startswith("ensemble")]
     # widths x seeds x (gd, sgd), plus the linearisation of the first linearize_seeds (default
     # 2, here every seed) at each width

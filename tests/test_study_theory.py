@@ -152,7 +152,7 @@ def study(tmp_path_factory):
 def test_report_table_matches_a_refit_from_runs_csv(study):
     """Two computations of each exponent: the study's, and numpy's fit of runs.csv."""
     out, results = study
-    rows = list(csv.DictReader((out / "runs.csv").open()))
+    rows = list(csv.DictReader((out / "runs.csv").read_text().splitlines()))
     by_key = {
         "distance_to_infinite": ("gd", "distance_to_infinite"),
         "linearization_gap": ("linearized", "distance_to_network_sup"),
