@@ -3,9 +3,11 @@
 - :func:`gp_inference`: exact NNGP (Bayesian) posterior;
 - :func:`student_t_inference`: the Student-t process of an inverse-gamma prior on the
   readout variance (scale mixture of the NNGP);
-- :func:`gradient_descent_mse`: outputs under gradient flow on the MSE loss at any time;
+- :func:`gradient_descent_mse`: outputs under gradient flow on the MSE loss at any time
+  (with ``momentum``: heavy ball in the continuous-time limit, in closed form);
 - :func:`gradient_descent`: gradient flow on any differentiable loss (e.g.
-  :func:`cross_entropy`), by integrating the function-space ODE;
+  :func:`cross_entropy`), by integrating the function-space ODE (with or without momentum);
+- :func:`max_learning_rate`: the largest stable step of (momentum) gradient descent on MSE;
 - :func:`ensemble` / :func:`ensemble_from_kernels`: mean and covariance of the infinite
   ensemble of networks trained by gradient flow (Lee et al. 2019);
 - :func:`gp_mean_pcg` / :func:`gradient_descent_mse_pcg`: the NNGP posterior mean and the
@@ -25,6 +27,7 @@ from widenets.predict.gradient_flow import (
     cross_entropy,
     gradient_descent,
 )
+from widenets.predict.learning_rate import max_learning_rate
 from widenets.predict.operators import (
     DenseKernel,
     KernelOperator,
@@ -64,6 +67,7 @@ __all__ = [
     "gradient_descent",
     "gradient_descent_mse",
     "gradient_descent_mse_pcg",
+    "max_learning_rate",
     "nystrom",
     "pcg_solve",
     "rpcholesky",

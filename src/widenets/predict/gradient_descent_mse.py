@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 from torch import Tensor
 
@@ -13,6 +15,7 @@ from widenets.predict._linalg import (
     regularize,
     warn_if_ill_conditioned,
 )
+from widenets.predict._momentum import check_momentum, damping, oscillator_growth_over_e
 
 
 class GradientDescentMSEPredictor:
@@ -24,6 +27,12 @@ class GradientDescentMSEPredictor:
 
         f_train(t) = f_train(0) + (I - E(t)) (y - f_train(0)),
         f_test(t)  = f_test(0) + Theta_* Theta^{-1} (I - E(t)) (y - f_train(0)).
+
+    With ``momentum`` m (heavy ball, in Neural Tangents' continuous-time limit, see
+    ``widenets.predict._momentum``) each eigen-direction of Theta is instead a damped
+    oscillator f'' + c f' = -Theta (f - y) / n in tau = sqrt(eta) t, c = (1 - m) / sqrt(eta),
+    started at rest; I - E(t) is replaced by its closed-form growth and the t = inf limit
+    is unchanged.
 
     Finite times are evaluated in the eigenbasis of Theta, computed once on first use; at
     t = inf the test outputs are a Cholesky solve when Theta is safely positive definite.
@@ -46,6 +55,7 @@ class GradientDescentMSEPredictor:
         learning_rate: float = 1.0,
         diag_reg: float = 0.0,
         diag_reg_absolute_scale: bool = False,
+        momentum: float | None = None,
     ):
         k_dd = v.as_train_kernel(k_train_train)
         self.n_train = k_dd.shape[0]
@@ -53,10 +63,12 @@ class GradientDescentMSEPredictor:
         y = v.as_targets(y_train, self.n_train, device=self.device)
         self.learning_rate = v.check_scalar(learning_rate, "learning_rate", positive=True)
         diag_reg = v.check_scalar(diag_reg, "diag_reg", positive=False)
+        self.momentum = check_momentum(momentum)
         self.dtype = v.result_dtype(k_dd, y)
         self.y_shape = tuple(y.shape)
         self._y = y.to(torch.float64).reshape(self.n_train, -1)
         self._rate = self.learning_rate / y.numel()
+        self._n_outputs = y.numel()
         self._k_reg = regularize(k_dd, diag_reg, diag_reg_absolute_scale)
         self._spectrum = None
         self._cholesky = None
@@ -71,6 +83,41 @@ class GradientDescentMSEPredictor:
         if self._spectrum is None:
             self._spectrum = Spectrum(self._k_reg)
         return self._spectrum
+
+    def _growth_over_e(self, ts: Tensor) -> Tensor:
+        """(T, N) eigenvalues of Theta^+ (I - E(t)) at times ``ts`` (steps)."""
+        if self.momentum is None:
+            return self.spectrum.growth_over_e(ts * self._rate)
+        spec = self.spectrum
+        c = damping(self.learning_rate, self.momentum)
+
+        def finite(e: Tensor, tau: Tensor) -> Tensor:
+            h = oscillator_growth_over_e(e[0], tau, c, self._n_outputs)
+            return torch.where(spec._learned(e), h, torch.zeros_like(h))
+
+        def inf(e: Tensor) -> Tensor:
+            learned = spec._learned(e)
+            return torch.where(learned, 1.0 / torch.where(learned, e, 1.0), torch.zeros_like(e))
+
+        return spec._eval(ts * math.sqrt(self.learning_rate), finite, inf)
+
+    def _growth(self, ts: Tensor) -> Tensor:
+        """(T, N) eigenvalues of I - E(t) at times ``ts`` (steps)."""
+        if self.momentum is None:
+            return self.spectrum.growth(ts * self._rate)
+        spec = self.spectrum
+        g = self._growth_over_e(ts) * spec.evals[None, :]
+        return torch.where(torch.isinf(ts)[:, None] & spec._learned(spec.evals)[None], 1.0, g)
+
+    def _flow_scale(self, ts: Tensor) -> float:
+        """Largest (I - E(t)) / e over e -> 0 at times ``ts``: lr t / n without momentum,
+        min(tau / c, tau^2 / 2) / n with it (for the conditioning warning)."""
+        t = float(ts.max())
+        if self.momentum is None or math.isinf(t):
+            return t * self._rate
+        tau = t * math.sqrt(self.learning_rate)
+        c = damping(self.learning_rate, self.momentum)
+        return min(tau / c, tau * tau / 2) / self._n_outputs
 
     def _converged_solve(self, rhs: Tensor) -> Tensor | None:
         """Theta^{-1} rhs by Cholesky when Theta is safely positive definite, else None.
@@ -95,7 +142,7 @@ class GradientDescentMSEPredictor:
         estimated from the Cholesky factor at t = inf, else from the eigenvalues."""
         if not is_reduced(self._kernel_dtype):
             return
-        tau = float((ts * self._rate).max())
+        tau = self._flow_scale(ts)
         if by_cholesky:
             lam_max, lam_min = extreme_eigenvalues(self._k_reg, self._cholesky)
         else:
@@ -129,7 +176,7 @@ class GradientDescentMSEPredictor:
         ``t`` is a vector)."""
         ts, is_vector = v.as_times(t)
         f0, r = self._residual_in_eigenbasis(fx_train_0)
-        g = self.spectrum.growth(ts * self._rate)
+        g = self._growth(ts)
         out = f0[None] + torch.einsum("ni,ti,io->tno", self.spectrum.evecs, g, r)
         return self._finish(out, self.y_shape, is_vector, self.dtype)
 
@@ -154,7 +201,7 @@ class GradientDescentMSEPredictor:
                 return self._finish(out, shape, is_vector, dtype)
         _, r = self._residual_in_eigenbasis(fx_train_0)
         self._check_conditioning(ts, by_cholesky=False)
-        h = self.spectrum.growth_over_e(ts * self._rate)
+        h = self._growth_over_e(ts)
         kv = k_td.to(torch.float64) @ self.spectrum.evecs
         out = ft0.reshape(k_td.shape[0], -1)[None] + torch.einsum("mi,ti,io->tmo", kv, h, r)
         dtype = self.dtype
@@ -176,6 +223,7 @@ def gradient_descent_mse(
     learning_rate: float = 1.0,
     diag_reg: float = 0.0,
     diag_reg_absolute_scale: bool = False,
+    momentum: float | None = None,
 ) -> GradientDescentMSEPredictor:
     """Predictor of a wide network's outputs under gradient flow on the MSE loss.
 
@@ -191,6 +239,11 @@ def gradient_descent_mse(
         diag_reg: non-negative diagonal regulariser, relative to mean(diag(k_train_train))
             unless ``diag_reg_absolute_scale``.
         diag_reg_absolute_scale: treat ``diag_reg`` as absolute.
+        momentum: None (gradient flow), or heavy-ball momentum m in [0, 1) in Neural
+            Tangents' continuous-time limit: f'' + c f' = -Theta (f - y) / n with
+            c = (1 - m) / sqrt(eta), in time tau = sqrt(eta) t (so eta and t no longer
+            enter only as their product), started at rest; solved in closed form per
+            eigen-direction. m = 0 is not the same as None (it keeps the inertia term).
 
     Returns:
         A :class:`GradientDescentMSEPredictor`; call it as
@@ -203,4 +256,5 @@ def gradient_descent_mse(
         learning_rate=learning_rate,
         diag_reg=diag_reg,
         diag_reg_absolute_scale=diag_reg_absolute_scale,
+        momentum=momentum,
     )
