@@ -64,10 +64,19 @@ def test_snip_sums_gradients_over_batches():
     torch.testing.assert_close(whole["2"], (g[1] * m[2].weight).abs().detach())
 
 
-def test_grasp_is_weight_times_hessian_gradient_by_explicit_hessian():
+@pytest.mark.parametrize(
+    ("temperature", "targets"), [(None, "classes"), (1.0, "classes"), (1.0, "real"), (7.0, "real")]
+)
+def test_grasp_is_weight_times_hessian_gradient_by_explicit_hessian(temperature, targets):
+    # importance w (H g) = -S (Wang et al. 2020), H and g of loss(f(x) / T, y); T defaults
+    # to 200 (the authors' code); cross-entropy for class targets, MSE for real ones
     m = _mlp()
     x, y = _data()
-    s = P.scores(m, "grasp", data=(x, y))
+    if targets == "classes":
+        y = torch.tensor([0, 1, 1, 0, 1])
+    kw = {} if temperature is None else {"temperature": temperature}
+    t = 200.0 if temperature is None else temperature
+    s = P.scores(m, "grasp", data=(x, y), **kw)
     w1, w2 = m[0].weight.detach(), m[2].weight.detach()
     n1 = w1.numel()
     others = {k: v.detach() for k, v in m.named_parameters() if not k.endswith("weight")}
@@ -78,14 +87,30 @@ def test_grasp_is_weight_times_hessian_gradient_by_explicit_hessian():
             "0.weight": flat[:n1].reshape(w1.shape),
             "2.weight": flat[n1:].reshape(w2.shape),
         }
-        return _loss(m, p, x, y)
+        out = functional_call(m, p, (x,)) / t
+        if targets == "classes":
+            return torch.nn.functional.cross_entropy(out, y)
+        return ((out - y) ** 2).mean()
 
     flat = torch.cat([w1.reshape(-1), w2.reshape(-1)])
     hess = torch.autograd.functional.hessian(f, flat)
     grad = torch.autograd.functional.jacobian(f, flat)
     imp = flat * (hess @ grad)  # = -S, S = -w (H g) the paper's score
-    torch.testing.assert_close(s["0"], imp[:n1].reshape(w1.shape), rtol=1e-9, atol=1e-12)
-    torch.testing.assert_close(s["2"], imp[n1:].reshape(w2.shape), rtol=1e-9, atol=1e-12)
+    scale = float(imp.abs().max())
+    assert scale > 0
+    torch.testing.assert_close(s["0"], imp[:n1].reshape(w1.shape), rtol=1e-9, atol=1e-12 * scale)
+    torch.testing.assert_close(s["2"], imp[n1:].reshape(w2.shape), rtol=1e-9, atol=1e-12 * scale)
+
+
+def test_grasp_temperature_changes_the_ranking():
+    # T = 200 is not a rescaling of the T = 1 scores: the kept sets differ
+    torch.manual_seed(0)
+    m = nn.Sequential(nn.Linear(10, 50), nn.ReLU(), nn.Linear(50, 50), nn.ReLU(), nn.Linear(50, 5))
+    g = torch.Generator().manual_seed(0)
+    data = (torch.randn(64, 10, generator=g), torch.randint(0, 5, (64,), generator=g))
+    hot = P.masks_from_scores(P.scores(m, "grasp", data=data, temperature=1.0), 0.1)
+    cold = P.masks_from_scores(P.scores(m, "grasp", data=data), 0.1)
+    assert any(not torch.equal(hot[n], cold[n]) for n in hot)
 
 
 def test_synflow_closed_form_two_layer():
@@ -272,6 +297,9 @@ def test_bad_inputs_give_one_line_errors():
     for method in ("snip", "grasp"):
         with pytest.raises(ValueError, match=f"`data`: method '{method}' needs data"):
             P.prune(m, method, 0.5)
+    for t in (0, -1.0, float("inf"), "hot"):
+        with pytest.raises(ValueError, match="`temperature`"):
+            P.prune(m, "grasp", 0.5, data=(x, y), temperature=t)
     with pytest.raises(ValueError, match="`method`"):
         P.prune(m, "hessian", 0.5)
     with pytest.raises(ValueError, match="`scope`"):

@@ -49,6 +49,45 @@ def test_masked_ntk_is_the_ntk_of_the_surviving_weights():
     torch.testing.assert_close(P.empirical_kernel(model, x, "nngp"), out @ out.T / 3)
 
 
+@pytest.mark.parametrize("method", ["jacobian", "ntk_vector", "structured", "loop"])
+def test_masked_ntk_every_method_on_a_conv_network(method):
+    # the study's kernel distance relies on the empirical NTK of a masked model being that
+    # of its surviving weights, whichever empirical method runs: against the Jacobian of an
+    # unmasked copy at the masked weights, restricted to the kept entries
+    net = wn.serial(
+        wn.Conv(4, 3, stride=2, w_std=1.4, b_std=0.1, parameterization="standard"),
+        wn.Relu(),
+        wn.Flatten(),
+        wn.Dense(3, w_std=1.0, b_std=0.1, parameterization="standard"),
+    )
+    model = net.build((1, 7, 7), seed=0, dtype=D)
+    ms = P.prune(model, "magnitude", 0.3)
+    plain = net.build((1, 7, 7), seed=0, dtype=D)
+    with torch.no_grad():
+        for name in ms:
+            plain.get_submodule(name).weight.copy_(model.get_submodule(name).weight)
+    x = torch.randn(4, 1, 7, 7, generator=torch.Generator().manual_seed(2), dtype=D)
+    params = {k: v.detach() for k, v in plain.named_parameters()}
+    jac = jacrev(lambda p: functional_call(plain, p, (x,)))(params)
+    rows = []
+    for k, j in jac.items():
+        layer, kind = k.rsplit(".", 1)
+        if kind == "weight":
+            j = j * ms[layer]
+        rows.append(j.reshape(x.shape[0], 3, -1))
+    j = torch.cat(rows, -1)
+    expected = torch.einsum("aop,bop->ab", j, j) / 3
+    got = wn.empirical.ntk(model, x, method=method)
+    torch.testing.assert_close(got, expected, rtol=1e-10, atol=0)
+    unmasked = (
+        torch.einsum(
+            "aop,bop->ab", *(2 * [torch.cat([v.reshape(4, 3, -1) for v in jac.values()], -1)])
+        )
+        / 3
+    )
+    assert float((unmasked - expected).norm() / expected.norm()) > 0.05  # the mask matters
+
+
 def test_kernel_distance_against_module_tensor_and_network():
     net = wn.serial(wn.Dense(32, 1.5, 0.1), wn.Relu(), wn.Dense(2, 1.5, 0.1))
     x = _x()

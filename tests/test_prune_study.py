@@ -60,7 +60,11 @@ def test_synflow_finding_reproduced_and_each_condition_flips_it():
     assert f["verdict"] == F.NOT
     # a drop just under ABRUPT_DROP is not abrupt
     smooth = {**snip, 0.005: 0.9 - F.ABRUPT_DROP + 0.01}
-    assert _verdict(_rows({**base, "snip": smooth}), "synflow")["verdict"] == F.NOT
+    f = _verdict(_rows({**base, "snip": smooth}), "synflow")
+    assert f["verdict"] == F.NOT
+    # ... and the report says which drop it tested: the steepest, with SynFlow's gap there
+    assert f"steepest at most 10.0% is {100 * F.ABRUPT_DROP - 1:.1f} points" in f["details"][0]
+    assert "SynFlow 88.0% there (+12.0 points" in f["details"][0]
     # SynFlow not above by SYNFLOW_MARGIN where the drop ends
     close = {**syn, 0.005: 0.5 + F.SYNFLOW_MARGIN - 0.01}
     assert _verdict(_rows({**base, "synflow": close}), "synflow")["verdict"] == F.NOT

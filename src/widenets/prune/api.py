@@ -11,7 +11,7 @@ from torch import nn
 from widenets.errors import check_positive_int
 from widenets.prune.densities import check_density
 from widenets.prune.masks import masks_from_scores
-from widenets.prune.scores import METHODS, SynFlow, _check_finite, scores
+from widenets.prune.scores import GRASP_TEMPERATURE, METHODS, SynFlow, _check_finite, scores
 from widenets.prune.targets import apply_masks, masks, prunable
 from widenets.prune.targets import density as current_density
 
@@ -29,6 +29,7 @@ def prune(
     rescale: bool = False,
     layers=None,
     seed: int | None = None,
+    temperature: float = GRASP_TEMPERATURE,
 ) -> dict:
     """Prune ``model`` in place to ``density`` by ``method``; returns the boolean masks.
 
@@ -46,6 +47,7 @@ def prune(
         rescale: scale each layer's kept weights by 1 / sqrt(its density) (variance kept).
         layers: restrict to these module names.
         seed: randomness of "random" (a fresh seed when None).
+        temperature: GraSP's (see :func:`widenets.prune.scores`).
     """
     if method not in METHODS:
         raise ValueError(f"`method` must be one of {METHODS}, got {method!r}.")
@@ -59,7 +61,14 @@ def prune(
         gen.seed()
     else:
         gen.manual_seed(int(seed))
-    kw = dict(data=data, loss=loss, input_shape=input_shape, layers=names, generator=gen)
+    kw = dict(
+        data=data,
+        loss=loss,
+        input_shape=input_shape,
+        layers=names,
+        generator=gen,
+        temperature=temperature,
+    )
     if iterations == 1:
         new = masks_from_scores(scores(model, method, **kw), density, scope)
     elif method == "synflow":

@@ -5,7 +5,9 @@
 - ``"snip"`` (Lee et al. 2019): |g * w|, g = dL/dw on the data.
 - ``"grasp"`` (Wang et al. 2020): the paper's score is S = -w * (H g) and the weights with
   the largest S are removed; here the importance w * (H g) = -S is returned, H the Hessian
-  of the loss in the prunable weights and g the gradient (both on the data).
+  of the loss in the prunable weights and g the gradient, both of loss(f(x) / T, y) on the
+  data with the logits divided by the temperature T (200 in the authors' code and
+  Tanaka et al.'s; T = 1 is the formula without it).
 - ``"synflow"`` (Tanaka et al. 2020): |dR/dw * w| with R = 1^T (prod_l |W_l|) 1, the
   network's output summed on an input of ones with every parameter and buffer made
   positive, in float64, in eval mode (one pass; :func:`widenets.prune.prune` iterates it).
@@ -23,9 +25,12 @@ import torch.nn.functional as F
 from torch import Tensor, nn
 from torch.nn.utils import parametrize
 
+from widenets.errors import check_finite_real
 from widenets.prune.targets import current_mask, prunable
 
 METHODS = ("random", "magnitude", "snip", "grasp", "synflow")
+#: GraSP's temperature (Wang et al. 2020's code, github.com/alecwangcq/GraSP, ``T=200``)
+GRASP_TEMPERATURE = 200.0
 NEEDS_DATA = ("snip", "grasp")
 
 
@@ -100,6 +105,7 @@ def scores(
     input_shape=None,
     layers=None,
     generator: torch.Generator | None = None,
+    temperature: float = GRASP_TEMPERATURE,
 ) -> dict[str, Tensor]:
     """Scores of the prunable weights of ``model`` (module name -> tensor of the weight's
     shape, float64 for "synflow", else the weight's dtype).
@@ -112,6 +118,8 @@ def scores(
         input_shape: per-example input shape for "synflow" (default: from ``data``).
         layers: restrict to these module names (see :func:`prunable`).
         generator: randomness of "random".
+        temperature: "grasp" divides the model's output by it before the loss (default
+            200, as the authors' implementation).
     """
     if method not in METHODS:
         raise ValueError(f"`method` must be one of {METHODS}, got {method!r}.")
@@ -119,6 +127,9 @@ def scores(
     if method in NEEDS_DATA and data is None:
         raise ValueError(f"`data`: method {method!r} needs data (x, y) to score weights.")
     loss = default_loss if loss is None else loss
+    temperature = check_finite_real(temperature, "temperature")
+    if temperature <= 0:
+        raise ValueError(f"`temperature` must be positive, got {temperature!r}.")
     if method == "random":
         out = {
             n: torch.rand(m.weight.shape, generator=generator, dtype=torch.float64).to(
@@ -133,7 +144,7 @@ def scores(
         gs = _loss_grad(c, cm, _batches(data), loss)
         out = {n: (g * m.weight).detach().abs() for (n, m), g in zip(cm.items(), gs, strict=True)}
     elif method == "grasp":
-        out = _grasp(model, layers, _batches(data), loss)
+        out = _grasp(model, layers, _batches(data), _tempered(loss, temperature))
     else:
         out = _synflow(model, layers, data, input_shape)
     for n, m in mods.items():
@@ -148,6 +159,13 @@ def _check_finite(s: Tensor, method: str, name: str) -> None:
             f"`model`: {method} scores of layer {name!r} are not finite (NaN/inf in the "
             "loss, its gradients or the network's output)."
         )
+
+
+def _tempered(loss, temperature: float):
+    """loss(out / T, y) (the loss itself when T = 1)."""
+    if temperature == 1.0:
+        return loss
+    return lambda out, y: loss(out / temperature, y)
 
 
 def _grasp(model, layers, batches, loss):

@@ -130,6 +130,22 @@ def _keeps(e, dense, tol) -> bool:
     return e["accuracy"] >= dense["accuracy"] - max(tol, 2 * _se(e, dense))
 
 
+def _steepest_drop(table: Table, arch, method, grid):
+    """(d, prev, entry at d, entry at prev, SynFlow's entry at d) of the largest accuracy
+    drop between neighbouring densities ending at d <= EXTREME, or None."""
+    best = None
+    for prev, d in zip(grid, grid[1:], strict=False):
+        a, p = table.get(arch, method, d), table.get(arch, method, prev)
+        if not (a and p) or d > EXTREME:
+            continue
+        if (
+            best is None
+            or p["accuracy"] - a["accuracy"] > best[3]["accuracy"] - best[2]["accuracy"]
+        ):
+            best = (d, prev, a, p, table.get(arch, "synflow", d))
+    return best
+
+
 def synflow_finding(table: Table) -> dict:
     per_arch, details = {}, []
     for arch in table.archs:
@@ -160,6 +176,7 @@ def synflow_finding(table: Table) -> dict:
                     found = (d, prev, a, p, s)
                     break
             name = m.upper() if m == "snip" else "GraSP"
+            steepest = _steepest_drop(table, arch, m, grid)
             if found:
                 d, prev, a, p, s = found
                 where = f" ({a['collapsed_seeds']}/{a['n']} seeds with a collapsed layer)"
@@ -167,13 +184,23 @@ def synflow_finding(table: Table) -> dict:
                     f"{name} drops from {_acc(p)} at {_pct(prev)} to {_acc(a)} at {_pct(d)}"
                     f"{where if a['collapsed_seeds'] else ''}, SynFlow {_acc(s)} there"
                 )
+            elif steepest is None:
+                ok = False
+                parts.append(f"{name} has no density of at most {_pct(EXTREME)} to compare")
             else:
                 ok = False
-                d = grid[-1]
-                a, s = table.get(arch, m, d), table.get(arch, "synflow", d)
+                d, prev, a, p, s = steepest
+                gap = (
+                    f"SynFlow {_acc(s)} there ({100 * (s['accuracy'] - a['accuracy']):+.1f} "
+                    f"points, needed max({100 * SYNFLOW_MARGIN:.0f}, 2 se = "
+                    f"{200 * _se(s, a):.1f}))"
+                    if s
+                    else "no SynFlow there"
+                )
                 parts.append(
-                    f"{name} has no abrupt drop (at {_pct(d)}: {_acc(a)}, SynFlow "
-                    f"{_acc(s) if s else '–'})"
+                    f"{name} has no abrupt drop below SynFlow: its steepest at most "
+                    f"{_pct(EXTREME)} is {100 * (p['accuracy'] - a['accuracy']):.1f} points, "
+                    f"from {_acc(p)} at {_pct(prev)} to {_acc(a)} at {_pct(d)}, {gap}"
                 )
         per_arch[arch] = ok
         details.append(f"{arch}: " + "; ".join(parts) + ".")
