@@ -225,6 +225,12 @@ def test_reading_is_lazy_and_the_operator_multiplies(tmp_path):
     k = net.kernel(x, get="nngp", batch_size=CHUNK).nngp
     v = _x(20, d=3, seed=5)
     assert torch.allclose(stored.operator("nngp").matmul(v), k @ v, rtol=1e-13, atol=0)
+    # a preconditioner's columns recomputed from the network, rows read from the store
+    from widenets.predict import NetworkKernel
+
+    op = stored.operator("nngp", columns_from=NetworkKernel(net, x, get="nngp"))
+    op.rows = None  # columns must not read rows of the store
+    assert torch.allclose(op.columns([2, 17]), k[:, [2, 17]], rtol=1e-13, atol=0)
 
 
 def test_bad_arguments(tmp_path):

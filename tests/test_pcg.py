@@ -176,6 +176,23 @@ def test_array_operators_read_by_rows(tmp_path):
         DenseKernel(mm, columns_from=NetworkKernel(net, x[:50], get="nngp"))
 
 
+def test_the_diagonal_of_an_array_reads_only_diagonal_blocks():
+    x, _, _ = small_problem(n=50)
+    k = fc().kernel(x, get="nngp").nngp.numpy()
+    reads = []
+
+    class Recorded:  # an array on disk, as zarr or h5py: slices by (rows, columns)
+        shape = k.shape
+
+        def __getitem__(self, sel):
+            reads.append(sel)
+            return k[sel]
+
+    diag = DenseKernel(Recorded(), block_rows=16).diagonal()
+    assert torch.equal(diag, torch.from_numpy(k.diagonal().copy()))
+    assert reads == [(slice(s, min(s + 16, 50)),) * 2 for s in range(0, 50, 16)]
+
+
 # ------------------------------------------------------------- preconditioners
 
 

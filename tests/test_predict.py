@@ -4,6 +4,7 @@ exponentials, ODE integration); none of the expected values come from the code u
 from __future__ import annotations
 
 import math
+import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -560,3 +561,52 @@ def test_large_finite_times_on_a_singular_kernel_tend_to_the_converged_answer():
     mean_inf, _ = ensemble(net, x_train, y, x_test, get="ntk", t=None)
     for m in mean:
         assert (m - mean_inf).norm() <= 1e-6 * mean_inf.norm()
+
+
+# ------------------------------------------------------- checks and regularisation
+
+
+@pytest.mark.parametrize("n, block_bytes", [(1, 8), (7, 8), (64, 8 * 64 * 5), (65, 2**20)])
+def test_max_asymmetry_by_blocks_equals_the_dense_difference(n, block_bytes):
+    from widenets.predict._validation import max_asymmetry
+
+    g = torch.Generator().manual_seed(n)
+    k = torch.randn(n, n, generator=g, dtype=torch.float64)
+    assert max_asymmetry(k, block_bytes) == float((k - k.T).abs().max())
+    sym = k + k.T
+    assert max_asymmetry(sym, block_bytes) == 0.0
+    if n > 1:  # one entry off, above or below the diagonal
+        for i, j in ((n - 1, 0), (0, n - 1)):
+            bad = sym.clone()
+            bad[i, j] += 0.25
+            assert max_asymmetry(bad, block_bytes) == float((bad - bad.T).abs().max())
+
+
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize("diag_reg, absolute", [(0.0, False), (1e-3, False), (0.5, True)])
+def test_regularize_is_the_textbook_formula_bit_for_bit(dtype, diag_reg, absolute):
+    from widenets.predict._linalg import regularize
+
+    g = torch.Generator().manual_seed(3)
+    k = torch.randn(40, 40, generator=g, dtype=torch.float64).to(dtype)
+    before = k.clone()
+    k64 = k.to(torch.float64)
+    want = (k64 + k64.T) / 2
+    scale = 1.0 if absolute else float(torch.diagonal(want).mean())
+    want = want + (diag_reg * scale) * torch.eye(40, dtype=torch.float64)
+    got = regularize(k, diag_reg, absolute)
+    assert got.dtype == torch.float64 and torch.equal(got, want)
+    assert torch.equal(k, before)  # the input is not modified
+
+
+def test_check_finite_accepts_finite_entries_whose_sum_overflows():
+    from widenets.predict._validation import check_finite
+
+    big = torch.full((3, 3), 1e308, dtype=torch.float64)
+    check_finite(big, "k")  # the sum is inf, every entry finite
+    for bad, where in ((math.inf, (1, 2)), (math.nan, (2, 0)), (-math.inf, (0, 1))):
+        t = big.clone()
+        t[where] = bad
+        msg = f"`k` contains NaN or inf (first at index {where})"
+        with pytest.raises(ValueError, match=re.escape(msg)):
+            check_finite(t, "k")

@@ -440,7 +440,7 @@ class StoredKernel:
     ``nngp``, ``ntk``, ``cov1``, ``cov2`` (None when not stored; ``cov2`` is ``cov1`` for a
     set with itself): dask arrays whose every chunk is checked against its recorded CRC-32
     when loaded (a CorruptTileError, never numbers). ``zarr(name)``: the zarr array itself
-    (unchecked beyond the file sizes checked at opening). ``operator(name)``: a
+    (unchecked beyond the file sizes checked at opening). ``operator(name, columns_from=None)``: a
     ``widenets.predict.operators.DenseKernel`` reading the checked dask array by row blocks
     of one chunk (PCG solvers)."""
 
@@ -499,7 +499,11 @@ class StoredKernel:
     def cov2(self):
         return self._dask("cov1" if self.meta.get("same") else "cov2")
 
-    def operator(self, name: str = "nngp"):
+    def operator(self, name: str = "nngp", *, columns_from=None):
+        """A ``DenseKernel`` reading the checked dask array by row blocks of one chunk;
+        ``columns_from``: an operator of the same kernel that answers ``columns`` (e.g.
+        ``NetworkKernel(net, x)``: a preconditioner's r columns recomputed instead of
+        reading nearly every stored tile)."""
         from widenets.predict.operators import DenseKernel
 
         a = self._dask(name)
@@ -510,7 +514,7 @@ class StoredKernel:
                 f"the stored {name} has shape {a.shape}: an operator needs an (N1, N2) matrix "
                 "(a network ending in a readout)."
             )
-        return DenseKernel(a, block_rows=self.meta["chunk"])
+        return DenseKernel(a, block_rows=self.meta["chunk"], columns_from=columns_from)
 
 
 def open_kernel(path) -> StoredKernel:

@@ -21,11 +21,12 @@ def regularize(k: Tensor, diag_reg: float, diag_reg_absolute_scale: bool) -> Ten
     The input is also symmetrised, (K + K^T) / 2, to remove round-off asymmetry.
     """
     k = k.to(torch.float64)
-    k = (k + k.T) / 2
+    k = (k + k.T).mul_(0.5)  # one N x N allocation; * 0.5 is / 2 exactly
     if diag_reg == 0.0:
         return k
     scale = 1.0 if diag_reg_absolute_scale else float(torch.diagonal(k).mean())
-    return k + (diag_reg * scale) * torch.eye(k.shape[0], dtype=k.dtype, device=k.device)
+    k.diagonal().add_(diag_reg * scale)
+    return k
 
 
 def cholesky(k_reg: Tensor, name: str = "k_train_train", dtype=None) -> Tensor:
