@@ -297,3 +297,20 @@ def test_dataset_validates_its_fields():
 def test_missing_optional_package_says_what_to_install():
     with pytest.raises(ImportError, match="pip install no-such-pkg"):
         real._require("widenets_no_such_module", "no-such-pkg", "thing")
+
+
+@pytest.mark.parametrize(
+    "name, kwargs, match",
+    [
+        (
+            "modular_addition",
+            {"n_train": 100},
+            r"'modular_addition' takes no argument 'n_train'.*'p'",
+        ),
+        ("iris", {"flatten": False}, r"'iris' takes no argument 'flatten'.*'n_train'"),
+        ("digits", {"n_trian": 10}, r"'digits' takes no argument 'n_trian'.*'n_train'"),
+    ],
+)
+def test_load_names_an_argument_the_dataset_does_not_take(name, kwargs, match):
+    with pytest.raises(TypeError, match=match):
+        data.load(name, **kwargs)

@@ -16,6 +16,7 @@ optional: each is imported only when its dataset is loaded.
 
 from __future__ import annotations
 
+import inspect
 from functools import partial
 
 from widenets.data._split import Dataset, one_hot
@@ -46,7 +47,14 @@ def load(name: str, **kwargs) -> Dataset:
     """
     if not isinstance(name, str) or name not in _LOADERS:
         raise ValueError(f"Unknown dataset `name`={name!r}; known names: {available()}.")
-    return _LOADERS[name](**kwargs)
+    loader = _LOADERS[name]
+    accepted = list(inspect.signature(loader).parameters)
+    unknown = [key for key in kwargs if key not in accepted]
+    if unknown:
+        raise TypeError(
+            f"Dataset {name!r} takes no argument {unknown[0]!r}; its arguments are {accepted}."
+        )
+    return loader(**kwargs)
 
 
 __all__ = [
