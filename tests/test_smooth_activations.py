@@ -13,7 +13,7 @@ import torch
 
 import widenets as wn
 from _gauss_reference import FUNCTIONS, PATH, reference
-from widenets.layers.quadrature import pair_by_split
+from widenets.layers.quadrature import hermite_nodes, pair_by_split
 
 STORED = json.loads(PATH.read_text())
 CASES = {name: (getattr(wn, name)(**kw), f, df) for name, (kw, f, df) in FUNCTIONS.items()}
@@ -123,6 +123,22 @@ def test_network_kernel_diagonal_and_symmetry():
     k = net.kernel(x)
     assert torch.equal(k.nngp, k.nngp.T)
     assert torch.isfinite(k.ntk).all()
+
+
+@pytest.mark.parametrize(
+    "act", [wn.Softplus(), wn.Elementwise(torch.relu, kinks=(0.0,)), wn.Elementwise(torch.tanh)]
+)
+def test_zero_input_without_bias_gives_the_kernel_of_a_zero_pre_activation(act):
+    """Both variances 0 (a zero input, no bias): c is 0, not 0/0, so the kernel is
+    phi(0) E[phi(v)] against the others and phi(0)^2 with itself."""
+    x = torch.tensor([[0.0, 0.0], [1.0, -2.0]], dtype=torch.float64)
+    k = wn.serial(wn.Dense(8, w_std=1.5), act).kernel(x)
+    f0 = act.fn(torch.zeros((), dtype=torch.float64)).item()
+    q = 1.5**2 * 5.0 / 2.0
+    z, w = hermite_nodes(200, torch.float64)
+    mean = (act.fn(math.sqrt(q) * z) @ w).item()  # E[phi(v)], v ~ N(0, q)
+    assert k.nngp[0, 0].item() == pytest.approx(f0 * f0, rel=1e-14, abs=1e-300)
+    assert k.nngp[0, 1].item() == pytest.approx(f0 * mean, rel=1e-8, abs=1e-300)
 
 
 def test_elementwise_panels_rule_converges_where_gauss_hermite_stalls():

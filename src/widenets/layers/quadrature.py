@@ -216,8 +216,7 @@ def check_kinks(kinks) -> tuple[float, ...]:
 def pair_by_rule(fn, derivative, nngp, q1, q2, z, w, want_dot):
     """(E[fn(u) fn(v)], E[fn'(u) fn'(v)] or None) by the product rule on nodes ``z`` and
     weights ``w`` of a 1-D rule for the standard normal (used in both directions)."""
-    s12 = outer_sqrt(q1, q2)
-    c = correlation(nngp, s12)
+    c = _correlation(nngp, q1, q2)
     s = torch.mul(c, c).neg().add(1.0).clamp_min(0.0).sqrt()
     sq1 = q1.sqrt().expand_as(nngp).unsqueeze(-1)  # (..., 1)
     sq2 = q2.sqrt().expand_as(nngp).unsqueeze(-1).unsqueeze(-1)  # (..., 1, 1)
@@ -227,6 +226,12 @@ def pair_by_rule(fn, derivative, nngp, q1, q2, z, w, want_dot):
     out = _expect(fn, u, v, w)
     dot = _expect(derivative, u, v, w) if want_dot else None
     return out, dot
+
+
+def _correlation(nngp, q1, q2):
+    """c = K / sqrt(q1 q2) (``correlation``), and 0 where both variances are 0: there
+    ``outer_sqrt`` underflows to 0 and K = 0 (a zero input without bias)."""
+    return correlation(nngp, outer_sqrt(q1, q2).clamp_min(torch.finfo(nngp.dtype).tiny))
 
 
 def _expect(f, u, v, w):
@@ -258,7 +263,7 @@ def pair_by_split(
     v = B, for every B in ``breaks`` (``split_nodes``: ``panels`` panels of ``points``
     nodes per interval). ``ramps``: also split z1 at RAMP_WIDTH s/|c| either side of
     mu = B, which a kink at B needs near |c| = 1 (module docstring)."""
-    c = correlation(nngp, outer_sqrt(q1, q2))
+    c = _correlation(nngp, q1, q2)
     s = (1.0 - c).mul(1.0 + c).clamp_min(0.0).sqrt()  # accurate near |c| = 1
     a, b = q1.sqrt().expand_as(nngp), q2.sqrt().expand_as(nngp)
     tiny, big = torch.finfo(nngp.dtype).tiny, 2.0 * HALF_WIDTH
