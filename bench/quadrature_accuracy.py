@@ -10,6 +10,10 @@ to that (the criterion of ``tests/test_smooth_activations.py``), for three rules
 128-point Gauss-Hermite (``Elementwise``'s default), 16 uniform Gauss-Legendre panels of 16
 points on [-9, 9] (the smooth activations' previous rule) and the split rule (now).
 
+Then ``Elementwise`` on ReLU, Abs and LeakyRelu(0.2) against their closed forms (variances
+1/64 to 16, equal and unequal; c from -1 to 1), same criterion with the scale sqrt(q1 q2)
+for the NNGP and 1 for Kdot: Gauss-Hermite 128, ``panels=16`` and ``kinks=(0.0,)``.
+
 ``--large``: Tanh at variances 30, 100 and 300 with 1, 2 and 3 panels of the split rule,
 against the same adaptive quadrature computed here (a few minutes).
 """
@@ -78,6 +82,37 @@ def stored_grid():
             print(f"  {layer!r:18s} {rule:18s} NNGP {e0:.1e} at {w0}  Kdot {e1:.1e} at {w1}")
 
 
+KINK_VARIANCES = [(1 / 64, 1 / 64), (1.0, 1.0), (16.0, 16.0), (1 / 16, 16.0), (16.0, 1.0)]
+KINK_CORRELATIONS = [-1.0, -1 + 1e-12, -0.9999, -0.9, 0.0, 0.5, 0.99, 0.9999, 1 - 1e-8, 1.0]
+
+
+def kinked():
+    print("Elementwise of a kinked function against its closed form, worst over the grid")
+    cases = [
+        ("relu", torch.relu, wn.Relu()),
+        ("abs", torch.abs, wn.Abs()),
+        ("leaky", lambda x: torch.where(x > 0, x, 0.2 * x), wn.LeakyRelu(0.2)),
+    ]
+    t = lambda v: torch.tensor(v, dtype=torch.float64)  # noqa: E731
+    for name, fn, closed in cases:
+        layers = {
+            "Gauss-Hermite 128": wn.Elementwise(fn),
+            "panels=16": wn.Elementwise(fn, panels=16),
+            "kinks=(0.0,)": wn.Elementwise(fn, kinks=(0.0,)),
+        }
+        for rule, layer in layers.items():
+            err = [0.0, 0.0]
+            for q1, q2 in KINK_VARIANCES:
+                for c in KINK_CORRELATIONS:
+                    k = t(c * math.sqrt(q1 * q2))
+                    got = layer.pair(k, t(q1), t(q2), True)
+                    exact = closed.pair(k, t(q1), t(q2), True)
+                    for i, scale in enumerate((math.sqrt(q1 * q2), 1.0)):
+                        g, e = got[i].item(), exact[i].item()
+                        err[i] = max(err[i], abs(g - e) / max(abs(e), 1e-3 * scale))
+            print(f"  {name:6s} {rule:18s} NNGP {err[0]:.1e}  Kdot {err[1]:.1e}")
+
+
 def large_variance():
     _, f, df = FUNCTIONS["Tanh"]
     print("Tanh at large variance, split rule, worst over c in (-0.9999, 0.3, 0.999, 1)")
@@ -102,6 +137,7 @@ def main():
     parser.add_argument("--large", action="store_true")
     args = parser.parse_args()
     stored_grid()
+    kinked()
     if args.large:
         large_variance()
 

@@ -1,13 +1,13 @@
 """Kernel time of the smooth activations' split rule against the rule it replaced, and of
 ``Elementwise`` with declared kinks against Gauss-Hermite, measured in the same run.
 
-    python bench/quadrature_rules.py [--n 100] [--width 512]
+    python bench/quadrature_rules.py [--n 100] [--width 512] [--repeats 3]
 
 A set of n random inputs (dimension 10) with itself, NNGP and NTK, float64. Smooth: two
 hidden ``Dense(width)`` layers of Tanh and of Mish; baseline the same activation with the
 previous rule (16 uniform Gauss-Legendre panels of 16 points on [-9, 9] per direction,
 ``pair_by_rule``). Kinks: one hidden layer of ``Elementwise(torch.relu)``, baseline its
-default 128-point Gauss-Hermite rule. Printed: best of 3 times and the ratio.
+default 128-point Gauss-Hermite rule. Printed: best of ``--repeats`` times and the ratio.
 """
 
 from __future__ import annotations
@@ -46,6 +46,7 @@ def main():
     parser = argparse.ArgumentParser()
     parser.add_argument("--n", type=int, default=100)
     parser.add_argument("--width", type=int, default=512)
+    parser.add_argument("--repeats", type=int, default=3)
     args = parser.parse_args()
     x = torch.randn(args.n, 10, dtype=torch.float64, generator=torch.Generator().manual_seed(0))
 
@@ -67,7 +68,7 @@ def main():
     ]
     print(f"n={args.n} width={args.width} threads={torch.get_num_threads()}")
     for name, new, base in cases:
-        t_base, t_new = best(base, x), best(new, x)
+        t_base, t_new = best(base, x, args.repeats), best(new, x, args.repeats)
         print(f"{name}: baseline {t_base:.2f} s, now {t_new:.2f} s, ratio {t_base / t_new:.2f}x")
 
 
