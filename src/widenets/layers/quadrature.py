@@ -126,11 +126,12 @@ class Elementwise(Activation):
         kinks: points where ``fn`` (or its derivative) is not smooth, e.g. ``(0.0,)`` for
             ReLU, abs or a leaky ReLU, ``(-1.0, 1.0)`` for a hard tanh. Then the split rule
             (``pair_by_split``): Gauss-Legendre on the intervals between the kinks in each
-            direction, ``panels`` (default 1) panels of ``SPLIT_POINTS`` points each. It
-            converges as for a smooth function: on ReLU, Abs and LeakyRelu it meets the
-            closed forms within 1.1e-14 relative at variances 1/64 to 16, |c| up to 1
-            (``bench/quadrature_accuracy.py``; tested to 1e-8), at about 7x the time of
-            the default Gauss-Hermite rule. A kink not declared is not resolved.
+            direction, ``panels`` (default 1) panels of ``SPLIT_POINTS`` points each
+            (``degree`` is then unused). It converges as for a smooth function: on ReLU,
+            Abs and LeakyRelu it meets the closed forms within 1.1e-14 relative at
+            variances 1/64 to 16, |c| up to 1 (``bench/quadrature_accuracy.py``; tested
+            to 1e-8), at about 7x the time of the default Gauss-Hermite rule. A kink
+            not declared is not resolved.
 
     Two Elementwise layers are equal when their ``fn`` is the same function object (and
     ``degree``, ``name``, ``panels`` and ``kinks`` agree).
