@@ -13,7 +13,7 @@ import torch
 
 import widenets as wn
 from _gauss_reference import FUNCTIONS, PATH, reference
-from widenets.layers.quadrature import hermite_nodes, pair_by_split
+from widenets.layers.quadrature import hermite_nodes, pair_by_split, split_nodes
 
 STORED = json.loads(PATH.read_text())
 CASES = {name: (getattr(wn, name)(**kw), f, df) for name, (kw, f, df) in FUNCTIONS.items()}
@@ -218,6 +218,16 @@ def test_kinks_away_from_zero_match_adaptive_quadrature(q1, q2, c):
     out, dot = _pair(layer, q1, q2, c)
     assert abs(out - reference(f, q1, q2, c, (-1.0, 1.0))) < 1e-9
     assert abs(dot - reference(df, q1, q2, c, (-1.0, 1.0))) < 1e-9
+
+
+@pytest.mark.parametrize("breaks", [[], [0.0], [-1.5, 2.0], [-30.0, 0.3]])
+def test_split_nodes_integrate_normal_moments(breaks):
+    """With any break points (none, inside, outside [-9, 9]) the rule gives E[1] = 1,
+    E[z] = 0, E[z^2] = 1, E[z^4] = 3 of the standard normal to 1e-14."""
+    z, w = split_nodes(torch.tensor([breaks], dtype=torch.float64).reshape(1, -1), 1, 64)
+    assert z.shape == (1, (len(breaks) + 1) * 64)
+    for power, moment in ((0, 1.0), (1, 0.0), (2, 1.0), (4, 3.0)):
+        assert abs((w * z**power).sum().item() - moment) < 1e-14, (power, breaks)
 
 
 def test_kinks_are_checked_and_shown():

@@ -84,7 +84,7 @@ def split_nodes(breaks: Tensor, panels: int, points: int, half_width: float = HA
     x = torch.as_tensor(x, dtype=breaks.dtype, device=breaks.device)
     w = torch.as_tensor(w, dtype=breaks.dtype, device=breaks.device)
     b = breaks.clamp(-half_width, half_width).sort(dim=-1).values
-    end = torch.full_like(b[..., :1], half_width)
+    end = b.new_full(b.shape[:-1] + (1,), half_width)  # also when there are no breaks
     edges = torch.cat([-end, b, end], dim=-1)  # (..., K + 2)
     lo, width = edges[..., :-1], edges[..., 1:] - edges[..., :-1]  # (..., K + 1)
     step = torch.arange(panels, dtype=b.dtype, device=b.device) / panels
