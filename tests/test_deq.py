@@ -127,6 +127,16 @@ def test_deep_weight_tied_kernel_tends_to_fixed_point(act, x):
     assert errs[-1] < 1e-3 * errs[0]
 
 
+def test_deq_of_kinked_elementwise_matches_the_closed_form(x):
+    """The equilibrium through ReLU by the split rule (``kinks=(0.0,)``) is the closed-form
+    ReLU one to 1e-8 relative, NNGP and NTK."""
+    exact = _net(wn.Relu(), 8).kernel(x)
+    split = _net(wn.Elementwise(torch.relu, kinks=(0.0,)), 8).kernel(x)
+    for name in ("nngp", "ntk"):
+        a, b = getattr(exact, name), getattr(split, name)
+        assert ((a - b).abs() / a.abs()).max().item() < 1e-8, name
+
+
 def test_finite_weight_tied_network_matches_its_kernel_and_approaches_deq(x):
     """Finite depth-L weight-tied nets: Monte-Carlo NNGP matches the depth-L kernel, and
     the finite DEQ's outputs are the limit of the unrolled net's (same weights)."""

@@ -14,6 +14,8 @@ ACTS = [
     wn.Gelu(),
     wn.Sin(),
     wn.Elementwise(torch.tanh, degree=16),
+    wn.Tanh(),  # the split rule: its break points move with the correlation
+    wn.Elementwise(torch.relu, kinks=(0.0,)),
 ]
 
 
