@@ -157,6 +157,7 @@ report(done=len(spec["cases"]))
 
 _NT_LAYERS_SCRIPT = r"""
 import json
+import numpy as np
 from neural_tangents import stax
 
 x1 = load("x1").transpose(0, 2, 3, 1)  # NCHW -> NHWC

@@ -76,6 +76,13 @@ def _packable():
         "conv_local": wn.serial(conv, wn.Relu(), wn.ConvLocal(3, 3, b_std=0.1)),
         "fan_in_prod": wn.serial(conv, wn.fan_out(2), wn.parallel(conv, conv), wn.fan_in_prod()),
         "repeat": wn.serial(conv, wn.repeat(wn.serial(wn.Relu(), conv), 2)),
+        "dot_general": wn.serial(
+            conv,
+            wn.DotGeneral(
+                rhs=[0.5, -1.0, 2.0, 0.3, 1.1], dimension_numbers=(((), ()), ((3,), (0,)))
+            ),
+        ),
+        "image_resize_nearest": wn.serial(conv, wn.ImageResize((-1, -1, 4, 7), "nearest")),
     }
 
 
