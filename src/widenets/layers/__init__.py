@@ -40,6 +40,7 @@ from widenets.layers.dot_general import DotGeneral
 from widenets.layers.graph import Aggregate, graph_pattern
 from widenets.layers.image_resize import ImageResize
 from widenets.layers.indexing import Index, Slice
+from widenets.layers.masked_apply import apply_masked
 from widenets.layers.normalization import Dropout, LayerNorm
 from widenets.layers.nt_activations import (
     Exp,
@@ -127,6 +128,7 @@ __all__ = [
     "FanInProd",
     "GlobalSumPool",
     "ImageResize",
+    "apply_masked",
     "Index",
     "Repeat",
     "Slice",
