@@ -298,6 +298,7 @@ def finite_rel_err(a: np.ndarray, b: np.ndarray) -> tuple[float, bool]:
 
 _NT_STRUCTURES = r"""
 import jax.numpy as jnp
+import numpy as np
 from neural_tangents import stax
 
 for name, case in spec["cases"].items():

@@ -10,7 +10,7 @@ modules:
 
 - per-position modules (activations, Dense, LayerNorm over channels, Dropout, Scale,
   Identity) keep it;
-- Conv, AvgPool, SumPool zero their input at masked positions; an output position is
+- Conv, ConvLocal, AvgPool, SumPool zero their input at masked positions; an output position is
   masked when its window's centre is (``window_mask``);
 - GlobalAvgPool: the mean over unmasked positions; GlobalSumPool: their sum; Flatten: masked
   positions are zeros; no mask after them;
@@ -21,7 +21,10 @@ modules:
   ``Kernel.merge``);
 - the spatial output is 0 at masked positions.
 
-Any other module (ConvTranspose, ConvLocal, Index, LayerNorm over space, DEQ, a plain
+- Index indexes the mask as the positions; ConvTranspose zeroes its input at masked
+  positions and masks an output when any input its window reads is (Neural Tangents' rule);
+
+Any other module (LayerNorm over space, DEQ, a plain
 ``nn.Module``) is a ValueError naming it. A module can take masks by defining
 ``forward_masked(x, mask) -> (y, mask)``. So end-padded sequences through "same"
 convolutions and a global pool or attention give the outputs of each sequence alone.
@@ -44,10 +47,13 @@ from widenets.layers.combinators import (
     SerialModule,
 )
 from widenets.layers.conv import ConvModule
+from widenets.layers.conv_local import ConvLocalModule
+from widenets.layers.conv_transpose import ConvTransposeModule, transpose_mask
 from widenets.layers.dense import DenseModule
 from widenets.layers.dot_general import DotGeneralModule
 from widenets.layers.graph import AggregateModule
 from widenets.layers.image_resize import ImageResize, ImageResizeModule
+from widenets.layers.indexing import IndexModule, index_mask
 from widenets.layers.masking import window_mask
 from widenets.layers.normalization import LayerNormModule
 from widenets.layers.nt_activations import ExpNormalizedModule
@@ -164,6 +170,16 @@ def _run(module: nn.Module, x, mask):
                 "values equal `mask_constant`), so it has no keys."
             )
         return module(x, key_mask=mask), mask
+    if isinstance(module, ConvLocalModule):
+        y = module(_zero(x, mask))
+        geoms = [(o, lo, hi) for o, (lo, hi) in zip(y.shape[2:], module.pad_pairs, strict=True)]
+        return y, window_mask(mask, geoms, module.taps, module.strides, module.circular)
+    if isinstance(module, IndexModule):
+        y = module(x)
+        return y, (index_mask(mask, module.spatial) if y.ndim > 2 else None)
+    if isinstance(module, ConvTransposeModule):
+        y = module(_zero(x, mask))
+        return y, transpose_mask(mask, module.upsample, module.pad_pairs, module.weight.shape[2:])
     if isinstance(module, AggregateModule):
         return module(_zero(x, mask)), mask
     if isinstance(module, DotGeneralModule):
