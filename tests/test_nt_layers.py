@@ -1,8 +1,8 @@
 """The layers added for Neural Tangents users (SumPool, GlobalSumPool, FanInProd, repeat,
-Index, ConvTranspose, ConvLocal, DotGeneral, ImageResize) against Neural Tangents 0.6.5's kernels of the same
-networks, stored in ``tests/data/nt_layers.npz`` by ``bench/nt_parity.py --layers
---write-reference`` (so this test needs no Neural Tangents). The networks are defined once,
-for both libraries, in ``bench/nt_layer_cases.py``."""
+Index, ConvTranspose, ConvLocal, DotGeneral, ImageResize) against Neural Tangents 0.6.5's
+kernels of the same networks, stored in ``tests/data/nt_layers.npz`` by
+``bench/nt_parity.py --layers --write-reference`` (so this test needs no Neural Tangents).
+The networks are defined once, for both libraries, in ``bench/nt_layer_cases.py``."""
 
 from __future__ import annotations
 
