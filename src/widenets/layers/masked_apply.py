@@ -130,7 +130,10 @@ def _run(module: nn.Module, x, mask):
     if isinstance(module, FanOutModule):
         return (x,) * module.n, (mask,) * module.n
     if isinstance(module, ParallelModule):
-        module(x)  # its own check of the inputs
+        if not isinstance(x, (tuple, list)) or len(x) != len(module.branches):
+            raise ValueError(
+                f"Parallel with {len(module.branches)} branches needs a tuple of as many inputs."
+            )
         outs = [_run(b, xi, mi) for b, xi, mi in zip(module.branches, x, mask, strict=True)]
         return tuple(o[0] for o in outs), tuple(o[1] for o in outs)
     if isinstance(module, (FanInSumModule, FanInConcatModule, FanInProdModule)):
