@@ -273,3 +273,201 @@ CASES = [
         ),
     ),
 ]
+
+# ----- DotGeneral and ImageResize -------------------------------------------------------------
+# Constants as exact lists (floats by repr) so both libraries multiply by the same numbers.
+# Axes: widenets counts the whole NCHW input (H = 2, W = 3), Neural Tangents the NHWC one
+# (H = 1, W = 2). Neural Tangents' finite DotGeneral puts its batch axes (and an lhs's free
+# axes) before the examples, so its readouts name where the batch axis went; widenets keeps
+# (N, C) first. Neural Tangents 0.6.5's ImageResize kernel ignores ``Kernel.is_reversed``
+# (its Conv stores the spatial axes reversed, flipping at each Conv), so after an odd
+# number of convolutions it resizes H by W's size and the reverse: the cases resize where
+# the kernel is not reversed (at the input, after two convolutions).
+_R = [[0.7, -1.1, 0.4, 1.3], [-0.2, 0.9, 1.5, -0.6], [1.2, 0.3, -0.8, 0.5],
+      [-1.4, 0.6, 0.2, 0.8], [0.1, -0.7, 1.1, -0.3], [0.9, 1.0, -0.5, 0.4]]  # fmt: skip
+_V6 = [0.8, -1.2, 0.5, 1.1, -0.4, 0.9]
+_V5 = [1.3, -0.6, 0.2, -1.0, 0.7]
+_B52 = [[0.6, -1.1], [1.2, 0.4], [-0.3, 0.9], [0.8, 1.5], [-1.0, 0.2]]
+_L536 = [[[0.3 * ((i + 2 * j + 3 * k) % 5 - 2) + 0.1 * (i - k) for k in range(6)]
+          for j in range(3)] for i in range(5)]  # fmt: skip
+
+
+def _T(m):  # transpose of a list of lists
+    return [list(r) for r in zip(*m, strict=True)]
+
+
+def _np(a) -> str:
+    return f"np.array({a!r})"
+
+
+CASES += [
+    (
+        "DotGeneral scalar",
+        lambda: wn.serial(_conv(), wn.DotGeneral(rhs=2.0), wn.Relu(), *_gap()),
+        _nt(_NT_CONV, "stax.DotGeneral(rhs=2.0)", "stax.Relu()", *GAP_NT),
+    ),
+    (
+        "DotGeneral rhs contracts H",
+        lambda: wn.serial(
+            _conv(),
+            wn.DotGeneral(rhs=_V6, dimension_numbers=(((2,), (0,)), ((), ()))),
+            wn.Relu(),
+            wn.Conv(CH, 3, w_std=W, b_std=B),
+            wn.Relu(),
+            *_flat(),
+        ),
+        _nt(
+            _NT_CONV,
+            f"stax.DotGeneral(rhs={_np(_V6)}, dimension_numbers=(((1,), (0,)), ((), ())))",
+            "stax.Relu()",
+            f"stax.Conv({CH}, (3,), padding='SAME', W_std={W}, b_std={B})",
+            "stax.Relu()",
+            *FLAT_NT,
+        ),
+    ),
+    (
+        "DotGeneral rhs maps H to 4",
+        lambda: wn.serial(
+            _conv(),
+            wn.DotGeneral(rhs=_R, dimension_numbers=(((2,), (0,)), ((), ()))),
+            wn.Erf(),
+            *_flat(),
+        ),
+        _nt(
+            _NT_CONV,
+            f"stax.DotGeneral(rhs={_np(_R)}, dimension_numbers=(((1,), (0,)), ((), ())))",
+            "stax.Erf()",
+            *FLAT_NT,
+        ),
+    ),
+    (
+        "DotGeneral lhs maps H to 4",
+        lambda: wn.serial(
+            _conv(),
+            wn.DotGeneral(lhs=_T(_R), dimension_numbers=(((1,), (2,)), ((), ()))),
+            wn.Relu(),
+            *_gap(),
+        ),
+        _nt(
+            _NT_CONV,
+            f"stax.DotGeneral(lhs={_np(_T(_R))}, dimension_numbers=(((1,), (1,)), ((), ())))",
+            "stax.Relu()",
+            "stax.GlobalAvgPool(batch_axis=1, channel_axis=-1)",  # NT: (4, N, W, C)
+            GAP_NT[1],
+        ),
+    ),
+    (
+        "DotGeneral rhs pairs W",
+        lambda: wn.serial(
+            _conv(),
+            wn.DotGeneral(rhs=_V5, dimension_numbers=(((), ()), ((3,), (0,)))),
+            wn.Relu(),
+            *_flat(),
+        ),
+        _nt(
+            _NT_CONV,
+            f"stax.DotGeneral(rhs={_np(_V5)}, dimension_numbers=(((), ()), ((2,), (0,))))",
+            "stax.Relu()",
+            "stax.Flatten(batch_axis=1)",  # NT: (W, N, H, C)
+            FLAT_NT[1],
+        ),
+    ),
+    (
+        "DotGeneral rhs pairs W, free axis",
+        lambda: wn.serial(
+            _conv(),
+            wn.DotGeneral(rhs=_B52, dimension_numbers=(((), ()), ((3,), (0,)))),
+            wn.Relu(),
+            *_gap(),
+        ),
+        _nt(
+            _NT_CONV,
+            f"stax.DotGeneral(rhs={_np(_B52)}, dimension_numbers=(((), ()), ((2,), (0,))))",
+            "stax.Relu()",
+            "stax.GlobalAvgPool(batch_axis=1, channel_axis=3)",  # NT: (W, N, H, C, 2)
+            GAP_NT[1],
+        ),
+    ),
+    (
+        "DotGeneral lhs pairs W contracts H",
+        lambda: wn.serial(
+            _conv(),
+            wn.DotGeneral(lhs=_L536, dimension_numbers=(((2,), (2,)), ((0,), (3,)))),
+            wn.Relu(),
+            *_flat(),
+        ),
+        _nt(
+            _NT_CONV,
+            f"stax.DotGeneral(lhs={_np(_L536)}, dimension_numbers=(((2,), (1,)), ((0,), (2,))))",
+            "stax.Relu()",
+            "stax.Flatten(batch_axis=2)",  # NT: (W, 3, N, C)
+            FLAT_NT[1],
+        ),
+    ),
+    (
+        "ImageResize linear up",
+        lambda: wn.serial(
+            wn.ImageResize((-1, -1, 9, 8), "linear"), _conv(), wn.Relu(), _conv(), *_gap()
+        ),  # fmt: skip
+        _nt(
+            "stax.ImageResize((-1, 9, 8, -1), 'linear')", _NT_CONV, "stax.Relu()", _NT_CONV, *GAP_NT
+        ),  # fmt: skip
+    ),
+    (
+        "ImageResize linear down antialias",
+        lambda: wn.serial(
+            _conv(),
+            wn.Relu(),
+            _conv(),
+            wn.ImageResize((-1, -1, 4, 3), "bilinear"),
+            wn.Erf(),
+            *_flat(),
+        ),  # fmt: skip
+        _nt(
+            _NT_CONV,
+            "stax.Relu()",
+            _NT_CONV,
+            "stax.ImageResize((-1, 4, 3, -1), 'bilinear')",
+            "stax.Erf()",
+            *FLAT_NT,
+        ),  # fmt: skip
+    ),
+    (
+        "ImageResize linear down H only",
+        lambda: wn.serial(
+            wn.ImageResize((-1, -1, 3, -1), "linear", antialias=False), _conv(), wn.Relu(), *_flat()
+        ),  # fmt: skip
+        _nt(
+            "stax.ImageResize((-1, 3, -1, -1), 'linear', antialias=False)",
+            _NT_CONV,
+            "stax.Relu()",
+            *FLAT_NT,
+        ),  # fmt: skip
+    ),
+    (
+        "ImageResize nearest flatten",
+        lambda: wn.serial(
+            _conv(),
+            wn.Relu(),
+            _conv(),
+            wn.ImageResize((-1, -1, 4, 8), "nearest"),
+            wn.Relu(),
+            *_flat(),
+        ),  # fmt: skip
+        _nt(
+            _NT_CONV,
+            "stax.Relu()",
+            _NT_CONV,
+            "stax.ImageResize((-1, 4, 8, -1), 'nearest')",
+            "stax.Relu()",
+            *FLAT_NT,
+        ),  # fmt: skip
+    ),
+    (
+        "ImageResize nearest pooled",
+        lambda: wn.serial(
+            wn.ImageResize((-1, -1, 11, 3), "nearest"), _conv(), wn.Relu(), *_gap()
+        ),  # fmt: skip
+        _nt("stax.ImageResize((-1, 11, 3, -1), 'nearest')", _NT_CONV, "stax.Relu()", *GAP_NT),
+    ),
+]

@@ -149,6 +149,17 @@ def _avgpool_wn(pool):
     )
 
 
+def _transpose_nt(k, stride):
+    return (
+        f"stax.ConvTranspose(4, ({k},), ({stride},), padding='SAME', W_std={W}, b_std={B}, {NCH})"
+    )
+
+
+#: a band of nonnegative weights (output j reads inputs j..j+2): Neural Tangents' DotGeneral
+#: mask rule (the signed sum of unmasked inputs) and widenets' (any unmasked input with a
+#: nonzero weight) agree when no sum can cancel
+_BAND = [[0.5 + 0.1 * i if j <= i <= j + 2 else 0.0 for j in range(5)] for i in range(7)]
+
 _POOL_VALID = "stax.AvgPool((2,), (2,), 'VALID', batch_axis=0, channel_axis=1)"
 _POOL_SAME = "stax.AvgPool((3,), (1,), 'SAME', batch_axis=0, channel_axis=1)"
 
@@ -169,6 +180,34 @@ CASES = {
     "masked_avgpool_same": (
         lambda: _avgpool_wn(wn.AvgPool(3, stride=1, padding="same")),
         _avgpool_nt(_POOL_SAME),
+        "masked",
+    ),
+    "masked_conv_transpose": (
+        lambda: _avgpool_wn(wn.ConvTranspose(4, 3, w_std=W, b_std=B)),
+        _avgpool_nt(_transpose_nt(3, 1)),
+        "masked",
+    ),
+    "masked_conv_transpose_stride2": (
+        lambda: _avgpool_wn(wn.ConvTranspose(4, 2, stride=2, w_std=W, b_std=B)),
+        _avgpool_nt(_transpose_nt(2, 2)),
+        "masked",
+    ),
+    "masked_index": (
+        lambda: _avgpool_wn(wn.Index(wn.Slice[:, ::-2])),
+        _avgpool_nt("stax.Index(stax.Slice[:, :, ::-2], batch_axis=0, channel_axis=1)"),
+        "masked",
+    ),
+    "masked_image_resize": (
+        lambda: _avgpool_wn(wn.ImageResize((-1, -1, 11), "linear")),
+        _avgpool_nt("stax.ImageResize((-1, -1, 11), 'linear', batch_axis=0, channel_axis=1)"),
+        "masked",
+    ),
+    "masked_dot_general": (
+        lambda: _avgpool_wn(wn.DotGeneral(rhs=_BAND, dimension_numbers=(((2,), (0,)), ((), ())))),
+        _avgpool_nt(
+            f"stax.DotGeneral(rhs=np.array({_BAND!r}), dimension_numbers=(((2,), (0,)), ((), ())), "
+            "batch_axis=0, channel_axis=1)"
+        ),
         "masked",
     ),
 }

@@ -1,9 +1,12 @@
 """Neural Tangents' remaining activations: each closed-form kernel against the library's
-independent quadrature of the same function (``Elementwise(fn)``), exact special cases, and
-bad arguments."""
+independent quadrature of the same function (``Elementwise(fn)``), exact special cases, bad
+arguments, and Neural Tangents 0.6.5's kernels of the same networks (stored in
+``tests/data/nt_activations.json`` by ``bench/nt_parity.py``)."""
 
+import json
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -97,3 +100,89 @@ def test_hermite_rejects_non_unit_variance():
     with pytest.raises(ValueError) as err:
         wn.serial(wn.Dense(1, w_std=2.0), Hermite(2)).kernel(X)
     assert "\n" not in str(err.value)
+
+
+# ----- against Neural Tangents 0.6.5 -----------------------------------------------------------
+def _parity_module():
+    """``bench/nt_parity.py`` (its activation list and network builder; no Neural Tangents
+    needed to import it)."""
+    import importlib.util
+    from pathlib import Path
+
+    root = Path(__file__).resolve().parent.parent
+    spec = importlib.util.spec_from_file_location("nt_parity", root / "bench" / "nt_parity.py")
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    return mod, root / "tests" / "data" / "nt_activations.json"
+
+
+_PARITY, _REFERENCE = _parity_module()
+_NT = json.loads(_REFERENCE.read_text())
+_MAKE = {a[0]: a[1] for a in _PARITY.ACTIVATIONS}
+
+#: relative to the kernel's largest entry; the stored values are Neural Tangents' (float64),
+#: written by ``bench/nt_parity.py --only Exp,Gabor,Rbf,Sigmoid_like,RectifiedMonomial,
+#: Polynomial,Hermite --save-reference tests/data/nt_activations.json``
+NT_TOL = 1e-13
+
+
+def _rel(a, b):
+    return float(np.abs(a - b).max() / np.abs(b).max())
+
+
+def test_reference_covers_every_nt_activation():
+    names = {c["label"].split("(")[0] for c in _NT["cases"]}
+    assert names == {
+        "Exp",
+        "ExpNormalized",
+        "Gabor",
+        "Rbf",
+        "Sigmoid_like",
+        "RectifiedMonomial",
+        "Polynomial",
+        "Hermite",
+    }
+    assert _NT["source"].startswith("Neural Tangents 0.6.5")
+
+
+@pytest.mark.parametrize(
+    "case",
+    _NT["cases"],
+    ids=[f"{c['label']}-{c['param']}-bias{c['bias']}" for c in _NT["cases"]],
+)
+def test_kernel_equals_neural_tangents(case):
+    """Dense -> act (-> Dense -> act) -> Dense(1), both parameterisations, with and without
+    bias, K(x1, x2) and K(x1, x1), against Neural Tangents' stored kernels."""
+    unit = case["unit"]
+    x1, x2 = (
+        torch.tensor(_NT["inputs"][n], dtype=torch.float64)
+        for n in (("u1", "u2") if unit else ("x1", "x2"))
+    )
+    net = _PARITY.widenets_net(
+        _MAKE[case["label"]],
+        _NT["width"],
+        1.0 if unit else _NT["w_std"],
+        _NT["b_std"] if case["bias"] else None,
+        case["param"],
+        layers=case["layers"],
+    )
+    k12, k11 = net.kernel(x1, x2), net.kernel(x1)
+    off = ~np.eye(len(x1), dtype=bool)
+    nt = {n: np.array(case[n], dtype=np.float64) for n in ("nngp12", "ntk12", "nngp11", "ntk11")}
+    for f in ("nngp", "ntk"):
+        ours12, ours11 = getattr(k12, f).numpy(), getattr(k11, f).numpy()
+        assert np.isfinite(ours12).all() and np.isfinite(ours11).all()
+        assert _rel(ours12, nt[f + "12"]) < NT_TOL
+        assert _rel(ours11[off], nt[f + "11"][off]) < NT_TOL
+        diag, nt_diag = np.diag(ours11), np.diag(nt[f + "11"])
+        if not case["label"].startswith("RectifiedMonomial"):
+            assert _rel(diag, nt_diag) < NT_TOL
+            continue
+        # Neural Tangents 0.6.5's RectifiedMonomial is NaN at correlation 1 (theta = 0 in its
+        # (pi - theta) / sin(theta) recursion), finite there only where its correlation is a
+        # few ulp off 1: its NNGP then agrees to its round-off, its NTK does not (O(1) off)
+        assert np.isnan(nt_diag).any() or not case["bias"]
+        assert np.isfinite(nt[f + "12"]).all() and np.isfinite(nt[f + "11"][off]).all()
+        ok = np.isfinite(nt_diag)
+        if f == "nngp" and ok.any():
+            assert _rel(diag[ok], nt_diag[ok]) < 1e-8

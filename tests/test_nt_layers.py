@@ -1,8 +1,8 @@
 """The layers added for Neural Tangents users (SumPool, GlobalSumPool, FanInProd, repeat,
-Index, ConvTranspose, ConvLocal) against Neural Tangents 0.6.5's kernels of the same
-networks, stored in ``tests/data/nt_layers.npz`` by ``bench/nt_parity.py --layers
---write-reference`` (so this test needs no Neural Tangents). The networks are defined once,
-for both libraries, in ``bench/nt_layer_cases.py``."""
+Index, ConvTranspose, ConvLocal, DotGeneral, ImageResize) against Neural Tangents 0.6.5's
+kernels of the same networks, stored in ``tests/data/nt_layers.npz`` by
+``bench/nt_parity.py --layers --write-reference`` (so this test needs no Neural Tangents).
+The networks are defined once, for both libraries, in ``bench/nt_layer_cases.py``."""
 
 from __future__ import annotations
 
@@ -76,6 +76,13 @@ def _packable():
         "conv_local": wn.serial(conv, wn.Relu(), wn.ConvLocal(3, 3, b_std=0.1)),
         "fan_in_prod": wn.serial(conv, wn.fan_out(2), wn.parallel(conv, conv), wn.fan_in_prod()),
         "repeat": wn.serial(conv, wn.repeat(wn.serial(wn.Relu(), conv), 2)),
+        "dot_general": wn.serial(
+            conv,
+            wn.DotGeneral(
+                rhs=[0.5, -1.0, 2.0, 0.3, 1.1], dimension_numbers=(((), ()), ((3,), (0,)))
+            ),
+        ),
+        "image_resize_nearest": wn.serial(conv, wn.ImageResize((-1, -1, 4, 7), "nearest")),
     }
 
 

@@ -43,6 +43,56 @@ BAD = [
         lambda: wn.ConvLocal(4, 9, padding="valid").out_shape((4, 8)),
         "kernel of size 9 does not fit",
     ),
+    (lambda: wn.DotGeneral(lhs=1.0, rhs=2.0), "at most one of `lhs` and `rhs`"),
+    (lambda: wn.DotGeneral(rhs=[1.0, float("nan")]), "`rhs` must be finite"),
+    (lambda: wn.DotGeneral(rhs="a"), "`rhs` must hold real numbers"),
+    (lambda: wn.DotGeneral(rhs=[1.0, 2.0], dimension_numbers=((2,), (0,))), "must be \\(\\(lhs"),
+    (
+        lambda: wn.DotGeneral(rhs=[1.0, 2.0], dimension_numbers=(((2,), ()), ((), ()))),
+        "as many lhs as rhs axes",
+    ),
+    (
+        lambda: wn.DotGeneral(rhs=[1.0, 2.0], dimension_numbers=(((2,), (1,)), ((), ()))),
+        "names axis 1 of `rhs`, which has 1 axes",
+    ),
+    (
+        lambda: wn.DotGeneral(rhs=[[1.0]], dimension_numbers=(((2, 3), (0, 0)), ((), ()))),
+        "names an axis of `rhs` twice",
+    ),
+    (
+        lambda: wn.DotGeneral(rhs=[1.0] * 4, dimension_numbers=(((1,), (0,)), ((), ()))).out_shape(
+            (4, 8)
+        ),
+        "axis 1 of the input .*the channel axis",
+    ),
+    (
+        lambda: wn.DotGeneral(rhs=[1.0] * 4, dimension_numbers=(((0,), (0,)), ((), ()))).out_shape(
+            (4, 8)
+        ),
+        "axis 0 of the input .*the batch axis",
+    ),
+    (
+        lambda: wn.DotGeneral(rhs=[1.0] * 4, dimension_numbers=(((3,), (0,)), ((), ()))).out_shape(
+            (4, 8)
+        ),
+        "spatial axes are 2..2",
+    ),
+    (
+        lambda: wn.DotGeneral(rhs=[1.0] * 4, dimension_numbers=(((2,), (0,)), ((), ()))).out_shape(
+            (4, 8)
+        ),
+        "input axis 2 has size 8 but axis 0 of `rhs`",
+    ),
+    (lambda: wn.DotGeneral(rhs=2.0, channel_axis=-1), "`channel_axis` must be 1"),
+    (lambda: wn.DotGeneral(dimension_numbers=(((2,), (0,)), ((), ()))), "must be empty when"),
+    (lambda: wn.ImageResize((-1, -1, 4), "cubic"), "`method` of ImageResize must be one of"),
+    (lambda: wn.ImageResize((-1, 3, 4), "linear"), "resizing channels is not defined"),
+    (lambda: wn.ImageResize((2, -1, 4), "linear"), "`shape\\[0\\]` \\(the batch axis\\)"),
+    (lambda: wn.ImageResize((-1, -1, 0), "nearest"), "positive ints or -1"),
+    (lambda: wn.ImageResize((-1, 4), "nearest"), "at least 3 entries"),
+    (lambda: wn.ImageResize((-1, -1, 4, 4), "nearest").out_shape((3, 8)), "`shape` has 4 entries"),
+    (lambda: wn.ImageResize((-1, -1, 4), "linear", antialias=1), "`antialias` must be True"),
+    (lambda: wn.ImageResize((-1, -1, 4), "linear", batch_axis=2), "`batch_axis` must be 0"),
 ]
 
 
@@ -67,6 +117,17 @@ def test_hyperparameters_compare_hash_and_rewidth():
     assert wide.layers[1].layer.layers[1].out_channels == 16
     assert wide.layers[2].out_channels == 1  # the readout kept
     assert hash(wide) == hash(net.with_widths(16)) and wide == net.with_widths(16)
+
+
+def test_constants_compare_by_value():
+    a = wn.DotGeneral(rhs=torch.tensor([1.0, 2.0]), dimension_numbers=(((2,), (0,)), ((), ())))
+    b = wn.DotGeneral(rhs=[1.0, 2.0], dimension_numbers=(((2,), (0,)), ((), ())))
+    c = wn.DotGeneral(rhs=[1.0, 2.5], dimension_numbers=(((2,), (0,)), ((), ())))
+    assert a == b and hash(a) == hash(b) and a != c
+    assert a != wn.DotGeneral(lhs=[1.0, 2.0], dimension_numbers=(((0,), (2,)), ((), ())))
+    assert repr(b) == "DotGeneral(rhs=tensor(2,), dimension_numbers=(((2,), (0,)), ((), ())))"
+    assert repr(wn.DotGeneral(rhs=2)) == "DotGeneral(rhs=2.0)"
+    assert wn.ImageResize((-1, -1, 4), "bilinear") == wn.ImageResize([-1, -1, 4], "linear")
 
 
 @pytest.mark.parametrize("layer", [wn.ConvLocal(4, 3, b_std=0.2), wn.ConvTranspose(4, 2, 2)])

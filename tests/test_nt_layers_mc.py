@@ -42,6 +42,32 @@ CASES = {
         readout=[wn.Flatten()],
     ),
     "conv_local": _net(wn.Relu(), wn.ConvLocal(8, 3, w_std=1.2, b_std=0.1), wn.Relu()),
+    "dot_general_contracts": _net(
+        wn.DotGeneral(
+            rhs=[[0.9, -0.4], [1.2, 0.3], [-0.5, 1.1], [0.2, 0.8]],
+            dimension_numbers=(((2,), (0,)), ((), ())),
+        ),
+        wn.Relu(),
+    ),  # fmt: skip
+    "dot_general_lhs_pairs": _net(
+        wn.DotGeneral(
+            lhs=[[1.3, -0.2], [0.4, 0.9], [-0.8, 0.5], [0.6, 1.0]],
+            dimension_numbers=(((), ()), ((0,), (2,))),
+        ),
+        wn.Erf(),
+        readout=[wn.Flatten()],
+    ),  # fmt: skip
+    "image_resize_linear": _net(wn.ImageResize((-1, -1, 7), "linear"), wn.Relu()),
+    "image_resize_antialias": _net(
+        wn.ImageResize((-1, -1, 3), "linear"), wn.Relu(), readout=[wn.Flatten()]
+    ),
+    "image_resize_nearest": _net(
+        wn.Relu(),
+        wn.ImageResize((-1, -1, 6), "nearest"),
+        wn.Conv(8, 2, w_std=1.2),
+        wn.Relu(),
+        readout=[wn.Flatten()],
+    ),
     "conv_local_standard": _net(
         wn.Relu(),
         wn.ConvLocal(8, 2, stride=2, padding="circular", b_std=0.3, parameterization="standard"),
@@ -58,7 +84,13 @@ def test_monte_carlo_nngp(name):
 
 #: the NTK by Monte Carlo takes seconds a case: in the fast suite only where the layer has
 #: its own NTK rule (the affine layers, the product rule); the others are marked slow
-FAST_NTK = {"fan_in_prod", "conv_transpose_valid_standard", "conv_local_standard"}
+FAST_NTK = {
+    "fan_in_prod",
+    "conv_transpose_valid_standard",
+    "conv_local_standard",
+    "dot_general_contracts",
+    "image_resize_linear",
+}
 
 
 @pytest.mark.parametrize(

@@ -36,8 +36,11 @@ from widenets.layers.conv_local import ConvLocal
 from widenets.layers.conv_transpose import ConvTranspose
 from widenets.layers.dense import Dense
 from widenets.layers.deq import DEQ, DEQModule, FixedPointError
+from widenets.layers.dot_general import DotGeneral
 from widenets.layers.graph import Aggregate, graph_pattern
+from widenets.layers.image_resize import ImageResize
 from widenets.layers.indexing import Index, Slice
+from widenets.layers.masked_apply import apply_masked
 from widenets.layers.normalization import Dropout, LayerNorm
 from widenets.layers.nt_activations import (
     Exp,
@@ -121,8 +124,11 @@ __all__ = [
     "spiky_smooth_kernel",
     "ConvLocal",
     "ConvTranspose",
+    "DotGeneral",
     "FanInProd",
     "GlobalSumPool",
+    "ImageResize",
+    "apply_masked",
     "Index",
     "Repeat",
     "Slice",

@@ -250,7 +250,9 @@ class GlobalSelfAttentionModule(WeightedModule):
             if p is not None:
                 p.copy_(v)
 
-    def forward(self, x):
+    def forward(self, x, key_mask=None):
+        """``key_mask`` (N, *spatial), True at positions that are no keys (padding: their
+        logits -inf before the softmax, 0 for the identity mechanism), or None."""
         n, c = x.shape[:2]
         spatial = x.shape[2:]
         xs = x.flatten(2).transpose(1, 2)  # (N, P, C)
@@ -262,6 +264,9 @@ class GlobalSelfAttentionModule(WeightedModule):
         n_key = q.shape[-1]
         scale = 1.0 / n_key if self.linear_scaling else 1.0 / math.sqrt(n_key)
         a = q @ k.transpose(-1, -2) * scale  # (N, H, P, P) logits
+        if key_mask is not None:
+            fill = -math.inf if self.mechanism == "softmax" else 0.0
+            a = a.masked_fill(key_mask.flatten(1)[:, None, None, :], fill)
         if self.mechanism == "softmax":
             a = torch.softmax(a, dim=-1)
         heads = a @ v  # (N, H, P, n_val)

@@ -23,6 +23,7 @@ from __future__ import annotations
 import math
 from dataclasses import field
 
+import torch
 import torch.nn.functional as F
 from torch import Tensor
 
@@ -37,6 +38,7 @@ from widenets.layers.dense import (
     draw_affine,
     has_bias,
 )
+from widenets.layers.masking import zero_masked
 
 TRANSPOSE_PADDINGS = ("same", "valid")
 
@@ -65,6 +67,22 @@ def dilate(t: Tensor, axes: tuple[int, ...], s: int) -> Tensor:
         idx[a] = slice(None, None, s)
     out[tuple(idx)] = t
     return out
+
+
+def transpose_mask(mask: Tensor, strides, pads, taps) -> Tensor:
+    """The mask (N, *spatial) after a transposed convolution, Neural Tangents' rule: an
+    output position is masked when any input position its window reads is (the mask as 0/1
+    through dilate, pad and a window sum of ones)."""
+    m = mask.to(torch.float64)
+    for i, s in enumerate(strides):
+        m = dilate(m, (1 + i,), s)
+    flat = []
+    for a, b in reversed(tuple(pads)):
+        flat += [a, b]
+    m = F.pad(m, flat).unsqueeze(1)
+    conv = {1: F.conv1d, 2: F.conv2d, 3: F.conv3d}[len(taps)]
+    ones = torch.ones((1, 1, *taps), dtype=m.dtype, device=m.device)
+    return conv(m, ones).squeeze(1) > 0
 
 
 @declare
@@ -131,6 +149,12 @@ class ConvTranspose(Layer):
 
     def kernel_fn(self, k: Kernel) -> Kernel:
         ks, ss, pads, outs = self._geometry(k.shape1)
+        masks = {}
+        if k.mask1 is not None:  # masked inputs are zeros; outputs reading one are masked
+            k = zero_masked(k)
+            m1 = transpose_mask(k.mask1, ss, pads, ks)
+            m2 = m1 if k.mask2 is k.mask1 else transpose_mask(k.mask2, ss, pads, ks)
+            masks = {"mask1": m1, "mask2": m2}
         full = k.full_spatial
         geoms = tuple((o, a, b) for o, (a, b) in zip(outs, pads, strict=True))
         ones = (1,) * len(ks)
@@ -164,7 +188,13 @@ class ConvTranspose(Layer):
 
         shape = (self.out_channels, *outs)
         return k.map(
-            nngp_map, ntk=ntk_map, shape1=shape, shape2=shape, is_gaussian=True, is_input=False
+            nngp_map,
+            ntk=ntk_map,
+            shape1=shape,
+            shape2=shape,
+            is_gaussian=True,
+            is_input=False,
+            **masks,
         )
 
     def scaling_degree(self, degree):

@@ -75,6 +75,13 @@ def _take(t: Tensor, axis: int, entry) -> Tensor:
     return t.index_select(axis, torch.tensor(idx, device=t.device))
 
 
+def index_mask(mask: Tensor, spatial: tuple) -> Tensor:
+    """A mask (N, *spatial) indexed by the spatial entries of an index."""
+    for i in reversed(range(len(spatial))):
+        mask = _take(mask, 1 + i, spatial[i])
+    return mask
+
+
 @declare
 class Index(Layer):
     """Indexing of the per-example activations (C, *spatial), channels first.
@@ -152,7 +159,12 @@ class Index(Layer):
             return t
 
         out = self.out_shape(k.shape1)
-        return k.map(index, shape1=out, shape2=out, full_spatial=full and len(out) > 1)
+        masks = {}
+        if k.mask1 is not None:  # the mask is indexed as the positions (Neural Tangents)
+            m1 = index_mask(k.mask1, spatial) if len(out) > 1 else None
+            m2 = m1 if k.mask2 is k.mask1 or m1 is None else index_mask(k.mask2, spatial)
+            masks = {"mask1": m1, "mask2": m2}
+        return k.map(index, shape1=out, shape2=out, full_spatial=full and len(out) > 1, **masks)
 
     def scaling_degree(self, degree):
         return linear_degree(degree, has_bias=False)

@@ -15,7 +15,12 @@ positions read it:
 - GlobalAvgPool: the mean over unmasked positions only, K' = sum_{s, s' unmasked}
   K[s, s'] / (n1 n2) with n_i the unmasked count of each input;
 - GlobalSelfAttention: masked positions are no keys (their logits -inf before the
-  softmax, 0 for the identity mechanism).
+  softmax, 0 for the identity mechanism);
+- Index indexes the mask; ConvTranspose zeroes masked inputs and masks an output that reads
+  any masked input (Neural Tangents' rule); DotGeneral and ImageResize mask an output that
+  reads no unmasked input with a nonzero weight.
+
+The finite face: ``widenets.layers.masked_apply.apply_masked``.
 
 A network's spatial output is 0 at masked positions. So a batch of sequences padded at
 the end gives, position for position, the kernel of each sequence alone when the
