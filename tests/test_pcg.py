@@ -321,19 +321,35 @@ def test_bad_shapes_and_kinds_are_one_line_errors():
 
 @pytest.mark.parametrize("mu, spread", [(1e-2, 2e-3), (1e-4, 2e-3), (1e-6, 0.1)])
 def test_low_rank_preconditioner_stays_positive_definite_over_a_wide_spectrum(mu, spread):
-    # singular values from 1e3 to 1e-5 (s_max^2 / mu up to 1e12): the Gram route drops
-    # directions with s^2 < mu / 1000 and keeps U orthonormal, so P^{-1} stays symmetric
-    # positive definite and P^{-1} A has its eigenvalues near 1
+    # singular values from 1e3 to 1e-5 (s_max^2 / mu up to 1e12): through the Gram matrix
+    # and the Cholesky of mu I + F^T F, P^{-1} stays symmetric positive definite and
+    # P^{-1} A has its eigenvalues near 1 (rounding moves them by about eps s_max^2 / mu)
     g = torch.Generator().manual_seed(5)
     q, _ = torch.linalg.qr(torch.randn(400, 120, generator=g, dtype=torch.float64))
     f = q * torch.logspace(3, -5, 120, dtype=torch.float64)
     p = LowRankPreconditioner(f, mu)
     eye = torch.eye(400, dtype=torch.float64)
-    assert float((p.u.T @ p.u - torch.eye(p.rank, dtype=torch.float64)).abs().max()) < 1e-10
     inv = p(eye)
     assert rel(inv, inv.T) < 1e-12
     eig = torch.linalg.eigvals(inv @ (f @ f.T + mu * eye)).real
     assert 1 - spread < float(eig.min()) and float(eig.max()) < 1 + spread
+
+
+def test_preconditioner_of_an_rpcholesky_factor_is_accurate_for_small_mu():
+    """On RPCholesky's own (graded, non-orthogonal) factor of an NNGP, P^{-1} (F F^T + mu I)
+    has its eigenvalues within 100 eps s_max^2 / mu of 1 (measured: about 2 eps s_max^2 /
+    mu), from s_max^2 / mu ~ 1e4 to 1e12."""
+    x, _, _ = small_problem(n=300)
+    k = fc().kernel(x, get="nngp").nngp
+    f, _ = rpcholesky(DenseKernel(k), 120, seed=0)
+    eye = torch.eye(300, dtype=torch.float64)
+    s2 = float(torch.linalg.matrix_norm(f, 2)) ** 2
+    for diag_reg in (1e-2, 1e-6, 1e-10):
+        mu = diag_reg * float(k.diagonal().mean())
+        p = LowRankPreconditioner(f, mu)
+        eig = torch.linalg.eigvals(p(eye) @ (f @ f.T + mu * eye)).real
+        bound = 100 * torch.finfo(torch.float64).eps * s2 / mu
+        assert float((eig - 1).abs().max()) < bound, (diag_reg, bound)
 
 
 def test_adaptive_rank_reaches_the_requested_residual_trace():
