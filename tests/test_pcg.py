@@ -222,6 +222,47 @@ def test_rpcholesky_error_is_near_the_best_rank_r_error():
     assert 0 <= err <= 2 * best_rank20
 
 
+def test_block_rpcholesky_approximates_as_well_as_the_sequential_one():
+    """Rounds of 100 candidates accepted by rejection (the default blocks) against plain
+    sequential RPCholesky (block_size=1: each pivot drawn from the current residual
+    diagonal), mean residual trace tr(K - F F^T) / tr(K) over 6 seeds, rank 100, on a
+    clustered Gaussian kernel (900 near-duplicate points and 300 spread ones: measured
+    0.0575 +- 0.0025 sequential, 0.0585 +- 0.0028 blocked; accepting every candidate
+    without the rejection step broke down to a negative trace). Within 10 % (about four
+    standard errors of the difference); then PCG with either factor gives the same
+    solution."""
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat(
+        [
+            1e-2 * torch.randn(900, 3, generator=g, dtype=torch.float64),
+            2 * torch.randn(300, 3, generator=g, dtype=torch.float64),
+        ]
+    )
+    k = torch.exp(-torch.cdist(x, x) ** 2 / 2)
+    trace = float(k.diagonal().sum())
+
+    def mean_residual(block_size):
+        out = []
+        for seed in range(6):
+            f, piv = rpcholesky(DenseKernel(k), 100, seed=seed, block_size=block_size)
+            assert f.shape[1] == 100 and len(set(piv.tolist())) == 100
+            out.append((trace - float((f**2).sum())) / trace)
+        return sum(out) / len(out), min(out)
+
+    seq, _ = mean_residual(1)
+    blocked, least = mean_residual(None)
+    assert least > 0 and abs(blocked - seq) < 0.1 * seq, (blocked, seq)
+
+    y = torch.randn(1200, 3, generator=g, dtype=torch.float64)
+    mu = 1e-3 * float(k.diagonal().mean())
+    sols = [
+        pcg_solve(k, y, diag_reg=1e-3, tol=1e-10, preconditioner=LowRankPreconditioner(f, mu))
+        for f in (rpcholesky(DenseKernel(k), 100, block_size=b)[0] for b in (1, None))
+    ]
+    assert all(s.converged for s in sols)
+    assert rel(sols[1].solution, sols[0].solution) < 1e-8
+
+
 def test_low_rank_preconditioner_is_the_inverse_of_ffT_plus_mu():
     g = torch.Generator().manual_seed(2)
     f = torch.randn(60, 8, generator=g, dtype=torch.float64)
