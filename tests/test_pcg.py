@@ -238,7 +238,7 @@ def test_block_rpcholesky_approximates_as_well_as_the_sequential_one():
             2 * torch.randn(300, 3, generator=g, dtype=torch.float64),
         ]
     )
-    k = torch.exp(-torch.cdist(x, x) ** 2 / 2)
+    k = torch.exp(-(torch.cdist(x, x) ** 2) / 2)
     trace = float(k.diagonal().sum())
 
     def mean_residual(block_size):
