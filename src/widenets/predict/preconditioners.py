@@ -40,10 +40,12 @@ class LowRankPreconditioner:
     M (r^3 / 3): no tall SVD, no N x r basis. M's eigenvalues are s^2 + mu >= mu, so every
     direction of F is kept and M is positive definite however F is conditioned. Rounding
     (the Gram matrix knows F^T F to about eps s_max^2) moves the eigenvalues of
-    P^{-1} (K + mu I) by a relative amount of order eps s_max^2 / mu (``tests/test_pcg.py``
-    checks them within 0.2 % up to s_max^2 / mu = 1e8 and 10 % at 1e12). If the Cholesky
-    of M fails (s_max^2 / mu near 1 / eps), M^{-1} comes from the eigendecomposition of
-    the Gram matrix with its eigenvalues clipped at zero.
+    P^{-1} (K + mu I) by a relative amount of order eps s_max^2 / mu for factors with
+    orthogonal or graded columns, as :func:`nystrom`'s and :func:`rpcholesky`'s
+    (``tests/test_pcg.py`` checks them within 0.2 % up to s_max^2 / mu = 1e8 and 10 % at
+    1e12); a factor with nearly dependent columns loses more (orthonormalise it first). If
+    the Cholesky of M fails (s_max^2 / mu near 1 / eps), M^{-1} comes from the
+    eigendecomposition of the Gram matrix with its eigenvalues clipped at zero.
     """
 
     def __init__(self, factor: Tensor, mu: float, *, name: str = "low-rank"):
