@@ -393,6 +393,22 @@ def test_preconditioner_of_an_rpcholesky_factor_is_accurate_for_small_mu():
         assert float((eig - 1).abs().max()) < bound, (diag_reg, bound)
 
 
+def test_preconditioner_falls_back_to_an_orthonormal_basis_past_rounding():
+    """s_max^2 / mu = 1e18: mu I + F^T F is numerically indefinite, so the thin SVD of F
+    is used without the directions its Gram matrix cannot resolve; P^{-1} stays symmetric
+    positive semi-definite to rounding with its largest eigenvalue 1 / mu."""
+    g = torch.Generator().manual_seed(5)
+    q, _ = torch.linalg.qr(torch.randn(400, 120, generator=g, dtype=torch.float64))
+    mix, _ = torch.linalg.qr(torch.randn(120, 120, generator=g, dtype=torch.float64))
+    f = (q * torch.logspace(6, -5, 120, dtype=torch.float64)) @ mix
+    p = LowRankPreconditioner(f, 1e-6)
+    assert p._chol is None and 0 < p.rank < 120
+    inv = p(torch.eye(400, dtype=torch.float64))
+    assert rel(inv, inv.T) < 1e-12
+    eig = torch.linalg.eigvalsh((inv + inv.T) / 2)
+    assert float(eig.min()) > -1e-12 * 1e6 and abs(float(eig.max()) * 1e-6 - 1) < 1e-9
+
+
 def test_adaptive_rank_reaches_the_requested_residual_trace():
     x, _, y = small_problem(n=300)
     k = fc().kernel(x, get="nngp").nngp

@@ -44,8 +44,8 @@ class LowRankPreconditioner:
     orthogonal or graded columns, as :func:`nystrom`'s and :func:`rpcholesky`'s
     (``tests/test_pcg.py`` checks them within 0.2 % up to s_max^2 / mu = 1e8 and 10 % at
     1e12); a factor with nearly dependent columns loses more (orthonormalise it first). If
-    the Cholesky of M fails (s_max^2 / mu near 1 / eps), M^{-1} comes from the
-    eigendecomposition of the Gram matrix with its eigenvalues clipped at zero.
+    the Cholesky of M fails (s_max^2 / mu near 1 / eps), the thin SVD of F from the Gram
+    matrix is used instead, without the directions the Gram cannot resolve.
     """
 
     def __init__(self, factor: Tensor, mu: float, *, name: str = "low-rank"):
@@ -55,7 +55,7 @@ class LowRankPreconditioner:
         self._ft = factor.to(torch.float64).T.contiguous()
         self.mu, self.name = float(mu), name
         self.rank, self.n = (int(s) for s in self._ft.shape)
-        self._chol = self._vec = self._core = None
+        self._chol = self._core = None
         if self.rank:
             gram = _gram(self._ft)
             m = gram.clone()
@@ -63,9 +63,23 @@ class LowRankPreconditioner:
             chol, info = torch.linalg.cholesky_ex(m)
             if int(info) == 0:
                 self._chol = chol
-            else:  # M = V (lam + mu) V^T with the Gram's rounding below zero clipped
-                lam, vec = torch.linalg.eigh(gram)
-                self._vec, self._core = vec, 1.0 / (lam.clamp_min(0.0) + self.mu)
+            else:
+                self._orthonormal_basis(gram)
+
+    def _orthonormal_basis(self, gram: Tensor) -> None:
+        """Fallback when mu I + F^T F is numerically indefinite (s_max^2 / mu near 1 / eps):
+        the thin SVD F = U S V^T from the Gram's eigendecomposition, directions with s^2
+        below max(N eps s_max^2, mu / 1000) dropped (the Gram does not know them), U made
+        orthonormal; then P^{-1} v = (v - U diag(s^2 / (s^2 + mu)) U^T v) / mu."""
+        lam, vec = torch.linalg.eigh(gram)
+        top = float(lam.max())
+        keep = lam > max(top * self.n * torch.finfo(torch.float64).eps, self.mu * 1e-3)
+        lam, vec = lam[keep], vec[:, keep]
+        u_t = (vec * lam.rsqrt()).T @ self._ft  # U^T
+        g_lam, g_vec = torch.linalg.eigh(u_t @ u_t.T)  # (U^T U)^{-1/2} U^T: orthonormal
+        self._ft = ((g_vec * g_lam.rsqrt()) @ g_vec.T @ u_t).contiguous()
+        self._core = (lam / (lam + self.mu))[:, None]
+        self.rank = int(self._ft.shape[0])
 
     def __call__(self, v: Tensor) -> Tensor:
         if not self.rank:
@@ -76,7 +90,7 @@ class LowRankPreconditioner:
             # took 5x the time of the contiguous one (MKL, 8,000 x 1,000 F, 10 columns)
             c = torch.cholesky_solve(c, self._chol).contiguous()
         else:
-            c = self._vec @ (self._core[:, None] * (self._vec.T @ c))
+            c = self._core * c
         return torch.addmm(v, self._ft.T, c, alpha=-1.0).div_(self.mu)
 
     @property
