@@ -5,9 +5,9 @@
 K: the N x N MNIST-1D NNGP of ``bench/scale.py solver`` (float64, 0.51 GB at N = 8,000).
 Printed (best of 7): ``K.sum()`` (one read of K: the memory bandwidth the product could
 use), ``K @ V`` through torch (MKL) for R = 1 ... 16 columns, in float32, and through
-numpy (its own OpenBLAS) for R = 10; then ten PCG-like iterations (a product, then a rank
-1,000 preconditioner's two products in torch) with the K product in torch or in numpy: the
-two libraries' thread pools in one loop.
+numpy (its own OpenBLAS) for R = 10, and a large product for the machine's peak; then ten
+PCG-like iterations (a product, then a rank 1,000 preconditioner's two products in torch)
+with the K product in torch or in numpy: the two libraries' thread pools in one loop.
 """
 
 from __future__ import annotations
@@ -50,9 +50,13 @@ def main() -> None:
             f"K @ V, R = {r:2d}: {t:.4f} s ({gb / t:.1f} GB/s, "
             f"{2 * k.numel() * r / t / 1e9:.0f} GFlop/s)"
         )
+    a, b = k[:, :2000].contiguous(), torch.randn(2000, 2000, dtype=torch.float64)
+    t = _best(lambda: a @ b, 3)
+    print(f"a large product ({n} x 2000 x 2000): {t:.3f} s ({2 * n * 4e6 / t / 1e9:.0f} GFlop/s)")
     v = torch.randn(n, 10, dtype=torch.float64)
     k32, v32 = k.float(), v.float()
-    print(f"float32 K @ V, R = 10: {_best(lambda: k32 @ v32):.4f} s")
+    t_copy = _best(lambda: k.float(), 3)
+    print(f"float32 K @ V, R = 10: {_best(lambda: k32 @ v32):.4f} s (the copy {t_copy:.3f} s)")
     kn, vn = k.numpy(), v.numpy()
     print(f"numpy (OpenBLAS) K @ V, R = 10: {_best(lambda: kn @ vn):.4f} s")
     f = torch.randn(1000, n, dtype=torch.float64)
