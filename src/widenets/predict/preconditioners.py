@@ -95,7 +95,8 @@ class LowRankPreconditioner:
 
     @property
     def factor(self) -> Tensor:
-        """F (N x r), float64 (a view)."""
+        """The N x rank basis it applies: F (a float64 view), or the orthonormal U of the
+        fallback."""
         return self._ft.T
 
     def __repr__(self) -> str:
