@@ -26,6 +26,7 @@ from torch import Tensor
 
 from widenets._pool import default_workers, one_intra_op_thread, others_running, run_tasks
 from widenets.errors import check_positive_int
+from widenets.predict._validation import check_finite
 
 #: bytes of one float64 row block that ``NetworkKernel`` and ``RowFunctionKernel`` aim at
 #: when no ``block_rows`` is given (the tile itself; the kernel's own intermediates are
@@ -366,8 +367,7 @@ def as_operator(k, name: str, *, square: bool) -> KernelOperator:
                 )
             if not arr.is_floating_point():
                 arr = arr.to(torch.float64)
-            if not bool(torch.isfinite(arr).all()):
-                raise ValueError(f"`{name}` contains NaN or inf.")
+            check_finite(arr, name)  # one sum; the N x N mask only if it is not finite
             k = arr
         op = DenseKernel(k)
     elif callable(k):

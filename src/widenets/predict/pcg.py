@@ -233,9 +233,9 @@ def _pcg_solve(
     start = time.perf_counter()
     if isinstance(preconditioner, LowRankPreconditioner):
         precond = preconditioner
-        if precond.u.shape[0] != n:
+        if precond.n != n:
             raise ValueError(
-                f"`preconditioner` was built for N = {precond.u.shape[0]}, the kernel has N = {n}."
+                f"`preconditioner` was built for N = {precond.n}, the kernel has N = {n}."
             )
         if not math.isclose(precond.mu, mu, rel_tol=1e-12):
             raise ValueError(
