@@ -10,20 +10,21 @@ run as fast as with torch's threads (``bench/threads_under_load.py``).
 
 The pool is used when another process is running at the start of a call
 (:func:`others_running`); on a quiet machine the tiles run one after another on torch's own
-threads, whose quiet speed the pool's threads do not quite match on large fully-connected
-kernels (their allocations go through per-thread malloc arenas: more page faults). The
-intra-op thread count is set to one for the duration of a pool and restored after it, so
-nothing outlives the call. Torch releases the GIL inside its operations, so the threads run
-their tiles' operations in parallel.
+threads, whose quiet speed the pool does not always match (its smaller tiles fault more
+fresh pages). The intra-op thread count is set to one for the duration of a pool and
+restored after it, so nothing outlives the call. Torch releases the GIL inside its
+operations, so the threads run their tiles' operations in parallel; between operations they
+take turns at the GIL, which is why the pool has no more threads than cores and its tiles
+are not made too small (``compute.BUSY_EXTRA_WORKERS``, ``compute.MIN_TASK_NUMEL``).
 
 A pool with a thread for every CPU of the process pins each of its threads to one of them
-(:func:`run_tasks`): beside a busy process there is no idle CPU, and the scheduler then
-wakes a thread that waited for the GIL on the CPU of the thread that released it, so that
-two of our threads share one CPU while the neighbour keeps the other to itself (measured:
-our threads on the same CPU in about two thirds of the samples, the process using one
-core of two). Pinned, each CPU holds one of our threads and the neighbour takes a share
-of one of them only. Every CPU gets one thread, so two such processes still share evenly;
-the pins end with the pool's threads, at the end of the call.
+(:func:`run_tasks`): beside a busy process there is no idle CPU, and the scheduler tends to
+wake a thread that waited for the GIL on the CPU of the thread that released it, so that
+two of our threads share one CPU while the neighbour keeps the other to itself (sampled on
+2 CPUs: our two threads on the same CPU in about two thirds of the samples). Pinned, each
+CPU holds one of our threads (measured under load: GAP CNN 8% faster, Flatten CNN the
+same). Every CPU gets one thread, so two such processes still share evenly; the pins end
+with the pool's threads, at the end of the call.
 """
 
 from __future__ import annotations
