@@ -55,6 +55,13 @@ import widenets.compute as compute
 cfg = json.loads(sys.argv[1])
 if cfg["workers"]:
     compute.TILE_WORKERS = cfg["workers"]
+pooled = []  # whether each kernel evaluation ran on the pool
+_decide = compute._workers
+def _workers(x):
+    w = _decide(x)
+    pooled.append(w > 1)
+    return w
+compute._workers = _workers
 rng = np.random.default_rng(0)
 if cfg["case"] == "fc":
     layers = []
@@ -80,14 +87,16 @@ else:
         call = lambda: net.kernel(x, x2)
 call()
 import os, signal
-times = {"quiet": [], "busy": []}
+times = {"quiet": [], "busy": [], "pooled": {"quiet": 0, "busy": 0}}
 for _ in range(cfg["repeats"]):
     for kind in ("quiet", "busy"):
         os.kill(cfg["busy_pid"], signal.SIGSTOP if kind == "quiet" else signal.SIGCONT)
         time.sleep(cfg["settle"])
+        pooled.clear()
         t = time.perf_counter()
         call()
         times[kind].append(time.perf_counter() - t)
+        times["pooled"][kind] += any(pooled)
 os.kill(cfg["busy_pid"], signal.SIGSTOP)
 print(json.dumps(times))
 """
@@ -214,13 +223,14 @@ def main():
     code = LOADS[args.load].format(seconds=args.busy_seconds)
     busy = subprocess.Popen([sys.executable, "-c", code])
     os.kill(busy.pid, signal.SIGSTOP)
-    results = {}
+    results, pooled = {}, {}
     try:
         for case in args.cases:
             for s in settings:
                 times = measure(case, s, args, data, busy.pid)
                 for kind in ("quiet", "busy"):
                     results[(kind, case, s)] = times[kind]
+                pooled[(case, s)] = times.get("pooled")
     finally:
         busy.kill()
         busy.wait()
@@ -234,7 +244,9 @@ def main():
         for s in settings:
             q = statistics.median(results[("quiet", case, s)])
             b = statistics.median(results[("busy", case, s)])
-            print(f"{case:8} | {s:26} | {q:8.3f} | {b:8.3f} | {b / q:6.2f}")
+            p = pooled[(case, s)]
+            on = "" if p is None else f" | pool in {p['quiet']}/{p['busy']} quiet/busy calls"
+            print(f"{case:8} | {s:26} | {q:8.3f} | {b:8.3f} | {b / q:6.2f}{on}")
     for case in args.cases if {"widenets", "widenets, one pool thread"} <= set(settings) else []:
         base = statistics.median(results[("quiet", case, "widenets, one pool thread")])
         now = statistics.median(results[("quiet", case, "widenets")])
