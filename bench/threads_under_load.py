@@ -1,5 +1,5 @@
 """Benchmark: kernels on a quiet machine and beside one busy process, widenets against
-Neural Tangents, each case in a fresh subprocess.
+Neural Tangents, each case and setting in a fresh subprocess.
 
 Cases (NNGP + NTK, float64):
 
@@ -12,16 +12,21 @@ Settings:
 
 - ``widenets``: the library as it is: on a quiet machine tiles one after another on torch's
   threads; when another process is running, tiles (sized for the cores) spread over a pool
-  of one thread per core plus one, each running torch with one intra-op thread, so that no
-  thread spins waiting for a preempted one, and the steps outside the tiles also run on
-  one torch thread (``widenets._pool``, ``widenets.compute._workers``);
+  of one thread per core (pinned to its core when they cover all of them), each running
+  torch with one intra-op thread, so that no thread spins waiting for a preempted one, and
+  the steps outside the tiles also run on one torch thread (``widenets._pool``,
+  ``widenets.compute._workers``);
 - ``widenets, one pool thread``: tiles one after another with torch's own threads, whatever
   the load, as before the pool (``widenets.compute.TILE_WORKERS = 1``): the baseline;
 - ``Neural Tangents`` 0.6.5 (jitted, its default threads), when /tmp/nt-venv exists.
 
 The busy process (``--load``) is one CPU-bound pure-Python loop (``python``) or another torch
-job doing elementwise work with torch's default threads (``torch``). It is bounded in time
-and stopped at the end. Each timing is the median of ``--repeats`` calls after a first call.
+job doing elementwise work with torch's default threads (``torch``), started once and bounded
+in time. Each worker makes a first call, then alternates quiet and busy calls: before each
+it stops (SIGSTOP) or continues (SIGCONT) the busy process and waits ``--settle`` seconds
+(longer than ``widenets.compute.LOAD_MAX_AGE``, so that a call sees the load as it is).
+Quiet and busy calls thus share the same process and the same moments of the machine's
+other activity. Each timing is the median of ``--repeats`` calls of a kind.
 
     flock /tmp/bench.lock python bench/threads_under_load.py
     flock /tmp/bench.lock python bench/threads_under_load.py --cases gap flatten --load torch
@@ -32,10 +37,10 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import signal
 import statistics
 import subprocess
 import sys
-import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 SRC = os.path.join(os.path.dirname(HERE), "src")
@@ -50,6 +55,13 @@ import widenets.compute as compute
 cfg = json.loads(sys.argv[1])
 if cfg["workers"]:
     compute.TILE_WORKERS = cfg["workers"]
+pooled = []  # whether each kernel evaluation ran on the pool
+_decide = compute._workers
+def _workers(x):
+    w = _decide(x)
+    pooled.append(w > 1)
+    return w
+compute._workers = _workers
 rng = np.random.default_rng(0)
 if cfg["case"] == "fc":
     layers = []
@@ -74,11 +86,18 @@ else:
         x2 = torch.from_numpy(rng.standard_normal((64, 3, 16, 16)))
         call = lambda: net.kernel(x, x2)
 call()
-times = []
+import os, signal
+times = {"quiet": [], "busy": [], "pooled": {"quiet": 0, "busy": 0}}
 for _ in range(cfg["repeats"]):
-    t = time.perf_counter()
-    call()
-    times.append(time.perf_counter() - t)
+    for kind in ("quiet", "busy"):
+        os.kill(cfg["busy_pid"], signal.SIGSTOP if kind == "quiet" else signal.SIGCONT)
+        time.sleep(cfg["settle"])
+        pooled.clear()
+        t = time.perf_counter()
+        call()
+        times[kind].append(time.perf_counter() - t)
+        times["pooled"][kind] += any(pooled)
+os.kill(cfg["busy_pid"], signal.SIGSTOP)
 print(json.dumps(times))
 """
 
@@ -116,11 +135,16 @@ else:
     def call():
         jax.block_until_ready(kernel_fn(x, x2, get=("nngp", "ntk")).ntk)
 call()
-times = []
+import os, signal
+times = {"quiet": [], "busy": []}
 for _ in range(cfg["repeats"]):
-    t = time.perf_counter()
-    call()
-    times.append(time.perf_counter() - t)
+    for kind in ("quiet", "busy"):
+        os.kill(cfg["busy_pid"], signal.SIGSTOP if kind == "quiet" else signal.SIGCONT)
+        time.sleep(cfg["settle"])
+        t = time.perf_counter()
+        call()
+        times[kind].append(time.perf_counter() - t)
+os.kill(cfg["busy_pid"], signal.SIGSTOP)
 print(json.dumps(times))
 """
 
@@ -157,8 +181,10 @@ def _nt_data() -> str:
     return folder
 
 
-def measure(case: str, setting: str, repeats: int, data: str | None) -> list[float]:
-    cfg = {"case": case, "repeats": repeats, "workers": SETTINGS.get(setting), "data": data}
+def measure(case: str, setting: str, args, data: str | None, busy_pid: int) -> dict:
+    """{"quiet": [s, ...], "busy": [s, ...]} of one case and setting, in a fresh process."""
+    cfg = {"case": case, "repeats": args.repeats, "workers": SETTINGS.get(setting),
+           "data": data, "busy_pid": busy_pid, "settle": args.settle}  # fmt: skip
     env = dict(os.environ)
     if setting == "Neural Tangents":
         env.update(JAX_ENABLE_X64="1", JAX_PLATFORMS="cpu", TF_CPP_MIN_LOG_LEVEL="3")
@@ -174,42 +200,54 @@ def measure(case: str, setting: str, repeats: int, data: str | None) -> list[flo
 def main():
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--cases", nargs="+", choices=sorted(CASES), default=list(CASES))
-    p.add_argument("--repeats", type=int, default=3, help="timed calls per setting")
+    p.add_argument("--repeats", type=int, default=3, help="timed calls of each kind")
+    p.add_argument(
+        "--settle", type=float, default=1.2, help="seconds between a change of load and a call"
+    )
     p.add_argument("--busy-seconds", type=int, default=600, help="upper bound of the load")
     p.add_argument("--load", choices=sorted(LOADS), default="python", help="the busy process")
+    p.add_argument(
+        "--settings", nargs="+", choices=[*SETTINGS, "Neural Tangents"],
+        default=[*SETTINGS, "Neural Tangents"], help="what to measure",
+    )  # fmt: skip
     args = p.parse_args()
-    settings = list(SETTINGS)
+    settings = [s for s in args.settings if s in SETTINGS]
     data = None
-    if os.path.exists(NT_PYTHON):
+    if "Neural Tangents" not in args.settings:
+        pass
+    elif os.path.exists(NT_PYTHON):
         settings.append("Neural Tangents")
         data = _nt_data()
     else:
         print(f"Neural Tangents: absent ({NT_PYTHON} not found)")
-    results = {}
-    for case in args.cases:
-        for s in settings:
-            results[("quiet", case, s)] = measure(case, s, args.repeats, data)
     code = LOADS[args.load].format(seconds=args.busy_seconds)
     busy = subprocess.Popen([sys.executable, "-c", code])
-    time.sleep(0.5)
+    os.kill(busy.pid, signal.SIGSTOP)
+    results, pooled = {}, {}
     try:
         for case in args.cases:
             for s in settings:
-                results[("busy", case, s)] = measure(case, s, args.repeats, data)
+                times = measure(case, s, args, data, busy.pid)
+                for kind in ("quiet", "busy"):
+                    results[(kind, case, s)] = times[kind]
+                pooled[(case, s)] = times.get("pooled")
     finally:
         busy.kill()
         busy.wait()
     print(
-        f"NNGP + NTK, float64; median of {args.repeats} calls after a first one; "
-        f"{os.cpu_count()} CPUs; busy: one {args.load} process beside it"
+        f"NNGP + NTK, float64; median of {args.repeats} calls of each kind after a first one, "
+        f"quiet and busy alternating; {os.cpu_count()} CPUs; busy: one {args.load} process "
+        "beside it"
     )
     print(f"{'case':8} | {'setting':26} | {'quiet s':>8} | {'busy s':>8} | busy/quiet")
     for case in args.cases:
         for s in settings:
             q = statistics.median(results[("quiet", case, s)])
             b = statistics.median(results[("busy", case, s)])
-            print(f"{case:8} | {s:26} | {q:8.3f} | {b:8.3f} | {b / q:6.2f}")
-    for case in args.cases:
+            p = pooled[(case, s)]
+            on = "" if p is None else f" | pool in {p['quiet']}/{p['busy']} quiet/busy calls"
+            print(f"{case:8} | {s:26} | {q:8.3f} | {b:8.3f} | {b / q:6.2f}{on}")
+    for case in args.cases if {"widenets", "widenets, one pool thread"} <= set(settings) else []:
         base = statistics.median(results[("quiet", case, "widenets, one pool thread")])
         now = statistics.median(results[("quiet", case, "widenets")])
         print(f"{case}: quiet time against the one-pool-thread baseline: {now / base:.2f}")

@@ -103,16 +103,16 @@ def test_the_pool_is_used_only_when_another_process_is_running(monkeypatch):
     monkeypatch.setattr(compute, "TILE_WORKERS", None)
     monkeypatch.setattr(compute, "BUSY_EXTRA_WORKERS", 1)
     monkeypatch.setattr(compute, "default_workers", lambda: 2)
-    monkeypatch.setattr(compute, "others_running", lambda: 0)
+    monkeypatch.setattr(compute, "others_running", lambda **_: 0)
     assert compute._workers(x) == 1  # quiet: torch's own threads, as before the pool
-    monkeypatch.setattr(compute, "others_running", lambda: 1)
+    monkeypatch.setattr(compute, "others_running", lambda **_: 1)
     assert compute._workers(x) == 3  # a thread more than the cores beside one neighbour
-    monkeypatch.setattr(compute, "others_running", lambda: 5)
+    monkeypatch.setattr(compute, "others_running", lambda **_: 5)
     assert compute._workers(x) == 3  # at most BUSY_EXTRA_WORKERS more
-    monkeypatch.setattr(compute, "others_running", lambda: None)  # unknown: quiet
+    monkeypatch.setattr(compute, "others_running", lambda **_: None)  # unknown: quiet
     assert compute._workers(x) == 1
     monkeypatch.setattr(compute, "default_workers", lambda: 1)  # the user set one thread
-    monkeypatch.setattr(compute, "others_running", lambda: 1)
+    monkeypatch.setattr(compute, "others_running", lambda **_: 1)
     assert compute._workers(x) == 1
     monkeypatch.setattr(compute, "TILE_WORKERS", 3)
     assert compute._workers(x) == 3
@@ -153,14 +153,14 @@ def test_a_busy_call_runs_outside_its_tiles_on_one_thread_and_restores_it(monkey
     monkeypatch.setattr(compute, "prepare_kernel", spy)
     monkeypatch.setattr(compute, "TILE_WORKERS", None)
     monkeypatch.setattr(compute, "default_workers", lambda: 2)  # whatever the CPUs here
-    monkeypatch.setattr(compute, "others_running", lambda: 1)
+    monkeypatch.setattr(compute, "others_running", lambda **_: 1)
     net = wn.serial(wn.Dense(8), wn.Relu(), wn.Dense(1))
     x = torch.randn(30, 3, dtype=torch.float64)
     try:
         torch.set_num_threads(2)
         busy = net.kernel(x)
         assert torch.get_num_threads() == 2
-        monkeypatch.setattr(compute, "others_running", lambda: 0)
+        monkeypatch.setattr(compute, "others_running", lambda **_: 0)
         quiet = net.kernel(x)
         assert seen == [1, 2]
         torch.testing.assert_close(busy.ntk, quiet.ntk, rtol=1e-13, atol=1e-15)
@@ -185,3 +185,71 @@ def test_others_running_sees_a_busy_process():
     finally:
         busy.kill()
         busy.wait()
+
+
+def test_a_busy_call_spreads_its_tiles_over_the_pool(monkeypatch):
+    """Beside a busy process the tiles are planned for the pool's threads, not for the one
+    torch thread the call runs its other steps with: several tiles, on several threads."""
+    import widenets._pool as pool
+
+    before = torch.get_num_threads()
+    seen, tiles = set(), []
+    real_one, real_plan = compute._one_kernel, compute.plan_tiles
+
+    def spy(k):
+        seen.add(threading.current_thread().name)
+        return real_one(k)
+
+    def plan_spy(request, budgets):
+        plan = real_plan(request, budgets)
+        tiles.append(len(plan.blocks))
+        return plan
+
+    monkeypatch.setattr(compute, "_one_kernel", spy)
+    monkeypatch.setattr(compute, "plan_tiles", plan_spy)
+    monkeypatch.setattr(compute, "TILE_WORKERS", None)
+    monkeypatch.setattr(compute, "MIN_TASK_NUMEL", 1)
+    monkeypatch.setattr(pool, "cpu_count", lambda: 2)  # whatever the CPUs here
+    monkeypatch.setattr(compute, "others_running", lambda **_: 1)
+    net, shape = _nets()["cnn flatten (packed)"]
+    x = torch.randn(*shape, dtype=torch.float64)
+    try:
+        torch.set_num_threads(2)
+        net.kernel(x, x + 1)
+    finally:
+        torch.set_num_threads(before)
+    assert tiles[0] >= 2 * compute.TASKS_PER_WORKER
+    assert len({n for n in seen if n.startswith("widenets-tiles-")}) == 2, seen
+
+
+def test_others_running_answers_again_within_max_age(monkeypatch):
+    import widenets._pool as pool
+
+    looks = []
+    monkeypatch.setattr(pool, "_look", lambda samples: looks.append(samples) or len(looks))
+    monkeypatch.setattr(pool, "_last", (None, None))
+    assert pool.others_running(max_age=60) == 1
+    assert pool.others_running(max_age=60) == 1  # cached
+    assert pool.others_running() == 2  # max_age 0: a new look
+    assert looks == [5, 5]
+
+
+def test_a_pool_covering_every_cpu_pins_one_thread_to_each(monkeypatch):
+    import widenets._pool as pool
+
+    pins, lock = [], threading.Lock()  # a list: a finished thread's ident may be reused
+    monkeypatch.setattr(pool, "_cpus", lambda: [3, 5])
+    monkeypatch.setattr(pool, "_pin", pins.append)
+
+    def fn(i):
+        with lock:
+            pass
+
+    run_tasks(list(range(8)), fn, workers=2)
+    assert sorted(pins) == [3, 5]
+    pins.clear()
+    run_tasks(list(range(8)), fn, workers=1)  # one after another: no pin
+    assert pins == []
+    monkeypatch.setattr(pool, "_cpus", lambda: [0, 1, 2, 3])
+    run_tasks(list(range(8)), fn, workers=2)  # fewer threads than CPUs: no pin
+    assert pins == []

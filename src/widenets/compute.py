@@ -78,12 +78,21 @@ PROGRESS_NUMEL = 1 << 26
 #: CPUs of this process) plus one per other running thread, at most BUSY_EXTRA_WORKERS more
 #: (``_pool.busy_workers``); 1: always one after another
 TILE_WORKERS: int | None = None
-BUSY_EXTRA_WORKERS = 1
+#: 0: a thread more than the cores loses more than it wins from a neighbour: whenever it
+#: preempts one of our threads that holds the GIL, every other thread of the pool waits
+#: (measured: 3 threads on 2 cores take twice the time of 2 on a quiet machine)
+BUSY_EXTRA_WORKERS = 0
+#: seconds for which the load seen by one call is taken as that of the next ones (a look at
+#: the load costs about 2 ms beside a busy process: a share of a call of 50 ms)
+LOAD_MAX_AGE = 1.0
 #: with several threads, tiles are made small enough that each thread gets this many, so
 #: that a thread slowed by another process holds up little; but not below MIN_TASK_NUMEL
-#: pair-scalars, where per-operation overhead would dominate
+#: pair-scalars (2 MiB of float64 per operation): the threads share the GIL between the
+#: operations, and beside a busy process a thread preempted while it holds the GIL stops
+#: the others, so the fewer (larger) operations the better (measured on the Flatten CNN of
+#: ``bench/threads_under_load.py``: tiles of 2^18 take 20% less time under load than 2^17)
 TASKS_PER_WORKER = 4
-MIN_TASK_NUMEL = 1 << 15
+MIN_TASK_NUMEL = 1 << 18
 
 
 def check_batch_size(batch_size) -> tuple[int, int]:
@@ -168,6 +177,9 @@ def evaluate_kernel(
         serial = one_intra_op_thread() if executor.workers > 1 else nullcontext()
     else:
         serial = nullcontext()  # an executor of the caller's: its own threads
+    # before ``serial``: within it torch has one thread, and the tiles would be planned for
+    # one worker (one tile: the whole pool idle but one thread)
+    plan_workers = _plan_workers(executor)
     with serial:  # on the pool, the steps outside the tiles also run on one torch thread
         job = prepare_kernel(
             layer,
@@ -179,7 +191,7 @@ def evaluate_kernel(
             pattern=pattern,
             mask_constant=mask_constant,
         )
-        plan = plan_tiles(job.request(_plan_workers(executor)), budgets())
+        plan = plan_tiles(job.request(plan_workers), budgets())
         work = job.work()
         sink = KernelSink(plan, dtype, job.names, "ntk" in job.names)
         with fused_call(job.n1 * job.n2 * job.cost):  # the compiled loops' "auto" switch
@@ -427,7 +439,7 @@ def _workers(x) -> int:
     threads = default_workers()
     if threads <= 1:  # the user asked torch for one thread: no pool
         return 1
-    return busy_workers(threads, others_running(), BUSY_EXTRA_WORKERS)
+    return busy_workers(threads, others_running(max_age=LOAD_MAX_AGE), BUSY_EXTRA_WORKERS)
 
 
 def _plan_workers(executor) -> int:
