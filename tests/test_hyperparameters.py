@@ -133,9 +133,9 @@ def test_equal_networks_share_a_kernel_cache_entry():
 
     x = torch.randn(5, 3, dtype=torch.float64).numpy()
     cache = KernelCache()
-    cache.kernels(A.fully_connected(1, 8, 1), x)
+    first = cache.kernels(A.fully_connected(1, 8, 1), x)  # held, as an estimator does
     n = cache.pairs_computed
-    cache.kernels(A.fully_connected(1, 8, 1), x)  # a second, equal network: no new work
-    assert cache.pairs_computed == n
+    again = cache.kernels(A.fully_connected(1, 8, 1), x)  # a second, equal network: no new work
+    assert cache.pairs_computed == n and again.ntk is first.ntk
     cache.kernels(A.fully_connected(1, 8, 1, w_std=1.0), x)
     assert cache.pairs_computed > n

@@ -17,6 +17,7 @@ from sklearn.preprocessing import FunctionTransformer, StandardScaler
 from sklearn.utils.estimator_checks import check_estimator
 
 import widenets as wn
+import widenets.kernel_cache as kc
 from widenets.sklearn import (
     KernelCache,
     NNGPClassifier,
@@ -380,14 +381,13 @@ def test_kernel_cache_holds_nothing_until_a_request_reuses_something():
     net = _cnn(3)
     k = cache.kernels(net, x[:20], input_shape=(1, 12))
     ref = weakref.ref(k.ntk)
+    for i in range(4):  # more results, none reusing anything
+        cache.kernels(net, x[20:] + i + 1, input_shape=(1, 12))
     del k
     gc.collect()
-    assert ref() is not None  # the latest results are held, for the next fold to reuse
-    for i in range(4):  # four more results, none reusing anything: the first is dropped
-        cache.kernels(net, x[20:] + i + 1, input_shape=(1, 12))
-    gc.collect()
     assert ref() is None  # the cache did not keep the kernel alive
-    assert not cache.reused and cache.nbytes < 20 * 20 * 16 + 4 * 10 * 10 * 16
+    # the 60 rows and their variances only (8 bytes per feature and per variance), no kernel
+    assert not cache.reused and cache.nbytes == (20 + 4 * 10) * (8 * 12 + 8)
     n = cache.pairs_computed
     again = cache.kernels(net, x[:20], input_shape=(1, 12))  # a reuse, but its block was freed
     assert cache.pairs_computed == n + 400 and cache.reused
@@ -557,3 +557,65 @@ def test_kernel_cache_key_computed_once_serves_the_same_entries():
     assert k1.ntk is k2.ntk
     with pytest.raises(ValueError, match="`key` was made for rows of 11 features"):
         cache.kernels(net, x, key=KernelCache.key(net, None, 11))
+
+
+def _fc():
+    return wn.serial(wn.Dense(16, 1.5, 0.1), wn.Relu(), wn.Dense(1, 1.5, 0.1))
+
+
+@pytest.mark.parametrize("weak_hashes", [False, True])
+def test_kernel_cache_computed_and_repeated_results_equal_direct_bit_for_bit(
+    weak_hashes, monkeypatch
+):
+    """A result computed with nothing known, and its exact repeat (passed as other array
+    objects with the same bits), are bit for bit those of a direct call; with every row
+    hashing alike and every array probing alike (as colliding hashes would), the same."""
+    if weak_hashes:
+        monkeypatch.setattr(kc, "_row_hashes", lambda x: np.zeros(len(x), dtype=np.uint64))
+        monkeypatch.setattr(kc, "_probe", lambda x: ())
+    g = np.random.default_rng(3)
+    net = _fc()
+    cache = KernelCache()
+    folds = [(g.standard_normal((20, 5)), g.standard_normal((9, 5))) for _ in range(3)]
+    held = []  # the first pass's results, alive as an estimator keeps them
+    for n_pass in range(2):  # the second pass repeats every request (with new array objects)
+        for tr, te in folds:
+            for x1, x2 in ((tr, None), (te, tr)):
+                got = cache.kernels(net, x1.copy(), None if x2 is None else x2.copy())
+                want = kc.direct_kernels(net, x1, x2, None)
+                for name in ("nngp", "ntk", "cov1", "cov2"):
+                    assert torch.equal(getattr(got, name), getattr(want, name)), name
+                if n_pass == 0:
+                    held.append(got)
+                else:  # served from the kept block: the very tensors returned before
+                    assert got.ntk is held.pop(0).ntk
+        if n_pass == 0:
+            computed = cache.pairs_computed
+            assert computed == 3 * (20 * 20 + 9 * 20) and not cache.reused
+    assert cache.reused and cache.pairs_computed == computed
+
+
+def test_kernel_cache_no_false_hit_between_arrays_that_probe_and_hash_alike(monkeypatch):
+    """Arrays that differ in one middle row (same shape, same first, middle and last rows: the
+    same probe), or only in the sign of a zero, are different requests; so are rows whose
+    hashes all collide (forced): each result is that of a direct call."""
+    monkeypatch.setattr(kc, "_row_hashes", lambda x: np.zeros(len(x), dtype=np.uint64))
+    g = np.random.default_rng(4)
+    net = _fc()
+    a = g.standard_normal((7, 5))
+    b = a.copy()
+    b[2] += 1.0  # not a probed row (0, 3, 6)
+    c = a.copy()
+    c[4, 1] = 0.0
+    d = c.copy()
+    d[4, 1] = -0.0  # equal as floats, different bits: its own entry, as bytes keys have
+    assert kc._probe(a) == kc._probe(b)
+    cache = KernelCache()
+    for x1, x2 in ((a, None), (b, None), (c, None), (d, None), (b, a), (a, b), (a, None)):
+        got = cache.kernels(net, x1, x2)
+        want = kc.direct_kernels(net, x1, x2, None)
+        torch.testing.assert_close(got.nngp, want.nngp, rtol=1e-12, atol=0)
+        torch.testing.assert_close(got.ntk, want.ntk, rtol=1e-12, atol=0)
+        torch.testing.assert_close(got.cov2, want.cov2, rtol=1e-12, atol=0)
+    assert cache._rows(b) is not cache._rows(a)
+    assert cache._rows(d) is not cache._rows(c) and cache._rows(a.copy()) is cache._rows(a)

@@ -15,7 +15,7 @@ from __future__ import annotations
 import hashlib
 import threading
 import weakref
-from collections import OrderedDict, deque
+from collections import OrderedDict
 from dataclasses import dataclass
 
 import numpy as np
@@ -164,21 +164,20 @@ class _Block:
     row, a network tried once), and keeping memory alive is not free: the next computation
     must then fault in fresh pages, which costs a visible fraction of a cheap kernel. So a
     block is kept either strongly (the cache holds the tensors it returned, no copy) or, until
-    the cache has seen a request reuse anything, as a ghost: its row keys, its variances and
-    weak references to its kernels, alive only while the caller keeps them. An identical
-    later request gets the tensors back as they are; a request that needs some of their
-    entries among others first writes them into the store of their rows.
+    the cache has seen a request reuse anything, as a ghost: its rows (shared :class:`_Rows`),
+    its variances and weak references to its kernels, alive only while the caller keeps them.
+    An identical later request gets the tensors back as they are; a request that needs some
+    of their entries among others first writes them into the store of their rows.
 
     The caller holds the same tensors, so the block records their version counters: a tensor
     changed in place since is an error at the next read, never a silently wrong kernel.
     """
 
-    __slots__ = ("exact", "b1", "b2", "r", "c", "k", "refs", "covs", "versions", "nbytes", "d")
+    __slots__ = ("exact", "rows1", "rows2", "k", "refs", "covs", "versions", "nbytes", "d")
 
-    def __init__(self, exact, b1, b2, k: CachedKernels, d: int, strong: bool):
-        self.exact, self.b1, self.b2, self.d = exact, b1, b2, d
-        self.r = dict.fromkeys(b1)
-        self.c = self.r if b2 is None else dict.fromkeys(b2)
+    def __init__(self, exact, rows1: _Rows, rows2: _Rows | None, k: CachedKernels, strong: bool):
+        self.exact, self.rows1, self.rows2 = exact, rows1, rows2
+        self.d = rows1.x.shape[1]
         self.versions = _versions(k)
         self.covs = (k.cov1, k.cov2)
         self.k, self.refs = None, (weakref.ref(k.nngp), weakref.ref(k.ntk))
@@ -186,9 +185,18 @@ class _Block:
         if strong:
             self.keep(k)
 
+    @property
+    def b1(self) -> list[bytes]:
+        return self.rows1.keys()
+
+    @property
+    def b2(self) -> list[bytes] | None:
+        return None if self.rows2 is None else self.rows2.keys()
+
     def _nbytes(self, strong: bool) -> int:
-        n1, n2 = len(self.b1), len(self.b1 if self.b2 is None else self.b2)
-        rows = n1 if self.b2 is None else n1 + n2  # each distinct row, and its variance
+        n1 = len(self.rows1.x)
+        n2 = n1 if self.rows2 is None else len(self.rows2.x)
+        rows = n1 if self.rows2 is None else n1 + n2  # each row, and its variance
         return (16 * n1 * n2 if strong else 0) + rows * (8 * self.d + 8)
 
     def keep(self, k: CachedKernels) -> None:
@@ -199,12 +207,21 @@ class _Block:
     def strong(self) -> bool:
         return self.k is not None
 
+    def may_share_pairs(self, r1: _Rows, r2: _Rows | None) -> bool:
+        """Whether some pair of r1 x r2 (r2 None: r1) may be among this block's (either
+        orientation): False is certain, True may be a hash collision."""
+        o1, r2 = self.rows1, r1 if r2 is None else r2
+        o2 = o1 if self.rows2 is None else self.rows2
+        if o1.may_share(r1) and o2.may_share(r2):
+            return True
+        return self.rows2 is not None and o2.may_share(r1) and o1.may_share(r2)
+
     def shares_pairs(self, b1: list[bytes], b2: list[bytes]) -> bool:
-        """Whether some pair of b1 x b2 is among this block's (either orientation)."""
-        r, c = self.r.keys(), self.c.keys()
+        """Whether some pair of b1 x b2 is among this block's (either orientation): exact."""
+        r, c = self.rows1.key_set(), (self.rows1 if self.rows2 is None else self.rows2).key_set()
         if not r.isdisjoint(b1) and not c.isdisjoint(b2):
             return True
-        return self.b2 is not None and not c.isdisjoint(b1) and not r.isdisjoint(b2)
+        return self.rows2 is not None and not c.isdisjoint(b1) and not r.isdisjoint(b2)
 
     def kernels(self) -> CachedKernels | None:
         """The kernels as returned, or None for a ghost whose kernels were freed."""
@@ -227,10 +244,8 @@ def _versions(k: CachedKernels) -> tuple[int, ...]:
     return tuple(t._version for t in (k.nngp, k.ntk, k.cov1, k.cov2))
 
 
-#: results held strongly while the cache has seen no reuse, the most recent first: enough for
-#: the next fold of a search to reuse a fold's fit and prediction, few enough that their memory
-#: is recycled instead of faulting in fresh pages for every result
-_RECENT = 4
+#: probes kept in the pool of row arrays before those of freed arrays are swept out
+_POOL_SWEEP = 256
 
 
 class _Network:
@@ -243,27 +258,121 @@ class _Network:
         self.groups: list[_Store] = []
         self.blocks: dict[tuple, _Block] = {}
         self.block_bytes = 0  # sum of the blocks' nbytes, kept as they come and go
-        # every row of the blocks (a superset after blocks are dropped): one scan of a
-        # request's rows tells that no block can share a pair with it (e.g. new rows)
-        self.seen: dict[bytes, None] = {}
+        # the hashes of every row of the groups (a superset after some are dropped; emptied
+        # when all are): a request none of whose x1 rows' hashes is here shares no pair with
+        # them (equal rows have equal hashes), as one set scan tells
+        self.seen: set[int] = set()
 
     def add(self, block: _Block) -> None:
+        old = self.blocks.get(block.exact)
+        if old is not None:  # the same request: the newer block wins
+            self.drop(old)
         self.blocks[block.exact] = block
         self.block_bytes += block.nbytes
-        self.seen.update(block.r)
-        if block.b2 is not None:
-            self.seen.update(block.c)
 
     def drop(self, block: _Block) -> None:
         del self.blocks[block.exact]
         self.block_bytes -= block.nbytes
         if not self.blocks:
-            self.seen = {}
             self.block_bytes = 0
 
     @property
     def nbytes(self) -> int:
         return sum(g.nbytes for g in self.groups) + self.block_bytes
+
+
+#: odd 64-bit multipliers of the row hash, one per feature (cycled for wider rows)
+_MULT = np.random.default_rng(0x5EED).integers(1, 2**63, 64, dtype=np.uint64) * 2 + 1
+
+
+def _row_hashes(x: np.ndarray) -> np.ndarray:
+    """A 64-bit hash of the bytes of each row of a C-contiguous float64 (N, D) array: a few
+    vectorised passes, against one bytes object per row for ``_row_keys``. Equal rows have
+    equal hashes; different rows almost never do, and a hash is never trusted alone: a
+    match leads to a comparison of the rows themselves."""
+    u = x.view(np.uint64)
+    mult = np.resize(_MULT, x.shape[1]) if x.shape[1] > len(_MULT) else _MULT[: x.shape[1]]
+    with np.errstate(over="ignore"):
+        v = u * mult
+        v ^= v >> np.uint64(31)
+        h = v.sum(axis=1, dtype=np.uint64)
+        h ^= h >> np.uint64(29)
+        h *= np.uint64(0xBF58476D1CE4E5B9)
+        h ^= h >> np.uint64(32)
+    return h
+
+
+class _Rows:
+    """One distinct (N, D) float64 array of rows that requests passed (a read-only copy),
+    with its rows' hashes, shared by every request and block with these exact bits.
+
+    A grid search passes few distinct arrays (a fold's training and test rows, the same for
+    every setting) in many requests: each is copied and hashed once, and whether two arrays
+    may share a row is worked out once per pair of arrays, not once per request.
+    """
+
+    __slots__ = ("x", "h", "serial", "overlaps", "_list", "_set", "_keys", "_key_set")
+    __slots__ += ("__weakref__",)
+
+    def __init__(self, x: np.ndarray, serial: int):
+        self.x = x.copy()  # the caller's array may change later
+        self.x.flags.writeable = False
+        self.h = _row_hashes(self.x)
+        self.serial = serial  # unique over the cache's life: part of the blocks' keys
+        self.overlaps: dict[int, bool] = {}  # serial of another _Rows -> may they share a row
+        self._list = self._set = self._keys = self._key_set = None
+
+    def __len__(self) -> int:
+        return len(self.x)
+
+    def hash_list(self) -> list[int]:
+        if self._list is None:
+            self._list = self.h.tolist()
+        return self._list
+
+    def hash_set(self) -> set[int]:
+        if self._set is None:
+            self._set = set(self.hash_list())
+        return self._set
+
+    def keys(self) -> list[bytes]:
+        """The bytes of each row (built at the first need: most arrays are never compared
+        row by row)."""
+        if self._keys is None:
+            self._keys = _row_keys(self.x)
+        return self._keys
+
+    def key_set(self):
+        if self._key_set is None:
+            self._key_set = dict.fromkeys(self.keys()).keys()
+        return self._key_set
+
+    def may_share(self, other: _Rows) -> bool:
+        """Whether the two arrays may have a row in common (False is certain; True may be
+        a collision of two different rows' hashes)."""
+        if other is self:
+            return len(self) > 0
+        known = self.overlaps.get(other.serial)
+        if known is None:
+            small, big = (self, other) if len(self) <= len(other) else (other, self)
+            known = not big.hash_set().isdisjoint(small.hash_list())
+            self.overlaps[other.serial] = other.overlaps[self.serial] = known
+        return known
+
+
+def _probe(x: np.ndarray) -> tuple:
+    """A cheap key of an (N, D) float64 array (its shape and the bytes of three rows): equal
+    arrays have equal probes; arrays with equal probes are then compared whole."""
+    n = len(x)
+    if n == 0 or x.shape[1] == 0:
+        return x.shape
+    return (x.shape, x[0].tobytes(), x[n // 2].tobytes(), x[n - 1].tobytes())
+
+
+def _same_bits(a: np.ndarray, b: np.ndarray) -> bool:
+    """Whether two float64 arrays hold the same bits (so -0.0 differs from 0.0, as bytes
+    keys do, and a NaN equals itself)."""
+    return a.shape == b.shape and np.array_equal(a.view(np.uint64), b.view(np.uint64))
 
 
 def _row_keys(x: np.ndarray) -> list[bytes]:
@@ -298,8 +407,7 @@ class KernelCache:
     A request none of whose pairs is known is computed directly and its result kept by
     reference (no copy): an identical later request gets the same tensors back. Until some
     request has reused something, the cache references such results only weakly (they live as
-    long as their caller keeps them, the latest four also by the cache), so a search in which
-    nothing is ever shared (every
+    long as their caller keeps them), so a search in which nothing is ever shared (every
     setting a new network, every fold new rows under a per-fold scaler) costs no memory and
     no copy; the first reuse of a freed result recomputes it, and from then on results are
     held. A request that needs some known entries among others goes through a dense store of
@@ -342,7 +450,10 @@ class KernelCache:
         with self._lock:
             self._stores: OrderedDict = OrderedDict()
             self.reused = False  # has a request reused anything yet (see _Block)
-            self._recent: deque = deque(maxlen=_RECENT)  # the latest weakly kept results
+            # the distinct row arrays that blocks hold, by probe (weakly: an array lives as
+            # long as a block holds it), and the serial of the next one
+            self._pool: dict[tuple, list[weakref.ref]] = {}
+            self._serial = 0
             if not hasattr(self, "pairs_computed"):
                 self.pairs_computed = 0
                 self.pairs_served = 0
@@ -350,8 +461,7 @@ class KernelCache:
     @property
     def nbytes(self) -> int:
         """Memory held by the stored kernels."""
-        held = sum(16 * k.nngp.numel() for k in self._recent)
-        return held + sum(net.nbytes for net in self._stores.values())
+        return sum(net.nbytes for net in self._stores.values())
 
     def __repr__(self) -> str:
         return f"KernelCache(max_bytes={self.max_bytes})"
@@ -407,14 +517,17 @@ class KernelCache:
                 net = _Network()
             else:
                 self._stores.move_to_end(key)
-            b1 = _row_keys(x1)
-            b2 = b1 if x2 is None else _row_keys(x2)
-            # each row's bytes are hashed once, here; the later set operations reuse the hash
-            exact = (tuple(b1), None if x2 is None else tuple(b2))
+                if not net.groups:
+                    net.seen = set()
+            # each distinct array is copied and hashed once (a grid search passes the same few
+            # arrays again and again); a request is then keyed by its arrays' serials
+            r1 = self._rows(x1)
+            r2 = None if x2 is None else self._rows(x2)
+            exact = (r1.serial, None if r2 is None else r2.serial)
             block = net.blocks.get(exact)
-            if block is not None:  # the very request seen before: its tensors, no copy
+            if block is not None:  # the very request seen before
                 self.reused = True
-                k = block.kernels()
+                k = block.kernels()  # its tensors, no copy
                 if k is not None:
                     if not block.strong:
                         net.drop(block)
@@ -423,11 +536,16 @@ class KernelCache:
                     self.pairs_served += n_pairs
                     return k
                 net.drop(block)  # a ghost whose kernels were freed
+            # the blocks that may share a pair with the request, from whether their arrays may
+            # share rows (worked out once per pair of arrays), and the groups that may
+            sharing = [b for b in net.blocks.values() if b.may_share_pairs(r1, r2)]
+            known = net.groups and not net.seen.isdisjoint(r1.hash_list())
+            if not sharing and not known:  # nothing of it is known: computed at once
+                return self._compute_new(key, net, exact, r1, r2, network, x1, x2, n_pairs)
+            b1 = r1.keys()
+            b2 = b1 if r2 is None else r2.keys()
             blocks = []  # (block, its kernels) of the blocks sharing pairs with the request
-            sharing = []
-            if not net.seen.keys().isdisjoint(b1):  # a pair of a block has a row in b1
-                sharing = [b for b in net.blocks.values() if b.shares_pairs(b1, b2)]
-            for b in sharing:
+            for b in [b for b in sharing if b.shares_pairs(b1, b2)]:
                 self.reused = True
                 k = b.kernels()  # unchanged since returned, or an error
                 if k is None:  # a ghost whose kernels were freed: forget it
@@ -435,18 +553,36 @@ class KernelCache:
                 else:
                     blocks.append((b, k))
             if not blocks and not any(_may_know(g, b1, b2) for g in net.groups):
-                # nothing of it is known: compute, and keep the result by reference
-                k = direct_kernels(network, x1, x2, shape)
-                self.pairs_computed += n_pairs
-                self.pairs_served += n_pairs
-                block = _Block(exact, b1, None if x2 is None else b2, k, d, self.reused)
-                self._keep(key, net, block)
-                if not self.reused and 16 * _RECENT * n_pairs <= self.max_bytes:
-                    self._recent.append(k)
-                    while self._recent and self.nbytes > self.max_bytes:
-                        self._recent.popleft()
-                return k
+                return self._compute_new(key, net, exact, r1, r2, network, x1, x2, n_pairs)
             return self._from_store(key, net, blocks, b1, b2, x2 is None, network, shape)
+
+    def _rows(self, x: np.ndarray) -> _Rows:
+        """The pooled :class:`_Rows` holding exactly the bits of x (made if none does)."""
+        probe = _probe(x)
+        refs = self._pool.get(probe)
+        if refs is not None:
+            for ref in refs:
+                rows = ref()
+                if rows is not None and _same_bits(rows.x, x):
+                    return rows
+            refs[:] = [r for r in refs if r() is not None]
+        else:
+            if len(self._pool) >= _POOL_SWEEP:  # forget the probes of freed arrays
+                self._pool = {p: v for p, v in self._pool.items() if any(r() for r in v)}
+            refs = self._pool[probe] = []
+        self._serial += 1
+        rows = _Rows(x, self._serial)
+        refs.append(weakref.ref(rows))
+        return rows
+
+    def _compute_new(self, key, net: _Network, exact, r1, r2, network, x1, x2, n_pairs):
+        """Kernels of a request none of whose pairs is known: computed, and the result kept
+        by reference (strongly once the cache has seen reuse, else weakly)."""
+        k = direct_kernels(network, x1, x2, key[1])
+        self.pairs_computed += n_pairs
+        self.pairs_served += n_pairs
+        self._keep(key, net, _Block(exact, r1, r2, k, self.reused))
+        return k
 
     def _keep(self, key, net: _Network, block: _Block) -> None:
         if block.nbytes <= self.max_bytes:
@@ -486,11 +622,13 @@ class KernelCache:
         net.groups = rest
         self._stores[key] = net
         self._make_room(key, _Store.bytes_for(cap, d))
+        start = store.n if store is not None else 0
         if store is None:
             store = _Store.merged(hit, cap) if hit else _Store(d)
         if new:
             store.add(new, cap)
         net.groups.append(store)
+        net.seen.update(_row_hashes(store.rows[start : store.n]).tolist())
         for b, k in blocks:
             p1 = store.positions(b.b1)
             p2 = p1 if b.b2 is None else store.positions(b.b2)
@@ -530,8 +668,6 @@ class KernelCache:
             net.drop(next(iter(net.blocks.values())))
         while net.groups and self.nbytes + extra > self.max_bytes:
             net.groups.pop(0)
-        while self._recent and self.nbytes + extra > self.max_bytes:
-            self._recent.popleft()
 
     def _fill(self, network, store: _Store, i1, i2, same: bool, shape) -> CachedKernels | None:
         """Compute the entries among rows i1 x i2 that are not yet known; return the kernels
