@@ -1,4 +1,9 @@
-"""Fused per-entry loops for the hottest kernel maps (``torch.compile``), eager as fallback.
+"""Fused per-entry loops for the hottest kernel maps (numba or ``torch.compile``), eager as
+fallback.
+
+Two backends (:data:`BACKEND`): numba (:mod:`widenets._numba`: the ABRelu map below and the
+3x3 "same" convolution's window sums with bias and NTK update, one pass each; numba is an
+optional dependency) and ``torch.compile`` (the ABRelu map only), described here.
 
 The eager path of an activation's pair map is a dozen torch operations over the tile (acos,
 sin, snapping, products), each a separate sweep over memory and a separate OpenMP region.
