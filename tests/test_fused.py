@@ -150,6 +150,27 @@ def test_missing_numba_falls_back_to_eager(switch, monkeypatch):
     assert _fused.backend() == "compile"
 
 
+@NEEDS_NUMBA
+def test_failing_numba_loop_falls_back_to_eager(switch, monkeypatch):
+    """An error inside a numba loop (say, a compiler failure) warns once and the kernel is
+    the eager one, bit for bit."""
+    from widenets import _numba_loops
+
+    def broken(*args):
+        raise RuntimeError("LLVM ERROR: broken")
+
+    monkeypatch.setattr(_numba_loops, "window3", broken)
+    x = _images(3, 4, 0)
+    net = _net("gap")
+    _fused.FUSED = False
+    eager = net.kernel(x)
+    _fused.FUSED, _fused.BACKEND = True, "numba"
+    with pytest.warns(RuntimeWarning, match="LLVM ERROR: broken"):
+        k = net.kernel(x)
+    assert not _fused.enabled()
+    assert torch.equal(k.nngp, eager.nngp) and torch.equal(k.ntk, eager.ntk)
+
+
 def test_bad_backend(switch):
     _fused.FUSED, _fused.BACKEND = True, "cuda"
     with pytest.raises(ValueError, match="auto, numba or compile; got 'cuda'"):

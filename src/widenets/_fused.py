@@ -155,7 +155,11 @@ def window_sum(t: Tensor, full: bool, scale: float, bvar: float, add: Tensor | N
     not numba or the loop does not apply (the caller then takes the eager path)."""
     if not usable(t, add) or backend() != "numba":
         return None
-    return _numba.window_sum(t, full, scale, bvar, add)
+    try:
+        return _numba.window_sum(t, full, scale, bvar, add)
+    except Exception as e:  # noqa: BLE001 - as in abrelu_pair
+        _fail(e)
+        return None
 
 
 def usable(nngp: Tensor, *tensors: Tensor | None) -> bool:
@@ -213,7 +217,11 @@ def abrelu_pair(
         *(tuple(n == 1 for n in t.shape) for t in (nngp, neg_inv1, inv2, scaled1, root2)),
     )
     if backend() == "numba":
-        return _numba.abrelu_pair(consts[0], consts[1], consts[2], *args)
+        try:
+            return _numba.abrelu_pair(consts[0], consts[1], consts[2], *args)
+        except Exception as e:  # noqa: BLE001 - a typing or LLVM error, no cache...: eager
+            _fail(e)
+            return None
     try:
         if key in _ready:
             return _compiled[key](*args)
