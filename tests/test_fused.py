@@ -171,6 +171,25 @@ def test_failing_numba_loop_falls_back_to_eager(switch, monkeypatch):
     assert torch.equal(k.nngp, eager.nngp) and torch.equal(k.ntk, eager.ntk)
 
 
+@NEEDS_NUMBA
+@pytest.mark.parametrize("readout", ["gap", "vec"])
+def test_numba_on_the_tile_pool_equals_one_thread(readout, switch, monkeypatch):
+    """Tiles on a pool of three threads call the numba loops concurrently (numba's count
+    per calling thread, a threadsafe layer or serialised calls): the same bits as one."""
+    from widenets import compute
+
+    _fused.FUSED, _fused.BACKEND = True, "numba"
+    x = _images(12, 5, 4)
+    net = _net(readout)
+    monkeypatch.setattr(compute, "TILE_WORKERS", 1)
+    ref = net.kernel(x)
+    monkeypatch.setattr(compute, "TILE_WORKERS", 3)
+    monkeypatch.setattr(compute, "MIN_TASK_NUMEL", 1)  # many small tiles
+    got = net.kernel(x, batch_size=(3, 3))
+    assert _fused._failed is None
+    assert torch.equal(got.nngp, ref.nngp) and torch.equal(got.ntk, ref.ntk)
+
+
 def test_bad_backend(switch):
     _fused.FUSED, _fused.BACKEND = True, "cuda"
     with pytest.raises(ValueError, match="auto, numba or compile; got 'cuda'"):
