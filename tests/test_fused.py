@@ -1,5 +1,6 @@
-"""The fused (compiled) ABRelu loop equals the eager path, in every layout and both dtypes,
-and the eager path is taken where the fused one does not apply (autograd, CUDA, failure)."""
+"""The fused loops (torch.compile: the ABRelu map; numba: the ABRelu map and the 3x3 window
+sums) equal the eager path, in every layout and both dtypes, and the eager path is taken
+where the fused one does not apply (autograd, CUDA, failure, numba missing)."""
 
 import math
 
@@ -7,16 +8,22 @@ import pytest
 import torch
 
 import widenets as wn
-from widenets import _fused
+from widenets import _fused, _numba
 from widenets.layers.activations import ABRelu
 
 
 @pytest.fixture
 def switch():
     """Restore the switch and the failure state after a test."""
-    before = _fused.FUSED, _fused._failed
+    before = _fused.FUSED, _fused._failed, _fused.BACKEND
     yield
-    _fused.FUSED, _fused._failed = before
+    _fused.FUSED, _fused._failed, _fused.BACKEND = before
+
+
+HAVE_NUMBA = _numba.loops() is not None
+NEEDS_NUMBA = pytest.mark.skipif(not HAVE_NUMBA, reason="numba is not installed")
+# the compiled loops of each backend; numba's compile once per dtype (about 2 s, then cached)
+BACKENDS = [pytest.param("compile"), pytest.param("numba", marks=NEEDS_NUMBA)]
 
 
 def _images(n, size, seed, dtype=torch.float64):
@@ -41,21 +48,152 @@ SLOW = pytest.mark.slow
 
 
 @pytest.mark.parametrize(
-    "layout", [pytest.param(k, marks=() if k == "packed" else SLOW) for k in LAYOUTS]
+    "layout, backend",
+    [
+        pytest.param(k, b, marks=() if k == "packed" or b == "numba" else SLOW)
+        for k in LAYOUTS
+        for b in ("compile", "numba")
+    ],
 )
-def test_network_kernels_equal_eager(layout, switch):
+def test_network_kernels_equal_eager(layout, backend, switch):
+    if backend == "numba" and not HAVE_NUMBA:
+        pytest.skip("numba is not installed")
     readout, cross = LAYOUTS[layout]
     x1 = _images(5, 5, 0)
     x2 = _images(4, 5, 1) if cross else None
     net = _net(readout)
     _fused.FUSED = False
     eager = net.kernel(x1, x2)
-    _fused.FUSED = True
+    _fused.FUSED, _fused.BACKEND = True, backend
     fused = net.kernel(x1, x2)
     assert _fused._failed is None
     for name in ("nngp", "ntk"):
         a, b = getattr(fused, name), getattr(eager, name)
         torch.testing.assert_close(a, b, rtol=1e-13, atol=0.0)
+    if backend == "numba":  # the loops ran (not the eager fallback): not bit-equal to eager
+        assert not torch.equal(fused.ntk, eager.ntk)
+
+
+@NEEDS_NUMBA
+@pytest.mark.parametrize("readout", ["gap", "vec"])
+@pytest.mark.parametrize("cross", [False, True])
+def test_numba_float32_network_within_ulps(readout, cross, switch):
+    """float32 kernels by the numba loops: within a few float32 ulp of the eager float32 ones
+    (both are a few ulp from the float64 kernel)."""
+    x1 = _images(5, 5, 0)
+    x2 = _images(4, 5, 1) if cross else None
+    net = _net(readout)
+    _fused.FUSED = False
+    eager = net.kernel(x1, x2, dtype=torch.float32)
+    _fused.FUSED, _fused.BACKEND = True, "numba"
+    fused = net.kernel(x1, x2, dtype=torch.float32)
+    assert fused.nngp.dtype == torch.float32 and _fused._failed is None
+    for name in ("nngp", "ntk"):
+        a, b = getattr(fused, name), getattr(eager, name)
+        torch.testing.assert_close(a, b, rtol=64 * torch.finfo(torch.float32).eps, atol=0.0)
+
+
+@NEEDS_NUMBA
+@pytest.mark.parametrize("full", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+def test_numba_window_sum_is_the_eager_conv(full, dtype, switch):
+    """The 3x3 window sum with bias and NTK update against an independent computation:
+    torch's conv2d on the pixel-pair (or diagonal) planes, zero padded."""
+    g = torch.Generator().manual_seed(5)
+    if full:  # (n1, n2, H, H', W, W') laid out as widenets' tiles: (n1, H, W, n2, H', W')
+        t, add = (torch.randn(3, 5, 4, 2, 5, 4, generator=g, dtype=torch.float64) for _ in "ta")
+        t, add = t.permute(0, 3, 1, 4, 2, 5), add.permute(0, 3, 1, 4, 2, 5)
+        ref = torch.zeros_like(t)  # the taps move (h, h') and (w, w') together
+        for dh in (-1, 0, 1):
+            for dw in (-1, 0, 1):
+                h0, h1, w0, w1 = max(0, -dh), min(5, 5 - dh), max(0, -dw), min(4, 4 - dw)
+                hs, ws = slice(h0 + dh, h1 + dh), slice(w0 + dw, w1 + dw)
+                ref[:, :, h0:h1, h0:h1, w0:w1, w0:w1] += t[:, :, hs, hs, ws, ws]
+    else:
+        shape = (3, 2, 5, 4)
+        t, add = (torch.randn(shape, generator=g, dtype=torch.float64) for _ in "ta")
+        ones = torch.ones(1, 1, 3, 3, dtype=torch.float64)
+        ref = torch.nn.functional.conv2d(t.reshape(-1, 1, 5, 4), ones, padding=1).reshape(shape)
+    ref = 0.3 * ref + 0.01 + add
+    _fused.FUSED, _fused.BACKEND = True, "numba"
+    got = _fused.window_sum(t.to(dtype), full, 0.3, 0.01, add.to(dtype))
+    assert got is not None and got.dtype == dtype and got.stride() == t.stride()
+    tol = 1e-14 if dtype == torch.float64 else 8 * torch.finfo(dtype).eps
+    torch.testing.assert_close(got.double(), ref, rtol=tol, atol=tol * ref.abs().max().item())
+
+
+@NEEDS_NUMBA
+def test_numba_restores_thread_counts(switch):
+    """The loops run on torch's thread count for the call; numba's count is restored after."""
+    numba = pytest.importorskip("numba")
+    before = numba.get_num_threads()
+    _fused.FUSED, _fused.BACKEND = True, "numba"
+    _net("gap").kernel(_images(3, 4, 0))
+    assert numba.get_num_threads() == before
+
+
+def test_missing_numba_falls_back_to_eager(switch, monkeypatch):
+    """numba not importable: "numba" warns once and computes eagerly (the same bits);
+    "auto" picks torch.compile."""
+    monkeypatch.setattr(
+        _numba, "_state", {"failed": "ModuleNotFoundError: No module named 'numba'"}
+    )
+    x = _images(3, 4, 0)
+    net = _net("vec")
+    _fused.FUSED = False
+    eager = net.kernel(x)
+    _fused.FUSED, _fused.BACKEND = True, "numba"
+    with pytest.warns(RuntimeWarning, match="numba is not available"):
+        k = net.kernel(x)
+    assert torch.equal(k.nngp, eager.nngp) and torch.equal(k.ntk, eager.ntk)
+    _fused._failed, _fused.BACKEND = None, "auto"
+    assert _fused.backend() == "compile"
+
+
+@NEEDS_NUMBA
+def test_failing_numba_loop_falls_back_to_eager(switch, monkeypatch):
+    """An error inside a numba loop (say, a compiler failure) warns once and the kernel is
+    the eager one, bit for bit."""
+    from widenets import _numba_loops
+
+    def broken(*args):
+        raise RuntimeError("LLVM ERROR: broken")
+
+    monkeypatch.setattr(_numba_loops, "window3", broken)
+    x = _images(3, 4, 0)
+    net = _net("gap")
+    _fused.FUSED = False
+    eager = net.kernel(x)
+    _fused.FUSED, _fused.BACKEND = True, "numba"
+    with pytest.warns(RuntimeWarning, match="LLVM ERROR: broken"):
+        k = net.kernel(x)
+    assert not _fused.enabled()
+    assert torch.equal(k.nngp, eager.nngp) and torch.equal(k.ntk, eager.ntk)
+
+
+@NEEDS_NUMBA
+@pytest.mark.parametrize("readout", ["gap", "vec"])
+def test_numba_on_the_tile_pool_equals_one_thread(readout, switch, monkeypatch):
+    """Tiles on a pool of three threads call the numba loops concurrently (numba's count
+    per calling thread, a threadsafe layer or serialised calls): the same bits as one."""
+    from widenets import compute
+
+    _fused.FUSED, _fused.BACKEND = True, "numba"
+    x = _images(12, 5, 4)
+    net = _net(readout)
+    monkeypatch.setattr(compute, "TILE_WORKERS", 1)
+    ref = net.kernel(x)
+    monkeypatch.setattr(compute, "TILE_WORKERS", 3)
+    monkeypatch.setattr(compute, "MIN_TASK_NUMEL", 1)  # many small tiles
+    got = net.kernel(x, batch_size=(3, 3))
+    assert _fused._failed is None
+    assert torch.equal(got.nngp, ref.nngp) and torch.equal(got.ntk, ref.ntk)
+
+
+def test_bad_backend(switch):
+    _fused.FUSED, _fused.BACKEND = True, "cuda"
+    with pytest.raises(ValueError, match="auto, numba or compile; got 'cuda'"):
+        _fused.backend()
 
 
 def _factors(shape1, shape2, shape, dtype, seed):
@@ -94,7 +232,8 @@ FAST_MAPS = {("full", torch.float64, (0.0, 1.0)), ("diagonal", torch.float32, (-
         for ab in ((0.0, 1.0), (-0.3, 1.2))
     ],
 )
-def test_pair_map_equals_eager(layout, dtype, ab, switch):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_pair_map_equals_eager(layout, dtype, ab, backend, switch):
     """Relative to the scale sqrt(q1 q2) of each entry (the map's output is of that size;
     near c = -1 both paths cancel sin(phi) - phi cos(phi), so a relative bound per entry
     would measure the cancellation, not the loop): 1e-13 in float64, a few ulp in float32."""
@@ -102,7 +241,13 @@ def test_pair_map_equals_eager(layout, dtype, ab, switch):
     layer = ABRelu(*ab)
     f1, f2 = layer._root_factors(q1), layer._root_factors(q2)
     factors = f1[0], f2[1], f1[2], f2[3]
-    _fused.FUSED = True
+    _fused.FUSED, _fused.BACKEND = True, backend
+    if backend == "numba" and layout == "full":
+        # numba takes widenets' memory order of full tiles, (n1, H, W, n2, H', W'), and
+        # leaves others (more than three runs of axes) to the eager path
+        assert _fused.abrelu_pair(layer.a, layer.b, nngp, ntk, *factors) is None
+        nngp, ntk = (t.permute(0, 2, 4, 1, 3, 5).contiguous() for t in (nngp, ntk))
+        nngp, ntk = (t.permute(0, 3, 1, 4, 2, 5) for t in (nngp, ntk))
     got = _fused.abrelu_pair(layer.a, layer.b, nngp, ntk, *factors)
     assert got is not None, _fused._failed
     out, dot = layer._pair_from_roots(nngp, *factors, True)
@@ -115,13 +260,14 @@ def test_pair_map_equals_eager(layout, dtype, ab, switch):
     assert ((only[0] - out).abs() / s).max().item() <= tol
 
 
-def test_exact_angles_are_closed_forms(switch):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_exact_angles_are_closed_forms(backend, switch):
     """c = 1 gives K' = q/2 and Kdot = 1/2 for ReLU; c = -1 gives 0 and 0 (snapped angles)."""
     q = torch.tensor([[2.0, 3.0]], dtype=torch.float64)
     nngp = torch.tensor([[2.0, -3.0]], dtype=torch.float64)
     layer = wn.Relu()
     f = layer._root_factors(q)
-    _fused.FUSED = True
+    _fused.FUSED, _fused.BACKEND = True, backend
     out, ntk = _fused.abrelu_pair(0.0, 1.0, nngp, torch.ones_like(nngp), f[0], f[1], f[2], f[3])
     torch.testing.assert_close(out, torch.tensor([[1.0, 0.0]], dtype=torch.float64))
     torch.testing.assert_close(ntk, torch.tensor([[0.5, 0.0]], dtype=torch.float64))
@@ -170,7 +316,7 @@ def test_failed_compilation_falls_back_to_eager(switch, monkeypatch):
     net = _net("vec")
     _fused.FUSED = False
     eager = net.kernel(x)
-    _fused.FUSED = True
+    _fused.FUSED, _fused.BACKEND = True, "compile"
     with pytest.warns(RuntimeWarning, match="no C\\+\\+ compiler"):
         k = net.kernel(x)
     assert _fused._failed is not None and not _fused.enabled()
@@ -184,10 +330,11 @@ def test_bad_switch(value, switch):
         _fused.enabled()
 
 
-def test_tiles_and_variances_bit_for_bit(switch):
+@pytest.mark.parametrize("backend", BACKENDS)
+def test_tiles_and_variances_bit_for_bit(backend, switch):
     """Fused: a kernel in small tiles equals it in one, bit for bit, and the diagonal of a
     set with itself is its variances, bit for bit (both by the compiled loop)."""
-    _fused.FUSED = True
+    _fused.FUSED, _fused.BACKEND = True, backend
     net = wn.serial(wn.Conv(3, (3, 3), w_std=1.4, b_std=0.1), wn.Relu(), wn.Flatten())
     x = _images(9, 5, 2)
     tiled, whole = net.kernel(x, batch_size=(4, 3)), net.kernel(x)

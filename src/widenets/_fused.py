@@ -1,4 +1,9 @@
-"""Fused per-entry loops for the hottest kernel maps (``torch.compile``), eager as fallback.
+"""Fused per-entry loops for the hottest kernel maps (numba or ``torch.compile``), eager as
+fallback.
+
+Two backends (:data:`BACKEND`): numba (:mod:`widenets._numba`: the ABRelu map below and the
+3x3 "same" convolution's window sums with bias and NTK update, one pass each; numba is an
+optional dependency) and ``torch.compile`` (the ABRelu map only), described here.
 
 The eager path of an activation's pair map is a dozen torch operations over the tile (acos,
 sin, snapping, products), each a separate sweep over memory and a separate OpenMP region.
@@ -34,7 +39,7 @@ from contextlib import contextmanager
 import torch
 from torch import Tensor
 
-from widenets import _workspace
+from widenets import _numba, _workspace
 
 PI = math.pi
 
@@ -63,6 +68,11 @@ AUTO_NUMEL = 1 << 17
 #: under "auto", the fewest pair-scalars of a kernel evaluation (``compute.evaluate_kernel``:
 #: pairs times the network's cost per pair) for the compiled loops
 AUTO_CALL_NUMEL = 1 << 25
+
+#: which compiler makes the loops: "numba" (``widenets._numba``: the ABRelu map and the
+#: 3x3 convolution's window sums), "compile" (``torch.compile``: the ABRelu map) or "auto"
+#: (numba when it can be imported, else torch.compile); env ``WIDENETS_FUSED_BACKEND``
+BACKEND = os.environ.get("WIDENETS_FUSED_BACKEND", "auto").strip().lower() or "auto"
 
 _lock = threading.Lock()
 _compiled: dict = {}  # signature: the compiled map, built on first use
@@ -125,6 +135,33 @@ def enabled() -> bool:
     return switch is not False and _failed is None
 
 
+def backend() -> str:
+    """ "numba" or "compile": the compiler the loops come from now (see :data:`BACKEND`)."""
+    if BACKEND not in ("auto", "numba", "compile"):
+        raise ValueError(
+            "WIDENETS_FUSED_BACKEND / widenets._fused.BACKEND must be auto, numba or "
+            f"compile; got {BACKEND!r}."
+        )
+    if BACKEND == "auto":
+        return "numba" if _numba.loops() is not None else "compile"
+    if BACKEND == "numba" and _numba.loops() is None and _failed is None:
+        _fail(RuntimeError(f"numba is not available ({_numba.failure()})"))
+    return BACKEND
+
+
+def window_sum(t: Tensor, full: bool, scale: float, bvar: float, add: Tensor | None = None):
+    """scale * (the 3x3 "same" window sum of the tile t) + bvar (+ add) by the numba loop
+    (``widenets._numba.window_sum``), or None when the fused loops are off, the backend is
+    not numba or the loop does not apply (the caller then takes the eager path)."""
+    if not usable(t, add) or backend() != "numba":
+        return None
+    try:
+        return _numba.window_sum(t, full, scale, bvar, add)
+    except Exception as e:  # noqa: BLE001 - as in abrelu_pair
+        _fail(e)
+        return None
+
+
 def usable(nngp: Tensor, *tensors: Tensor | None) -> bool:
     """Whether a tile's nngp and the other tensors of its map may take the fused path: the
     switch on (under "auto" in a large enough call and tile), CPU float32/float64, not recorded by
@@ -179,6 +216,12 @@ def abrelu_pair(
         a * b != 0.0,
         *(tuple(n == 1 for n in t.shape) for t in (nngp, neg_inv1, inv2, scaled1, root2)),
     )
+    if backend() == "numba":
+        try:
+            return _numba.abrelu_pair(consts[0], consts[1], consts[2], *args)
+        except Exception as e:  # noqa: BLE001 - a typing or LLVM error, no cache...: eager
+            _fail(e)
+            return None
     try:
         if key in _ready:
             return _compiled[key](*args)

@@ -19,6 +19,7 @@ from dataclasses import field
 import torch.nn.functional as F
 from torch import Tensor
 
+from widenets import _fused
 from widenets.errors import check_positive_int
 from widenets.kernel import Kernel
 from widenets.layers._spatial import (
@@ -129,7 +130,25 @@ class Conv(Layer):
         scale = w_var * inv
         sums = []  # the window sum of the input NNGP, which the standard NTK needs
 
+        # the 3x3 "same" stride-1 case has a fused loop (``widenets._fused.window_sum``)
+        loop = (
+            folded
+            and len(ks) == 2
+            and tuple(ks) == (3, 3)
+            and tuple(ss) == (1, 1)
+            and not circular
+            and k.mask1 is None
+            and k.mask2 is None
+            and all(g[1] == 1 and g[0] == n for g, n in zip(geoms, k.shape1[1:], strict=True))
+        )
+
         def affine_sum(t, n_batch):  # w^2 M + b^2, the same passes for nngp and variances
+            if loop:  # the variances (n_batch 1) by the same loop as the tile: the diagonal
+                # of a set with itself equals them bit for bit
+                one = n_batch == 1
+                out = _fused.window_sum(t.unsqueeze(1) if one else t, k.full_spatial, scale, b_var)
+                if out is not None:
+                    return out.squeeze(1) if one else out
             if not folded:  # (the diagonal of a set with itself then equals cov1 exactly)
                 m = window_mean(t, n_batch)
                 if n_batch == 2:  # the nngp (the NTK has its own map)
@@ -144,7 +163,8 @@ class Conv(Layer):
             if folded:  # the input NTK is zero: Theta' = K'
                 if k.is_input:
                     return scaled_copy(nngp, None)
-                return window_mean(ntk, 2, scale).add_(nngp)
+                out = _fused.window_sum(ntk, k.full_spatial, scale, 0.0, nngp) if loop else None
+                return window_mean(ntk, 2, scale).add_(nngp) if out is None else out
             m_ntk = window_mean(ntk, 2)
             if self.parameterization == "ntk":
                 return m_ntk.mul_(w_var * inv).add_(nngp)

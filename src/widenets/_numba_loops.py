@@ -1,0 +1,134 @@
+"""numba loops behind :mod:`widenets._numba` (imported only when numba is installed and the
+fused loops are on). Module-level functions with ``cache=True``: compiled once per dtype and
+array layout, then loaded from numba's disk cache by later processes.
+
+``abrelu``: the ABRelu pair map and NTK product of ``_fused._abrelu`` (Cho & Saul 2009), per
+entry -c = K n1 i2 clipped to [-1, 1], phi = arccos(-c) snapped within tol of 0 or pi,
+K' = ab K + (sin phi - phi (-c)) s1 r2, Theta' = Theta (phi coef + ab), over rows of a
+(A, B, C) tile whose factors are broadcast views; arccos by the polynomial of SLEEF's asin
+(within 1 ulp) and sin(arccos d) = sqrt(1 - d^2), so that the row loop vectorises.
+
+``window3``: the 3x3 "same" window sum of a convolution with stride 1 (zeros outside),
+times ``scale``, plus ``bvar`` (plus ``add``), over an (R, C) tile whose rows carry the
+positions (h, w) of the first input (``rho`` = 1: the full, pixel-pair layout; 0: the
+diagonal layout, whose rows have none) and whose columns are blocks of (h', w').
+"""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+from numba import njit, prange
+
+PI = math.pi
+# asin(x) = x + x^3 P(x^2) on [0, 0.5]
+P0, P1, P2, P3, P4, P5, P6, P7, P8, P9, P10, P11 = (
+    +0.3161587650653934628e-1, -0.1581918243329996643e-1, +0.1929045477267910674e-1,
+    +0.6606077476277170610e-2, +0.1215360525577377331e-1, +0.1388715184501609218e-1,
+    +0.1735956991223614604e-1, +0.2237176181932048341e-1, +0.3038195928038132237e-1,
+    +0.4464285681377102438e-1, +0.7500000000378581611e-1, +0.1666666666666497543e+0,
+)  # fmt: skip
+# no NaN/inf reach the loops (variances clamped above 0): these flags let LLVM vectorise
+# min/max and selects; no reassociation and no contraction, so the order is the written one
+FM = {"nnan", "ninf", "nsz"}
+
+
+@njit(fastmath=FM, cache=True)
+def _abrelu_row(kr, tr, n1, i2, s1, r2, ab, coef, tol):
+    """ABRelu in place over 1-D rows: kr holds K, tr Theta (K' and Theta Kdot on return)."""
+    for e in range(kr.shape[0]):
+        kc = kr[e]
+        d = min(max(kc * n1[e] * i2[e], -1.0), 1.0)
+        a = abs(d)
+        small = a < 0.5
+        x2 = d * d if small else (1.0 - a) * 0.5
+        x = a if small else math.sqrt(x2)
+        u = P0
+        u = u * x2 + P1
+        u = u * x2 + P2
+        u = u * x2 + P3
+        u = u * x2 + P4
+        u = u * x2 + P5
+        u = u * x2 + P6
+        u = u * x2 + P7
+        u = u * x2 + P8
+        u = u * x2 + P9
+        u = u * x2 + P10
+        u = u * x2 + P11
+        s = x + u * x2 * x  # asin of the reduced argument
+        big = 2.0 * s
+        phi = (PI / 2 - math.copysign(s, d)) if small else (PI - big if d < 0 else big)
+        sn = math.sqrt((1.0 - d) * (1.0 + d))
+        snap0 = phi < tol
+        snap1 = phi > PI - tol
+        phi = 0.0 if snap0 else (PI if snap1 else phi)
+        sn = 0.0 if (snap0 or snap1) else sn
+        kr[e] = (sn - phi * d) * s1[e] * r2[e] + ab * kc
+        tr[e] = tr[e] * (phi * coef + ab)
+
+
+@njit(parallel=True, fastmath=FM, cache=True)
+def abrelu(k, t, f1n, f2i, f1s, f2r, ab, coef, tol, ko, to):
+    """ABRelu over the rows of k (A, B, C), contiguous; t (the NTK, or empty) and the outputs
+    ko, to alike; the factors (A, B, C) views of any strides (broadcast ones: 0)."""
+    na, nb, n = k.shape
+    has_t = t.shape[0] > 0
+    for idx in prange(na * nb):
+        a = idx // nb
+        b = idx % nb
+        n1 = np.empty(n, k.dtype)  # the factors' rows, contiguous
+        i2 = np.empty(n, k.dtype)
+        s1 = np.empty(n, k.dtype)
+        r2 = np.empty(n, k.dtype)
+        n1[:] = f1n[a, b]
+        i2[:] = f2i[a, b]
+        s1[:] = f1s[a, b]
+        r2[:] = f2r[a, b]
+        kr = ko[a, b]
+        kr[:] = k[a, b]
+        if has_t:
+            tr = to[a, b]
+            tr[:] = t[a, b]
+        else:
+            tr = np.zeros(n, k.dtype)
+        _abrelu_row(kr, tr, n1, i2, s1, r2, ab, coef, tol)
+
+
+@njit(parallel=True, fastmath=FM, cache=True)
+def window3(src, rho, rh, rw, ch, cw, mask, scale, bvar, add, out):
+    """out = scale * (3x3 window sum of src) + bvar (+ add): src, add (or empty), out (R, C)
+    contiguous; a row r holds the position (h, w) = ((r // rw) % rh, r % rw) when ``rho``;
+    a column block of ch cw entries the positions (h', w'); ``mask`` (9, ch cw): 1 where
+    the tap (dh, dw) = (q // 3 - 1, q % 3 - 1) stays inside the (h', w') plane."""
+    nr, n = src.shape
+    blk = ch * cw
+    has_add = add.shape[0] > 0
+    for r in prange(nr):
+        h = (r // rw) % rh
+        w = r % rw
+        acc = np.zeros(n, src.dtype)
+        for q in range(9):
+            dh = q // 3 - 1
+            dw = q % 3 - 1
+            if rho and (h + dh < 0 or h + dh >= rh or w + dw < 0 or w + dw >= rw):
+                continue
+            row = src[r + rho * (dh * rw + dw)]
+            off = dh * cw + dw
+            m = mask[q]
+            lo = max(0, -off)
+            hi = min(blk, blk - off)
+            for base in range(0, n, blk):
+                av = acc[base + lo : base + hi]
+                sv = row[base + lo + off : base + hi + off]
+                mv = m[lo:hi]
+                for e in range(hi - lo):
+                    av[e] += sv[e] * mv[e]
+        o = out[r]
+        if has_add:
+            ar = add[r]
+            for e in range(n):
+                o[e] = acc[e] * scale + bvar + ar[e]
+        else:
+            for e in range(n):
+                o[e] = acc[e] * scale + bvar
