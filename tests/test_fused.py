@@ -3,6 +3,9 @@ sums) equal the eager path, in every layout and both dtypes, and the eager path 
 where the fused one does not apply (autograd, CUDA, failure, numba missing)."""
 
 import math
+import os
+import subprocess
+import sys
 
 import pytest
 import torch
@@ -130,6 +133,25 @@ def test_numba_restores_thread_counts(switch):
     _fused.FUSED, _fused.BACKEND = True, "numba"
     _net("gap").kernel(_images(3, 4, 0))
     assert numba.get_num_threads() == before
+
+
+@NEEDS_NUMBA
+def test_numba_first_call_keeps_torch_thread_count():
+    """numba's OpenMP layer, launched by the first loop of a process, sets the OpenMP
+    thread count it shares with torch; the library puts torch's back (fresh process)."""
+    code = (
+        "import torch, widenets as wn; from widenets import _fused\n"
+        "torch.set_num_threads(1); _fused.FUSED, _fused.BACKEND = True, 'numba'\n"
+        "x = torch.randn(3, 2, 4, 4, dtype=torch.float64)\n"
+        "wn.serial(wn.Conv(2, (3, 3)), wn.Relu(), wn.GlobalAvgPool(), wn.Dense(1)).kernel(x)\n"
+        "import numba; assert numba.threading_layer(), 'numba did not launch'\n"
+        "print(torch.get_num_threads())\n"
+    )
+    env = {**os.environ, "NUMBA_NUM_THREADS": "2"}
+    out = subprocess.run(
+        [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
+    )
+    assert out.stdout.split()[-1] == "1", out.stdout + out.stderr
 
 
 def test_missing_numba_falls_back_to_eager(switch, monkeypatch):

@@ -62,7 +62,12 @@ def _threads():
     the whole call under a lock while the threading layer may be workqueue."""
     global _serial
     numba = _state["numba"]
-    n = max(1, min(torch.get_num_threads(), numba.config.NUMBA_NUM_THREADS))
+    # numba's OpenMP threading layer sets the OpenMP thread count of the thread that
+    # launches it (numba's first get/set_num_threads or parallel call of a process) to
+    # NUMBA_NUM_THREADS: in the libgomp torch shares, that is torch.get_num_threads().
+    # It is put back after the call.
+    torch_before = torch.get_num_threads()
+    n = max(1, min(torch_before, numba.config.NUMBA_NUM_THREADS))
     serial = _serial
     if serial:
         _lock.acquire()
@@ -74,6 +79,8 @@ def _threads():
             _serial = numba.threading_layer() == "workqueue"
     finally:
         numba.set_num_threads(before)
+        if torch.get_num_threads() != torch_before:
+            torch.set_num_threads(torch_before)
         if serial:
             _lock.release()
 
