@@ -19,11 +19,13 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
+from widenets.predict import _skinny
 from widenets.predict import _validation as v
 from widenets.predict._linalg import _user_stacklevel
 from widenets.predict.operators import KernelOperator, as_operator, compute_threads
@@ -249,7 +251,8 @@ def _pcg_solve(
     setup = time.perf_counter() - start
 
     start = time.perf_counter()
-    x, iters, history, col_res = _cg(op, mu, rhs, precond, tol, max_iter, workers)
+    with _skinny.torch_serial() if op.skinny_products() else nullcontext():
+        x, iters, history, col_res = _cg(op, mu, rhs, precond, tol, max_iter, workers)
     solve = time.perf_counter() - start
     residual = float(col_res.max()) if len(col_res) else 0.0
     result = PCGResult(
@@ -338,7 +341,8 @@ def _cg(op: KernelOperator, mu: float, b: Tensor, precond, tol: float, max_iter:
         rz = torch.zeros(r_cols, dtype=torch.float64, device=b.device)
         rz[idx] = (res[:, idx] * z).sum(0)
         while len(idx) and iters < max_iter:
-            pa = p[:, idx]
+            full = len(idx) == r_cols  # every column active: no gathers and scatters
+            pa = p if full else p[:, idx]
             q = apply(pa)
             pq = (pa * q).sum(0)
             if not bool((pq > 0).all()):
@@ -346,19 +350,30 @@ def _cg(op: KernelOperator, mu: float, b: Tensor, precond, tol: float, max_iter:
                     "K + mu I is not positive definite along a CG direction (p^T (K + mu I) p "
                     f"= {float(pq.min()):.3g}): the kernel is not PSD; pass a larger diag_reg."
                 )
-            alpha = rz[idx] / pq
-            x[:, idx] += alpha * pa
-            res[:, idx] -= alpha * q
-            rel[idx] = res[:, idx].norm(dim=0) / safe[idx]
+            alpha = (rz if full else rz[idx]) / pq
+            if full:
+                x += alpha * pa
+                res -= alpha * q
+                rel = res.norm(dim=0) / safe
+            else:
+                x[:, idx] += alpha * pa
+                res[:, idx] -= alpha * q
+                rel[idx] = res[:, idx].norm(dim=0) / safe[idx]
             iters += 1
             history.append(float(rel.max()))
             idx = idx[rel[idx] > tol]
             if not len(idx):
                 break
-            z = prec(res[:, idx])
-            rz_new = (res[:, idx] * z).sum(0)
-            p[:, idx] = z + (rz_new / rz[idx]) * p[:, idx]
-            rz[idx] = rz_new
+            full = len(idx) == r_cols
+            ra = res if full else res[:, idx]
+            z = prec(ra)
+            rz_new = (ra * z).sum(0)
+            if full:
+                p = z + (rz_new / rz) * p
+                rz = rz_new
+            else:
+                p[:, idx] = z + (rz_new / rz[idx]) * p[:, idx]
+                rz[idx] = rz_new
         res = b - apply(x) if r_cols else res  # the true residual
         rel = res.norm(dim=0) / safe
         if not bool((rel > tol).any()) or iters >= max_iter:
