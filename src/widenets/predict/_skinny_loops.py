@@ -101,3 +101,107 @@ def rows_times(k, vt, out):
             for j in range(n):
                 a += ki[j] * vc[j]
             out[i, c] = a
+
+
+@njit(nogil=True, cache=True, fastmath=FM)
+def lower_times(k, vt, i0, i1, out, acc_t):
+    """The part of K V that rows i0 <= i < i1 of a symmetric K's lower triangle give,
+    reading k[i, :i + 1] only: out[i, c] = sum_{j <= i} k[i, j] vt[c, j] (rows i of out)
+    and acc_t[c, j] += k[i, j] vt[c, i] for j < i (K[j, i] by symmetry); i0 a multiple of 4.
+    k (N, N) and vt (R, N) row-major; out (N, R); acc_t (R, N) zero where not yet added.
+    Each entry of the triangle is read once for both of its products: half the bytes of
+    ``rows_times`` over the whole matrix for the same arithmetic."""
+    r = vt.shape[0]
+    n4 = i1 - (i1 - i0) % 4
+    for i in range(i0, n4, 4):
+        k0 = k[i, :i]
+        k1 = k[i + 1, :i]
+        k2 = k[i + 2, :i]
+        k3 = k[i + 3, :i]
+        r2 = r - r % 2
+        for c in range(0, r2, 2):
+            v0 = vt[c, :i]
+            v1 = vt[c + 1, :i]
+            t0 = acc_t[c, :i]
+            t1 = acc_t[c + 1, :i]
+            y00 = vt[c, i]
+            y01 = vt[c, i + 1]
+            y02 = vt[c, i + 2]
+            y03 = vt[c, i + 3]
+            y10 = vt[c + 1, i]
+            y11 = vt[c + 1, i + 1]
+            y12 = vt[c + 1, i + 2]
+            y13 = vt[c + 1, i + 3]
+            a00 = a01 = a02 = a03 = 0.0
+            a10 = a11 = a12 = a13 = 0.0
+            for j in range(i):
+                x0 = k0[j]
+                x1 = k1[j]
+                x2 = k2[j]
+                x3 = k3[j]
+                w0 = v0[j]
+                w1 = v1[j]
+                a00 += x0 * w0
+                a01 += x1 * w0
+                a02 += x2 * w0
+                a03 += x3 * w0
+                a10 += x0 * w1
+                a11 += x1 * w1
+                a12 += x2 * w1
+                a13 += x3 * w1
+                t0[j] += x0 * y00 + x1 * y01 + x2 * y02 + x3 * y03
+                t1[j] += x0 * y10 + x1 * y11 + x2 * y12 + x3 * y13
+            out[i, c] = a00
+            out[i + 1, c] = a01
+            out[i + 2, c] = a02
+            out[i + 3, c] = a03
+            out[i, c + 1] = a10
+            out[i + 1, c + 1] = a11
+            out[i + 2, c + 1] = a12
+            out[i + 3, c + 1] = a13
+        for c in range(r2, r):
+            v0 = vt[c, :i]
+            t0 = acc_t[c, :i]
+            y00 = vt[c, i]
+            y01 = vt[c, i + 1]
+            y02 = vt[c, i + 2]
+            y03 = vt[c, i + 3]
+            a00 = a01 = a02 = a03 = 0.0
+            for j in range(i):
+                x0 = k0[j]
+                x1 = k1[j]
+                x2 = k2[j]
+                x3 = k3[j]
+                w0 = v0[j]
+                a00 += x0 * w0
+                a01 += x1 * w0
+                a02 += x2 * w0
+                a03 += x3 * w0
+                t0[j] += x0 * y00 + x1 * y01 + x2 * y02 + x3 * y03
+            out[i, c] = a00
+            out[i + 1, c] = a01
+            out[i + 2, c] = a02
+            out[i + 3, c] = a03
+        _corner(k, vt, i, i + 4, out, acc_t)
+    if n4 < i1:
+        for i in range(n4, i1):
+            for c in range(r):
+                a = 0.0
+                for j in range(n4):
+                    a += k[i, j] * vt[c, j]
+                    acc_t[c, j] += k[i, j] * vt[c, i]
+                out[i, c] = a
+        _corner(k, vt, n4, i1, out, acc_t)
+
+
+@njit(nogil=True, cache=True, fastmath=FM)
+def _corner(k, vt, s, e, out, acc_t):
+    """The triangle s <= j <= i < e (rows' parts added to out, the diagonal once)."""
+    r = vt.shape[0]
+    for i in range(s, e):
+        for c in range(r):
+            a = 0.0
+            for j in range(s, i):
+                a += k[i, j] * vt[c, j]
+                acc_t[c, j] += k[i, j] * vt[c, i]
+            out[i, c] += a + k[i, i] * vt[c, i]
