@@ -140,39 +140,3 @@ def matmul(k: Tensor, v: Tensor, n_threads: int | None = None, out: Tensor | Non
 
     run_tasks(list(range(0, m, step)), one, n_threads)
     return out
-
-
-def symmetric_matmul(k: Tensor, v: Tensor, n_threads: int | None = None):
-    """k @ v in float64 for a symmetric k (N, N), reading its lower triangle only (half the
-    bytes of :func:`matmul`; the strict upper triangle is taken to mirror the lower one).
-    Rows are split into ``n_threads`` x 2 tasks of equal triangle area, each summing its
-    transposed part into its own (R, N) buffer. None where the loop does not apply."""
-    if (
-        not fits(k)
-        or k.shape[0] != k.shape[1]
-        or v.ndim != 2
-        or v.shape[0] != k.shape[1]
-        or v.device.type != "cpu"
-    ):
-        return None
-    n, r = k.shape[0], v.shape[1]
-    out = torch.empty(n, r, dtype=torch.float64)
-    if n == 0 or r == 0:
-        return out
-    mod = _loops()
-    kn = k.detach().numpy()
-    vt = v.detach().to(torch.float64).T.contiguous().numpy()
-    n_threads = threads() if n_threads is None else max(1, int(n_threads))
-    tasks = 1 if n_threads == 1 or n < 4 * _MIN_TASK_ROWS else 2 * n_threads
-    # boundaries at equal areas of the triangle (rows i hold i + 1 entries), multiples of 4
-    cuts = {min(n, 4 * round(n * (t / tasks) ** 0.5 / 4)) for t in range(1, tasks)}
-    bounds = sorted(cuts | {0, n})
-    parts = list(zip(bounds[:-1], bounds[1:], strict=True))
-    acc = torch.zeros(len(parts), r, n, dtype=torch.float64)
-    on, an = out.numpy(), acc.numpy()
-
-    def one(t: int) -> None:
-        mod.lower_times(kn, vt, parts[t][0], parts[t][1], on, an[t])
-
-    run_tasks(list(range(len(parts))), one, n_threads)
-    return out.add_(acc.sum(0).T)
