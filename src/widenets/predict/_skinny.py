@@ -34,8 +34,11 @@ from widenets._pool import default_workers, run_tasks
 
 #: environment variable: "off" disables the loop (torch's products everywhere)
 ENV = "WIDENETS_SKINNY"
-#: rows of K per task (a multiple of 4); more tasks than threads, so that a thread that
-#: loses its core to another process delays only its own rows
+#: entries of K below which a product runs on the calling thread alone (starting threads
+#: costs about 0.1 ms)
+_MIN_THREADED = 2**18
+#: rows of K per task at least: 4 tasks a thread when they have that many rows (a thread
+#: that loses its core to another process then delays only its own rows)
 _MIN_TASK_ROWS = 256
 
 _lock = threading.Lock()
@@ -128,10 +131,13 @@ def matmul(k: Tensor, v: Tensor, n_threads: int | None = None, out: Tensor | Non
     vt = v.detach().to(torch.float64).T.contiguous().numpy()  # (R, N): each column in a row
     on = out.numpy()
     n_threads = threads() if n_threads is None else max(1, int(n_threads))
-    if n_threads == 1 or m < 2 * _MIN_TASK_ROWS:
+    if n_threads == 1 or m < 8 or m * k.shape[1] < _MIN_THREADED:
         mod.rows_times(kn, vt, on)
         return out
-    step = max(_MIN_TASK_ROWS, -(-m // (4 * n_threads)))
+    # 4 tasks a thread where the rows allow, else one a thread (no thread with two tasks
+    # while another waits: 750 rows as 3 tasks of 256 on 2 threads took 2/3 of the serial)
+    tasks = min(m // 4, n_threads * (4 if m >= 4 * n_threads * _MIN_TASK_ROWS else 1))
+    step = -(-m // tasks)
     step += -step % 4
 
     def one(s: int) -> None:
