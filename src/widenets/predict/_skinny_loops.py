@@ -11,6 +11,7 @@ BLAS's by rounding only (the order of the additions), about 1e-16 N relative at 
 
 from __future__ import annotations
 
+import numpy as np
 from numba import njit
 
 # no nnan / ninf: a NaN or inf in K must reach the product (the solvers check for it)
@@ -18,13 +19,17 @@ FM = {"reassoc", "contract", "nsz", "arcp"}
 
 
 @njit(nogil=True, cache=True, fastmath=FM)
-def rows_times(k, vt, out):
+def rows_times(k, vt, out, cast):
     """out[i, c] = sum_j k[i, j] vt[c, j] for k (m, n), vt (R, n), out (m, R), all
-    row-major."""
+    row-major, summed in vt's dtype (float32 vt: float32 sums, twice the lanes); ``cast``
+    (m, n) gets k's entries in its own dtype (a float32 copy made by the same pass over k,
+    while each block of rows is in cache), or is empty (0, 0)."""
     m, n = k.shape
     r = vt.shape[0]
     m4 = m - m % 4
     r4 = r - r % 4
+    zero = np.zeros(1, vt.dtype)[0]  # the sums' type
+    copy = cast.shape[0] > 0
     for i in range(0, m4, 4):
         k0 = k[i]
         k1 = k[i + 1]
@@ -35,10 +40,10 @@ def rows_times(k, vt, out):
             v1 = vt[c + 1]
             v2 = vt[c + 2]
             v3 = vt[c + 3]
-            a00 = a01 = a02 = a03 = 0.0
-            a10 = a11 = a12 = a13 = 0.0
-            a20 = a21 = a22 = a23 = 0.0
-            a30 = a31 = a32 = a33 = 0.0
+            a00 = a01 = a02 = a03 = zero
+            a10 = a11 = a12 = a13 = zero
+            a20 = a21 = a22 = a23 = zero
+            a30 = a31 = a32 = a33 = zero
             for j in range(n):
                 x0 = k0[j]
                 x1 = k1[j]
@@ -82,7 +87,7 @@ def rows_times(k, vt, out):
             out[i + 3, c + 3] = a33
         for c in range(r4, r):  # the last columns, 4 rows at a time
             v0 = vt[c]
-            a0 = a1 = a2 = a3 = 0.0
+            a0 = a1 = a2 = a3 = zero
             for j in range(n):
                 y = v0[j]
                 a0 += k0[j] * y
@@ -93,11 +98,21 @@ def rows_times(k, vt, out):
             out[i + 1, c] = a1
             out[i + 2, c] = a2
             out[i + 3, c] = a3
+        if copy:
+            for q in range(4):
+                kq = k[i + q]
+                cq = cast[i + q]
+                for j in range(n):
+                    cq[j] = kq[j]
     for i in range(m4, m):  # the last rows, one at a time
         ki = k[i]
         for c in range(r):
             vc = vt[c]
-            a = 0.0
+            a = zero
             for j in range(n):
                 a += ki[j] * vc[j]
             out[i, c] = a
+        if copy:
+            ci = cast[i]
+            for j in range(n):
+                ci[j] = ki[j]
