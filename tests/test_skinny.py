@@ -162,3 +162,49 @@ def test_falls_back_to_torch_when_numba_fails(monkeypatch):
     res = gp_mean_pcg(k, y, kt, diag_reg=1e-2, rank=100, tol=1e-8)
     dense = kt @ torch.linalg.solve(k + 1e-2 * k.diagonal().mean() * torch.eye(600), y)
     assert res.solve.converged and rel(res.prediction, dense) < 1e-6
+
+
+def _dense_mean(k, y, kt, reg):
+    n = k.shape[0]
+    mu = reg * float(k.diagonal().mean())
+    return kt @ torch.linalg.solve(k + mu * torch.eye(n, dtype=k.dtype), y)
+
+
+@needs_numba
+def test_loose_tol_multiplies_by_a_float32_copy_and_checks_with_k(monkeypatch):
+    from widenets.predict import pcg
+
+    k, y, kt = _problem()
+    calls = []
+    real = pcg._Float32Copy.__call__
+
+    def counted(self, p, workers):
+        calls.append(self.k32 is None)
+        return real(self, p, workers)
+
+    monkeypatch.setattr(pcg._Float32Copy, "__call__", counted)
+    res = gp_mean_pcg(k, y, kt, diag_reg=1e-2, rank=100, tol=1e-3)
+    assert calls and calls[0] and not any(calls[1:])  # the copy made by the first product
+    assert len(calls) == res.iterations
+    # the residual is recomputed with K itself: the prediction is as close as its tol
+    assert res.solve.converged and res.residual <= 1e-3
+    assert rel(res.prediction, _dense_mean(k, y, kt, 1e-2)) < 3e-3
+    calls.clear()
+    gp_mean_pcg(k, y, kt, diag_reg=1e-2, rank=100, tol=pcg.FLOAT32_TOL / 2)
+    assert not calls  # tighter tol: K itself throughout
+    monkeypatch.setattr(pcg, "FLOAT32_TOL", 1.0)
+    gp_mean_pcg(k, y, kt, diag_reg=1e-2, rank=100, tol=1e-3)
+    assert not calls
+
+
+@needs_numba
+def test_float32_pass_below_its_accuracy_is_refined_with_k(monkeypatch):
+    """With the copy forced for a tol that float32 cannot reach, the restart with K itself
+    still reaches it (the final residual is never the float32 one)."""
+    from widenets.predict import pcg
+
+    k, y, kt = _problem()
+    monkeypatch.setattr(pcg, "FLOAT32_TOL", 0.0)
+    res = gp_mean_pcg(k, y, kt, diag_reg=1e-3, rank=200, tol=1e-10, max_iter=2000)
+    assert res.solve.converged and res.residual <= 1e-10
+    assert rel(res.prediction, _dense_mean(k, y, kt, 1e-3)) < 1e-8
