@@ -29,6 +29,7 @@ import torch
 from torch import Tensor
 
 from widenets._fused import call as fused_call
+from widenets._fused import wants_pool
 from widenets._malloc import tune_if_asked
 from widenets._pool import busy_workers, default_workers, one_intra_op_thread, others_running
 from widenets.errors import NonFiniteKernelError, check_get, shape_str
@@ -172,15 +173,9 @@ def evaluate_kernel(
     into a ``KernelSink``."""
     if progress is not None and not isinstance(progress, bool):
         raise ValueError(f"`progress` must be True, False or None, got {progress!r}.")
-    if executor is None:
-        executor = LocalExecutor(_workers(x1))
-        serial = one_intra_op_thread() if executor.workers > 1 else nullcontext()
-    else:
-        serial = nullcontext()  # an executor of the caller's: its own threads
-    # before ``serial``: within it torch has one thread, and the tiles would be planned for
-    # one worker (one tile: the whole pool idle but one thread)
-    plan_workers = _plan_workers(executor)
-    with serial:  # on the pool, the steps outside the tiles also run on one torch thread
+    busy = _workers(x1) if executor is None else 1
+    # on the pool (a busy machine), the steps outside the tiles also run on one torch thread
+    with one_intra_op_thread() if busy > 1 else nullcontext():
         job = prepare_kernel(
             layer,
             x1,
@@ -191,10 +186,19 @@ def evaluate_kernel(
             pattern=pattern,
             mask_constant=mask_constant,
         )
+    numel = job.n1 * job.n2 * job.cost
+    if executor is None:  # (else an executor of the caller's: its own threads)
+        executor = LocalExecutor(_pool_workers(busy, x1, numel, job.layout))
+    # before one_intra_op_thread: within it torch has one thread, and the tiles would be
+    # planned for one worker (one tile: the whole pool idle but one thread). On a quiet
+    # machine a pool for the numba loops (``_pool_workers``) leaves the steps outside the
+    # tiles on torch's threads; its tiles run on one each (``_pool.run_tasks``)
+    plan_workers = _plan_workers(executor)
+    with one_intra_op_thread() if busy > 1 else nullcontext():
         plan = plan_tiles(job.request(plan_workers), budgets())
         work = job.work()
         sink = KernelSink(plan, dtype, job.names, "ntk" in job.names)
-        with fused_call(job.n1 * job.n2 * job.cost):  # the compiled loops' "auto" switch
+        with fused_call(numel, job.layout):  # the fused loops' "auto" switch
             executor.run(plan, work, sink, job.show_progress(progress))
         return _checked(sink.finish(), layer, job.prep, sink.check, job.full, job.side)
 
@@ -440,6 +444,18 @@ def _workers(x) -> int:
     if threads <= 1:  # the user asked torch for one thread: no pool
         return 1
     return busy_workers(threads, others_running(max_age=LOAD_MAX_AGE), BUSY_EXTRA_WORKERS)
+
+
+def _pool_workers(busy: int, x, numel: int, layout: str) -> int:
+    """Threads of the default executor: ``busy`` (``_workers``), or one per CPU torch may use
+    (``_pool.default_workers``) however quiet the machine when the evaluation takes the
+    numba loops, which run serially on each thread (``_fused.wants_pool``); ``TILE_WORKERS``
+    if set, one on a GPU."""
+    if TILE_WORKERS is not None or busy > 1:
+        return busy
+    if isinstance(x, Tensor) and x.device.type != "cpu":
+        return 1
+    return default_workers() if wants_pool(numel, layout) else 1
 
 
 def _plan_workers(executor) -> int:
