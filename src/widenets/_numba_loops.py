@@ -51,8 +51,8 @@ def _jit(fn):
 
 
 @_jit
-def _abrelu_row(kr, tr, n1, i2, s1, r2, ab, coef, tol):
-    """ABRelu in place over 1-D rows: kr holds K, tr Theta (K' and Theta Kdot on return)."""
+def _abrelu_row(kr, tr, n1, i2, s1, r2, ab, coef, tol, ko, to):
+    """ABRelu over 1-D rows: from K (kr) and Theta (tr) to K' (ko) and Theta Kdot (to)."""
     for e in range(kr.shape[0]):
         kc = kr[e]
         d = min(max(kc * n1[e] * i2[e], -1.0), 1.0)
@@ -80,36 +80,44 @@ def _abrelu_row(kr, tr, n1, i2, s1, r2, ab, coef, tol):
         snap1 = phi > PI - tol
         phi = 0.0 if snap0 else (PI if snap1 else phi)
         sn = 0.0 if (snap0 or snap1) else sn
-        kr[e] = (sn - phi * d) * s1[e] * r2[e] + ab * kc
-        tr[e] = tr[e] * (phi * coef + ab)
+        ko[e] = (sn - phi * d) * s1[e] * r2[e] + ab * kc
+        to[e] = tr[e] * (phi * coef + ab)
+
+
+@_jit
+def _stale(f, idx, b, nb):
+    """Whether row (a, b) of the (A, B, C) factor view f differs from the previous row of
+    the loop over idx = a nb + b (broadcast axes have stride 0: rows repeat)."""
+    return idx == 0 or (f.strides[1] != 0 and nb > 1) or (f.strides[0] != 0 and b == 0)
 
 
 @_jit
 def abrelu(k, t, f1n, f2i, f1s, f2r, ab, coef, tol, ko, to):
     """ABRelu over the rows of k (A, B, C), contiguous; t (the NTK, or empty) and the outputs
-    ko, to alike; the factors (A, B, C) views of any strides (broadcast ones: 0)."""
+    ko, to alike; the factors (A, B, C) views of any strides (broadcast ones: 0), copied
+    into contiguous rows only when the row they give changes."""
     na, nb, n = k.shape
     has_t = t.shape[0] > 0
     n1 = np.empty(n, k.dtype)  # the factors' rows, contiguous
     i2 = np.empty(n, k.dtype)
     s1 = np.empty(n, k.dtype)
     r2 = np.empty(n, k.dtype)
-    zeros = np.zeros(n, k.dtype)
+    scratch = np.zeros(n, k.dtype)
     for idx in range(na * nb):
         a = idx // nb
         b = idx % nb
-        n1[:] = f1n[a, b]
-        i2[:] = f2i[a, b]
-        s1[:] = f1s[a, b]
-        r2[:] = f2r[a, b]
-        kr = ko[a, b]
-        kr[:] = k[a, b]
+        if _stale(f1n, idx, b, nb):
+            n1[:] = f1n[a, b]
+        if _stale(f2i, idx, b, nb):
+            i2[:] = f2i[a, b]
+        if _stale(f1s, idx, b, nb):
+            s1[:] = f1s[a, b]
+        if _stale(f2r, idx, b, nb):
+            r2[:] = f2r[a, b]
         if has_t:
-            tr = to[a, b]
-            tr[:] = t[a, b]
-        else:
-            tr = zeros  # (a scratch row: its products are not read)
-        _abrelu_row(kr, tr, n1, i2, s1, r2, ab, coef, tol)
+            _abrelu_row(k[a, b], t[a, b], n1, i2, s1, r2, ab, coef, tol, ko[a, b], to[a, b])
+        else:  # (a scratch row for Theta: its products are not read)
+            _abrelu_row(k[a, b], scratch, n1, i2, s1, r2, ab, coef, tol, ko[a, b], scratch)
 
 
 @_jit
