@@ -32,6 +32,7 @@ from widenets._fused import call as fused_call
 from widenets._fused import wants_pool
 from widenets._malloc import tune_if_asked
 from widenets._pool import busy_workers, default_workers, one_intra_op_thread, others_running
+from widenets._variance_memo import VarianceMemo
 from widenets.errors import NonFiniteKernelError, check_get, shape_str
 from widenets.executors import KernelSink, LocalExecutor
 from widenets.kernel import Kernel, input_kernel, input_variances, slice_pairs
@@ -335,6 +336,8 @@ class KernelWork:
         )
         self.refine = _Refiner(layer, prep, names, dtype, same, full, cost, self.side)
         self.refine.enabled = self.refine.enabled and refine
+        # the full layout's tiles map their inputs' variances once for all (``_variance_memo``)
+        self.memo = VarianceMemo() if full else None
 
     def block(self, b: Block) -> Kernel:
         """The input kernel of rows [r0, r1) of x1 against columns [c0, c1) of x2 (a
@@ -383,7 +386,11 @@ class KernelWork:
             k = block  # the whole block (keeps ``cov2 is cov1``)
         else:
             k = slice_pairs(block, t.r0 - b.r0, t.r1 - b.r0, t.c0 - b.c0)
-        k, mask = self.fold(k)
+        if self.memo is None or t.packed:
+            k, mask = self.fold(k)
+        else:
+            with self.memo.tile((1, t.r0, t.r1), (1 if self.same else 2, t.c0, t.c1)):
+                k, mask = self.fold(k)
         if mask is None:
             return k
         if t.packed:  # listed pairs (M, 1), less those of an input with itself
