@@ -57,3 +57,16 @@ def test_no_memo_outside_a_tile():
     with memo.tile((1, 0, 2), (1, 0, 2)):
         assert _variance_memo._local.state[0] is memo
     assert _variance_memo.map_variances(None, None) is None
+
+
+def test_memo_only_for_the_library_layers():
+    """A layer defined elsewhere, or the DEQ (data-dependent iterations), may map the
+    variances a different number of times per tile: no memo then."""
+    assert compute._memo_safe(_net())
+    deq = wn.DEQ(4, wn.Relu())
+    assert not compute._memo_safe(wn.serial(wn.Dense(4), deq, wn.Dense(1)))
+
+    class Mine(wn.Relu):
+        pass
+
+    assert not compute._memo_safe(wn.serial(wn.Conv(2, (3, 3)), Mine(), wn.GlobalAvgPool()))

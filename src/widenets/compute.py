@@ -337,7 +337,7 @@ class KernelWork:
         self.refine = _Refiner(layer, prep, names, dtype, same, full, cost, self.side)
         self.refine.enabled = self.refine.enabled and refine
         # the full layout's tiles map their inputs' variances once for all (``_variance_memo``)
-        self.memo = VarianceMemo() if full else None
+        self.memo = VarianceMemo() if full and _memo_safe(layer) else None
 
     def block(self, b: Block) -> Kernel:
         """The input kernel of rows [r0, r1) of x1 against columns [c0, c1) of x2 (a
@@ -438,6 +438,17 @@ def _check_packed(k: Kernel, pairs: int) -> None:
             f"{_PACKED_HINT} (the kernel's leading shape is {tuple(k.nngp.shape[:2])}, "
             f"expected ({pairs}, 1), pairs {'lost' if k.pairs is None else 'kept'})."
         )
+
+
+def _memo_safe(layer) -> bool:
+    """Whether every tile folds ``layer`` through the same sequence of variance maps, so
+    that tiles may share them (``widenets._variance_memo``): the library's own layers but
+    the fixed-point DEQ (its iterations depend on the tile's values); not a layer defined
+    elsewhere, which might branch on them."""
+    module = type(layer).__module__
+    if not module.startswith("widenets.layers.") or module == "widenets.layers.deq":
+        return False
+    return all(_memo_safe(c) for c in layer.children())
 
 
 def _workers(x) -> int:
