@@ -193,9 +193,8 @@ def evaluate_kernel(
         executor = LocalExecutor(_pool_workers(busy, x1, numel, job.layout))
         own_pool = executor.workers > 1
     # before one_intra_op_thread: within it torch has one thread, and the tiles would be
-    # planned for one worker (one tile: the whole pool idle but one thread). With a pool,
-    # the steps outside the tiles also run on one torch thread (measured on a quiet machine,
-    # Flatten 16x16 64 against 64 by the numba loops: 0.069 s against 0.078 s on torch's two)
+    # planned for one worker (one tile: the whole pool idle but one thread). With a pool of
+    # our own, the steps outside the tiles also run on one torch thread (as on a busy machine)
     plan_workers = _plan_workers(executor)
     with one_intra_op_thread() if own_pool else nullcontext():
         plan = plan_tiles(job.request(plan_workers), budgets())
