@@ -108,7 +108,8 @@ def test_prefix_store_drops_the_least_recently_used_and_keeps_a_running_total():
     store = PrefixStore(max_bytes=3 * 20 * 20 * 8 * 2 + 3 * 20 * 8)  # room for about three
     store.learned = True
     for i in range(5):
-        assert _same(prefix_kernels(net, stages, x, None, store, (i, None)), _direct(net, x.numpy()))
+        k = prefix_kernels(net, stages, x, None, store, (i, None))
+        assert _same(k, _direct(net, x.numpy()))
     assert 0 < len(store.entries) < 5
     assert store.nbytes == sum(e[2] for e in store.entries.values())
     assert (stages.keys[stages.record], (4, None)) in store.entries
