@@ -155,3 +155,16 @@ def test_grid_search_with_a_scaler_scores_exactly_as_without_a_cache():
         scores.append(search.cv_results_["mean_test_score"])
     np.testing.assert_array_equal(scores[0], scores[1])
     assert cache.prefix_reused > 0
+
+
+def test_networks_on_the_same_rows_share_the_input_kernel_bit_identically():
+    x, y = _rows(40), _rows(23, seed=1)
+    cache = KernelCache()
+    for w in (1.0, 1.5, 2.0):
+        for b in (0.0, 0.1):
+            for act in ("relu", "erf"):
+                net = fc_network(2, act, w, b)
+                assert _same(cache.kernels(net, x), _direct(net, x))
+                assert _same(cache.kernels(net, y, x), _direct(net, y, x))
+    assert len(cache._prefix.inputs) == 2  # one per distinct (x1, x2): the fit, the prediction
+    assert cache.prefix_reused == 0  # no deeper network: no prefix of layers reused

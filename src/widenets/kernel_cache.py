@@ -698,16 +698,19 @@ class KernelCache:
     def _make_room(self, key, extra: int) -> None:
         """Drop the least recently used other networks, then this network's oldest kept
         blocks, then its oldest groups, until ``extra`` more bytes fit."""
+        total = self.nbytes  # summed once, then kept as things are dropped
         for other in list(self._stores):
-            if self.nbytes + extra <= self.max_bytes:
+            if total + extra <= self.max_bytes:
                 return
             if other != key:
-                del self._stores[other]
+                total -= self._stores.pop(other).nbytes
         net = self._stores[key]
-        while net.blocks and self.nbytes + extra > self.max_bytes:
-            net.drop(next(iter(net.blocks.values())))
-        while net.groups and self.nbytes + extra > self.max_bytes:
-            net.groups.pop(0)
+        while net.blocks and total + extra > self.max_bytes:
+            block = next(iter(net.blocks.values()))
+            net.drop(block)
+            total -= block.nbytes
+        while net.groups and total + extra > self.max_bytes:
+            total -= net.groups.pop(0).nbytes
 
     def _fill(self, network, store: _Store, i1, i2, same: bool, shape) -> CachedKernels | None:
         """Compute the entries among rows i1 x i2 that are not yet known; return the kernels

@@ -107,6 +107,9 @@ class PrefixStore:
         self.reused = 0
         self.learned = False
         self.ghosts: set = set()
+        # the input kernels (no layer yet) of the last few requests' rows: the same for
+        # every network on those rows, so kept whatever the grid (few, and small)
+        self.inputs: OrderedDict = OrderedDict()
 
     def get(self, key):
         entry = self.entries.get(key)
@@ -133,6 +136,22 @@ class PrefixStore:
     def drop(self, key) -> None:
         self.nbytes -= self.entries.pop(key)[2]
 
+    def get_input(self, rows_key):
+        entry = self.inputs.get(rows_key)
+        if entry is None:
+            return None
+        if _versions(entry[0]) != entry[1]:
+            del self.inputs[rows_key]
+            return None
+        self.inputs.move_to_end(rows_key)
+        return entry[0]
+
+    def put_input(self, rows_key, k) -> None:
+        self.inputs[rows_key] = (k, _versions(k))
+        self.inputs.move_to_end(rows_key)
+        while len(self.inputs) > _MAX_INPUTS:
+            self.inputs.popitem(last=False)
+
     def ghost(self, key) -> None:
         """Remember that a network would have kept the prefix ``key`` (a prefix Key)."""
         if len(self.ghosts) >= _MAX_GHOSTS:
@@ -144,10 +163,14 @@ class PrefixStore:
         self.nbytes = 0
         self.learned = False
         self.ghosts.clear()
+        self.inputs.clear()
 
 
 #: prefix keys remembered before the store starts keeping kernels
 _MAX_GHOSTS = 4096
+#: input kernels kept (a grid search's folds x {fit, prediction} requests)
+_MAX_INPUTS = 8
+_SHARE_INPUTS = True
 
 
 def _tensors(k) -> list:
@@ -223,13 +246,28 @@ def prefix_kernels(network, stages: Stages, x1, x2, store: PrefixStore, rows_key
             record = None
         fold = _Fold(stages.layers[start:], None if record is None else record - start)
         work.layer = fold
+        made = []
         if k0 is not None:
             store.reused += 1
             work.block = lambda _b: k0
+        elif _SHARE_INPUTS:
+            k0 = store.get_input(rows_key)
+            if k0 is not None:
+                work.block = lambda _b: k0
+            else:
+                block = work.block
+
+                def work_block(b):
+                    made.append(block(b))
+                    return made[-1]
+
+                work.block = work_block
         sink = KernelSink(plan, job.dtype, job.names, "ntk" in job.names)
         with fused_call(job.n1 * job.n2 * job.cost):
             executor.run(plan, work, sink, False)
         k = compute._checked(sink.finish(), network, prep, sink.check, job.full, job.side)
+        if made:
+            store.put_input(rows_key, made[0])
         if fold.kept is not None:
             store.put((stages.keys[record], rows_key), fold.kept)
         return k
