@@ -186,6 +186,63 @@ def _versions(k) -> tuple:
     return tuple(t._version for t in _tensors(k))
 
 
+class _AdoptingSink(KernelSink):
+    """A ``KernelSink`` for a plan of one tile that takes the tile's own nngp and ntk as the
+    result where it can, instead of copying them into tensors of its own: the values are
+    the same, one allocation and one copy of the kernel fewer (fresh memory faults in page
+    by page, a visible share of a small kernel). It can when they are contiguous tensors of
+    exactly the result's shape and dtype, and share memory with nothing else the
+    evaluation used or keeps (the start kernel, the kernel kept for deeper networks)."""
+
+    adopted = False
+
+    def others(self) -> list:
+        """The tensors of the kernels the evaluation started from or keeps."""
+        return []
+
+    def write(self, tile, k) -> None:
+        if self.nngp is None and self._adoptable(k):
+            with self.lock:
+                p = self.plan
+                self.cov1 = torch.empty((p.n1, *k.cov1.shape[1:]), dtype=self.dtype)
+                self.cov2 = (
+                    self.cov1
+                    if p.same
+                    else torch.empty((p.n2, *k.cov2.shape[1:]), dtype=self.dtype)
+                )
+                self.ntk, self.nngp = k.ntk, k.nngp
+                self.adopted = True
+            if tile.cov1:
+                self.cov1[tile.r0 : tile.r1] = k.cov1[: tile.r1 - tile.r0]
+            if tile.cov2:
+                self.cov2[tile.c0 : tile.c1] = k.cov2
+            with self.lock:
+                self.check.add(k.nngp)
+                self.check.add(k.ntk)
+                self.last = k
+            return
+        super().write(tile, k)
+
+    def _adoptable(self, k) -> bool:
+        p = self.plan
+        if not self.compute_ntk or k.ntk is None or tuple(k.nngp.shape) != (p.n1, p.n2):
+            return False
+        if len(p.blocks) != 1 or len(p.blocks[0].tiles) != 1:
+            return False
+        t = p.blocks[0].tiles[0]
+        if (t.r0, t.r1, t.c0, t.c1) != (0, p.n1, 0, p.n2) or t.mirror_from is not None:
+            return False
+        outs = (k.nngp, k.ntk)
+        if any(
+            o.shape != k.nngp.shape or o.dtype != self.dtype or o.device.type != "cpu" for o in outs
+        ) or not all(o.is_contiguous() for o in outs):
+            return False
+        others = [*self.others(), k.cov1, k.cov2]
+        ptrs = {o.untyped_storage().data_ptr() for o in others if o is not None}
+        mine = [o.untyped_storage().data_ptr() for o in outs]
+        return mine[0] != mine[1] and ptrs.isdisjoint(mine)
+
+
 class _Fold:
     """The layers ``layers`` as one kernel map that keeps the kernel after ``record`` of
     them (``kept``)."""
@@ -262,7 +319,10 @@ def prefix_kernels(network, stages: Stages, x1, x2, store: PrefixStore, rows_key
                     return made[-1]
 
                 work.block = work_block
-        sink = KernelSink(plan, job.dtype, job.names, "ntk" in job.names)
+        sink = _AdoptingSink(plan, job.dtype, job.names, "ntk" in job.names)
+        sink.others = lambda: [
+            t for kk in (k0, fold.kept, *made) if kk is not None for t in _tensors(kk)
+        ]
         with fused_call(job.n1 * job.n2 * job.cost):
             executor.run(plan, work, sink, False)
         k = compute._checked(sink.finish(), network, prep, sink.check, job.full, job.side)
