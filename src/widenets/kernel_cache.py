@@ -421,6 +421,12 @@ class KernelCache:
     still missing are computed (for a fit, the pairs among its rows; for a prediction, new
     rows against the training rows). Groups that no request joins are stored apart.
 
+    A Serial network on flat rows computed with nothing known goes through
+    ``widenets.serial_prefix``: networks on the same rows share their input kernel, and a
+    deeper network of the same blocks (a grid over depth) starts from the kept kernel of a
+    shallower one's hidden layers on the same rows (``prefix_reused`` counts them); the
+    kernels are bit-identical to the direct computation's.
+
     Returned tensors may be shared with other callers: read them, or ``.clone()`` them before
     changing them in place; a kept tensor changed in place raises a RuntimeError at the
     cache's next read of it, never a silently wrong kernel.
@@ -429,7 +435,9 @@ class KernelCache:
         max_bytes: memory bound of the cache (16 bytes per kept pair of rows, 17 per stored
             pair in a group's dense store, per network).
             The least recently used networks are dropped to make room; a request that alone
-            needs more is computed directly and not stored.
+            needs more is computed directly and not stored. Up to ``max_bytes / 16`` more
+            hold the prefix kernels of Serial networks (``widenets.serial_prefix``), and the
+            input kernels of the last 8 requests' rows are kept besides.
 
     Cloning and ``copy.deepcopy`` return the same object (so that scikit-learn's clones share
     it); pickling (e.g. to a process-parallel worker) gives an empty cache with the same bound.
