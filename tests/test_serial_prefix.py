@@ -168,3 +168,17 @@ def test_networks_on_the_same_rows_share_the_input_kernel_bit_identically():
                 assert _same(cache.kernels(net, y, x), _direct(net, y, x))
     assert len(cache._prefix.inputs) == 2  # one per distinct (x1, x2): the fit, the prediction
     assert cache.prefix_reused == 0  # no deeper network: no prefix of layers reused
+
+
+def test_networks_with_branches_between_stages():
+    from widenets.layers import Dense, Relu, fan_in_sum, fan_out, parallel, serial
+
+    def net(depth):
+        pair = parallel(Dense(8, 1.2, 0.1), Dense(8, 0.7))
+        block = [Dense(8, 1.2, 0.1), Relu(), fan_out(2), pair, fan_in_sum()]
+        return serial(*block * depth, Relu(), Dense(1, 1.1))
+
+    x = _rows(20)
+    cache = KernelCache()
+    for depth in (1, 2, 3):
+        assert _same(cache.kernels(net(depth), x), _direct(net(depth), x))

@@ -27,6 +27,7 @@ from widenets import compute
 from widenets._fused import call as fused_call
 from widenets._pool import one_intra_op_thread
 from widenets.executors import KernelSink, LocalExecutor
+from widenets.kernel import Kernel
 from widenets.layers.combinators import Serial
 from widenets.tiling import plan_tiles
 
@@ -248,12 +249,12 @@ class _Fold:
     them (``kept``)."""
 
     def __init__(self, layers, record: int | None):
-        self.layers, self.record, self.kept = layers, record, None
+        self.layers, self.record, self.kept, self.kept_versions = layers, record, None, None
 
     def kernel_fn(self, k):
         for i, layer in enumerate(self.layers):
-            if i == self.record:
-                self.kept = k
+            if i == self.record and isinstance(k, Kernel):  # (not a list of branches)
+                self.kept, self.kept_versions = k, _versions(k)
             k = layer.kernel_fn(k)
         return k
 
@@ -303,7 +304,7 @@ def prefix_kernels(network, stages: Stages, x1, x2, store: PrefixStore, rows_key
             record = None
         fold = _Fold(stages.layers[start:], None if record is None else record - start)
         work.layer = fold
-        made = []
+        made, made_versions = [], []  # the input kernel computed, as it was then
         if k0 is not None:
             store.reused += 1
             work.block = lambda _b: k0
@@ -316,6 +317,7 @@ def prefix_kernels(network, stages: Stages, x1, x2, store: PrefixStore, rows_key
 
                 def work_block(b):
                     made.append(block(b))
+                    made_versions.append(_versions(made[-1]))
                     return made[-1]
 
                 work.block = work_block
@@ -326,8 +328,9 @@ def prefix_kernels(network, stages: Stages, x1, x2, store: PrefixStore, rows_key
         with fused_call(job.n1 * job.n2 * job.cost):
             executor.run(plan, work, sink, False)
         k = compute._checked(sink.finish(), network, prep, sink.check, job.full, job.side)
-        if made:
+        # kept only if no layer changed them in place meanwhile
+        if made and _versions(made[0]) == made_versions[0]:
             store.put_input(rows_key, made[0])
-        if fold.kept is not None:
+        if fold.kept is not None and _versions(fold.kept) == fold.kept_versions:
             store.put((stages.keys[record], rows_key), fold.kept)
         return k
