@@ -13,7 +13,11 @@ Grids (``NTKRegressor`` on ``load_diabetes``, ``NTKClassifier`` on ``load_breast
 - ``typical``: diag_reg {1e-3, 1e-1, 1} x depth {1, 3} x w_std {1.0, 1.5} (12 settings; the
   three diag_reg values share one network, the folds share rows unless a scaler moves them);
 - ``networks``: depth {1, 2, 3} x w_std {1.0, 1.5} (6 settings, every one a new network: with
-  a scaler no entry is ever reused, the cache's worst case).
+  a scaler no entry is ever reused; a deeper network can start from the kept kernel of the
+  shallower one's hidden layers, ``widenets.serial_prefix``);
+- ``scales``: w_std {1.0, 1.5, 2.0} x b_std {0.0, 0.1, 0.5} at depth 2 (9 settings, every one
+  a new network sharing no layer with another: with a scaler nothing at all is shared, the
+  cache's worst case).
 
 With a scaler the rows reaching the estimator differ between folds (each fold is scaled by
 its own training statistics), so the cache can only share between the settings of a fold.
@@ -47,6 +51,7 @@ from widenets.sklearn import KernelCache, NTKClassifier, NTKRegressor  # noqa: E
 GRIDS = {
     "typical": {"m__diag_reg": [1e-3, 1e-1, 1.0], "m__depth": [1, 3], "m__w_std": [1.0, 1.5]},
     "networks": {"m__depth": [1, 2, 3], "m__w_std": [1.0, 1.5]},
+    "scales": {"m__w_std": [1.0, 1.5, 2.0], "m__b_std": [0.0, 0.1, 0.5]},
 }
 TASKS = {
     "diabetes (NTKRegressor)": (load_diabetes, NTKRegressor, KFold),

@@ -22,6 +22,7 @@ import numpy as np
 import torch
 
 from widenets.layers.base import Layer, declares_hyperparameters
+from widenets.serial_prefix import PrefixStore, prefix_kernels, stages_of
 
 
 class _Ref:
@@ -244,6 +245,11 @@ def _versions(k: CachedKernels) -> tuple[int, ...]:
     return tuple(t._version for t in (k.nngp, k.ntk, k.cov1, k.cov2))
 
 
+#: the prefix kernels of Serial networks may hold 1/_PREFIX_SHARE of ``max_bytes``
+_PREFIX_SHARE = 16
+#: networks whose stages are remembered
+_MAX_STAGES = 256
+
 #: probes kept in the pool of row arrays before those of freed arrays are swept out
 _POOL_SWEEP = 256
 
@@ -415,6 +421,12 @@ class KernelCache:
     still missing are computed (for a fit, the pairs among its rows; for a prediction, new
     rows against the training rows). Groups that no request joins are stored apart.
 
+    A Serial network on flat rows computed with nothing known goes through
+    ``widenets.serial_prefix``: networks on the same rows share their input kernel, and a
+    deeper network of the same blocks (a grid over depth) starts from the kept kernel of a
+    shallower one's hidden layers on the same rows (``prefix_reused`` counts them); the
+    kernels are bit-identical to the direct computation's.
+
     Returned tensors may be shared with other callers: read them, or ``.clone()`` them before
     changing them in place; a kept tensor changed in place raises a RuntimeError at the
     cache's next read of it, never a silently wrong kernel.
@@ -423,7 +435,9 @@ class KernelCache:
         max_bytes: memory bound of the cache (16 bytes per kept pair of rows, 17 per stored
             pair in a group's dense store, per network).
             The least recently used networks are dropped to make room; a request that alone
-            needs more is computed directly and not stored.
+            needs more is computed directly and not stored. Up to ``max_bytes / 16`` more
+            hold the prefix kernels of Serial networks (``widenets.serial_prefix``), and the
+            input kernels of the last 8 requests' rows are kept besides.
 
     Cloning and ``copy.deepcopy`` return the same object (so that scikit-learn's clones share
     it); pickling (e.g. to a process-parallel worker) gives an empty cache with the same bound.
@@ -432,6 +446,9 @@ class KernelCache:
     Attributes:
         pairs_computed: (x1, x2) pairs whose kernels were computed so far.
         pairs_served: pairs returned to callers (computed or looked up).
+        prefix_reused: kernels computed from the kept kernel of a prefix of layers shared
+            with an earlier network (``widenets.serial_prefix``: a Serial network on flat
+            rows, e.g. a deeper network of the same blocks on the same rows).
         reused: whether a request has reused a kept result yet (until then results are
             referenced weakly; ``clear`` resets it).
     """
@@ -454,9 +471,13 @@ class KernelCache:
             # long as a block holds it), and the serial of the next one
             self._pool: dict[tuple, list[weakref.ref]] = {}
             self._serial = 0
+            # Serial networks' prefix kernels (``serial_prefix``) and each key's stages
+            self._prefix = PrefixStore(self.max_bytes // _PREFIX_SHARE)
+            self._stages: dict = {}
             if not hasattr(self, "pairs_computed"):
                 self.pairs_computed = 0
                 self.pairs_served = 0
+                self.prefix_reused = 0
 
     @property
     def nbytes(self) -> int:
@@ -576,13 +597,40 @@ class KernelCache:
         return rows
 
     def _compute_new(self, key, net: _Network, exact, r1, r2, network, x1, x2, n_pairs):
-        """Kernels of a request none of whose pairs is known: computed, and the result kept
-        by reference (strongly once the cache has seen reuse, else weakly)."""
-        k = direct_kernels(network, x1, x2, key[1])
+        """Kernels of a request none of whose pairs is known: computed (from the kernel of
+        a prefix shared with an earlier network where one is kept), and the result kept by
+        reference (strongly once the cache has seen reuse, else weakly)."""
+        k = self._prefix_kernels(key, network, x1, x2, exact)
+        if k is None:
+            k = direct_kernels(network, x1, x2, key[1])
         self.pairs_computed += n_pairs
         self.pairs_served += n_pairs
         self._keep(key, net, _Block(exact, r1, r2, k, self.reused))
         return k
+
+    def _prefix_kernels(self, key, network, x1, x2, exact) -> CachedKernels | None:
+        """The kernels of a Serial network on flat rows through ``serial_prefix`` (None
+        where that does not apply: the caller computes directly)."""
+        if key[1] is not None:
+            return None
+        stages = self._stages.get(key, False)
+        if stages is False:
+            stages = self._stages[key] = stages_of(network, _fingerprint)
+            if len(self._stages) > _MAX_STAGES:
+                self._stages.pop(next(iter(self._stages)))
+        if stages is None:
+            return None
+        a = torch.from_numpy(x1)
+        b = None if x2 is None else torch.from_numpy(x2)
+        before = self._prefix.reused
+        try:
+            k = prefix_kernels(network, stages, a, b, self._prefix, exact)
+        except ValueError:  # computed directly, which explains the error in user terms
+            return None
+        if k is None or k.nngp.ndim != 2:
+            return None
+        self.prefix_reused += self._prefix.reused - before
+        return CachedKernels(nngp=k.nngp, ntk=k.ntk, cov1=k.cov1, cov2=k.cov2)
 
     def _keep(self, key, net: _Network, block: _Block) -> None:
         if block.nbytes <= self.max_bytes:
@@ -658,16 +706,19 @@ class KernelCache:
     def _make_room(self, key, extra: int) -> None:
         """Drop the least recently used other networks, then this network's oldest kept
         blocks, then its oldest groups, until ``extra`` more bytes fit."""
+        total = self.nbytes  # summed once, then kept as things are dropped
         for other in list(self._stores):
-            if self.nbytes + extra <= self.max_bytes:
+            if total + extra <= self.max_bytes:
                 return
             if other != key:
-                del self._stores[other]
+                total -= self._stores.pop(other).nbytes
         net = self._stores[key]
-        while net.blocks and self.nbytes + extra > self.max_bytes:
-            net.drop(next(iter(net.blocks.values())))
-        while net.groups and self.nbytes + extra > self.max_bytes:
-            net.groups.pop(0)
+        while net.blocks and total + extra > self.max_bytes:
+            block = next(iter(net.blocks.values()))
+            net.drop(block)
+            total -= block.nbytes
+        while net.groups and total + extra > self.max_bytes:
+            total -= net.groups.pop(0).nbytes
 
     def _fill(self, network, store: _Store, i1, i2, same: bool, shape) -> CachedKernels | None:
         """Compute the entries among rows i1 x i2 that are not yet known; return the kernels
@@ -786,10 +837,14 @@ def direct_kernels(network: Layer, x1: np.ndarray, x2, shape) -> CachedKernels:
             "needs structured inputs takes them through `input_shape`, e.g. (1, "
             f"{a.shape[1]}) for a 1-D convolutional network)"
         ) from None
+    _check_output(k)
+    return CachedKernels(nngp=k.nngp, ntk=k.ntk, cov1=k.cov1, cov2=k.cov2)
+
+
+def _check_output(k) -> None:
     if k.nngp.ndim != 2:
         raise ValueError(
             "the network's kernel must be (N1, N2), one covariance per pair of examples, but "
             f"it has shape {tuple(k.nngp.shape)}: end a spatial network with a readout "
             "(Flatten() or GlobalAvgPool(), then Dense)."
         )
-    return CachedKernels(nngp=k.nngp, ntk=k.ntk, cov1=k.cov1, cov2=k.cov2)

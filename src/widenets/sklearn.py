@@ -43,8 +43,10 @@ once, keyed by the network's configuration and the bytes of the two input rows. 
 per-fold preprocessing step (such as a ``StandardScaler`` inside the pipeline) changes are
 new rows to the cache, kept in a group of their own, so it shares work between the settings
 of a fold but not between folds. Results that nothing has reused yet are referenced, not
-copied or kept alive, so a search where nothing can be shared (every setting a new network,
-every fold new rows) costs about what it costs without a cache (``bench/sklearn_cache.py``).
+copied or kept alive; networks on the same rows share their input kernel, and a deeper
+network of the same blocks starts from the kernel of a shallower one's hidden layers
+(``widenets.serial_prefix``), so a search where no entry can be shared (every setting a new
+network, every fold new rows) costs no more than without a cache (``bench/sklearn_cache.py``).
 The kernels an estimator holds (``k_train_``) may be shared with its clones: do not change
 them in place (the cache raises a RuntimeError if it finds one changed).
 
