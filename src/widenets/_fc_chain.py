@@ -1,0 +1,222 @@
+"""A run of fully-connected layers folded in one compiled pass (``Serial.kernel_fn``).
+
+On a fully-connected kernel (diagonal layout, no spatial axes: ``nngp`` (N1, N2)) the
+layers Dense (NTK parameterisation, float scales) and the ABRelu family (Relu, LeakyRelu,
+Abs, ABRelu) are each a few elementwise passes over the tile in the eager path; a network
+such as the demo's (Dense, Relu, Dense, Relu, Dense) is a dozen passes and a dozen
+tile-sized temporaries. :func:`fold` recognises such a run in a ``serial`` and evaluates it
+entry by entry in one loop (``widenets._numba_fc.chain``): every entry goes through all
+the layers while it is in a register, and the per-input variances (and the square-root
+factors of each ABRelu layer) are computed once per input of the tile
+(``_numba_fc.variances``), not per entry.
+
+It applies where the other fused loops do (``widenets._fused``: the switch ``FUSED`` on,
+or "auto" within a large enough call and tile; numba importable; CPU float32/float64; no
+autograd) and the record is plain (no masks, patterns or packed pairs). Elsewhere, or if
+the loop fails (then the fused loops are off for the process, as in ``_fused``), the
+layers run one by one (the eager path, the reference). Results equal the eager path's to
+about 1e-15 relative in float64 (arccos by a polynomial rather than libm's); the diagonal
+of a set with itself equals the variances bit for bit. A float32 tile is computed in
+float64 and rounded once; its ill-conditioned pairs are flagged for recomputation in
+float64 by the eager rule (``numerics.flag_pairs_below``) when a call watches them.
+
+On torch's own threads (not the tile pool: ``torch.get_num_threads()`` > 1) a tile's rows
+are split across that many threads of this call, which run the loop without the GIL.
+"""
+
+from __future__ import annotations
+
+import math
+import threading
+
+import numpy as np
+import torch
+
+from widenets import _fused, _numba, _workspace
+from widenets.layers.activations import ABRelu
+from widenets.layers.dense import Dense
+from widenets.numerics import SIN_LIMIT, _WATCH
+
+#: rows below which a tile is not split across threads (the threads' start costs more)
+MIN_SPLIT_ROWS = 64
+#: entries per thread below which a tile is not split across threads
+MIN_SPLIT_NUMEL = 1 << 15
+
+
+def _loops():
+    """The numba chain module, or None (numba missing or failed, backend not numba)."""
+    if _fused.BACKEND == "compile" or _numba.loops() is None:
+        return None
+    from widenets import _numba_fc
+
+    return _numba_fc
+
+
+def _dense_ok(layer) -> bool:
+    return (
+        type(layer) is Dense
+        and layer.parameterization == "ntk"
+        and not isinstance(layer.w_std, torch.Tensor)
+        and not isinstance(layer.b_std, torch.Tensor)
+    )
+
+
+def _relu_ok(layer) -> bool:
+    cls = type(layer)
+    return (
+        isinstance(layer, ABRelu)
+        and cls.kernel_fn is ABRelu.kernel_fn
+        and cls.pair is ABRelu.pair
+        and cls._pair_from_roots is ABRelu._pair_from_roots
+    )
+
+
+def _run(layers, i: int, gaussian: bool) -> int:
+    """The end j of the longest foldable run layers[i:j] (i when none): Dense and ABRelu
+    layers, each ABRelu on a Gaussian input (after a Dense, or first on a Gaussian record:
+    elsewhere the eager layer raises its error)."""
+    j = i
+    while j < len(layers):
+        layer = layers[j]
+        if _dense_ok(layer):
+            gaussian = True
+        elif _relu_ok(layer) and gaussian:
+            gaussian = False
+        else:
+            break
+        j += 1
+    return j
+
+
+def _plain(k) -> bool:
+    """Whether the record is a fully-connected kernel the loop handles."""
+    return (
+        not isinstance(k, list)
+        and k.nngp is not None
+        and k.nngp.ndim == 2
+        and k.cov1.ndim == 1
+        and k.cov2.ndim == 1
+        and not k.full_spatial
+        and k.pairs is None
+        and k.mask1 is None
+        and k.mask2 is None
+        and k.pattern1 is None
+        and k.pattern2 is None
+        and k.nngp.stride(1) == 1
+        and (k.ntk is None or k.ntk.shape == k.nngp.shape)
+    )
+
+
+def fold(layers, i: int, k):
+    """(the kernel after layers[i:j], j) when a run of at least one ABRelu layer starting
+    at i can be folded in one pass over ``k``, else None (the caller applies layers[i])."""
+    if not _plain(k):
+        return None
+    j = _run(layers, i, k.is_gaussian)
+    run = layers[i:j]
+    if not any(isinstance(layer, ABRelu) for layer in run):
+        return None
+    if not _fused.usable(k.nngp, k.ntk, k.cov1, k.cov2):
+        return None
+    mod = _loops()
+    if mod is None:
+        return None
+    try:
+        out = _evaluate(mod, run, k)
+    except Exception as e:  # noqa: BLE001 - a typing or LLVM error, no cache...: eager
+        _fused._fail(e)
+        return None
+    return out, j
+
+
+def _encode(run):
+    kinds = np.empty(len(run), np.int64)
+    params = np.zeros((len(run), 4), np.float64)
+    for n, layer in enumerate(run):
+        if isinstance(layer, Dense):
+            kinds[n] = 0
+            params[n, 0] = layer.w_std**2
+            params[n, 1] = 0.0 if layer.b_std is None else layer.b_std**2
+        else:
+            kinds[n] = 1
+            params[n, 0] = layer.a * layer.b
+            params[n, 1] = (layer.b - layer.a) ** 2 / (2 * math.pi)
+    return kinds, params
+
+
+def _factors(mod, q, kinds, params, tiny, tol):
+    """(rowf (L, 4, N), the variances after the run (N,) float64) of the inputs q."""
+    qn = q.detach().numpy()
+    rowf = np.zeros((len(kinds), 4, len(qn)), np.float64)
+    qout = np.empty(len(qn), np.float64)
+    mod.variances(qn, kinds, params, tiny, tol, rowf, qout)
+    return rowf, qout
+
+
+def _evaluate(mod, run, k):
+    nngp, dtype = k.nngp, k.nngp.dtype
+    kinds, params = _encode(run)
+    finfo = torch.finfo(dtype)
+    tiny, tol = float(finfo.tiny), math.sqrt(2 * 64 * finfo.eps)
+    f1, q1 = _factors(mod, k.cov1, kinds, params, tiny, tol)
+    if k.cov2 is k.cov1:
+        f2, q2 = f1, q1
+    else:
+        f2, q2 = _factors(mod, k.cov2, kinds, params, tiny, tol)
+    n1, n2 = nngp.shape
+    watch = _WATCH.get()
+    ko = _workspace.empty((n1, n2), dtype)
+    empty2 = np.empty((0, 0), ko.numpy().dtype)
+    t_mode, t_const, t_arr, to = 0, 0.0, empty2, None
+    if k.ntk is not None:
+        to = _workspace.empty((n1, n2), dtype)
+        if k.ntk.stride() == (0, 0):  # a broadcast constant (the input NTK: zero)
+            t_mode, t_const = 1, float(k.ntk[0, 0]) if n1 and n2 else 0.0
+        else:
+            t_mode, t_arr = 2, (k.ntk if k.ntk.stride(1) == 1 else k.ntk.contiguous()).numpy()
+    flags = np.zeros((n1, n2), np.uint8) if watch is not None else np.zeros((0, 0), np.uint8)
+    args = (
+        nngp.detach().numpy(), t_arr, t_mode, t_const, kinds, params, f1, f2, tol,
+        SIN_LIMIT, watch is not None, ko.numpy(), empty2 if to is None else to.numpy(), flags,
+    )  # fmt: skip
+    _rows(mod, args, n1, n2)
+    if watch is not None:
+        watch.add(torch.from_numpy(flags.view(np.bool_)))
+    last = run[-1]
+    cov1 = torch.from_numpy(q1).to(dtype)
+    cov2 = cov1 if k.cov2 is k.cov1 else torch.from_numpy(q2).to(dtype)
+    changes = dict(nngp=ko, ntk=to, cov1=cov1, cov2=cov2)
+    changes["is_gaussian"] = isinstance(last, Dense)
+    dense = [layer for layer in run if isinstance(layer, Dense)]
+    if dense:
+        width = dense[-1].out_dim
+        changes.update(shape1=(width, *k.shape1[1:]), shape2=(width, *k.shape2[1:]))
+        changes["is_input"] = False
+    return k.replace(**changes)
+
+
+def _rows(mod, args, n1: int, n2: int) -> None:
+    """The chain over all rows: on this thread, or split across torch's thread count."""
+    k_arr, t_arr, t_mode, t_const, *rest = args
+    threads = max(1, torch.get_num_threads())
+    parts = min(threads, n1 // MIN_SPLIT_ROWS, (n1 * n2) // MIN_SPLIT_NUMEL)
+    if parts <= 1:
+        mod.chain(k_arr, t_arr, t_mode, t_const, 0, n1, *rest)
+        return
+    bounds = [n1 * p // parts for p in range(parts + 1)]
+    errors: list[BaseException] = []
+
+    def part(p):
+        try:
+            mod.chain(k_arr, t_arr, t_mode, t_const, bounds[p], bounds[p + 1], *rest)
+        except BaseException as e:  # noqa: BLE001 - re-raised below
+            errors.append(e)
+
+    workers = [threading.Thread(target=part, args=(p,), daemon=True) for p in range(1, parts)]
+    for w in workers:
+        w.start()
+    part(0)
+    for w in workers:
+        w.join()
+    if errors:
+        raise errors[0]
