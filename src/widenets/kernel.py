@@ -35,6 +35,8 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from widenets import _workspace
+
 
 @dataclass(frozen=True, eq=False)
 class Kernel:
@@ -281,7 +283,12 @@ def input_kernel(
     if full_spatial:
         nngp = _full_gram(x1, x2, "ij")
     elif x1.ndim == 2:  # the 1/C scaling inside the matrix product (no extra pass)
-        nngp = torch.addmm(x1.new_empty(()), x1, x2.T, beta=0.0, alpha=1.0 / channels)
+        # into a tile buffer of the call (``widenets._workspace``: no fresh pages per block)
+        if _workspace.usable(x1, x2) and x1.dtype == x2.dtype:
+            buf = _workspace.empty((x1.shape[0], x2.shape[0]), x1.dtype, x1.device)
+            nngp = torch.addmm(buf, x1, x2.T, beta=0.0, alpha=1.0 / channels, out=buf)
+        else:
+            nngp = torch.addmm(x1.new_empty(()), x1, x2.T, beta=0.0, alpha=1.0 / channels)
     elif channels <= SMALL_CHANNELS:  # a product of few channels: broadcast multiply-adds
         # (the einsum's batched matmul over positions with K = 3, and its division, were
         # 12% of a 5-layer CNN-VEC kernel of 100 8x8 images in torch.profiler)
