@@ -35,7 +35,7 @@ import torch
 from widenets import _fused, _numba, _workspace
 from widenets.layers.activations import ABRelu
 from widenets.layers.dense import Dense
-from widenets.numerics import SIN_LIMIT, _WATCH
+from widenets.numerics import _WATCH, SIN_LIMIT
 
 #: rows below which a tile is not split across threads (the threads' start costs more)
 MIN_SPLIT_ROWS = 64
