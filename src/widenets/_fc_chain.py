@@ -88,6 +88,31 @@ def _run(layers, i: int, gaussian: bool) -> int:
     return j
 
 
+def prefers_pool(layer, x1, x2=None) -> bool:
+    """Whether a kernel of ``layer`` on inputs x1 (x2) is a fully-connected one whose first
+    layers the chain folds (a ``serial`` starting with Dense, ABRelu ...), with the fused
+    loops on for it (under "auto": a call of at least ``_fused.AUTO_CALL_NUMEL``
+    pair-scalars) and numba available: then its tiles run best on the tile pool."""
+    from widenets.layers.combinators import Serial
+
+    if not isinstance(layer, Serial) or not _fused.enabled():
+        return False
+    if not isinstance(x1, torch.Tensor) or x1.ndim != 2 or x1.device.type != "cpu":
+        return False
+    j = _run(layer.layers, 0, False)
+    if not any(isinstance(a, ABRelu) for a in layer.layers[:j]):
+        return False
+    if _fused.FUSED == "auto":
+        n2 = x1.shape[0] if x2 is None else len(x2)
+        try:
+            cost = layer.pair_cost(tuple(x1.shape[1:]))
+        except Exception:  # noqa: BLE001 - a shape error: raised later, with its message
+            return False
+        if x1.shape[0] * n2 * cost < _fused.AUTO_CALL_NUMEL:
+            return False
+    return _loops() is not None
+
+
 def _plain(k) -> bool:
     """Whether the record is a fully-connected kernel the loop handles."""
     return (

@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from widenets._fc_chain import prefers_pool
 from widenets._fused import call as fused_call
 from widenets._malloc import tune_if_asked
 from widenets._pool import busy_workers, default_workers, one_intra_op_thread, others_running
@@ -173,7 +174,7 @@ def evaluate_kernel(
     if progress is not None and not isinstance(progress, bool):
         raise ValueError(f"`progress` must be True, False or None, got {progress!r}.")
     if executor is None:
-        executor = LocalExecutor(_workers(x1))
+        executor = LocalExecutor(_workers(x1, layer, x2))
         serial = one_intra_op_thread() if executor.workers > 1 else nullcontext()
     else:
         serial = nullcontext()  # an executor of the caller's: its own threads
@@ -427,11 +428,15 @@ def _check_packed(k: Kernel, pairs: int) -> None:
         )
 
 
-def _workers(x) -> int:
+def _workers(x, layer=None, x2=None) -> int:
     """Threads of the tile pool: ``TILE_WORKERS`` if set; else one (torch's own threads) on
     a quiet machine and, when another process is running, one per CPU torch may use plus
     one per other running thread, at most ``BUSY_EXTRA_WORKERS`` more
-    (``_pool.busy_workers``); one for inputs on a GPU (its own queue orders the work)."""
+    (``_pool.busy_workers``); one for inputs on a GPU (its own queue orders the work). A
+    fully-connected network whose layers the fused chain folds (``_fc_chain.prefers_pool``)
+    takes the pool on a quiet machine too: its tiles are a matrix product and one loop
+    that runs without the GIL, both as fast on the pool's threads, and the pool also
+    spreads the copies of the tiles into the result over the threads."""
     if isinstance(x, Tensor) and x.device.type != "cpu":
         return 1
     if TILE_WORKERS is not None:
@@ -439,6 +444,8 @@ def _workers(x) -> int:
     threads = default_workers()
     if threads <= 1:  # the user asked torch for one thread: no pool
         return 1
+    if layer is not None and prefers_pool(layer, x, x2):
+        return threads
     return busy_workers(threads, others_running(max_age=LOAD_MAX_AGE), BUSY_EXTRA_WORKERS)
 
 
