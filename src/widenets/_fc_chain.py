@@ -26,6 +26,7 @@ are split across that many threads of this call, which run the loop without the 
 
 from __future__ import annotations
 
+import dataclasses
 import math
 import threading
 
@@ -37,6 +38,12 @@ from widenets.layers.activations import ABRelu
 from widenets.layers.dense import Dense
 from widenets.numerics import _WATCH, SIN_LIMIT
 
+#: with the chain on the tile pool (``compute.evaluate_kernel``), tiles of at least this
+#: many entries and this many tiles per worker at most: the input Gram of a block is a
+#: matrix product of the block's rows, 30% slower per entry at 131 rows than at 512
+#: (single-threaded, dim 784), and the chain needs no cache-sized tiles (it streams rows)
+CHAIN_TILE_NUMEL = 1 << 21
+CHAIN_TASKS_PER_WORKER = 2
 #: rows below which a tile is not split across threads (the threads' start costs more)
 MIN_SPLIT_ROWS = 64
 #: entries per thread below which a tile is not split across threads
@@ -86,6 +93,15 @@ def _run(layers, i: int, gaussian: bool) -> int:
             break
         j += 1
     return j
+
+
+def chain_budgets(budgets):
+    """The planner's budgets for a kernel the chain folds on the tile pool."""
+    return dataclasses.replace(
+        budgets,
+        tile=max(budgets.tile, CHAIN_TILE_NUMEL),
+        tasks_per_worker=min(budgets.tasks_per_worker, CHAIN_TASKS_PER_WORKER),
+    )
 
 
 def prefers_pool(layer, x1, x2=None) -> bool:

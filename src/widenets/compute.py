@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from widenets._fc_chain import prefers_pool
+from widenets._fc_chain import chain_budgets, prefers_pool
 from widenets._fused import call as fused_call
 from widenets._malloc import tune_if_asked
 from widenets._pool import busy_workers, default_workers, one_intra_op_thread, others_running
@@ -173,8 +173,10 @@ def evaluate_kernel(
     into a ``KernelSink``."""
     if progress is not None and not isinstance(progress, bool):
         raise ValueError(f"`progress` must be True, False or None, got {progress!r}.")
+    # a fully-connected network the fused chain folds: the tile pool, larger tiles
+    chain = executor is None and prefers_pool(layer, x1, x2)
     if executor is None:
-        executor = LocalExecutor(_workers(x1, layer, x2))
+        executor = LocalExecutor(_workers(x1, chain))
         serial = one_intra_op_thread() if executor.workers > 1 else nullcontext()
     else:
         serial = nullcontext()  # an executor of the caller's: its own threads
@@ -192,7 +194,9 @@ def evaluate_kernel(
             pattern=pattern,
             mask_constant=mask_constant,
         )
-        plan = plan_tiles(job.request(plan_workers), budgets())
+        plan = plan_tiles(
+            job.request(plan_workers), chain_budgets(budgets()) if chain else budgets()
+        )
         work = job.work()
         sink = KernelSink(plan, dtype, job.names, "ntk" in job.names)
         with fused_call(job.n1 * job.n2 * job.cost):  # the compiled loops' "auto" switch
@@ -428,15 +432,16 @@ def _check_packed(k: Kernel, pairs: int) -> None:
         )
 
 
-def _workers(x, layer=None, x2=None) -> int:
+def _workers(x, chain: bool = False) -> int:
     """Threads of the tile pool: ``TILE_WORKERS`` if set; else one (torch's own threads) on
     a quiet machine and, when another process is running, one per CPU torch may use plus
     one per other running thread, at most ``BUSY_EXTRA_WORKERS`` more
-    (``_pool.busy_workers``); one for inputs on a GPU (its own queue orders the work). A
-    fully-connected network whose layers the fused chain folds (``_fc_chain.prefers_pool``)
-    takes the pool on a quiet machine too: its tiles are a matrix product and one loop
-    that runs without the GIL, both as fast on the pool's threads, and the pool also
-    spreads the copies of the tiles into the result over the threads."""
+    (``_pool.busy_workers``); one for inputs on a GPU (its own queue orders the work).
+    ``chain``: a fully-connected network whose layers the fused chain folds
+    (``_fc_chain.prefers_pool``) takes the pool on a quiet machine too: its tiles are a
+    matrix product and one loop that runs without the GIL, both as fast on the pool's
+    threads, and the pool also spreads the copies of the tiles into the result (and their
+    page faults) over the threads."""
     if isinstance(x, Tensor) and x.device.type != "cpu":
         return 1
     if TILE_WORKERS is not None:
@@ -444,7 +449,7 @@ def _workers(x, layer=None, x2=None) -> int:
     threads = default_workers()
     if threads <= 1:  # the user asked torch for one thread: no pool
         return 1
-    if layer is not None and prefers_pool(layer, x, x2):
+    if chain:
         return threads
     return busy_workers(threads, others_running(max_age=LOAD_MAX_AGE), BUSY_EXTRA_WORKERS)
 
