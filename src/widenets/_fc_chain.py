@@ -15,8 +15,9 @@ or "auto" within a large enough call and tile; numba importable; CPU float32/flo
 autograd) and the record is plain (no masks, patterns or packed pairs). Elsewhere, or if
 the loop fails (then the fused loops are off for the process, as in ``_fused``), the
 layers run one by one (the eager path, the reference). Results equal the eager path's to
-about 1e-15 relative in float64 (arccos by a polynomial rather than libm's); the diagonal
-of a set with itself equals the variances bit for bit. A float32 tile is computed in
+about 1e-15 relative in float64 (arccos by a polynomial rather than libm's, and
+multiply-adds contracted into FMA instructions in this loop); the diagonal of a set with
+itself equals the variances bit for bit. A float32 tile is computed in
 float64 and rounded once; its ill-conditioned pairs are flagged for recomputation in
 float64 by the eager rule (``numerics.flag_pairs_below``) when a call watches them.
 
@@ -226,6 +227,12 @@ def _evaluate(mod, run, k):
     last = run[-1]
     cov1 = torch.from_numpy(q1).to(dtype)
     cov2 = cov1 if k.cov2 is k.cov1 else torch.from_numpy(q2).to(dtype)
+    off = k.diagonal_offset
+    if off is not None:  # an input with itself: its variance (the same arithmetic: a
+        # guarantee against the compiler contracting the two loops differently)
+        r = torch.arange(max(0, -off), min(n1, n2 - off))
+        if len(r):
+            ko[r, r + off] = cov1[r]
     changes = dict(nngp=ko, ntk=to, cov1=cov1, cov2=cov2)
     changes["is_gaussian"] = isinstance(last, Dense)
     dense = [layer for layer in run if isinstance(layer, Dense)]

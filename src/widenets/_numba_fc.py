@@ -23,7 +23,9 @@ of a set with itself equals the variances bit for bit. Arithmetic is float64 wha
 tile's dtype (float32 tiles: read, computed in float64, rounded once on the way out); with
 ``watch`` the entries whose sin(theta) falls below ``lim`` at any ABRelu layer are flagged
 (the eager path's rule, ``numerics.flag_pairs_below``) for recomputation in float64.
-No contraction into FMA and no reassociation (``FM``): the order is the written one.
+No reassociation (``FM``: the order is the written one), but multiply-adds may be
+contracted into FMA instructions (16% faster per entry on the demo network; the results
+stay within 1e-15 relative of the eager path's, ``tests/test_fc_chain.py``).
 """
 
 from __future__ import annotations
@@ -33,9 +35,12 @@ import math
 import numpy as np
 from numba import njit
 
-from widenets._numba_loops import FM, P0, P1, P2, P3, P4, P5, P6, P7, P8, P9, P10, P11
+from widenets._numba_loops import FM as _FM
+from widenets._numba_loops import P0, P1, P2, P3, P4, P5, P6, P7, P8, P9, P10, P11
 
 PI = math.pi
+#: the flags of ``_numba_loops`` plus FMA contraction (see the module doc)
+FM = _FM | {"contract"}
 #: columns per chunk of a row (the chunk's buffers stay in L1)
 BLK = 1024
 
