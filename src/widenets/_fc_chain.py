@@ -207,11 +207,11 @@ def _evaluate(mod, run, k):
         f2, q2 = _factors(mod, k.cov2, kinds, params, tiny, tol)
     n1, n2 = nngp.shape
     watch = _WATCH.get()
-    ko = _workspace.empty((n1, n2), dtype)
+    ko = _buffer(n1, n2, dtype)
     empty2 = np.empty((0, 0), ko.numpy().dtype)
     t_mode, t_const, t_arr, to = 0, 0.0, empty2, None
     if k.ntk is not None:
-        to = _workspace.empty((n1, n2), dtype)
+        to = _buffer(n1, n2, dtype)
         if k.ntk.stride() == (0, 0):  # a broadcast constant (the input NTK: zero)
             t_mode, t_const = 1, float(k.ntk[0, 0]) if n1 and n2 else 0.0
         else:
@@ -241,6 +241,16 @@ def _evaluate(mod, run, k):
         changes.update(shape1=(width, *k.shape1[1:]), shape2=(width, *k.shape2[1:]))
         changes["is_input"] = False
     return k.replace(**changes)
+
+
+def _buffer(n1: int, n2: int, dtype) -> torch.Tensor:
+    """An uninitialised (n1, n2) tensor: the start of a workspace buffer whose size is a
+    power of two, so that tiles of many sizes (the stripes of a triangle) reuse a few
+    buffers rather than each size keeping its own (``_workspace.SLACK``)."""
+    n = n1 * n2
+    if n < 2:
+        return torch.empty((n1, n2), dtype=dtype)
+    return _workspace.empty((1 << (n - 1).bit_length(),), dtype)[:n].view(n1, n2)
 
 
 def _rows(mod, args, n1: int, n2: int) -> None:

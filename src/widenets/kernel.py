@@ -283,9 +283,13 @@ def input_kernel(
     if full_spatial:
         nngp = _full_gram(x1, x2, "ij")
     elif x1.ndim == 2:  # the 1/C scaling inside the matrix product (no extra pass)
-        # into a tile buffer of the call (``widenets._workspace``: no fresh pages per block)
-        if _workspace.usable(x1, x2) and x1.dtype == x2.dtype:
-            buf = _workspace.empty((x1.shape[0], x2.shape[0]), x1.dtype, x1.device)
+        # into a tile buffer of the call (``widenets._workspace``: no fresh pages per
+        # block), the start of one whose size is a power of two (blocks of many sizes,
+        # the stripes of a triangle, then share a few buffers)
+        n = x1.shape[0] * x2.shape[0]
+        if _workspace.usable(x1, x2) and x1.dtype == x2.dtype and n > 1:
+            buf = _workspace.empty((1 << (n - 1).bit_length(),), x1.dtype, x1.device)
+            buf = buf[:n].view(x1.shape[0], x2.shape[0])
             nngp = torch.addmm(buf, x1, x2.T, beta=0.0, alpha=1.0 / channels, out=buf)
         else:
             nngp = torch.addmm(x1.new_empty(()), x1, x2.T, beta=0.0, alpha=1.0 / channels)
