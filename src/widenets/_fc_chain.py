@@ -230,8 +230,9 @@ def _evaluate(mod, run, k):
     off = k.diagonal_offset
     if off is not None:  # an input with itself: its variance (the same arithmetic: a
         # guarantee against the compiler contracting the two loops differently)
-        r = torch.arange(max(0, -off), min(n1, n2 - off))
-        if len(r):
+        lo, hi = max(0, -off), min(n1, n2 - off)
+        if hi > lo:
+            r = torch.arange(lo, hi)
             ko[r, r + off] = cov1[r]
     changes = dict(nngp=ko, ntk=to, cov1=cov1, cov2=cov2)
     changes["is_gaussian"] = isinstance(last, Dense)
@@ -253,10 +254,16 @@ def _buffer(n1: int, n2: int, dtype) -> torch.Tensor:
     return _workspace.empty((1 << (n - 1).bit_length(),), dtype)[:n].view(n1, n2)
 
 
+def split_threads() -> int:
+    """Threads a tile's rows are split across: torch's intra-op thread count (1 on the
+    tile pool's threads)."""
+    return max(1, torch.get_num_threads())
+
+
 def _rows(mod, args, n1: int, n2: int) -> None:
     """The chain over all rows: on this thread, or split across torch's thread count."""
     k_arr, t_arr, t_mode, t_const, *rest = args
-    threads = max(1, torch.get_num_threads())
+    threads = split_threads()
     parts = min(threads, n1 // MIN_SPLIT_ROWS, (n1 * n2) // MIN_SPLIT_NUMEL)
     if parts <= 1:
         mod.chain(k_arr, t_arr, t_mode, t_const, 0, n1, *rest)
