@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from widenets import _fused, _numba, _workspace
+from widenets.executors import TARGET
 from widenets.layers.activations import ABRelu
 from widenets.layers.dense import Dense
 from widenets.numerics import _WATCH, SIN_LIMIT
@@ -45,6 +46,9 @@ from widenets.numerics import _WATCH, SIN_LIMIT
 #: (single-threaded, dim 784), and the chain needs no cache-sized tiles (it streams rows)
 CHAIN_TILE_NUMEL = 1 << 21
 CHAIN_TASKS_PER_WORKER = 2
+#: whether the chain that ends a network writes its tile in place in the result
+#: (``executors.Target``; False: into buffers of its own, which the sink then copies)
+IN_PLACE = True
 #: rows below which a tile is not split across threads (the threads' start costs more)
 MIN_SPLIT_ROWS = 64
 #: entries per thread below which a tile is not split across threads
@@ -149,9 +153,12 @@ def _plain(k) -> bool:
     )
 
 
-def fold(layers, i: int, k):
+def fold(layers, i: int, k, owner=None):
     """(the kernel after layers[i:j], j) when a run of at least one ABRelu layer starting
-    at i can be folded in one pass over ``k``, else None (the caller applies layers[i])."""
+    at i can be folded in one pass over ``k``, else None (the caller applies layers[i]).
+    ``owner``: the layer whose ``layers`` these are; when it is the network a tile is
+    computed for (``executors.TARGET``) and the run ends it, the loop writes the tile's
+    result in its place in the kernel being assembled (and its mirror image)."""
     if not _plain(k):
         return None
     j = _run(layers, i, k.is_gaussian)
@@ -164,7 +171,8 @@ def fold(layers, i: int, k):
     if mod is None:
         return None
     try:
-        out = _evaluate(mod, run, k)
+        final = owner is not None and j == len(layers)
+        out = _evaluate(mod, run, k, owner if final else None)
     except Exception as e:  # noqa: BLE001 - a typing or LLVM error, no cache...: eager
         _fused._fail(e)
         return None
@@ -195,7 +203,7 @@ def _factors(mod, q, kinds, params, tiny, tol):
     return rowf, qout
 
 
-def _evaluate(mod, run, k):
+def _evaluate(mod, run, k, owner=None):
     nngp, dtype = k.nngp, k.nngp.dtype
     kinds, params = _encode(run)
     finfo = torch.finfo(dtype)
@@ -207,11 +215,20 @@ def _evaluate(mod, run, k):
         f2, q2 = _factors(mod, k.cov2, kinds, params, tiny, tol)
     n1, n2 = nngp.shape
     watch = _WATCH.get()
-    ko = _buffer(n1, n2, dtype)
+    place = None
+    target = TARGET.get() if owner is not None else None
+    if target is not None and target.layer is owner and IN_PLACE:
+        place = target.claim(n1, n2, dtype, k.ntk is not None)
+    ko = _buffer(n1, n2, dtype) if place is None else place[0]
     empty2 = np.empty((0, 0), ko.numpy().dtype)
+    mko = mto = empty2
+    moff = n2
+    if place is not None and place[2] is not None:
+        mko, moff = place[2].numpy(), place[4]
+        mto = empty2 if place[3] is None else place[3].numpy()
     t_mode, t_const, t_arr, to = 0, 0.0, empty2, None
     if k.ntk is not None:
-        to = _buffer(n1, n2, dtype)
+        to = _buffer(n1, n2, dtype) if place is None else place[1]
         if k.ntk.stride() == (0, 0):  # a broadcast constant (the input NTK: zero)
             t_mode, t_const = 1, float(k.ntk[0, 0]) if n1 and n2 else 0.0
         else:
@@ -220,6 +237,7 @@ def _evaluate(mod, run, k):
     args = (
         nngp.detach().numpy(), t_arr, t_mode, t_const, kinds, params, f1, f2, tol,
         SIN_LIMIT, watch is not None, ko.numpy(), empty2 if to is None else to.numpy(), flags,
+        mko, mto, moff,
     )  # fmt: skip
     _rows(mod, args, n1, n2)
     if watch is not None:

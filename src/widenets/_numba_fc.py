@@ -121,17 +121,23 @@ def _relu_chunk(kb, tb, fb, m, n1, s1, i2, r2, ab, coef, tol, lim, has_t, watch)
 
 
 @njit(fastmath=FM, cache=True, nogil=True)
-def chain(k, t, t_mode, t_const, r0, r1, kinds, params, rowf, colf, tol, lim, watch, ko, to, flags):
+def chain(
+    k, t, t_mode, t_const, r0, r1, kinds, params, rowf, colf, tol, lim, watch, ko, to, flags,
+    mko, mto, moff,
+):  # fmt: skip
     """Rows [r0, r1) of the tile k (n1, n2) through the layers into ko (and to, when
     ``t_mode``: 1 the input NTK is the constant ``t_const``, 2 the array t); rowf (L, 4,
     n1) and colf (L, 4, n2) the factors of :func:`variances` of x1's and x2's inputs;
-    with ``watch`` the flags (n1, n2) set where an ABRelu layer's sin(theta) < lim."""
+    with ``watch`` the flags (n1, n2) set where an ABRelu layer's sin(theta) < lim; the
+    columns c >= ``moff`` also written transposed into mko[c - moff, r] (and mto), when
+    those are not empty (the mirror image of a tile of a set with itself)."""
     n2 = k.shape[1]
     nl = kinds.shape[0]
     has_t = t_mode != 0
     kb = np.empty(BLK, np.float64)
     tb = np.empty(BLK, np.float64)
     fb = np.zeros(BLK, np.uint8)
+    mirror = mko.shape[0] > 0
     for r in range(r0, r1):
         for c0 in range(0, n2, BLK):
             m = min(BLK, n2 - c0)
@@ -168,3 +174,9 @@ def chain(k, t, t_mode, t_const, r0, r1, kinds, params, rowf, colf, tol, lim, wa
                 of = flags[r, c0 : c0 + m]
                 for e in range(m):
                     of[e] = fb[e]
+            if mirror and c0 + m > moff:
+                for e in range(max(0, moff - c0), m):
+                    mko[c0 + e - moff, r] = kb[e]
+                if has_t:
+                    for e in range(max(0, moff - c0), m):
+                        mto[c0 + e - moff, r] = tb[e]

@@ -72,7 +72,7 @@ class Serial(Layer):
         layers, i = self.layers, 0
         while i < len(layers):
             # a run of Dense / ABRelu layers on a fully-connected kernel: one compiled pass
-            folded = _fc_chain.fold(layers, i, k)
+            folded = _fc_chain.fold(layers, i, k, owner=self)
             if folded is not None:
                 k, i = folded
                 continue
