@@ -349,9 +349,7 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", default=None, help="comma-separated N (default 2000,4000,8000)")
     ap.add_argument("--no-demo", action="store_true", help="skip the 4000 + 1000 demo case")
     ap.add_argument("--repeats", type=int, default=None, help="timed calls after a warm-up")
-    ap.add_argument(
-        "--impls", default=",".join(DEFAULT_IMPLS), help=f"subset of {','.join(IMPLS)}"
-    )
+    ap.add_argument("--impls", default=",".join(DEFAULT_IMPLS), help=f"subset of {','.join(IMPLS)}")
     ap.add_argument(
         "--profile", action="store_true", help="print a cProfile of one call of each impl"
     )
