@@ -16,6 +16,7 @@ a warm-up call) when that virtual environment exists; otherwise its columns say 
                                           # CIFAR-10 kernel's hours (60,000 x 50,000)
     python bench/kernel_cnn.py --fused on     # only the fused loops (default: both, one
                                           # row each, fused on and off, ``widenets._fused``)
+    python bench/kernel_cnn.py --fused auto,off   # the default switch against the eager path
 
 Network: ``depth`` x [Conv(3x3, same, w_std=1.4, b_std=0.1) + ReLU], readout, Dense(1).
 Each library computes the kernel 1 + ``--repeats`` (default 3) times on the same inputs in
@@ -144,7 +145,7 @@ def compare(configs, depth, channels, threads=None, repeats=3, cross=False, fuse
     import torch
 
     print(f"threads: {threads or 'default'} (torch default here: {torch.get_num_threads()})")
-    modes = ["on", "off"] if fused == "both" else [fused]
+    modes = ["on", "off"] if fused == "both" else fused.split(",")
     header = (
         f"{'readout':7} {'size':>5} {'N':>5} {'fused':>5} | {'wn s':>8} {'wn ms/entry':>11}"
         f" {'wn MiB':>7} {'wn 1st':>7} | {'NT s':>8} {'NT ms/entry':>11} {'NT MiB':>7} |"
@@ -313,9 +314,9 @@ def main():
     )
     p.add_argument(
         "--fused",
-        choices=("both", "on", "off", "auto"),
         default="both",
-        help="widenets' fused loops (WIDENETS_FUSED): on, off, auto, or both in the same run",
+        help="widenets' fused loops (WIDENETS_FUSED): on, off, auto, both (on,off) or a "
+        "comma-separated list of those, each a row of the same run (e.g. auto,off)",
     )
     p.add_argument(
         "--configs",
@@ -323,6 +324,9 @@ def main():
         help="readout:size:N,... (e.g. gap:8:32,vec:16:100) instead of the default list",
     )
     args, rest = p.parse_known_args()
+    modes = args.fused.split(",")
+    if args.fused != "both" and not all(m in ("on", "off", "auto") for m in modes):
+        p.error(f"--fused must be both or a comma-separated list of on, off, auto: {args.fused}")
     if args.worker:
         worker(json.loads(rest[0]))
         return

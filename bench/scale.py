@@ -11,7 +11,8 @@ test examples. Baseline: the bare dense solve (``torch.linalg.cholesky`` of K + 
 ``cholesky_solve``, K_* times the solution) and ``gp_inference``; against it
 ``gp_mean_pcg`` at each rank (RPCholesky preconditioner, stopping tolerance ``--tol``).
 Both timed as the best of ``--repeat`` calls (the first call of each pays page faults).
-Printed: one product K V alone (the cost of an iteration's kernel pass); per rank the PCG
+Printed: one product K V alone (torch's ``k @ v``, the solver's ``DenseKernel.matmul`` and
+the same on a float32 copy, which the first CG pass uses for tol >= 1e-4); per rank the PCG
 time split into the preconditioner's setup, the iterations (with the final residual check)
 and the rest (the test product K_* A), one preconditioner application alone, the final
 relative residual, the PCG predictions' relative difference to the dense ones, both test
@@ -76,6 +77,13 @@ def solver(args) -> None:
     print(
         f"one product K V (N = {args.n}, R = {y.shape[1]}): {t_prod:.4f} s ({gb:.2f} GB: "
         f"{gb / t_prod:.1f} GB/s, {2 * k.numel() * y.shape[1] / t_prod / 1e9:.0f} GFlop/s)"
+    )
+    t_skinny, _ = _best(lambda: DenseKernel(k).matmul(v), 5)
+    k32 = k.float()
+    t_32, _ = _best(lambda: DenseKernel(k32).matmul(v), 5)
+    print(
+        f"  the solver's product (DenseKernel.matmul: the skinny loop where numba is "
+        f"installed): {t_skinny:.4f} s; with a float32 copy of K: {t_32:.4f} s"
     )
     for reg in args.diag_reg:
         t_floor, floor = _best(lambda reg=reg: dense_floor(k, y, kt, reg), args.repeat)

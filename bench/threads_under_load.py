@@ -11,11 +11,12 @@ Cases (NNGP + NTK, float64):
 Settings:
 
 - ``widenets``: the library as it is: on a quiet machine tiles one after another on torch's
-  threads; when another process is running, tiles (sized for the cores) spread over a pool
-  of one thread per core (pinned to its core when they cover all of them), each running
-  torch with one intra-op thread, so that no thread spins waiting for a preempted one, and
-  the steps outside the tiles also run on one torch thread (``widenets._pool``,
-  ``widenets.compute._workers``);
+  threads, or on the pool below when the call takes the (serial) numba loops
+  (``widenets._fused.wants_pool``); when another process is running, tiles (sized for
+  the cores) spread over a pool of one thread per core (pinned to its core when they
+  cover all of them), each running torch with one intra-op thread, so that no thread
+  spins waiting for a preempted one, and the steps outside the tiles also run on one torch
+  thread (``widenets._pool``, ``widenets.compute._workers``);
 - ``widenets, one pool thread``: tiles one after another with torch's own threads, whatever
   the load, as before the pool (``widenets.compute.TILE_WORKERS = 1``): the baseline;
 - ``Neural Tangents`` 0.6.5 (jitted, its default threads), when /tmp/nt-venv exists.
@@ -56,12 +57,12 @@ cfg = json.loads(sys.argv[1])
 if cfg["workers"]:
     compute.TILE_WORKERS = cfg["workers"]
 pooled = []  # whether each kernel evaluation ran on the pool
-_decide = compute._workers
-def _workers(x):
-    w = _decide(x)
+_decide = compute._pool_workers
+def _pool_workers(*args):
+    w = _decide(*args)
     pooled.append(w > 1)
     return w
-compute._workers = _workers
+compute._pool_workers = _pool_workers
 rng = np.random.default_rng(0)
 if cfg["case"] == "fc":
     layers = []

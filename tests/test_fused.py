@@ -12,6 +12,7 @@ import torch
 
 import widenets as wn
 from widenets import _fused, _numba
+from widenets.executors import LocalExecutor
 from widenets.layers.activations import ABRelu
 
 
@@ -126,32 +127,128 @@ def test_numba_window_sum_is_the_eager_conv(full, dtype, switch):
 
 
 @NEEDS_NUMBA
-def test_numba_restores_thread_counts(switch):
-    """The loops run on torch's thread count for the call; numba's count is restored after."""
-    numba = pytest.importorskip("numba")
-    before = numba.get_num_threads()
-    _fused.FUSED, _fused.BACKEND = True, "numba"
-    _net("gap").kernel(_images(3, 4, 0))
-    assert numba.get_num_threads() == before
-
-
-@NEEDS_NUMBA
-def test_numba_first_call_keeps_torch_thread_count():
-    """numba's OpenMP layer, launched by the first loop of a process, sets the OpenMP
-    thread count it shares with torch; the library puts torch's back (fresh process)."""
+def test_fresh_process_keeps_torch_thread_count():
+    """The numba loops are serial (no threading layer: numba's OpenMP one would set the
+    OpenMP thread count it shares with torch): a fresh process's torch thread count is the
+    same after a fused kernel, the default one and one set by the user."""
     code = (
-        "import torch, widenets as wn; from widenets import _fused\n"
-        "torch.set_num_threads(1); _fused.FUSED, _fused.BACKEND = True, 'numba'\n"
+        "import torch, widenets as wn; from widenets import _fused, _numba_loops\n"
+        "_fused.FUSED, _fused.BACKEND = True, 'numba'\n"
         "x = torch.randn(3, 2, 4, 4, dtype=torch.float64)\n"
-        "wn.serial(wn.Conv(2, (3, 3)), wn.Relu(), wn.GlobalAvgPool(), wn.Dense(1)).kernel(x)\n"
-        "import numba; assert numba.threading_layer(), 'numba did not launch'\n"
-        "print(torch.get_num_threads())\n"
+        "net = wn.serial(wn.Conv(2, (3, 3)), wn.Relu(), wn.GlobalAvgPool(), wn.Dense(1))\n"
+        "before = torch.get_num_threads(); net.kernel(x); after = torch.get_num_threads()\n"
+        "assert _numba_loops.window3.signatures, 'the loops did not run'\n"
+        "torch.set_num_threads(2); net.kernel(x, x + 1)\n"
+        "print(before, after, torch.get_num_threads())\n"
     )
-    env = {**os.environ, "NUMBA_NUM_THREADS": "2"}
+    # a numba threading layer launched from here would set the count to NUMBA_NUM_THREADS
+    env = {**os.environ, "NUMBA_NUM_THREADS": "3", "OMP_NUM_THREADS": "1"}
     out = subprocess.run(
         [sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True
     )
-    assert out.stdout.split()[-1] == "1", out.stdout + out.stderr
+    assert out.stdout.split()[-3:] == ["1", "1", "2"], out.stdout + out.stderr
+
+
+@NEEDS_NUMBA
+def test_read_only_numba_cache_compiles_in_process(tmp_path):
+    """No writable cache directory for numba (an installed, read-only package; the cache
+    directory not creatable): the loops compile uncached in the process and the kernel
+    equals the eager one (fresh process)."""
+    blocker = tmp_path / "file"
+    blocker.write_text("")
+    code = (
+        "import torch, widenets as wn; from widenets import _fused, _numba_loops\n"
+        "x = torch.randn(4, 2, 4, 4, dtype=torch.float64, generator=torch.Generator()"
+        ".manual_seed(0))\n"
+        "net = wn.serial(wn.Conv(2, (3, 3)), wn.Relu(), wn.GlobalAvgPool(), wn.Dense(1))\n"
+        "_fused.FUSED = False; eager = net.kernel(x)\n"
+        "_fused.FUSED, _fused.BACKEND = True, 'numba'; k = net.kernel(x)\n"
+        "assert _fused._failed is None, _fused._failed\n"
+        "assert type(_numba_loops.window3._cache).__name__ == 'NullCache'\n"
+        "assert not torch.equal(k.ntk, eager.ntk), 'the loops did not run'\n"
+        "torch.testing.assert_close(k.ntk, eager.ntk, rtol=1e-13, atol=0.0)\n"
+        "print('ok')\n"
+    )
+    env = {
+        **os.environ,
+        "NUMBA_CACHE_DIR": str(blocker / "cache"),  # under a file: cannot be made
+        "NUMBA_CACHE_LOCATOR_CLASSES": "UserProvidedCacheLocator",
+    }
+    out = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True)
+    assert out.returncode == 0 and out.stdout.split()[-1] == "ok", out.stdout + out.stderr
+
+
+def _spy_loops(monkeypatch):
+    """Counts of the numba loops' calls (ABRelu maps, window sums)."""
+    calls = {"abrelu": 0, "window": 0}
+    abrelu, window = _numba.abrelu_pair, _numba.window_sum
+
+    def spy_abrelu(*args):
+        calls["abrelu"] += 1
+        return abrelu(*args)
+
+    def spy_window(*args):
+        calls["window"] += 1
+        return window(*args)
+
+    monkeypatch.setattr(_numba, "abrelu_pair", spy_abrelu)
+    monkeypatch.setattr(_numba, "window_sum", spy_window)
+    return calls
+
+
+@NEEDS_NUMBA
+@pytest.mark.parametrize("layout", ["full", "diagonal", "packed"])
+def test_auto_threshold(layout, switch, monkeypatch):
+    """Under "auto" (the default) the numba loops take a call of at least AUTO_CALL_NUMEL
+    pair-scalars (every tile of it, on the tile pool) and leave a smaller one to the eager
+    path (the same bits as eager); a layout in AUTO_NUMBA_SKIP stays eager at any size."""
+    from widenets import compute
+
+    readout, cross = LAYOUTS[layout]
+    x1 = _images(5, 5, 0)
+    x2 = _images(4, 5, 1) if cross else None
+    net = _net(readout)
+    _fused.FUSED, _fused.BACKEND = False, "auto"
+    eager = net.kernel(x1, x2)
+    job = compute.prepare_kernel(net, x1, x2)
+    assert job.layout == layout
+    numel = job.n1 * job.n2 * job.cost
+    monkeypatch.setattr(_fused, "AUTO_NUMBA_SKIP", frozenset({"packed"}))
+    _fused.FUSED = "auto"
+    calls = _spy_loops(monkeypatch)
+    pools = []
+    monkeypatch.setattr(compute, "LocalExecutor", lambda w: pools.append(w) or LocalExecutor(w))
+    monkeypatch.setattr(compute, "TILE_WORKERS", None)
+    monkeypatch.setattr(compute, "others_running", lambda **kw: 0)  # a quiet machine
+    monkeypatch.setattr(_fused, "AUTO_CALL_NUMEL", numel + 1)
+    below = net.kernel(x1, x2)
+    assert calls == {"abrelu": 0, "window": 0} and pools == [1]
+    assert torch.equal(below.nngp, eager.nngp) and torch.equal(below.ntk, eager.ntk)
+    monkeypatch.setattr(_fused, "AUTO_CALL_NUMEL", numel)
+    above = net.kernel(x1, x2)
+    if layout == "packed":
+        assert calls == {"abrelu": 0, "window": 0} and pools[-1] == 1
+        assert torch.equal(above.nngp, eager.nngp) and torch.equal(above.ntk, eager.ntk)
+        return
+    assert calls["abrelu"] > 0 and calls["window"] > 0 and _fused._failed is None
+    assert pools[-1] == compute.default_workers()
+    assert not torch.equal(above.ntk, eager.ntk)
+    for name in ("nngp", "ntk"):
+        torch.testing.assert_close(getattr(above, name), getattr(eager, name), rtol=1e-13, atol=0)
+
+
+def test_auto_does_not_import_numba_for_a_small_call(switch, monkeypatch):
+    """A small kernel under "auto" neither loads numba nor uses torch.compile."""
+    monkeypatch.setattr(_numba, "_state", {})  # as in a fresh process
+    _fused.FUSED, _fused.BACKEND = "auto", "auto"
+
+    def boom(*args, **kwargs):
+        raise AssertionError("torch.compile called under auto")
+
+    monkeypatch.setattr(torch, "compile", boom)
+    _net("gap").kernel(_images(3, 4, 0))
+    assert _numba._state == {}
+    assert not _fused.takes_loops(_fused.AUTO_CALL_NUMEL - 1, "full")
 
 
 def test_missing_numba_falls_back_to_eager(switch, monkeypatch):
@@ -169,7 +266,9 @@ def test_missing_numba_falls_back_to_eager(switch, monkeypatch):
         k = net.kernel(x)
     assert torch.equal(k.nngp, eager.nngp) and torch.equal(k.ntk, eager.ntk)
     _fused._failed, _fused.BACKEND = None, "auto"
-    assert _fused.backend() == "compile"
+    assert _fused.backend() == "compile"  # under FUSED True; never under "auto"
+    _fused.FUSED = "auto"
+    assert not _fused.takes_loops(1 << 40, "full")
 
 
 @NEEDS_NUMBA
@@ -312,12 +411,20 @@ def test_off_and_cuda_are_not_usable(switch):
     x = torch.ones(2, dtype=torch.float64)
     _fused.FUSED = False
     assert not _fused.usable(x)
-    _fused.FUSED = "auto"  # only in large calls, on tiles large enough
+    _fused.FUSED = "auto"  # only within calls that take the loops
     big = torch.ones(_fused.AUTO_NUMEL, dtype=torch.float64)
     assert not _fused.usable(x) and not _fused.usable(big)
-    with _fused.call(_fused.AUTO_CALL_NUMEL - 1):
+    with _fused.call(_fused.AUTO_CALL_NUMEL - 1, "full"):
         assert not _fused.usable(big)
-    with _fused.call(_fused.AUTO_CALL_NUMEL):
+    if HAVE_NUMBA:  # numba: every tile of a large call, whatever its size
+        with _fused.call(_fused.AUTO_CALL_NUMEL, "full"):
+            assert _fused.usable(big) and _fused.usable(x)
+        with _fused.call(_fused.AUTO_CALL_NUMEL, "packed"):
+            assert not _fused.usable(big)
+    _fused.BACKEND = "compile"  # torch.compile under "auto": only when asked, large tiles
+    with _fused.call(_fused.AUTO_COMPILE_CALL_NUMEL - 1, "full"):
+        assert not _fused.usable(big)
+    with _fused.call(_fused.AUTO_COMPILE_CALL_NUMEL, "full"):
         assert _fused.usable(big) and not _fused.usable(x)
     assert not _fused.usable(big)
     _fused.FUSED = True

@@ -14,15 +14,20 @@ sqrt(128 eps) of 0 or pi, K' = ab K + (sin phi - phi (-c)) sqrt(q1) coef sqrt(q2
 Theta' = Theta (phi coef + ab): the operations of the eager ``ABRelu._pair_from_roots``.
 
 The switch is :data:`FUSED` (or the environment variable ``WIDENETS_FUSED``, read at import):
-``True`` uses the compiled loops wherever they apply, ``"auto"`` only within a kernel
-evaluation of at least :data:`AUTO_CALL_NUMEL` pair-scalars (``call``) and on tiles of at
-least :data:`AUTO_NUMEL` entries, where the first call's compilation (seconds) pays off: a
-small kernel stays on the eager path and compiles nothing; ``False`` (the default) never.
-Off by default because compiling leaves state in the user's process (inductor's caches and
-compile workers, about 130 MiB) and costs seconds on the first call: the user opts in.
-Compilation happens on the first call of a process for each dtype and layout and is cached
-on disk by inductor (``TORCHINDUCTOR_CACHE_DIR``), so later processes load it. If it fails
-(no C++ compiler, no writable cache) the eager path is used from then on: silently under
+``"auto"`` (the default) uses the numba loops within a kernel evaluation of at least
+:data:`AUTO_CALL_NUMEL` pair-scalars (``call``: pairs times the network's cost per pair) in a
+layout not in :data:`AUTO_NUMBA_SKIP` (measured no faster there), the whole evaluation or
+none of it, so that every tile takes the same path; a small kernel stays on the eager path
+and does not even import numba. torch.compile is used only when asked for: ``True`` (the
+loops wherever they apply, from numba, else from torch.compile) or
+``WIDENETS_FUSED_BACKEND=compile`` (under "auto" then within evaluations of at least
+:data:`AUTO_COMPILE_CALL_NUMEL` and on tiles of at least :data:`AUTO_NUMEL` entries, where its
+first call's compilation, seconds, pays off); ``False`` never. The numba loops run serially
+on the calling thread without the GIL: an evaluation that takes them runs its tiles on the
+pool of ``widenets._pool`` (:func:`wants_pool`), one tile per thread. Compilation happens
+on the first call of a process for each dtype and layout and is cached on disk (numba's
+cache; inductor's ``TORCHINDUCTOR_CACHE_DIR``), so later processes load it. If it fails
+(no C++ compiler, a broken numba) the eager path is used from then on: silently under
 ``"auto"``, with a warning under ``True``. Tensors that autograd records, tensors off the
 CPU and reduced-precision tiles that flag ill-conditioned pairs take the eager path.
 """
@@ -61,13 +66,19 @@ def parse_switch(value):
 
 
 #: "auto", True or False: whether compiled loops replace the eager maps (see the module doc)
-FUSED = parse_switch(os.environ.get("WIDENETS_FUSED", "off"))
+FUSED = parse_switch(os.environ.get("WIDENETS_FUSED", "auto"))
 
-#: under "auto", the fewest entries of a tile's nngp for the compiled loop
-AUTO_NUMEL = 1 << 17
 #: under "auto", the fewest pair-scalars of a kernel evaluation (``compute.evaluate_kernel``:
-#: pairs times the network's cost per pair) for the compiled loops
-AUTO_CALL_NUMEL = 1 << 25
+#: pairs times the network's cost per pair) for the numba loops (their first call in a
+#: process loads them from numba's cache: about 0.2 s)
+AUTO_CALL_NUMEL = 1 << 21
+#: under "auto", the layouts (``compute.kernel_layout``) left to the eager path: measured no
+#: faster with the numba loops
+AUTO_NUMBA_SKIP = frozenset({"packed"})
+#: under "auto" with ``BACKEND`` "compile": the fewest pair-scalars of an evaluation, and
+#: entries of a tile's nngp, for the torch.compile loop (seconds of compilation per process)
+AUTO_COMPILE_CALL_NUMEL = 1 << 25
+AUTO_NUMEL = 1 << 17
 
 #: which compiler makes the loops: "numba" (``widenets._numba``: the ABRelu map and the
 #: 3x3 convolution's window sums), "compile" (``torch.compile``: the ABRelu map) or "auto"
@@ -81,14 +92,37 @@ _ready: set = set()  # signatures that compiled: later calls need no lock
 _large_calls = 0  # kernel evaluations running now that are large enough for "auto"
 
 
+def takes_loops(numel: int, layout: str | None = None) -> bool:
+    """Whether a kernel evaluation of ``numel`` pair-scalars in ``layout`` ("full",
+    "packed", "diagonal"; None: any) takes the fused loops under the switch as it is now
+    (see the module doc). Under "auto" numba is imported only for a large enough call."""
+    switch = parse_switch(FUSED)
+    if switch is False or _failed is not None:
+        return False
+    if switch is True:
+        return True
+    if BACKEND == "compile":
+        return numel >= AUTO_COMPILE_CALL_NUMEL
+    if numel < AUTO_CALL_NUMEL or layout in AUTO_NUMBA_SKIP:
+        return False
+    return backend() == "numba"
+
+
+def wants_pool(numel: int, layout: str | None = None) -> bool:
+    """Whether such an evaluation should run its tiles on the thread pool however quiet the
+    machine is: the numba loops run on the calling thread alone, so that the parallelism
+    comes from tiles on several threads."""
+    return takes_loops(numel, layout) and backend() == "numba"
+
+
 @contextmanager
-def call(numel: int):
-    """Around a kernel evaluation of ``numel`` pair-scalars: under "auto" the compiled
-    loops are used within it when it is large enough (any thread's tiles); the tile
+def call(numel: int, layout: str | None = None):
+    """Around a kernel evaluation of ``numel`` pair-scalars in ``layout``: under "auto" the
+    fused loops are used within it (any thread's tiles) when :func:`takes_loops`; the tile
     buffers of ``widenets._workspace`` are reused within it."""
     global _large_calls
     with _workspace.active():  # tile buffers reused within the evaluation (any size)
-        if numel < AUTO_CALL_NUMEL:
+        if parse_switch(FUSED) != "auto" or not takes_loops(numel, layout):
             yield
             return
         with _lock:
@@ -164,11 +198,13 @@ def window_sum(t: Tensor, full: bool, scale: float, bvar: float, add: Tensor | N
 
 def usable(nngp: Tensor, *tensors: Tensor | None) -> bool:
     """Whether a tile's nngp and the other tensors of its map may take the fused path: the
-    switch on (under "auto" in a large enough call and tile), CPU float32/float64, not recorded by
-    autograd."""
+    switch on (under "auto" within a call that takes the loops, :func:`call`; for
+    torch.compile also a large enough tile), CPU float32/float64, not recorded by autograd."""
     if not enabled():
         return False
-    if FUSED == "auto" and (_large_calls == 0 or nngp.numel() < AUTO_NUMEL):
+    if FUSED == "auto" and (
+        _large_calls == 0 or (BACKEND == "compile" and nngp.numel() < AUTO_NUMEL)
+    ):
         return False
     tensors = (nngp, *tensors)
     grad = torch.is_grad_enabled()

@@ -8,16 +8,16 @@ where it does not apply (a layout it does not know, numba missing or failing): t
 then takes the eager path. numba is imported on first use; the loops are compiled on the
 first call of a process for each dtype (about 2 s) and cached on disk by numba (``cache=True``,
 about 0.2 s to load in a later process; ``NUMBA_CACHE_DIR`` to move the cache).
-The loops run on as many threads as torch may use in the calling thread
-(``torch.get_num_threads()``), set for the call in numba's per-thread count and restored
-after it; under numba's ``workqueue`` threading layer (not threadsafe) calls are serialised.
+Each loop runs on the calling thread alone and releases the GIL: no numba threading layer
+is launched (it would set the OpenMP thread count torch shares, process-wide), and the tiles
+of a kernel run on the pool of ``widenets._pool`` (``_fused.wants_pool``), each thread
+calling the loops on its own tile.
 """
 
 from __future__ import annotations
 
 import math
 import threading
-from contextlib import contextmanager
 
 import numpy as np
 import torch
@@ -27,7 +27,6 @@ from widenets import _workspace
 
 _lock = threading.Lock()
 _state: dict = {}  # "loops": the module, "numba": numba; "failed": why not
-_serial = True  # until the threading layer is known to be threadsafe
 
 
 def loops():
@@ -54,35 +53,6 @@ def loops():
 def failure() -> str | None:
     """Why the numba loops are not available (None: available or not tried yet)."""
     return _state.get("failed")
-
-
-@contextmanager
-def _threads():
-    """numba's thread count for this thread set to torch's for the call, then restored;
-    the whole call under a lock while the threading layer may be workqueue."""
-    global _serial
-    numba = _state["numba"]
-    # numba's OpenMP threading layer sets the OpenMP thread count of the thread that
-    # launches it (numba's first get/set_num_threads or parallel call of a process) to
-    # NUMBA_NUM_THREADS: in the libgomp torch shares, that is torch.get_num_threads().
-    # It is put back after the call.
-    torch_before = torch.get_num_threads()
-    n = max(1, min(torch_before, numba.config.NUMBA_NUM_THREADS))
-    serial = _serial
-    if serial:
-        _lock.acquire()
-    before = numba.get_num_threads()
-    try:
-        numba.set_num_threads(n)
-        yield
-        if serial:
-            _serial = numba.threading_layer() == "workqueue"
-    finally:
-        numba.set_num_threads(before)
-        if torch.get_num_threads() != torch_before:
-            torch.set_num_threads(torch_before)
-        if serial:
-            _lock.release()
 
 
 def _np(t: Tensor):
@@ -153,8 +123,7 @@ def abrelu_pair(ab, coef, tol, nngp, ntk, neg_inv1, inv2, scaled1, root2):
     empty = np.empty((0, 0, 0), np.dtype(str(nngp.dtype).split(".")[-1]))
     t3 = _np(ntk.permute(order).reshape(shape)) if ntk is not None else empty
     to3 = _np(to.permute(order).reshape(shape)) if to is not None else empty
-    with _threads():
-        mod.abrelu(_np(k3), t3, *(_np(v) for v in views[1:]), ab, coef, tol, _np(ko3), to3)
+    mod.abrelu(_np(k3), t3, *(_np(v) for v in views[1:]), ab, coef, tol, _np(ko3), to3)
     return ko, to
 
 
@@ -186,11 +155,10 @@ def window_sum(t: Tensor, full: bool, scale: float, bvar: float, add: Tensor | N
         mask[q, max(0, -dh) : min(ch, ch - dh), max(0, -dw) : min(cw, cw - dw)] = 1
     out = _empty_as(t, order)
     a2 = _np(add.permute(order).reshape(shape)) if add is not None else mask[:0, 0]
-    with _threads():
-        mod.window3(
-            _np(src.reshape(shape)), rho, rh, rw, ch, cw, mask.reshape(9, -1),
-            scale, bvar, a2, _np(out.permute(order).reshape(shape)),
-        )  # fmt: skip
+    mod.window3(
+        _np(src.reshape(shape)), rho, rh, rw, ch, cw, mask.reshape(9, -1),
+        scale, bvar, a2, _np(out.permute(order).reshape(shape)),
+    )  # fmt: skip
     return out
 
 

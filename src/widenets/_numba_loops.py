@@ -1,6 +1,13 @@
 """numba loops behind :mod:`widenets._numba` (imported only when numba is installed and the
 fused loops are on). Module-level functions with ``cache=True``: compiled once per dtype and
-array layout, then loaded from numba's disk cache by later processes.
+array layout, then loaded from numba's disk cache by later processes; where no cache
+directory is writable (a read-only install, no writable ``NUMBA_CACHE_DIR`` or home) they
+are compiled in each process instead (:func:`_jit`).
+
+Each loop runs on the calling thread only (no ``parallel=True``: numba's threading layer
+would share, and set, the OpenMP thread count of torch) and releases the GIL
+(``nogil=True``): the parallelism comes from the tile pool (``widenets._pool``), whose
+threads call the loops on their own tiles at the same time.
 
 ``abrelu``: the ABRelu pair map and NTK product of ``_fused._abrelu`` (Cho & Saul 2009), per
 entry -c = K n1 i2 clipped to [-1, 1], phi = arccos(-c) snapped within tol of 0 or pi,
@@ -19,7 +26,7 @@ from __future__ import annotations
 import math
 
 import numpy as np
-from numba import njit, prange
+from numba import njit
 
 PI = math.pi
 # asin(x) = x + x^3 P(x^2) on [0, 0.5]
@@ -34,9 +41,18 @@ P0, P1, P2, P3, P4, P5, P6, P7, P8, P9, P10, P11 = (
 FM = {"nnan", "ninf", "nsz"}
 
 
-@njit(fastmath=FM, cache=True)
-def _abrelu_row(kr, tr, n1, i2, s1, r2, ab, coef, tol):
-    """ABRelu in place over 1-D rows: kr holds K, tr Theta (K' and Theta Kdot on return)."""
+def _jit(fn):
+    """``njit`` with fastmath :data:`FM`, the GIL released and the disk cache; without the
+    cache where numba finds no writable place for it (it raises at decoration then)."""
+    try:
+        return njit(fastmath=FM, nogil=True, cache=True)(fn)
+    except RuntimeError:  # "cannot cache function ...: no locator available"
+        return njit(fastmath=FM, nogil=True)(fn)
+
+
+@_jit
+def _abrelu_row(kr, tr, n1, i2, s1, r2, ab, coef, tol, ko, to):
+    """ABRelu over 1-D rows: from K (kr) and Theta (tr) to K' (ko) and Theta Kdot (to)."""
     for e in range(kr.shape[0]):
         kc = kr[e]
         d = min(max(kc * n1[e] * i2[e], -1.0), 1.0)
@@ -64,38 +80,47 @@ def _abrelu_row(kr, tr, n1, i2, s1, r2, ab, coef, tol):
         snap1 = phi > PI - tol
         phi = 0.0 if snap0 else (PI if snap1 else phi)
         sn = 0.0 if (snap0 or snap1) else sn
-        kr[e] = (sn - phi * d) * s1[e] * r2[e] + ab * kc
-        tr[e] = tr[e] * (phi * coef + ab)
+        ko[e] = (sn - phi * d) * s1[e] * r2[e] + ab * kc
+        to[e] = tr[e] * (phi * coef + ab)
 
 
-@njit(parallel=True, fastmath=FM, cache=True)
+@_jit
+def _stale(f, idx, b, nb):
+    """Whether row (a, b) of the (A, B, C) factor view f differs from the previous row of
+    the loop over idx = a nb + b (broadcast axes have stride 0: rows repeat)."""
+    return idx == 0 or (f.strides[1] != 0 and nb > 1) or (f.strides[0] != 0 and b == 0)
+
+
+@_jit
 def abrelu(k, t, f1n, f2i, f1s, f2r, ab, coef, tol, ko, to):
     """ABRelu over the rows of k (A, B, C), contiguous; t (the NTK, or empty) and the outputs
-    ko, to alike; the factors (A, B, C) views of any strides (broadcast ones: 0)."""
+    ko, to alike; the factors (A, B, C) views of any strides (broadcast ones: 0), copied
+    into contiguous rows only when the row they give changes."""
     na, nb, n = k.shape
     has_t = t.shape[0] > 0
-    for idx in prange(na * nb):
+    n1 = np.empty(n, k.dtype)  # the factors' rows, contiguous
+    i2 = np.empty(n, k.dtype)
+    s1 = np.empty(n, k.dtype)
+    r2 = np.empty(n, k.dtype)
+    scratch = np.zeros(n, k.dtype)
+    for idx in range(na * nb):
         a = idx // nb
         b = idx % nb
-        n1 = np.empty(n, k.dtype)  # the factors' rows, contiguous
-        i2 = np.empty(n, k.dtype)
-        s1 = np.empty(n, k.dtype)
-        r2 = np.empty(n, k.dtype)
-        n1[:] = f1n[a, b]
-        i2[:] = f2i[a, b]
-        s1[:] = f1s[a, b]
-        r2[:] = f2r[a, b]
-        kr = ko[a, b]
-        kr[:] = k[a, b]
+        if _stale(f1n, idx, b, nb):
+            n1[:] = f1n[a, b]
+        if _stale(f2i, idx, b, nb):
+            i2[:] = f2i[a, b]
+        if _stale(f1s, idx, b, nb):
+            s1[:] = f1s[a, b]
+        if _stale(f2r, idx, b, nb):
+            r2[:] = f2r[a, b]
         if has_t:
-            tr = to[a, b]
-            tr[:] = t[a, b]
-        else:
-            tr = np.zeros(n, k.dtype)
-        _abrelu_row(kr, tr, n1, i2, s1, r2, ab, coef, tol)
+            _abrelu_row(k[a, b], t[a, b], n1, i2, s1, r2, ab, coef, tol, ko[a, b], to[a, b])
+        else:  # (a scratch row for Theta: its products are not read)
+            _abrelu_row(k[a, b], scratch, n1, i2, s1, r2, ab, coef, tol, ko[a, b], scratch)
 
 
-@njit(parallel=True, fastmath=FM, cache=True)
+@_jit
 def window3(src, rho, rh, rw, ch, cw, mask, scale, bvar, add, out):
     """out = scale * (3x3 window sum of src) + bvar (+ add): src, add (or empty), out (R, C)
     contiguous; a row r holds the position (h, w) = ((r // rw) % rh, r % rw) when ``rho``;
@@ -104,10 +129,11 @@ def window3(src, rho, rh, rw, ch, cw, mask, scale, bvar, add, out):
     nr, n = src.shape
     blk = ch * cw
     has_add = add.shape[0] > 0
-    for r in prange(nr):
+    acc = np.empty(n, src.dtype)
+    for r in range(nr):
         h = (r // rw) % rh
         w = r % rw
-        acc = np.zeros(n, src.dtype)
+        acc[:] = 0.0
         for q in range(9):
             dh = q // 3 - 1
             dw = q % 3 - 1

@@ -30,8 +30,10 @@ from torch import Tensor
 
 from widenets._fc_chain import chain_budgets, prefers_pool
 from widenets._fused import call as fused_call
+from widenets._fused import wants_pool
 from widenets._malloc import tune_if_asked
 from widenets._pool import busy_workers, default_workers, one_intra_op_thread, others_running
+from widenets._variance_memo import VarianceMemo
 from widenets.errors import NonFiniteKernelError, check_get, shape_str
 from widenets.executors import KernelSink, LocalExecutor
 from widenets.kernel import Kernel, input_kernel, input_variances, slice_pairs
@@ -173,17 +175,11 @@ def evaluate_kernel(
     into a ``KernelSink``."""
     if progress is not None and not isinstance(progress, bool):
         raise ValueError(f"`progress` must be True, False or None, got {progress!r}.")
-    # a fully-connected network the fused chain folds: the tile pool, larger tiles
+    busy = _workers(x1) if executor is None else 1
+    # a fully-connected network the fused chain folds (``_fc_chain``): the pool, larger tiles
     chain = executor is None and prefers_pool(layer, x1, x2)
-    if executor is None:
-        executor = LocalExecutor(_workers(x1, chain))
-        serial = one_intra_op_thread() if executor.workers > 1 else nullcontext()
-    else:
-        serial = nullcontext()  # an executor of the caller's: its own threads
-    # before ``serial``: within it torch has one thread, and the tiles would be planned for
-    # one worker (one tile: the whole pool idle but one thread)
-    plan_workers = _plan_workers(executor)
-    with serial:  # on the pool, the steps outside the tiles also run on one torch thread
+    # on the pool (a busy machine), the steps outside the tiles also run on one torch thread
+    with one_intra_op_thread() if busy > 1 else nullcontext():
         job = prepare_kernel(
             layer,
             x1,
@@ -194,12 +190,22 @@ def evaluate_kernel(
             pattern=pattern,
             mask_constant=mask_constant,
         )
+    numel = job.n1 * job.n2 * job.cost
+    own_pool = False
+    if executor is None:  # (else an executor of the caller's: its own threads)
+        executor = LocalExecutor(_pool_workers(busy, x1, numel, job.layout, chain))
+        own_pool = executor.workers > 1
+    # before one_intra_op_thread: within it torch has one thread, and the tiles would be
+    # planned for one worker (one tile: the whole pool idle but one thread). With a pool of
+    # our own, the steps outside the tiles also run on one torch thread (as on a busy machine)
+    plan_workers = _plan_workers(executor)
+    with one_intra_op_thread() if own_pool else nullcontext():
         plan = plan_tiles(
             job.request(plan_workers), chain_budgets(budgets()) if chain else budgets()
         )
         work = job.work()
         sink = KernelSink(plan, dtype, job.names, "ntk" in job.names)
-        with fused_call(job.n1 * job.n2 * job.cost):  # the compiled loops' "auto" switch
+        with fused_call(numel, job.layout):  # the fused loops' "auto" switch
             executor.run(plan, work, sink, job.show_progress(progress))
         return _checked(sink.finish(), layer, job.prep, sink.check, job.full, job.side)
 
@@ -334,6 +340,8 @@ class KernelWork:
         )
         self.refine = _Refiner(layer, prep, names, dtype, same, full, cost, self.side)
         self.refine.enabled = self.refine.enabled and refine
+        # the full layout's tiles map their inputs' variances once for all (``_variance_memo``)
+        self.memo = VarianceMemo() if full and _memo_safe(layer) else None
 
     def block(self, b: Block) -> Kernel:
         """The input kernel of rows [r0, r1) of x1 against columns [c0, c1) of x2 (a
@@ -382,7 +390,11 @@ class KernelWork:
             k = block  # the whole block (keeps ``cov2 is cov1``)
         else:
             k = slice_pairs(block, t.r0 - b.r0, t.r1 - b.r0, t.c0 - b.c0)
-        k, mask = self.fold(k)
+        if self.memo is None or t.packed:
+            k, mask = self.fold(k)
+        else:
+            with self.memo.tile((1, t.r0, t.r1), (1 if self.same else 2, t.c0, t.c1)):
+                k, mask = self.fold(k)
         if mask is None:
             return k
         if t.packed:  # listed pairs (M, 1), less those of an input with itself
@@ -432,16 +444,22 @@ def _check_packed(k: Kernel, pairs: int) -> None:
         )
 
 
-def _workers(x, chain: bool = False) -> int:
+def _memo_safe(layer) -> bool:
+    """Whether every tile folds ``layer`` through the same sequence of variance maps, so
+    that tiles may share them (``widenets._variance_memo``): the library's own layers but
+    the fixed-point DEQ (its iterations depend on the tile's values); not a layer defined
+    elsewhere, which might branch on them."""
+    module = type(layer).__module__
+    if not module.startswith("widenets.layers.") or module == "widenets.layers.deq":
+        return False
+    return all(_memo_safe(c) for c in layer.children())
+
+
+def _workers(x) -> int:
     """Threads of the tile pool: ``TILE_WORKERS`` if set; else one (torch's own threads) on
     a quiet machine and, when another process is running, one per CPU torch may use plus
     one per other running thread, at most ``BUSY_EXTRA_WORKERS`` more
-    (``_pool.busy_workers``); one for inputs on a GPU (its own queue orders the work).
-    ``chain``: a fully-connected network whose layers the fused chain folds
-    (``_fc_chain.prefers_pool``) takes the pool on a quiet machine too: its tiles are a
-    matrix product and one loop that runs without the GIL, both as fast on the pool's
-    threads, and the pool also spreads the copies of the tiles into the result (and their
-    page faults) over the threads."""
+    (``_pool.busy_workers``); one for inputs on a GPU (its own queue orders the work)."""
     if isinstance(x, Tensor) and x.device.type != "cpu":
         return 1
     if TILE_WORKERS is not None:
@@ -449,9 +467,21 @@ def _workers(x, chain: bool = False) -> int:
     threads = default_workers()
     if threads <= 1:  # the user asked torch for one thread: no pool
         return 1
-    if chain:
-        return threads
     return busy_workers(threads, others_running(max_age=LOAD_MAX_AGE), BUSY_EXTRA_WORKERS)
+
+
+def _pool_workers(busy: int, x, numel: int, layout: str, chain: bool = False) -> int:
+    """Threads of the default executor: ``busy`` (``_workers``), or one per CPU torch may use
+    (``_pool.default_workers``) however quiet the machine when the evaluation takes the
+    numba loops, which run serially on each thread (``_fused.wants_pool``); ``TILE_WORKERS``
+    if set, one on a GPU. ``chain``: a fully-connected network the fused chain folds
+    (``_fc_chain.prefers_pool``) takes the pool too: its tiles are a matrix product and one
+    loop that runs without the GIL, and the pool spreads the page faults of the result."""
+    if TILE_WORKERS is not None or busy > 1:
+        return busy
+    if isinstance(x, Tensor) and x.device.type != "cpu":
+        return 1
+    return default_workers() if chain or wants_pool(numel, layout) else 1
 
 
 def _plan_workers(executor) -> int:

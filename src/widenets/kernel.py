@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from widenets import _workspace
+from widenets import _variance_memo, _workspace
 
 
 @dataclass(frozen=True, eq=False)
@@ -158,7 +158,12 @@ class Kernel:
 
     def map_variances(self, fn: Callable[[Tensor, int], Tensor]) -> tuple[Tensor, Tensor]:
         """(fn(cov1, 1), fn(cov2, 2)), the second the same tensor as the first when
-        ``cov2 is cov1`` (a set with itself: computed once)."""
+        ``cov2 is cov1`` (a set with itself: computed once); within a full-layout tile of a
+        kernel evaluation taken from the tensors an earlier tile of the same inputs mapped
+        (``widenets._variance_memo``)."""
+        memo = _variance_memo.map_variances(self, fn)
+        if memo is not None:
+            return memo
         cov1 = fn(self.cov1, 1)
         return cov1, cov1 if self.cov2 is self.cov1 else fn(self.cov2, 2)
 

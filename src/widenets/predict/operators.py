@@ -26,6 +26,7 @@ from torch import Tensor
 
 from widenets._pool import default_workers, one_intra_op_thread, others_running, run_tasks
 from widenets.errors import check_positive_int
+from widenets.predict import _skinny
 from widenets.predict._validation import check_finite
 
 #: bytes of one float64 row block that ``NetworkKernel`` and ``RowFunctionKernel`` aim at
@@ -90,13 +91,23 @@ class KernelOperator:
         squeeze, v2 = self._as_block(v)
         m = self.shape[0]
         out = torch.empty(m, v2.shape[1], dtype=torch.float64, device=self.device)
+        inner = None if workers <= 1 else 1  # the skinny loop's threads within a block
 
         def one(block: tuple[int, int]) -> None:
-            out[block[0] : block[1]] = self.rows(*block).to(torch.float64) @ v2
+            rows = self.rows(*block)
+            part = out[block[0] : block[1]]
+            if _skinny.matmul(rows, v2, inner, out=part) is None:
+                part.copy_(rows.to(torch.float64) @ v2)
 
         blocks = [(s, min(s + self.block_rows, m)) for s in range(0, m, self.block_rows)]
         run_tasks(blocks, one, workers)
         return out[:, 0] if squeeze else out
+
+    def skinny_products(self) -> bool:
+        """Products take :mod:`widenets.predict._skinny`'s loop on a matrix in memory (the
+        solvers then run CG with one torch thread, :func:`~widenets.predict._skinny.torch_serial`).
+        """
+        return False
 
     def _as_block(self, v: Tensor) -> tuple[bool, Tensor]:
         squeeze = v.ndim == 1
@@ -179,7 +190,15 @@ class DenseKernel(KernelOperator):
         block = self.k[start:stop]
         return block if isinstance(block, Tensor) else torch.from_numpy(np.array(block))
 
+    def skinny_products(self) -> bool:
+        return _skinny.fits(self.k)
+
     def matmul(self, v: Tensor, *, workers: int = 1) -> Tensor:
+        if _skinny.fits(self.k):
+            squeeze, v2 = self._as_block(v)
+            out = _skinny.matmul(self.k, v2, None if workers <= 1 else workers)
+            if out is not None:
+                return out[:, 0] if squeeze else out
         if not (isinstance(self.k, Tensor) and self.k.dtype == torch.float64):
             return super().matmul(v, workers=workers)
         squeeze, v2 = self._as_block(v)

@@ -19,14 +19,21 @@ from __future__ import annotations
 import math
 import time
 import warnings
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 
 import torch
 from torch import Tensor
 
+from widenets.predict import _skinny
 from widenets.predict import _validation as v
 from widenets.predict._linalg import _user_stacklevel
-from widenets.predict.operators import KernelOperator, as_operator, compute_threads
+from widenets.predict.operators import (
+    DenseKernel,
+    KernelOperator,
+    as_operator,
+    compute_threads,
+)
 from widenets.predict.preconditioners import LowRankPreconditioner, nystrom, rpcholesky
 
 #: the preconditioner's rank when none is given: min(N, this)
@@ -35,6 +42,13 @@ _PRECONDITIONERS = ("rpcholesky", "nystrom", None)
 _ON_NO_CONVERGENCE = ("raise", "warn")
 #: restarts from the true residual when the recursive one has drifted below tol
 _MAX_RESTARTS = 3
+#: a float64 kernel in memory (``DenseKernel`` of a tensor) with ``tol`` at least this: the
+#: first pass of CG multiplies by a float32 copy of K (made during its first product),
+#: reading half the bytes; the final residual is checked with K itself, and if it is above
+#: tol CG restarts from it with K itself (set to 1 to never use the copy)
+FLOAT32_TOL = 1e-4
+#: largest float32 copy of K made for that (bytes)
+FLOAT32_COPY_BYTES = 2 * 2**30
 
 
 class ConvergenceError(RuntimeError):
@@ -249,7 +263,9 @@ def _pcg_solve(
     setup = time.perf_counter() - start
 
     start = time.perf_counter()
-    x, iters, history, col_res = _cg(op, mu, rhs, precond, tol, max_iter, workers)
+    with _skinny.torch_serial() if op.skinny_products() else nullcontext():
+        fast = _Float32Copy.for_solve(op, tol)
+        x, iters, history, col_res = _cg(op, mu, rhs, precond, tol, max_iter, workers, fast)
     solve = time.perf_counter() - start
     residual = float(col_res.max()) if len(col_res) else 0.0
     result = PCGResult(
@@ -309,13 +325,53 @@ def _check_count(value, name: str, *, minimum: int = 1) -> int:
     return value
 
 
-def _cg(op: KernelOperator, mu: float, b: Tensor, precond, tol: float, max_iter: int, workers):
-    """Column-wise PCG on (K + mu I) X = B: (X, iterations, history, true residuals)."""
+class _Float32Copy:
+    """Products with a float32 copy of a float64 ``DenseKernel``'s tensor (see
+    :data:`FLOAT32_TOL`), the copy written by the first product."""
+
+    def __init__(self, k: Tensor):
+        self.k, self.k32 = k, None
+
+    @classmethod
+    def for_solve(cls, op: KernelOperator, tol: float):
+        if not (tol >= FLOAT32_TOL and isinstance(op, DenseKernel) and op.skinny_products()):
+            return None
+        k = op.k
+        if k.dtype != torch.float64 or k.numel() * 4 > FLOAT32_COPY_BYTES:
+            return None
+        return cls(k)
+
+    def __call__(self, p: Tensor, workers: int) -> Tensor | None:
+        n_threads = None if workers <= 1 else workers
+        if self.k32 is not None:
+            return _skinny.matmul(self.k32, p, n_threads)
+        k32 = torch.empty(self.k.shape, dtype=torch.float32)
+        out = _skinny.matmul(self.k, p, n_threads, cast=k32)
+        if out is not None:
+            self.k32 = k32
+        return out
+
+
+def _cg(
+    op: KernelOperator,
+    mu: float,
+    b: Tensor,
+    precond,
+    tol: float,
+    max_iter: int,
+    workers,
+    fast: _Float32Copy | None = None,
+):
+    """Column-wise PCG on (K + mu I) X = B: (X, iterations, history, true residuals).
+    ``fast``: products for the first pass (then the true residual and any restart with
+    ``op``)."""
     n, r_cols = b.shape
 
-    def apply(p: Tensor) -> Tensor:
-        q = _matmul(op, p, workers)
-        if not bool(torch.isfinite(q).all()):
+    def apply(p: Tensor, exact: bool = False) -> Tensor:
+        q = None if exact or fast is None else fast(p, workers)
+        if q is None:
+            q = _matmul(op, p, workers)
+        if not bool(torch.isfinite(q.sum())) and not bool(torch.isfinite(q).all()):
             raise ValueError("The kernel operator returned NaN or inf in a product K @ v.")
         return q + mu * p
 
@@ -338,7 +394,8 @@ def _cg(op: KernelOperator, mu: float, b: Tensor, precond, tol: float, max_iter:
         rz = torch.zeros(r_cols, dtype=torch.float64, device=b.device)
         rz[idx] = (res[:, idx] * z).sum(0)
         while len(idx) and iters < max_iter:
-            pa = p[:, idx]
+            full = len(idx) == r_cols  # every column active: no gathers and scatters
+            pa = p if full else p[:, idx]
             q = apply(pa)
             pq = (pa * q).sum(0)
             if not bool((pq > 0).all()):
@@ -346,20 +403,32 @@ def _cg(op: KernelOperator, mu: float, b: Tensor, precond, tol: float, max_iter:
                     "K + mu I is not positive definite along a CG direction (p^T (K + mu I) p "
                     f"= {float(pq.min()):.3g}): the kernel is not PSD; pass a larger diag_reg."
                 )
-            alpha = rz[idx] / pq
-            x[:, idx] += alpha * pa
-            res[:, idx] -= alpha * q
-            rel[idx] = res[:, idx].norm(dim=0) / safe[idx]
+            alpha = (rz if full else rz[idx]) / pq
+            if full:
+                x += alpha * pa
+                res -= alpha * q
+                rel = res.norm(dim=0) / safe
+            else:
+                x[:, idx] += alpha * pa
+                res[:, idx] -= alpha * q
+                rel[idx] = res[:, idx].norm(dim=0) / safe[idx]
             iters += 1
             history.append(float(rel.max()))
             idx = idx[rel[idx] > tol]
             if not len(idx):
                 break
-            z = prec(res[:, idx])
-            rz_new = (res[:, idx] * z).sum(0)
-            p[:, idx] = z + (rz_new / rz[idx]) * p[:, idx]
-            rz[idx] = rz_new
-        res = b - apply(x) if r_cols else res  # the true residual
+            full = len(idx) == r_cols
+            ra = res if full else res[:, idx]
+            z = prec(ra)
+            rz_new = (ra * z).sum(0)
+            if full:
+                p = z + (rz_new / rz) * p
+                rz = rz_new
+            else:
+                p[:, idx] = z + (rz_new / rz[idx]) * p[:, idx]
+                rz[idx] = rz_new
+        res = b - apply(x, exact=True) if r_cols else res  # the true residual
+        fast = None  # restarts multiply by K itself
         rel = res.norm(dim=0) / safe
         if not bool((rel > tol).any()) or iters >= max_iter:
             break

@@ -24,10 +24,14 @@ import numpy as np
 import torch
 from torch import Tensor
 
+from widenets.predict import _skinny
 from widenets.predict.operators import KernelOperator, compute_threads
 
 #: RPCholesky's candidates per round when no ``block_size`` is given (at most the rank)
 DEFAULT_BLOCK = 256
+#: largest factor F (N x r float64) of which the preconditioner keeps a row-major copy
+#: beside F^T, for the skinny products F c (``widenets.predict._skinny``)
+ROW_COPY_BYTES = 256 * 2**20
 
 
 class LowRankPreconditioner:
@@ -65,6 +69,9 @@ class LowRankPreconditioner:
                 self._chol = chol
             else:
                 self._orthonormal_basis(gram)
+        self._f = None  # F row-major (N x r), for the skinny product F c
+        if self.rank and self.n * self.rank * 8 <= ROW_COPY_BYTES and _skinny.fits(self._ft):
+            self._f = self._ft.T.contiguous()
 
     def _orthonormal_basis(self, gram: Tensor) -> None:
         """Fallback when mu I + F^T F is numerically indefinite (s_max^2 / mu near 1 / eps):
@@ -84,6 +91,8 @@ class LowRankPreconditioner:
     def __call__(self, v: Tensor) -> Tensor:
         if not self.rank:
             return v / self.mu
+        if self._f is not None and v.ndim == 2:
+            return self._skinny_apply(v)
         c = self._ft @ v
         if self._chol is not None:
             # LAPACK returns it column-major: a product with it and F^T's transpose
@@ -92,6 +101,21 @@ class LowRankPreconditioner:
         else:
             c = self._core * c
         return torch.addmm(v, self._ft.T, c, alpha=-1.0).div_(self.mu)
+
+    def _skinny_apply(self, v: Tensor) -> Tensor:
+        """``__call__`` with both products by the skinny loop: F^T v (rows of F^T) and
+        F c (rows of F's row-major copy)."""
+        c = _skinny.matmul(self._ft, v)
+        if c is None:
+            c = self._ft @ v
+        if self._chol is not None:
+            c = torch.cholesky_solve(c, self._chol)
+        else:
+            c = self._core * c
+        fc = _skinny.matmul(self._f, c)
+        if fc is None:
+            fc = self._f @ c
+        return torch.sub(v, fc).div_(self.mu)
 
     @property
     def factor(self) -> Tensor:
@@ -170,7 +194,8 @@ def _rpcholesky(op: KernelOperator, rank: int, seed: int, block_size, trace_tol=
         cand = cand[torch.randperm(len(cand), generator=gen)]  # i.i.d. order for rejection
         on = cand.to(device)
         g = op.columns(cand).to(device, torch.float64).T.contiguous()  # K[cand, :]
-        if not bool(torch.isfinite(g).all()):
+        # the sum first: NaN and inf reach it (a full check only if it overflowed)
+        if not bool(torch.isfinite(g.sum())) and not bool(torch.isfinite(g).all()):
             raise ValueError("The kernel operator returned NaN or inf columns.")
         if k:  # residual rows: K[cand, :] - F[cand] F^T
             g = torch.addmm(g, rows[:k, on].T, rows[:k], alpha=-1.0)

@@ -1,0 +1,118 @@
+"""numba loops behind :mod:`widenets.predict._skinny` (imported only when numba is installed).
+
+``rows_times(k, vt, out)``: out = k @ vt^T for a row-major (m, n) block k of a kernel and a
+skinny right-hand side given transposed, vt (R, n) row-major (R ~ 10: one column per class).
+Each of k's rows is a dot product with each row of vt, summed over n in registers for a
+block of 4 rows x 4 columns (16 accumulators: 4 rows of k and 4 of vt are read once per
+16 products). Serial and ``nogil``: the caller splits the rows over its threads.
+``reassoc`` (and ``contract``) let LLVM vectorise the sums over n: the result differs from
+BLAS's by rounding only (the order of the additions), about 1e-16 N relative at worst.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+from numba import njit
+
+# no nnan / ninf: a NaN or inf in K must reach the product (the solvers check for it)
+FM = {"reassoc", "contract", "nsz", "arcp"}
+
+
+@njit(nogil=True, cache=True, fastmath=FM)
+def rows_times(k, vt, out, cast):
+    """out[i, c] = sum_j k[i, j] vt[c, j] for k (m, n), vt (R, n), out (m, R), all
+    row-major, summed in vt's dtype (float32 vt: float32 sums, twice the lanes); ``cast``
+    (m, n) gets k's entries in its own dtype (a float32 copy made by the same pass over k,
+    while each block of rows is in cache), or is empty (0, 0)."""
+    m, n = k.shape
+    r = vt.shape[0]
+    m4 = m - m % 4
+    r4 = r - r % 4
+    zero = np.zeros(1, vt.dtype)[0]  # the sums' type
+    copy = cast.shape[0] > 0
+    for i in range(0, m4, 4):
+        k0 = k[i]
+        k1 = k[i + 1]
+        k2 = k[i + 2]
+        k3 = k[i + 3]
+        for c in range(0, r4, 4):
+            v0 = vt[c]
+            v1 = vt[c + 1]
+            v2 = vt[c + 2]
+            v3 = vt[c + 3]
+            a00 = a01 = a02 = a03 = zero
+            a10 = a11 = a12 = a13 = zero
+            a20 = a21 = a22 = a23 = zero
+            a30 = a31 = a32 = a33 = zero
+            for j in range(n):
+                x0 = k0[j]
+                x1 = k1[j]
+                x2 = k2[j]
+                x3 = k3[j]
+                y0 = v0[j]
+                y1 = v1[j]
+                y2 = v2[j]
+                y3 = v3[j]
+                a00 += x0 * y0
+                a01 += x0 * y1
+                a02 += x0 * y2
+                a03 += x0 * y3
+                a10 += x1 * y0
+                a11 += x1 * y1
+                a12 += x1 * y2
+                a13 += x1 * y3
+                a20 += x2 * y0
+                a21 += x2 * y1
+                a22 += x2 * y2
+                a23 += x2 * y3
+                a30 += x3 * y0
+                a31 += x3 * y1
+                a32 += x3 * y2
+                a33 += x3 * y3
+            out[i, c] = a00
+            out[i, c + 1] = a01
+            out[i, c + 2] = a02
+            out[i, c + 3] = a03
+            out[i + 1, c] = a10
+            out[i + 1, c + 1] = a11
+            out[i + 1, c + 2] = a12
+            out[i + 1, c + 3] = a13
+            out[i + 2, c] = a20
+            out[i + 2, c + 1] = a21
+            out[i + 2, c + 2] = a22
+            out[i + 2, c + 3] = a23
+            out[i + 3, c] = a30
+            out[i + 3, c + 1] = a31
+            out[i + 3, c + 2] = a32
+            out[i + 3, c + 3] = a33
+        for c in range(r4, r):  # the last columns, 4 rows at a time
+            v0 = vt[c]
+            a0 = a1 = a2 = a3 = zero
+            for j in range(n):
+                y = v0[j]
+                a0 += k0[j] * y
+                a1 += k1[j] * y
+                a2 += k2[j] * y
+                a3 += k3[j] * y
+            out[i, c] = a0
+            out[i + 1, c] = a1
+            out[i + 2, c] = a2
+            out[i + 3, c] = a3
+        if copy:
+            for q in range(4):
+                kq = k[i + q]
+                cq = cast[i + q]
+                for j in range(n):
+                    cq[j] = kq[j]
+    for i in range(m4, m):  # the last rows, one at a time
+        ki = k[i]
+        for c in range(r):
+            vc = vt[c]
+            a = zero
+            for j in range(n):
+                a += ki[j] * vc[j]
+            out[i, c] = a
+        if copy:
+            ci = cast[i]
+            for j in range(n):
+                ci[j] = ki[j]
