@@ -9,7 +9,10 @@ parameterisation) on random standard-normal inputs of dimension 784, float64:
 
 Implementations, each case of each run in a fresh subprocess:
 
-- ``widenets``: ``net.kernel(..., get=("nngp", "ntk"))``;
+- ``widenets``: ``net.kernel(..., get=("nngp", "ntk"))`` with the library's defaults;
+- ``fused``: the same with the fused loops on (``widenets._fused.FUSED = True``: the
+  fully-connected run folded in one numba pass, ``widenets._fc_chain``), on torch's threads;
+- ``fusedpool``: the same on the tile pool (``compute.TILE_WORKERS`` = torch's threads);
 - ``numpy``: a plain NumPy implementation of the same recursion on the whole matrix
   (K' = w^2 K + b^2, Theta' = K' + w^2 Theta; ReLU by the arc-cosine kernel, Cho & Saul 2009,
   Theta' = Theta (pi - theta) / (2 pi));
@@ -31,6 +34,8 @@ Usage::
     PYTHONPATH=src python bench/kernel_fc.py            # N = 2000, 4000, 8000 and the demo
     PYTHONPATH=src python bench/kernel_fc.py --quick    # small shapes, a smoke test
     PYTHONPATH=src python bench/kernel_fc.py --out results.json
+    PYTHONPATH=src python bench/kernel_fc.py --impls gram,widenets,fused,fusedpool \
+        --sizes , --profile    # the demo case only, with a cProfile of one call of each
 
 Nothing is written outside a temporary directory unless ``--out`` is given.
 """
@@ -70,7 +75,10 @@ LAYERS = [
 ]
 #: rows of each output kept to compare implementations
 CHECK_ROWS = 128
-IMPLS = ("gram", "widenets", "numpy", "nt")
+IMPLS = ("gram", "widenets", "fused", "fusedpool", "numpy", "nt")
+DEFAULT_IMPLS = ("gram", "widenets", "fused", "numpy", "nt")
+#: the implementations that run widenets
+WIDENETS = ("widenets", "fused", "fusedpool")
 
 
 # ----- measuring inside a worker ------------------------------------------------------------
@@ -125,7 +133,7 @@ def numpy_kernel(x1: np.ndarray, x2: np.ndarray | None) -> tuple[np.ndarray, np.
     return k, t
 
 
-def worker(impl: str, data_dir: str, repeats: int) -> dict:
+def worker(impl: str, data_dir: str, repeats: int, profile: bool = False) -> dict:
     """Run one implementation on the inputs in ``data_dir``; return its measurements."""
     import torch
 
@@ -136,8 +144,14 @@ def worker(impl: str, data_dir: str, repeats: int) -> dict:
     x_test = np.load(test_path) if os.path.exists(test_path) else None
     info = {"threads": torch.get_num_threads()}
 
-    if impl == "widenets":
+    if impl in WIDENETS:
         import widenets as wn
+        from widenets import _fused, compute
+
+        if impl != "widenets":
+            _fused.FUSED = True
+        if impl == "fusedpool":
+            compute.TILE_WORKERS = torch.get_num_threads()
 
         net = wn.serial(
             wn.Dense(WIDTH, w_std=W_STD, b_std=B_STD),
@@ -181,7 +195,7 @@ def worker(impl: str, data_dir: str, repeats: int) -> dict:
     # libraries initialise lazily on their first call: do that on a tiny input before the
     # memory baseline, so the peak counts this case's arrays only
     tiny = x_train[:4]
-    if impl == "widenets":
+    if impl in WIDENETS:
         net.kernel(torch.from_numpy(tiny), progress=False)
         net.kernel(torch.from_numpy(tiny), torch.from_numpy(tiny), progress=False)
     elif impl == "numpy":
@@ -191,6 +205,19 @@ def worker(impl: str, data_dir: str, repeats: int) -> dict:
     base = vmhwm_mib()
     times, first, out = time_calls(run, repeats)
     peak = vmhwm_mib() - base
+    if profile:
+        import cProfile
+        import io
+        import pstats
+
+        prof = cProfile.Profile()
+        prof.enable()
+        run()
+        prof.disable()
+        buf = io.StringIO()
+        pstats.Stats(prof, stream=buf).sort_stats("tottime").print_stats(12)
+        with open(os.path.join(data_dir, f"{impl}_profile.txt"), "w") as f:
+            f.write(buf.getvalue())
     for i, a in enumerate(out):
         a = a.numpy() if hasattr(a, "numpy") else a
         np.save(os.path.join(data_dir, f"{impl}_{i}.npy"), np.ascontiguousarray(a[:CHECK_ROWS]))
@@ -266,19 +293,24 @@ def nt_worker(
 
 
 # ----- the driver ----------------------------------------------------------------------------
-def run_case(impl, data_dir, repeats, has_test, threads):
+def run_case(impl, data_dir, repeats, has_test, threads, profile=False):
     """Measurements of one implementation on one case, in a fresh subprocess."""
     if impl == "nt":
         rep, outs = nt_worker(data_dir, repeats, has_test, threads)
         return rep, outs
     cmd = [sys.executable, str(Path(__file__).resolve()), "--worker", impl, "--data", data_dir]
-    cmd += ["--repeats", str(repeats)]
+    cmd += ["--repeats", str(repeats)] + (["--profile"] if profile else [])
     env = {**os.environ, **thread_env(threads)}
     proc = subprocess.run(cmd, capture_output=True, text=True, timeout=3600, env=env)
     if proc.returncode != 0:
         tail = "\n".join(proc.stderr.strip().splitlines()[-10:])
         raise RuntimeError(f"{impl} worker failed:\n{tail}")
     rep = json.loads(proc.stdout.strip().splitlines()[-1])
+    prof = os.path.join(data_dir, f"{impl}_profile.txt")
+    if os.path.exists(prof):
+        with open(prof) as f:
+            print(f"--- cProfile of one call of {impl} (tottime) ---\n{f.read()}")
+        os.remove(prof)
     outs = []
     i = 0
     while os.path.exists(p := os.path.join(data_dir, f"{impl}_{i}.npy")):
@@ -317,7 +349,10 @@ def main(argv=None) -> int:
     ap.add_argument("--sizes", default=None, help="comma-separated N (default 2000,4000,8000)")
     ap.add_argument("--no-demo", action="store_true", help="skip the 4000 + 1000 demo case")
     ap.add_argument("--repeats", type=int, default=None, help="timed calls after a warm-up")
-    ap.add_argument("--impls", default=",".join(IMPLS), help=f"subset of {','.join(IMPLS)}")
+    ap.add_argument("--impls", default=",".join(DEFAULT_IMPLS), help=f"subset of {','.join(IMPLS)}")
+    ap.add_argument(
+        "--profile", action="store_true", help="print a cProfile of one call of each impl"
+    )
     ap.add_argument(
         "--threads",
         type=int,
@@ -331,7 +366,7 @@ def main(argv=None) -> int:
     args = ap.parse_args(argv)
 
     if args.worker:
-        print(json.dumps(worker(args.worker, args.data, args.repeats)))
+        print(json.dumps(worker(args.worker, args.data, args.repeats, args.profile)))
         return 0
 
     if args.quick:
@@ -391,7 +426,7 @@ def main(argv=None) -> int:
             for impl in impls:
                 row = {"case": label, "n": n, "m": m, "impl": impl}
                 try:
-                    rep, outs = run_case(impl, tmp, repeats, bool(m), args.threads)
+                    rep, outs = run_case(impl, tmp, repeats, bool(m), args.threads, args.profile)
                 except NTUnavailable as e:
                     print(e)
                     continue
@@ -418,7 +453,8 @@ def main(argv=None) -> int:
                 )
             ref = case_outs.get("widenets")
             for row in results:
-                if row["case"] == label and row["impl"] in ("numpy", "nt") and ref is not None:
+                compared = ("numpy", "nt", "fused", "fusedpool")
+                if row["case"] == label and row["impl"] in compared and ref is not None:
                     if row["impl"] in case_outs:
                         row["max_rel_diff_vs_widenets"] = max_rel(case_outs[row["impl"]], ref)
 
@@ -462,6 +498,9 @@ def print_table(results, cases):
         parts = []
         if (g := by.get((label, "gram"))) is not None:
             parts.append(f"widenets / gram floor = {w['best_s'] / g['best_s']:.2f}")
+        for impl in ("fused", "fusedpool"):
+            if (f := by.get((label, impl))) is not None and g is not None:
+                parts.append(f"{impl} / gram floor = {f['best_s'] / g['best_s']:.2f}")
         if (n := by.get((label, "numpy"))) is not None:
             parts.append(f"numpy / widenets = {n['best_s'] / w['best_s']:.2f}")
         if (t := by.get((label, "nt"))) is not None:

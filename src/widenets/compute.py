@@ -28,6 +28,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
+from widenets._fc_chain import chain_budgets, prefers_pool
 from widenets._fused import call as fused_call
 from widenets._fused import wants_pool
 from widenets._malloc import tune_if_asked
@@ -175,6 +176,8 @@ def evaluate_kernel(
     if progress is not None and not isinstance(progress, bool):
         raise ValueError(f"`progress` must be True, False or None, got {progress!r}.")
     busy = _workers(x1) if executor is None else 1
+    # a fully-connected network the fused chain folds (``_fc_chain``): the pool, larger tiles
+    chain = executor is None and prefers_pool(layer, x1, x2)
     # on the pool (a busy machine), the steps outside the tiles also run on one torch thread
     with one_intra_op_thread() if busy > 1 else nullcontext():
         job = prepare_kernel(
@@ -190,14 +193,16 @@ def evaluate_kernel(
     numel = job.n1 * job.n2 * job.cost
     own_pool = False
     if executor is None:  # (else an executor of the caller's: its own threads)
-        executor = LocalExecutor(_pool_workers(busy, x1, numel, job.layout))
+        executor = LocalExecutor(_pool_workers(busy, x1, numel, job.layout, chain))
         own_pool = executor.workers > 1
     # before one_intra_op_thread: within it torch has one thread, and the tiles would be
     # planned for one worker (one tile: the whole pool idle but one thread). With a pool of
     # our own, the steps outside the tiles also run on one torch thread (as on a busy machine)
     plan_workers = _plan_workers(executor)
     with one_intra_op_thread() if own_pool else nullcontext():
-        plan = plan_tiles(job.request(plan_workers), budgets())
+        plan = plan_tiles(
+            job.request(plan_workers), chain_budgets(budgets()) if chain else budgets()
+        )
         work = job.work()
         sink = KernelSink(plan, dtype, job.names, "ntk" in job.names)
         with fused_call(numel, job.layout):  # the fused loops' "auto" switch
@@ -465,16 +470,18 @@ def _workers(x) -> int:
     return busy_workers(threads, others_running(max_age=LOAD_MAX_AGE), BUSY_EXTRA_WORKERS)
 
 
-def _pool_workers(busy: int, x, numel: int, layout: str) -> int:
+def _pool_workers(busy: int, x, numel: int, layout: str, chain: bool = False) -> int:
     """Threads of the default executor: ``busy`` (``_workers``), or one per CPU torch may use
     (``_pool.default_workers``) however quiet the machine when the evaluation takes the
     numba loops, which run serially on each thread (``_fused.wants_pool``); ``TILE_WORKERS``
-    if set, one on a GPU."""
+    if set, one on a GPU. ``chain``: a fully-connected network the fused chain folds
+    (``_fc_chain.prefers_pool``) takes the pool too: its tiles are a matrix product and one
+    loop that runs without the GIL, and the pool spreads the page faults of the result."""
     if TILE_WORKERS is not None or busy > 1:
         return busy
     if isinstance(x, Tensor) and x.device.type != "cpu":
         return 1
-    return default_workers() if wants_pool(numel, layout) else 1
+    return default_workers() if chain or wants_pool(numel, layout) else 1
 
 
 def _plan_workers(executor) -> int:

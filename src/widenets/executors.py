@@ -22,7 +22,9 @@ their variances), and its sink writes tiles where ``KernelSink.write`` does.
 
 from __future__ import annotations
 
+import contextvars
 import threading
+from contextlib import contextmanager, nullcontext
 from typing import Protocol
 
 import torch
@@ -74,11 +76,77 @@ class LocalExecutor:
             def run_block(block: Block) -> None:
                 shared = work.block(block)
                 for tile in block.tiles:
-                    sink.write(tile, work.tile(shared, block, tile))
+                    # the tile's place in the result, offered to the layers (a fused
+                    # loop may write its output there: ``KernelSink.target``)
+                    with _offer(sink, tile, work):
+                        sink.write(tile, work.tile(shared, block, tile))
                     with lock:
                         bar.update()
 
             run_tasks(plan.blocks, run_block, self.workers)
+
+
+def _offer(sink, tile: Tile, work):
+    """Within the block, ``TARGET`` holds the tile's place in ``sink`` (a
+    :class:`KernelSink`) for the network ``work.layer``; else nothing."""
+    if not isinstance(sink, KernelSink) or tile.packed or getattr(work, "layer", None) is None:
+        return nullcontext()
+    return _target_set(Target(sink, tile, work.layer))
+
+
+@contextmanager
+def _target_set(target):
+    token = TARGET.set(target)
+    try:
+        yield
+    finally:
+        TARGET.reset(token)
+
+
+#: the place in the result of the tile being computed (:class:`Target`), or None
+TARGET: contextvars.ContextVar = contextvars.ContextVar("widenets_tile_target", default=None)
+
+
+class Target:
+    """The place of one tile of a fully-connected kernel in a :class:`KernelSink`, which the
+    network's last layers may write into directly (once: :meth:`claim`), mirror included,
+    sparing the sink the copies (``widenets._fc_chain``)."""
+
+    def __init__(self, sink: KernelSink, tile: Tile, layer):
+        self.sink, self.tile, self.layer = sink, tile, layer
+        self.claimed = None  # (nngp view, ntk view or None) once claimed
+        self.mirrored = False  # the claimant wrote the mirror image too
+
+    def claim(self, n1: int, n2: int, dtype: torch.dtype, ntk: bool):
+        """(nngp, ntk or None, mirror nngp, mirror ntk, first mirrored column of the tile)
+        to write a (n1, n2) fully-connected tile into, or None (claimed already, another
+        shape, dtype or set of outputs). The mirror views are (columns, rows): entry
+        [c - first, r] takes the tile's [r, c] (None: no mirror)."""
+        t, sink = self.tile, self.sink
+        if self.claimed is not None or (t.r1 - t.r0, t.c1 - t.c0) != (n1, n2):
+            return None
+        if dtype != sink.dtype or ntk != sink.compute_ntk:
+            return None
+        if not sink.allocate_fc():
+            return None
+        views = [sink.nngp[t.r0 : t.r1, t.c0 : t.c1]]
+        views.append(sink.ntk[t.r0 : t.r1, t.c0 : t.c1] if ntk else None)
+        self.claimed = tuple(views)
+        m0 = t.mirror_from
+        if m0 is None:
+            return (*views, None, None, n2)
+        mk = sink.nngp[m0 : t.c1, t.r0 : t.r1]
+        mt = sink.ntk[m0 : t.c1, t.r0 : t.r1] if ntk else None
+        self.mirrored = True
+        return (*views, mk, mt, m0 - t.c0)
+
+    def holds(self, k: Kernel) -> bool:
+        """Whether the tile's result ``k`` is what was written in place (mirror too)."""
+        return (
+            self.claimed is not None
+            and k.nngp is self.claimed[0]
+            and (k.ntk is self.claimed[1] or self.claimed[1] is None and k.ntk is None)
+        )
 
 
 def progress_bar(tiles: int, show: bool, desc: str = "kernel"):
@@ -100,18 +168,26 @@ class KernelSink:
         self.lock = threading.Lock()
 
     def _allocate(self, k: Kernel) -> None:
+        self._allocate_shapes(k.nngp.shape[2:], k.cov1.shape[1:], k.cov2.shape[1:])
+
+    def _allocate_shapes(self, pair, var1, var2) -> None:
         with self.lock:
             if self.nngp is None:
                 p = self.plan
-                shape = (p.n1, p.n2, *k.nngp.shape[2:])
+                shape = (p.n1, p.n2, *pair)
                 self.ntk = torch.empty(shape, dtype=self.dtype) if self.compute_ntk else None
-                self.cov1 = torch.empty((p.n1, *k.cov1.shape[1:]), dtype=self.dtype)
-                self.cov2 = (
-                    self.cov1
-                    if p.same
-                    else torch.empty((p.n2, *k.cov2.shape[1:]), dtype=self.dtype)
-                )
+                self.cov1 = torch.empty((p.n1, *var1), dtype=self.dtype)
+                self.cov2 = self.cov1 if p.same else torch.empty((p.n2, *var2), dtype=self.dtype)
                 self.nngp = torch.empty(shape, dtype=self.dtype)  # last: the flag
+
+    def allocate_fc(self) -> bool:
+        """The result allocated as a fully-connected kernel ((n1, n2), variances (n,)) if
+        it is not yet; whether it is one (the layout diagonal, no axes past the pairs)."""
+        if self.plan.layout != "diagonal":
+            return False
+        if self.nngp is None:
+            self._allocate_shapes((), (), ())
+        return self.nngp.ndim == 2 and self.cov1.ndim == 1
 
     def write(self, tile: Tile, k: Kernel) -> None:
         """Tile ``k`` (rows [r0, r1) against columns [c0, c1); a packed tile lists its
@@ -130,6 +206,10 @@ class KernelSink:
             ic, jc = i.cpu() + r0, j.cpu() + c0
             upper, lower = ic * n + jc, jc * n + ic
         m0 = tile.mirror_from
+        target = TARGET.get()
+        if target is not None and target.tile is tile and target.holds(k):
+            if target.mirrored:  # written in place, mirror image too
+                m0 = None
         for o, t in ((self.nngp, k.nngp), (self.ntk, k.ntk)):
             if o is None:
                 continue

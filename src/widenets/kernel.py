@@ -35,7 +35,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor
 
-from widenets import _variance_memo
+from widenets import _variance_memo, _workspace
 
 
 @dataclass(frozen=True, eq=False)
@@ -288,7 +288,16 @@ def input_kernel(
     if full_spatial:
         nngp = _full_gram(x1, x2, "ij")
     elif x1.ndim == 2:  # the 1/C scaling inside the matrix product (no extra pass)
-        nngp = torch.addmm(x1.new_empty(()), x1, x2.T, beta=0.0, alpha=1.0 / channels)
+        # into a tile buffer of the call (``widenets._workspace``: no fresh pages per
+        # block), the start of one whose size is a power of two (blocks of many sizes,
+        # the stripes of a triangle, then share a few buffers)
+        n = x1.shape[0] * x2.shape[0]
+        if _workspace.usable(x1, x2) and x1.dtype == x2.dtype and n > 1:
+            buf = _workspace.empty((1 << (n - 1).bit_length(),), x1.dtype, x1.device)
+            buf = buf[:n].view(x1.shape[0], x2.shape[0])
+            nngp = torch.addmm(buf, x1, x2.T, beta=0.0, alpha=1.0 / channels, out=buf)
+        else:
+            nngp = torch.addmm(x1.new_empty(()), x1, x2.T, beta=0.0, alpha=1.0 / channels)
     elif channels <= SMALL_CHANNELS:  # a product of few channels: broadcast multiply-adds
         # (the einsum's batched matmul over positions with K = 3, and its division, were
         # 12% of a 5-layer CNN-VEC kernel of 100 8x8 images in torch.profiler)

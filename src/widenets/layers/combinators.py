@@ -67,8 +67,17 @@ class Serial(Layer):
         return shape
 
     def kernel_fn(self, k):
-        for layer in self.layers:
-            k = layer.kernel_fn(k)
+        from widenets import _fc_chain  # (imports the layers: not at module level)
+
+        layers, i = self.layers, 0
+        while i < len(layers):
+            # a run of Dense / ABRelu layers on a fully-connected kernel: one compiled pass
+            folded = _fc_chain.fold(layers, i, k, owner=self)
+            if folded is not None:
+                k, i = folded
+                continue
+            k = layers[i].kernel_fn(k)
+            i += 1
         return k
 
     def scaling_degree(self, degree):
