@@ -195,18 +195,26 @@ def _rpcholesky(op: KernelOperator, rank: int, seed: int, block_size, trace_tol=
         # the sum first: NaN and inf reach it (a full check only if it overflowed)
         if not bool(torch.isfinite(g.sum())) and not bool(torch.isfinite(g).all()):
             raise ValueError("The kernel operator returned NaN or inf columns.")
-        if k:  # residual rows: K[cand, :] - F[cand] F^T
-            g = torch.addmm(g, rows[:k, on].T, rows[:k], alpha=-1.0)
-        sub = g[:, on].cpu().numpy()  # residual submatrix (b x b)
+        # the residual submatrix (b x b) K[cand, cand] - F[cand] F[cand]^T decides which
+        # candidates are accepted; the residual rows K[acc, :] - F[acc] F^T are then made
+        # for the accepted only (N = 8,000, rank 750: 750 of 1,256 candidates)
+        sub = g[:, on]
+        if k:
+            f_on = rows[:k, on]
+            sub = torch.addmm(sub, f_on.T, f_on, alpha=-1.0)
+        sub = sub.cpu().numpy()
         sub = (sub + sub.T) / 2
         accepted, chol = _rejection_cholesky(sub, d[on].cpu().numpy(), rank - k, rng)
         if not accepted:
             continue
         t = len(accepted)
         acc = torch.as_tensor(accepted, dtype=torch.long, device=device)
+        g = g[acc]
+        if k:
+            g = torch.addmm(g, rows[:k, on[acc]].T, rows[:k], alpha=-1.0)
         lower = torch.from_numpy(chol).to(device)
-        new = torch.linalg.solve_triangular(lower, g[acc], upper=False)  # t x N
-        rows[k : k + t] = new
+        new = rows[k : k + t]  # t x N, written in place
+        torch.linalg.solve_triangular(lower, g, upper=False, out=new)
         pivots[k : k + t] = cand[acc.cpu()]
         d -= torch.einsum("ij,ij->j", new, new)
         d.clamp_min_(0.0)
