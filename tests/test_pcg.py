@@ -206,6 +206,21 @@ def test_rpcholesky_recovers_a_low_rank_kernel_exactly():
     assert rel(factor @ factor.T, k) < 1e-10
 
 
+@pytest.mark.parametrize("block_size", [1, 16, None])
+def test_rpcholesky_factor_is_the_nystrom_approximation_at_its_pivots(block_size):
+    """F F^T computed two ways: the factor built round by round (residual rows made for the
+    accepted candidates only) against K[:, S] K[S, S]^{-1} K[S, :] at its pivots S, and F
+    lower triangular in the pivots' order (F[S] = chol(K[S, S]))."""
+    x, _, _ = small_problem(n=300)
+    k = fc().kernel(x, get="nngp").nngp
+    factor, piv = rpcholesky(DenseKernel(k), rank=60, seed=2, block_size=block_size)
+    assert factor.shape == (300, 60) and len(set(piv.tolist())) == 60
+    k_s = k[:, piv]
+    nys = k_s @ torch.linalg.solve(k[piv][:, piv], k_s.T)
+    assert rel(factor @ factor.T, nys) < 1e-8
+    assert rel(factor[piv], torch.linalg.cholesky(k[piv][:, piv])) < 1e-8
+
+
 def test_rpcholesky_error_is_near_the_best_rank_r_error():
     """Chen et al. 2022 (their main error bound): E tr(K - F F^T) <= (1 + eps) tr(K - [K]_k)
     once the rank r >= k / eps + k log(1 / (eps eta)), eta = tr(K - [K]_k) / tr(K). Here

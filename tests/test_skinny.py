@@ -72,7 +72,7 @@ def test_switched_off_by_the_environment(monkeypatch):
     assert not _skinny.enabled() and _skinny.matmul(k, v) is None
     assert not DenseKernel(k).skinny_products()
     pre = LowRankPreconditioner(k[:, :20], 0.1)
-    assert pre._f is None
+    assert not pre._skinny
     assert torch.equal(DenseKernel(k).matmul(v), k @ v)  # torch's product, the same bits
     assert torch.equal(pre(v), LowRankPreconditioner(k[:, :20], 0.1)(v))
 
@@ -95,9 +95,33 @@ def test_operators_and_preconditioner_use_it_and_agree_with_torch():
     assert rel(rows.matmul(v, workers=2), k @ v) < 1e-13
     f = k[:, :40]
     pre = LowRankPreconditioner(f, 0.3)
-    assert pre._f is not None
+    assert pre._skinny
     dense = torch.linalg.solve(f @ f.T + 0.3 * torch.eye(900, dtype=torch.float64), v)
     assert rel(pre(v), dense) < 1e-10
+
+
+@needs_numba
+@pytest.mark.parametrize("dtype", [torch.float64, torch.float32])
+@pytest.mark.parametrize(
+    ("r", "n", "cols", "threads"),
+    [(750, 3000, 10, 2), (13, 1030, 1, 2), (5, 7, 3, 1), (0, 9, 2, 2)],
+)
+def test_t_matmul_agrees_with_torch(dtype, r, n, cols, threads):
+    gen = torch.Generator().manual_seed(r + n)
+    ft = torch.randn(r, n, generator=gen, dtype=torch.float64).to(dtype)
+    c = torch.randn(r, cols, generator=gen, dtype=torch.float64)
+    out = _skinny.t_matmul(ft, c, threads)
+    assert out.shape == (n, cols) and out.dtype == torch.float64
+    ref = ft.double().T @ c
+    assert float((out - ref).norm()) <= 1e-13 * max(float(ref.norm()), 1.0)
+
+
+@needs_numba
+def test_t_matmul_declines_what_it_cannot_read():
+    c = torch.ones(4, 2, dtype=torch.float64)
+    assert _skinny.t_matmul(torch.ones(6, 4, dtype=torch.float64).T, c) is None  # strided rows
+    assert _skinny.t_matmul(torch.ones(3, 6, dtype=torch.float64), c) is None  # shapes
+    assert _skinny.t_matmul(torch.ones(4, 6, dtype=torch.int64), c) is None
 
 
 def _problem(n=1500):
@@ -122,19 +146,23 @@ def test_pcg_predictions_are_the_same_with_and_without_the_loop(monkeypatch):
 @needs_numba
 def test_the_solve_takes_the_loop(monkeypatch):
     k, y, kt = _problem(800)
-    calls = []
-    real = _skinny.matmul
+    calls, t_calls = [], []
 
-    def counted(*args, **kwargs):
-        out = real(*args, **kwargs)
-        calls.append(out is not None)
-        return out
+    def counted(real, log):
+        def call(*args, **kwargs):
+            out = real(*args, **kwargs)
+            log.append(out is not None)
+            return out
 
-    monkeypatch.setattr(_skinny, "matmul", counted)
+        return call
+
+    monkeypatch.setattr(_skinny, "matmul", counted(_skinny.matmul, calls))
+    monkeypatch.setattr(_skinny, "t_matmul", counted(_skinny.t_matmul, t_calls))
     res = gp_mean_pcg(k, y, kt, diag_reg=1e-2, rank=100, tol=1e-6)
-    # per iteration: K p and the preconditioner's two products; then the residual check
-    # and the test product
-    assert all(calls) and len(calls) >= 3 * res.iterations + 2
+    # per iteration: K p and the preconditioner's F^T v; then the residual check and the
+    # test product; the preconditioner's F c by t_matmul
+    assert all(calls) and len(calls) >= 2 * res.iterations + 2
+    assert all(t_calls) and len(t_calls) >= res.iterations
 
 
 def test_torch_threads_are_restored_after_a_solve():

@@ -163,3 +163,37 @@ def matmul(
 
     run_tasks(list(range(0, m, step)), one, n_threads)
     return out
+
+
+def t_matmul(ft: Tensor, c: Tensor, n_threads: int | None = None):
+    """ft^T @ c in float64 for ft (r, N) with contiguous rows (float32 or float64) and c
+    (r, R): the product F c of a factor kept as F^T, without a row-major copy of F (the
+    loop :func:`widenets.predict._skinny_loops.cols_times`, N split over ``n_threads``).
+    Returns an (N, R) float64 view of a contiguous (R, N) tensor, or None where the loop
+    does not apply (see the module doc)."""
+    if not fits(ft) or c.ndim != 2 or c.shape[0] != ft.shape[0] or c.device.type != "cpu":
+        return None
+    r, n = ft.shape
+    out_t = torch.empty(c.shape[1], n, dtype=torch.float64)
+    if n == 0 or c.shape[1] == 0:
+        return out_t.T
+    if r == 0:
+        return out_t.zero_().T
+    mod = _loops()
+    fn = ft.detach().numpy()
+    cn = c.detach().to(torch.float64).contiguous().numpy()
+    on = out_t.numpy()
+    n_threads = threads() if n_threads is None else max(1, int(n_threads))
+    if n_threads == 1 or r * n < _MIN_THREADED:
+        mod.cols_times(fn, cn, on, 0, n)
+        return out_t.T
+    # column ranges of 512 (the loop's block), 4 tasks a thread where N allows
+    tasks = max(1, min(-(-n // 512), 4 * n_threads))
+    step = -(-n // tasks)
+    step += -step % 512
+
+    def one(s: int) -> None:
+        mod.cols_times(fn, cn, on, s, min(s + step, n))
+
+    run_tasks(list(range(0, n, step)), one, n_threads)
+    return out_t.T

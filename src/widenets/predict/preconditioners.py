@@ -29,9 +29,6 @@ from widenets.predict.operators import KernelOperator, compute_threads
 
 #: RPCholesky's candidates per round when no ``block_size`` is given (at most the rank)
 DEFAULT_BLOCK = 256
-#: largest factor F (N x r float64) of which the preconditioner keeps a row-major copy
-#: beside F^T, for the skinny products F c (``widenets.predict._skinny``)
-ROW_COPY_BYTES = 256 * 2**20
 
 
 class LowRankPreconditioner:
@@ -69,9 +66,8 @@ class LowRankPreconditioner:
                 self._chol = chol
             else:
                 self._orthonormal_basis(gram)
-        self._f = None  # F row-major (N x r), for the skinny product F c
-        if self.rank and self.n * self.rank * 8 <= ROW_COPY_BYTES and _skinny.fits(self._ft):
-            self._f = self._ft.T.contiguous()
+        # F^T v and F c by the skinny loops, both from F^T's rows (no row-major copy of F)
+        self._skinny = bool(self.rank) and _skinny.fits(self._ft)
 
     def _orthonormal_basis(self, gram: Tensor) -> None:
         """Fallback when mu I + F^T F is numerically indefinite (s_max^2 / mu near 1 / eps):
@@ -91,7 +87,7 @@ class LowRankPreconditioner:
     def __call__(self, v: Tensor) -> Tensor:
         if not self.rank:
             return v / self.mu
-        if self._f is not None and v.ndim == 2:
+        if self._skinny and v.ndim == 2:
             return self._skinny_apply(v)
         c = self._ft @ v
         if self._chol is not None:
@@ -103,8 +99,10 @@ class LowRankPreconditioner:
         return torch.addmm(v, self._ft.T, c, alpha=-1.0).div_(self.mu)
 
     def _skinny_apply(self, v: Tensor) -> Tensor:
-        """``__call__`` with both products by the skinny loop: F^T v (rows of F^T) and
-        F c (rows of F's row-major copy)."""
+        """``__call__`` with both products by the skinny loops, from the rows of F^T: F^T v
+        (``_skinny.matmul``) and F c (``_skinny.t_matmul``; N = 8,000, rank 750, R = 10,
+        2 threads: 3.9 ms, as the loop on a row-major copy of F, 3.8 ms, which cost 0.035 s
+        to make)."""
         c = _skinny.matmul(self._ft, v)
         if c is None:
             c = self._ft @ v
@@ -112,9 +110,9 @@ class LowRankPreconditioner:
             c = torch.cholesky_solve(c, self._chol)
         else:
             c = self._core * c
-        fc = _skinny.matmul(self._f, c)
+        fc = _skinny.t_matmul(self._ft, c)
         if fc is None:
-            fc = self._f @ c
+            fc = self._ft.T @ c
         return torch.sub(v, fc).div_(self.mu)
 
     @property
@@ -197,18 +195,26 @@ def _rpcholesky(op: KernelOperator, rank: int, seed: int, block_size, trace_tol=
         # the sum first: NaN and inf reach it (a full check only if it overflowed)
         if not bool(torch.isfinite(g.sum())) and not bool(torch.isfinite(g).all()):
             raise ValueError("The kernel operator returned NaN or inf columns.")
-        if k:  # residual rows: K[cand, :] - F[cand] F^T
-            g = torch.addmm(g, rows[:k, on].T, rows[:k], alpha=-1.0)
-        sub = g[:, on].cpu().numpy()  # residual submatrix (b x b)
+        # the residual submatrix (b x b) K[cand, cand] - F[cand] F[cand]^T decides which
+        # candidates are accepted; the residual rows K[acc, :] - F[acc] F^T are then made
+        # for the accepted only (N = 8,000, rank 750: 750 of 1,256 candidates)
+        sub = g[:, on]
+        if k:
+            f_on = rows[:k, on]
+            sub = torch.addmm(sub, f_on.T, f_on, alpha=-1.0)
+        sub = sub.cpu().numpy()
         sub = (sub + sub.T) / 2
         accepted, chol = _rejection_cholesky(sub, d[on].cpu().numpy(), rank - k, rng)
         if not accepted:
             continue
         t = len(accepted)
         acc = torch.as_tensor(accepted, dtype=torch.long, device=device)
+        g = g[acc]
+        if k:
+            g = torch.addmm(g, rows[:k, on[acc]].T, rows[:k], alpha=-1.0)
         lower = torch.from_numpy(chol).to(device)
-        new = torch.linalg.solve_triangular(lower, g[acc], upper=False)  # t x N
-        rows[k : k + t] = new
+        new = rows[k : k + t]  # t x N, written in place
+        torch.linalg.solve_triangular(lower, g, upper=False, out=new)
         pivots[k : k + t] = cand[acc.cpu()]
         d -= torch.einsum("ij,ij->j", new, new)
         d.clamp_min_(0.0)
