@@ -136,9 +136,9 @@ def _encode(run):
 
 
 def _factors(mod, q, kinds, params, h, w, tiny, tol):
-    """(rowf (L, 4, N, h w), the variance maps after the run (N, h w))."""
+    """(rowf (L, 4, N, (h + 2)(w + 2)), the variance maps after the run (N, h w))."""
     qn = q.detach().reshape(len(q), h * w).contiguous().numpy()
-    rowf = np.zeros((len(kinds), 4, len(qn), h * w), np.float64)
+    rowf = np.zeros((len(kinds), 4, len(qn), (h + 2) * (w + 2)), np.float64)
     qout = np.empty((len(qn), h * w), np.float64)
     mod.variances(qn, kinds, params, h, w, tiny, tol, rowf, qout)
     return rowf, qout

@@ -27,54 +27,78 @@ from widenets._numba_fc import _relu1
 from widenets._numba_loops import FM
 
 
-@njit(fastmath=FM, cache=True, nogil=True, inline="always")
-def _conv(src, dst, h, w, scale, bvar):
-    """dst = scale * (3x3 window sum of src) + bvar over the interior of the padded
-    (h + 2) x (w + 2) buffers (src's border zeros)."""
+@njit(fastmath=FM, cache=True, nogil=True)
+def _conv(src, dst, add, has_add, h, w, scale, bvar):
+    """dst = scale * (3x3 window sum of src) + bvar (+ add) over the interior of the padded
+    (h + 2) x (w + 2) buffers (src's border zeros; dst's left and right border columns
+    set to zeros after a flat pass over the rows)."""
     wp = w + 2
-    for y in range(h):
-        base = (y + 1) * wp + 1
-        for x in range(w):
-            p = base + x
+    n = h * wp - 2  # the flat run from the first interior entry to the last
+    s0 = src[0:]
+    s1 = src[1:]
+    s2 = src[2:]
+    s3 = src[wp:]
+    s4 = src[wp + 1 :]
+    s5 = src[wp + 2 :]
+    s6 = src[2 * wp :]
+    s7 = src[2 * wp + 1 :]
+    s8 = src[2 * wp + 2 :]
+    d = dst[wp + 1 :]
+    if has_add:
+        a = add[wp + 1 :]
+        for e in range(n):
             acc = 0.0
-            acc += src[p - wp - 1]
-            acc += src[p - wp]
-            acc += src[p - wp + 1]
-            acc += src[p - 1]
-            acc += src[p]
-            acc += src[p + 1]
-            acc += src[p + wp - 1]
-            acc += src[p + wp]
-            acc += src[p + wp + 1]
-            dst[p] = acc * scale + bvar
+            acc += s0[e]
+            acc += s1[e]
+            acc += s2[e]
+            acc += s3[e]
+            acc += s4[e]
+            acc += s5[e]
+            acc += s6[e]
+            acc += s7[e]
+            acc += s8[e]
+            d[e] = acc * scale + bvar + a[e]
+    else:
+        for e in range(n):
+            acc = 0.0
+            acc += s0[e]
+            acc += s1[e]
+            acc += s2[e]
+            acc += s3[e]
+            acc += s4[e]
+            acc += s5[e]
+            acc += s6[e]
+            acc += s7[e]
+            acc += s8[e]
+            d[e] = acc * scale + bvar
+    for y in range(1, h + 1):
+        dst[y * wp] = 0.0
+        dst[y * wp + wp - 1] = 0.0
 
 
-@njit(fastmath=FM, cache=True, nogil=True, inline="always")
-def _conv_add(src, dst, add, h, w, scale):
-    """dst = scale * (3x3 window sum of src) + 0 + add (the NTK of a Conv)."""
-    wp = w + 2
-    for y in range(h):
-        base = (y + 1) * wp + 1
-        for x in range(w):
-            p = base + x
-            acc = 0.0
-            acc += src[p - wp - 1]
-            acc += src[p - wp]
-            acc += src[p - wp + 1]
-            acc += src[p - 1]
-            acc += src[p]
-            acc += src[p + 1]
-            acc += src[p + wp - 1]
-            acc += src[p + wp]
-            acc += src[p + wp + 1]
-            dst[p] = acc * scale + 0.0 + add[p]
+@njit(fastmath=FM, cache=True, nogil=True)
+def _relu(kb, tb, has_t, n1, i2, s1, r2, lo, n, ab, coef, tol):
+    """ABRelu over the flat run [lo, lo + n) of the padded buffers (factors zero on the
+    border: there K stays zero)."""
+    k = kb[lo:]
+    t = tb[lo:]
+    f1n = n1[lo:]
+    f2i = i2[lo:]
+    f1s = s1[lo:]
+    f2r = r2[lo:]
+    for e in range(n):
+        kn, dot, sn = _relu1(k[e], f1n[e], f2i[e], f1s[e], f2r[e], ab, coef, tol)
+        k[e] = kn
+        if has_t:
+            t[e] = t[e] * dot
 
 
 @njit(fastmath=FM, cache=True, nogil=True)
 def variances(q, kinds, params, h, w, tiny, tol, rowf, qout):
     """Each input's variance map q[i] (N, h w) through the layers (into qout[i]), keeping
     for ABRelu layer l its factors rowf[l, :, i] = (-1/sqrt q, sqrt q coef, 1/sqrt q,
-    sqrt q) per pixel (sqrt clamped at ``tiny``)."""
+    sqrt q) per pixel (sqrt clamped at ``tiny``) in the padded (h + 2) x (w + 2) layout
+    (rowf zeros on entry: the border stays zero)."""
     n = q.shape[0]
     nl = kinds.shape[0]
     wp = w + 2
@@ -86,7 +110,7 @@ def variances(q, kinds, params, h, w, tiny, tol, rowf, qout):
                 a[(y + 1) * wp + 1 + x] = q[i, y * w + x]
         for layer in range(nl):
             if kinds[layer] == 0:
-                _conv(a, b, h, w, params[layer, 0], params[layer, 1])
+                _conv(a, b, a, False, h, w, params[layer, 0], params[layer, 1])
                 a, b = b, a
             else:
                 ab = params[layer, 0]
@@ -94,15 +118,14 @@ def variances(q, kinds, params, h, w, tiny, tol, rowf, qout):
                 for y in range(h):
                     for x in range(w):
                         pp = (y + 1) * wp + 1 + x
-                        p = y * w + x
                         v = a[pp]
                         root = max(math.sqrt(v), tiny)
                         inv = 1.0 / root
                         s1 = root * coef
-                        rowf[layer, 0, i, p] = -inv
-                        rowf[layer, 1, i, p] = s1
-                        rowf[layer, 2, i, p] = inv
-                        rowf[layer, 3, i, p] = root
+                        rowf[layer, 0, i, pp] = -inv
+                        rowf[layer, 1, i, pp] = s1
+                        rowf[layer, 2, i, pp] = inv
+                        rowf[layer, 3, i, pp] = root
                         a[pp] = _relu1(v, -inv, inv, s1, root, ab, coef, tol)[0]
         for y in range(h):
             for x in range(w):
@@ -113,7 +136,7 @@ def variances(q, kinds, params, h, w, tiny, tol, rowf, qout):
 def chain(k, t, t_mode, r0, r1, kinds, params, h, w, rowf, colf, tol, ko, to):
     """Pairs (r, c), r in [r0, r1), of k (n1, n2, h w) through the layers into ko (and to,
     when ``t_mode``: 1 the input kernel (the first Conv's NTK is its NNGP), 2 the NTK t);
-    rowf (L, 4, n1, h w) and colf (L, 4, n2, h w) the factors of :func:`variances`."""
+    rowf (L, 4, n1, (h + 2)(w + 2)) and colf (L, 4, n2, ...) the factors of :func:`variances`."""
     n2 = k.shape[1]
     nl = kinds.shape[0]
     wp = w + 2
@@ -137,35 +160,21 @@ def chain(k, t, t_mode, r0, r1, kinds, params, h, w, rowf, colf, tol, ko, to):
             first = t_mode == 1
             for layer in range(nl):
                 if kinds[layer] == 0:
-                    _conv(ka, kb, h, w, params[layer, 0], params[layer, 1])
+                    _conv(ka, kb, ka, False, h, w, params[layer, 0], params[layer, 1])
                     if has_t:
                         if first:  # the input NTK is zero: Theta' = K'
-                            for y in range(h):
-                                for x in range(w):
-                                    p = (y + 1) * wp + 1 + x
-                                    tb[p] = kb[p]
+                            tb[:] = kb
                             first = False
                         else:
-                            _conv_add(ta, tb, kb, h, w, params[layer, 0])
+                            _conv(ta, tb, kb, True, h, w, params[layer, 0], 0.0)
                         ta, tb = tb, ta
                     ka, kb = kb, ka
                 else:
-                    ab = params[layer, 0]
-                    coef = params[layer, 1]
-                    f1n = rowf[layer, 0, r]
-                    f1s = rowf[layer, 1, r]
-                    f2i = colf[layer, 2, c]
-                    f2r = colf[layer, 3, c]
-                    for y in range(h):
-                        for x in range(w):
-                            p = y * w + x
-                            pp = (y + 1) * wp + 1 + x
-                            kn, dot, sn = _relu1(
-                                ka[pp], f1n[p], f2i[p], f1s[p], f2r[p], ab, coef, tol
-                            )
-                            ka[pp] = kn
-                            if has_t:
-                                ta[pp] = ta[pp] * dot
+                    _relu(
+                        ka, ta, has_t, rowf[layer, 0, r], colf[layer, 2, c], rowf[layer, 1, r],
+                        colf[layer, 3, c], wp + 1, h * wp - 2, params[layer, 0], params[layer, 1],
+                        tol,
+                    )  # fmt: skip
             ok = ko[r, c]
             for y in range(h):
                 for x in range(w):
