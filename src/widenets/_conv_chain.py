@@ -14,7 +14,8 @@ variances and the square-root factors of each ABRelu layer are computed once per
 It applies where the fully-connected chain does (``widenets._fc_chain``: the fused switch
 on, or "auto" within a large enough call; numba importable; CPU; no autograd), to float64
 tiles only (float32 tiles, and tiles whose pairs are watched for recomputation, take the
-eager path), with a plain record (no masks, patterns or packed pairs). Elsewhere, or if the
+eager path), with a plain record (no masks or patterns; the packed pairs of a set with
+itself are handled). Elsewhere, or if the
 loop fails (then the fused loops are off for the process), the layers run one by one (the
 eager path, the reference). Results equal the eager path's to about 1e-15 relative.
 """
@@ -83,7 +84,6 @@ def _plain(k) -> bool:
         and k.cov1.ndim == 3
         and k.cov2.ndim == 3
         and not k.full_spatial
-        and k.pairs is None
         and k.mask1 is None
         and k.mask2 is None
         and k.pattern1 is None
@@ -165,15 +165,22 @@ def _evaluate(mod, run, k):
             t_mode = 1
         else:
             t_mode, t_arr = 2, k.ntk.detach().contiguous().view(n1, n2, h * w).numpy()
+    idx = np.empty(0, np.int64), np.empty(0, np.int64)
+    if k.pairs is not None:
+        idx = tuple(p.to(torch.int64).contiguous().numpy() for p in k.pairs)
     args = (
-        t_arr, t_mode, kinds, params, h, w, f1, f2, tol,
+        t_arr, t_mode, *idx, kinds, params, h, w, f1, f2, tol,
         ko.view(n1, n2, h * w).numpy(), empty if to is None else to.view(n1, n2, h * w).numpy(),
     )  # fmt: skip
     _rows(mod, src, args, n1, n2 * h * w)
-    cov1 = torch.from_numpy(q1).view(n1, h, w)
-    cov2 = cov1 if k.cov2 is k.cov1 else torch.from_numpy(q2).view(n2, h, w)
+    cov1 = torch.from_numpy(q1).view(len(q1), h, w)
+    cov2 = cov1 if k.cov2 is k.cov1 else torch.from_numpy(q2).view(len(q2), h, w)
     off = k.diagonal_offset
-    if off is not None:  # an input with itself: its variance (as the eager loops give)
+    if k.pairs is not None:  # the listed pairs of an input with itself: its variance
+        p1, p2 = k.pairs
+        same = (p1 == p2).nonzero().flatten()
+        ko[same, 0] = cov1[p1[same]]
+    elif off is not None:  # an input with itself: its variance (as the eager loops give)
         lo, hi = max(0, -off), min(n1, n2 - off)
         if hi > lo:
             r = torch.arange(lo, hi)
@@ -195,20 +202,20 @@ def _evaluate(mod, run, k):
 def _rows(mod, src, args, n1: int, row_numel: int) -> None:
     """The chain over all rows of pairs: on this thread, or split across torch's thread
     count (as ``_fc_chain._rows``)."""
-    t_arr, t_mode, *rest = args
+    t_arr, t_mode, ridx, cidx, *rest = args
     threads = split_threads()
     parts = min(threads, n1 * row_numel // MIN_SPLIT_NUMEL, n1)
     if n1 * (row_numel // max(1, src.shape[2])) < MIN_SPLIT_PAIRS:
         parts = 1
     if parts <= 1:
-        mod.chain(src, t_arr, t_mode, 0, n1, *rest)
+        mod.chain(src, t_arr, t_mode, 0, n1, ridx, cidx, *rest)
         return
     bounds = [n1 * p // parts for p in range(parts + 1)]
     errors: list[BaseException] = []
 
     def part(p):
         try:
-            mod.chain(src, t_arr, t_mode, bounds[p], bounds[p + 1], *rest)
+            mod.chain(src, t_arr, t_mode, bounds[p], bounds[p + 1], ridx, cidx, *rest)
         except BaseException as e:  # noqa: BLE001 - re-raised below
             errors.append(e)
 

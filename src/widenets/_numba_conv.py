@@ -133,27 +133,32 @@ def variances(q, kinds, params, h, w, tiny, tol, rowf, qout):
 
 
 @njit(fastmath=FM, cache=True, nogil=True)
-def chain(k, t, t_mode, r0, r1, kinds, params, h, w, rowf, colf, tol, ko, to):
-    """Pairs (r, c), r in [r0, r1), of k (n1, n2, h w) through the layers into ko (and to,
-    when ``t_mode``: 1 the input kernel (the first Conv's NTK is its NNGP), 2 the NTK t);
-    rowf (L, 4, n1, (h + 2)(w + 2)) and colf (L, 4, n2, ...) the factors of :func:`variances`."""
-    n2 = k.shape[1]
+def chain(k, t, t_mode, r0, r1, ridx, cidx, kinds, params, h, w, rowf, colf, tol, ko, to):
+    """Entries (a, b), a in [r0, r1), of k (A, B, h w) through the layers into ko (and to,
+    when ``t_mode``: 1 the input kernel (the first Conv's NTK is its NNGP), 2 the NTK t):
+    the pair of inputs (a, b), or with ``ridx`` not empty (the packed layout, B = 1) the
+    pair (ridx[a], cidx[a]); rowf (L, 4, n1, (h + 2)(w + 2)) and colf (L, 4, n2, ...) the
+    factors of :func:`variances` of x1's and x2's inputs."""
+    nb = k.shape[1]
     nl = kinds.shape[0]
     wp = w + 2
     size = (h + 2) * wp
     has_t = t_mode != 0
+    packed = ridx.shape[0] > 0
     ka = np.zeros(size, np.float64)
     kb = np.zeros(size, np.float64)
     ta = np.zeros(size, np.float64)
     tb = np.zeros(size, np.float64)
-    for r in range(r0, r1):
-        for c in range(n2):
-            kr = k[r, c]
+    for a in range(r0, r1):
+        for b in range(nb):
+            r = ridx[a] if packed else a
+            c = cidx[a] if packed else b
+            kr = k[a, b]
             for y in range(h):
                 for x in range(w):
                     ka[(y + 1) * wp + 1 + x] = kr[y * w + x]
             if t_mode == 2:
-                tr = t[r, c]
+                tr = t[a, b]
                 for y in range(h):
                     for x in range(w):
                         ta[(y + 1) * wp + 1 + x] = tr[y * w + x]
@@ -175,12 +180,12 @@ def chain(k, t, t_mode, r0, r1, kinds, params, h, w, rowf, colf, tol, ko, to):
                         colf[layer, 3, c], wp + 1, h * wp - 2, params[layer, 0], params[layer, 1],
                         tol,
                     )  # fmt: skip
-            ok = ko[r, c]
+            ok = ko[a, b]
             for y in range(h):
                 for x in range(w):
                     ok[y * w + x] = ka[(y + 1) * wp + 1 + x]
             if has_t:
-                ot = to[r, c]
+                ot = to[a, b]
                 for y in range(h):
                     for x in range(w):
                         ot[y * w + x] = ta[(y + 1) * wp + 1 + x]
