@@ -25,15 +25,24 @@ def switch():
     assert failed is None, failed  # (a test that makes the loops fail clears it)
 
 
+class Runs(list):
+    reduced: list
+
+
 @pytest.fixture
 def runs(monkeypatch):
-    """The layer runs the chain evaluated (their lengths), in order."""
-    seen = []
+    """The layer runs the chain evaluated (their lengths), in order; ``reduced``: whether
+    each also folded the Flatten after it."""
+    seen = Runs()
     real = _conv_chain._evaluate
 
-    def spy(mod, run, k):
+    def spy(mod, run, k, red=False):
         seen.append(len(run))
-        return real(mod, run, k)
+        reduced.append(red)
+        return real(mod, run, k, red)
+
+    reduced = []
+    seen.reduced = reduced
 
     monkeypatch.setattr(_conv_chain, "_evaluate", spy)
     return seen
@@ -92,6 +101,7 @@ def test_chain_equals_eager_float64(switch, runs, act, depth, bias, same):
     out = net.kernel(x1, x2, progress=False)
     ref = _eager(net, x1, x2)
     assert runs and sum(runs) == 2 * depth
+    assert runs.reduced[-1]  # (the Flatten readout folded into the last run)
     for name in FIELDS:
         assert _rel(getattr(out, name), getattr(ref, name)) < 1e-13, name
 
@@ -106,7 +116,7 @@ def test_chain_maps_equal_eager(switch, runs, same):
     x2 = None if same else _inputs(4, 4, c=3, h=5, w=7)
     out = net.kernel(x1, x2, progress=False)
     ref = _eager(net, x1, x2)
-    assert runs and sum(runs) == 7
+    assert runs and sum(runs) == 7 and not any(runs.reduced)
     assert out.nngp.shape == ref.nngp.shape and out.shape1 == ref.shape1 == (2, 5, 7)
     assert out.is_gaussian and ref.is_gaussian and not out.is_input
     for name in FIELDS:

@@ -32,6 +32,7 @@ from widenets import _fused
 from widenets._fc_chain import MIN_SPLIT_NUMEL, _loops, _relu_ok, split_threads
 from widenets.layers.activations import ABRelu
 from widenets.layers.conv import Conv
+from widenets.layers.pooling import Flatten
 from widenets.numerics import _WATCH
 
 #: pairs below which a tile is not split across threads
@@ -112,12 +113,13 @@ def fold(layers, i: int, k):
     except Exception as e:  # noqa: BLE001 - as in the fully-connected chain
         _fused._fail(e)
         return None
+    red = j < len(layers) and type(layers[j]) is Flatten  # the readout folded too
     try:
-        out = _evaluate(_numba_conv, run, k)
+        out = _evaluate(_numba_conv, run, k, red)
     except Exception as e:  # noqa: BLE001 - a typing or LLVM error, no cache...: eager
         _fused._fail(e)
         return None
-    return out, j
+    return out, j + red
 
 
 def _encode(run):
@@ -144,7 +146,7 @@ def _factors(mod, q, kinds, params, h, w, tiny, tol):
     return rowf, qout
 
 
-def _evaluate(mod, run, k):
+def _evaluate(mod, run, k, red=False):
     nngp, dtype = k.nngp, k.nngp.dtype
     n1, n2, h, w = nngp.shape
     kinds, params = _encode(run)
@@ -156,11 +158,12 @@ def _evaluate(mod, run, k):
     else:
         f2, q2 = _factors(mod, k.cov2, kinds, params, h, w, tiny, tol)
     src = nngp.detach().contiguous().view(n1, n2, h * w).numpy()
-    ko = torch.empty((n1, n2, h, w), dtype=dtype)
+    m = 1 if red else h * w  # (a Flatten after the run: the mean of each map)
+    ko = torch.empty((n1, n2, h, w) if not red else (n1, n2), dtype=dtype)
     empty = np.empty((0, 0, 0), np.float64)
     t_mode, t_arr, to = 0, empty, None
     if k.ntk is not None:
-        to = torch.empty((n1, n2, h, w), dtype=dtype)
+        to = torch.empty(ko.shape, dtype=dtype)
         if k.is_input:
             t_mode = 1
         else:
@@ -169,12 +172,16 @@ def _evaluate(mod, run, k):
     if k.pairs is not None:
         idx = tuple(p.to(torch.int64).contiguous().numpy() for p in k.pairs)
     args = (
-        t_arr, t_mode, *idx, kinds, params, h, w, f1, f2, tol,
-        ko.view(n1, n2, h * w).numpy(), empty if to is None else to.view(n1, n2, h * w).numpy(),
+        t_arr, t_mode, *idx, kinds, params, h, w, f1, f2, tol, red,
+        ko.view(n1, n2, m).numpy(), empty if to is None else to.view(n1, n2, m).numpy(),
     )  # fmt: skip
     _rows(mod, src, args, n1, n2 * h * w)
-    cov1 = torch.from_numpy(q1).view(len(q1), h, w)
-    cov2 = cov1 if k.cov2 is k.cov1 else torch.from_numpy(q2).view(len(q2), h, w)
+    if red:  # (Flatten's own operation on the variance maps)
+        cov1 = torch.from_numpy(q1).mean(-1)
+        cov2 = cov1 if k.cov2 is k.cov1 else torch.from_numpy(q2).mean(-1)
+    else:
+        cov1 = torch.from_numpy(q1).view(len(q1), h, w)
+        cov2 = cov1 if k.cov2 is k.cov1 else torch.from_numpy(q2).view(len(q2), h, w)
     off = k.diagonal_offset
     if k.pairs is not None:  # the listed pairs of an input with itself: its variance
         p1, p2 = k.pairs
@@ -194,8 +201,8 @@ def _evaluate(mod, run, k):
         cov2=cov2,
         is_gaussian=isinstance(run[-1], Conv),
         is_input=False,
-        shape1=(width, *k.shape1[1:]),
-        shape2=(width, *k.shape2[1:]),
+        shape1=(width * h * w,) if red else (width, *k.shape1[1:]),
+        shape2=(width * h * w,) if red else (width, *k.shape2[1:]),
     )
 
 

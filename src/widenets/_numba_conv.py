@@ -133,12 +133,13 @@ def variances(q, kinds, params, h, w, tiny, tol, rowf, qout):
 
 
 @njit(fastmath=FM, cache=True, nogil=True)
-def chain(k, t, t_mode, r0, r1, ridx, cidx, kinds, params, h, w, rowf, colf, tol, ko, to):
+def chain(k, t, t_mode, r0, r1, ridx, cidx, kinds, params, h, w, rowf, colf, tol, red, ko, to):
     """Entries (a, b), a in [r0, r1), of k (A, B, h w) through the layers into ko (and to,
     when ``t_mode``: 1 the input kernel (the first Conv's NTK is its NNGP), 2 the NTK t):
     the pair of inputs (a, b), or with ``ridx`` not empty (the packed layout, B = 1) the
     pair (ridx[a], cidx[a]); rowf (L, 4, n1, (h + 2)(w + 2)) and colf (L, 4, n2, ...) the
-    factors of :func:`variances` of x1's and x2's inputs."""
+    factors of :func:`variances` of x1's and x2's inputs; with ``red`` (a Flatten after the
+    run) ko and to (A, B, 1) get the mean of the maps, else (A, B, h w) the maps."""
     nb = k.shape[1]
     nl = kinds.shape[0]
     wp = w + 2
@@ -181,6 +182,11 @@ def chain(k, t, t_mode, r0, r1, ridx, cidx, kinds, params, h, w, rowf, colf, tol
                         tol,
                     )  # fmt: skip
             ok = ko[a, b]
+            if red:
+                ok[0] = _mean(ka, h, w)
+                if has_t:
+                    to[a, b, 0] = _mean(ta, h, w)
+                continue
             for y in range(h):
                 for x in range(w):
                     ok[y * w + x] = ka[(y + 1) * wp + 1 + x]
@@ -189,3 +195,15 @@ def chain(k, t, t_mode, r0, r1, ridx, cidx, kinds, params, h, w, rowf, colf, tol
                 for y in range(h):
                     for x in range(w):
                         ot[y * w + x] = ta[(y + 1) * wp + 1 + x]
+
+
+@njit(fastmath=FM, cache=True, nogil=True, inline="always")
+def _mean(buf, h, w):
+    """The mean of the interior of a padded buffer (row by row, as ``Flatten``: sum / n)."""
+    wp = w + 2
+    s = 0.0
+    for y in range(h):
+        row = buf[(y + 1) * wp + 1 :]
+        for x in range(w):
+            s += row[x]
+    return s / (h * w)
