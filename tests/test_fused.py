@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import widenets as wn
-from widenets import _fused, _numba
+from widenets import _conv_chain, _fused, _numba
 from widenets.executors import LocalExecutor
 from widenets.layers.activations import ABRelu
 
@@ -216,21 +216,29 @@ def test_auto_threshold(layout, switch, monkeypatch):
     monkeypatch.setattr(_fused, "AUTO_NUMBA_SKIP", frozenset({"packed"}))
     _fused.FUSED = "auto"
     calls = _spy_loops(monkeypatch)
+    chains = []  # the diagonal layout's Conv / ReLU runs: the convolutional chain
+    real_chain = _conv_chain._evaluate
+    monkeypatch.setattr(
+        _conv_chain, "_evaluate", lambda *a: chains.append(len(a[1])) or real_chain(*a)
+    )
     pools = []
     monkeypatch.setattr(compute, "LocalExecutor", lambda w: pools.append(w) or LocalExecutor(w))
     monkeypatch.setattr(compute, "TILE_WORKERS", None)
     monkeypatch.setattr(compute, "others_running", lambda **kw: 0)  # a quiet machine
     monkeypatch.setattr(_fused, "AUTO_CALL_NUMEL", numel + 1)
     below = net.kernel(x1, x2)
-    assert calls == {"abrelu": 0, "window": 0} and pools == [1]
+    assert calls == {"abrelu": 0, "window": 0} and pools == [1] and not chains
     assert torch.equal(below.nngp, eager.nngp) and torch.equal(below.ntk, eager.ntk)
     monkeypatch.setattr(_fused, "AUTO_CALL_NUMEL", numel)
     above = net.kernel(x1, x2)
     if layout == "packed":
-        assert calls == {"abrelu": 0, "window": 0} and pools[-1] == 1
+        assert calls == {"abrelu": 0, "window": 0} and pools[-1] == 1 and not chains
         assert torch.equal(above.nngp, eager.nngp) and torch.equal(above.ntk, eager.ntk)
         return
-    assert calls["abrelu"] > 0 and calls["window"] > 0 and _fused._failed is None
+    if layout == "diagonal":
+        assert chains and set(chains) == {6} and _fused._failed is None
+    else:
+        assert calls["abrelu"] > 0 and calls["window"] > 0 and _fused._failed is None
     assert pools[-1] == compute.default_workers()
     assert not torch.equal(above.ntk, eager.ntk)
     for name in ("nngp", "ntk"):

@@ -67,12 +67,14 @@ class Serial(Layer):
         return shape
 
     def kernel_fn(self, k):
-        from widenets import _fc_chain  # (imports the layers: not at module level)
+        from widenets import _conv_chain, _fc_chain  # (imports the layers: not at module level)
 
         layers, i = self.layers, 0
         while i < len(layers):
             # a run of Dense / ABRelu layers on a fully-connected kernel: one compiled pass
             folded = _fc_chain.fold(layers, i, k, owner=self)
+            if folded is None:  # a run of 3x3 Conv / ABRelu layers, one pair at a time
+                folded = _conv_chain.fold(layers, i, k)
             if folded is not None:
                 k, i = folded
                 continue

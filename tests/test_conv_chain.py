@@ -1,0 +1,244 @@
+"""The convolutional chain (``widenets._conv_chain``: a run of 3x3 "same" Conv / ABRelu
+layers on a diagonal-layout kernel folded pair by pair in one numba pass) equals the eager
+path to 1e-13 relative in float64 (NNGP, NTK and the variances); obeys the fused switch;
+leaves float32 and layouts it does not know to the eager path; folds only runs of the
+layers it knows; and falls back to the eager path when the loop fails."""
+
+import pytest
+import torch
+
+import widenets as wn
+from widenets import _conv_chain, _fused, _numba, compute
+
+HAVE_NUMBA = _numba.loops() is not None
+pytestmark = pytest.mark.skipif(not HAVE_NUMBA, reason="numba is not installed")
+
+
+@pytest.fixture
+def switch():
+    """The fused loops on for the test; the switch and failure state restored after it."""
+    before = _fused.FUSED, _fused._failed, _fused.BACKEND
+    _fused.FUSED, _fused._failed = True, None
+    yield
+    failed = _fused._failed
+    _fused.FUSED, _fused._failed, _fused.BACKEND = before
+    assert failed is None, failed  # (a test that makes the loops fail clears it)
+
+
+class Runs(list):
+    reduced: list
+
+
+@pytest.fixture
+def runs(monkeypatch):
+    """The layer runs the chain evaluated (their lengths), in order; ``reduced``: whether
+    each also folded the Flatten after it."""
+    seen = Runs()
+    real = _conv_chain._evaluate
+
+    def spy(mod, run, k, red=False):
+        seen.append(len(run))
+        reduced.append(red)
+        return real(mod, run, k, red)
+
+    reduced = []
+    seen.reduced = reduced
+
+    monkeypatch.setattr(_conv_chain, "_evaluate", spy)
+    return seen
+
+
+ACTS = {
+    "relu": wn.Relu,
+    "leaky": lambda: wn.LeakyRelu(0.2),
+    "abs": wn.Abs,
+    "abrelu": lambda: wn.ABRelu(-0.3, 1.5),
+}
+
+
+def _body(depth, act="relu", bias=True, channels=4):
+    b = 0.1 if bias else None
+    layers = []
+    for _ in range(depth):
+        layers += [wn.Conv(channels, (3, 3), w_std=1.4, b_std=b), ACTS[act]()]
+    return layers
+
+
+def _net(depth, act="relu", bias=True):
+    b = 0.1 if bias else None
+    return wn.serial(*_body(depth, act, bias), wn.Flatten(), wn.Dense(1, w_std=1.3, b_std=b))
+
+
+def _inputs(n, seed, dtype=torch.float64, c=1, h=6, w=5):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(n, c, h, w, generator=g, dtype=torch.float64).to(dtype)
+
+
+def _eager(net, *args, **kw):
+    before = _fused.FUSED
+    _fused.FUSED = False
+    try:
+        return net.kernel(*args, progress=False, **kw)
+    finally:
+        _fused.FUSED = before
+
+
+def _rel(a, b):
+    return float((a.double() - b.double()).abs().max() / b.double().abs().max())
+
+
+FIELDS = ("nngp", "ntk", "cov1", "cov2")
+
+
+@pytest.mark.parametrize("act", list(ACTS))
+@pytest.mark.parametrize("depth", [1, 2, 4])
+@pytest.mark.parametrize("bias", [True, False])
+@pytest.mark.parametrize("same", [True, False])
+def test_chain_equals_eager_float64(switch, runs, act, depth, bias, same):
+    net = _net(depth, act, bias)
+    x1 = _inputs(7, 1)
+    x2 = None if same else _inputs(5, 2)
+    out = net.kernel(x1, x2, progress=False)
+    ref = _eager(net, x1, x2)
+    assert runs and sum(runs) == 2 * depth
+    assert runs.reduced[-1]  # (the Flatten readout folded into the last run)
+    for name in FIELDS:
+        assert _rel(getattr(out, name), getattr(ref, name)) < 1e-13, name
+
+
+@pytest.mark.parametrize("same", [True, False])
+def test_chain_maps_equal_eager(switch, runs, same):
+    """The per-pixel maps after the run (no readout), 3 input channels, the last layer a
+    Conv (a Gaussian record)."""
+    layers = _body(3, "abrelu", channels=5)
+    net = wn.serial(*layers, wn.Conv(2, 3, w_std=1.1, b_std=0.2))
+    x1 = _inputs(6, 3, c=3, h=5, w=7)
+    x2 = None if same else _inputs(4, 4, c=3, h=5, w=7)
+    out = net.kernel(x1, x2, progress=False)
+    ref = _eager(net, x1, x2)
+    assert runs and sum(runs) == 7 and not any(runs.reduced)
+    assert out.nngp.shape == ref.nngp.shape and out.shape1 == ref.shape1 == (2, 5, 7)
+    assert out.is_gaussian and ref.is_gaussian and not out.is_input
+    for name in FIELDS:
+        assert _rel(getattr(out, name), getattr(ref, name)) < 1e-13, name
+    if same:  # the diagonal of a set with itself: the variances
+        d = torch.arange(6)
+        assert torch.equal(out.nngp[d, d], out.cov1)
+
+
+def test_chain_nngp_only(switch, runs):
+    net = _net(2)
+    x1, x2 = _inputs(5, 5), _inputs(3, 6)
+    out = net.kernel(x1, x2, get="nngp", progress=False)
+    ref = _eager(net, x1, x2, get="nngp")
+    assert runs and out.ntk is None
+    assert _rel(out.nngp, ref.nngp) < 1e-13
+
+
+def test_runs_split_where_a_layer_does_not_fold(switch, runs):
+    layers = [
+        wn.Conv(4, 3, w_std=1.3, b_std=0.1), wn.Relu(),
+        wn.Conv(4, (3, 3), stride=2, w_std=1.3),  # stride 2: eager
+        wn.Relu(), wn.Conv(4, 3, w_std=1.2, b_std=0.1), wn.Relu(),
+        wn.Conv(4, 5, w_std=1.2),  # 5x5: eager
+        wn.Erf(), wn.Conv(4, 3, w_std=1.2), wn.Relu(),  # Erf: eager; then Conv, Relu
+        wn.Conv(4, 3, padding="circular", w_std=1.1), wn.Relu(),  # circular: eager
+        wn.Conv(4, 3, w_std=1.2, parameterization="standard"), wn.Relu(),  # standard: eager
+        wn.Flatten(), wn.Dense(1, w_std=1.2),
+    ]  # fmt: skip
+    net = wn.serial(*layers)
+    x1, x2 = _inputs(5, 7, h=9, w=8), _inputs(4, 8, h=9, w=8)
+    out = net.kernel(x1, x2, progress=False)
+    assert runs == [2, 3, 2]
+    ref = _eager(net, x1, x2)
+    for name in FIELDS:
+        assert _rel(getattr(out, name), getattr(ref, name)) < 1e-13, name
+
+
+def test_full_layout_and_float32_not_folded(switch, runs):
+    gap = wn.serial(*_body(2), wn.GlobalAvgPool(), wn.Dense(1))  # pixel pairs: eager
+    x = _inputs(5, 9)
+    assert _rel(gap.kernel(x, progress=False).ntk, _eager(gap, x).ntk) < 1e-13
+    assert not runs
+    net = _net(2)
+    x1, x2 = _inputs(5, 10), _inputs(4, 19)
+    out = net.kernel(x1, x2, progress=False, dtype=torch.float32)
+    assert out.ntk.dtype == torch.float32
+    assert _rel(out.ntk, _eager(net, x1, x2).ntk) < 1e-5
+    assert not runs  # (flagged pairs, if any, are recomputed in float64: not here)
+
+
+def test_switched_off(switch, runs):
+    _fused.FUSED = False
+    net = _net(2)
+    x = _inputs(5, 11)
+    net.kernel(x, progress=False)
+    assert not runs
+
+
+def test_auto_small_call_stays_eager(switch, runs):
+    _fused.FUSED = "auto"
+    net = _net(2)
+    x = _inputs(5, 12)
+    out = net.kernel(x, progress=False)
+    assert not runs  # a small call: nothing compiled
+    assert torch.equal(out.nngp, _eager(net, x).nngp)
+
+
+def test_auto_large_call_folds(switch, runs, monkeypatch):
+    _fused.FUSED = "auto"
+    monkeypatch.setattr(_fused, "AUTO_CALL_NUMEL", 1)
+    monkeypatch.setattr(_fused, "AUTO_NUMEL", 1)
+    net = _net(2)
+    x1, x2 = _inputs(6, 13), _inputs(4, 18)  # (cross-set: "auto" skips the packed layout)
+    out = net.kernel(x1, x2, progress=False)
+    assert runs and sum(runs) == 4
+    assert _rel(out.ntk, _eager(net, x1, x2).ntk) < 1e-13
+
+
+def test_fallback_on_failure(switch, monkeypatch):
+    from widenets import _numba_conv
+
+    def broken(*args):
+        raise RuntimeError("no LLVM today")
+
+    monkeypatch.setattr(_numba_conv, "chain", broken)
+    net = _net(2)
+    x = _inputs(6, 14)
+    _fused.FUSED = "auto"  # no warning under auto
+    _fused._large_calls += 1  # (a large call: "auto" tries the loops)
+    monkeypatch.setattr(_fused, "AUTO_NUMEL", 1)
+    try:
+        out = net.kernel(x, progress=False)
+    finally:
+        _fused._large_calls -= 1
+    assert _fused._failed is not None and "no LLVM today" in _fused._failed
+    _fused._failed = None
+    ref = _eager(net, x)
+    for name in FIELDS:
+        assert _rel(getattr(out, name), getattr(ref, name)) < 1e-13, name
+
+
+def test_threads_and_pool_same_bits(switch, runs, monkeypatch):
+    net = _net(2)
+    x1, x2 = _inputs(23, 15), _inputs(19, 16)
+    one = net.kernel(x1, x2, progress=False)
+    monkeypatch.setattr(_conv_chain, "MIN_SPLIT_PAIRS", 8)
+    monkeypatch.setattr(_conv_chain, "MIN_SPLIT_NUMEL", 64)
+    monkeypatch.setattr(_conv_chain, "split_threads", lambda: 3)
+    split = net.kernel(x1, x2, progress=False)
+    monkeypatch.setattr(compute, "TILE_WORKERS", 2)
+    tiled = net.kernel(x1, x2, progress=False, batch_size=8)
+    for name in FIELDS:
+        assert torch.equal(getattr(one, name), getattr(split, name)), name
+        assert torch.equal(getattr(one, name), getattr(tiled, name)), name
+
+
+def test_autograd_takes_eager(switch, runs):
+    w = torch.tensor(1.4, dtype=torch.float64, requires_grad=True)
+    net = wn.serial(wn.Conv(3, 3, w_std=w), wn.Relu(), wn.Conv(3, 3), wn.Relu(), wn.Flatten())
+    x = _inputs(4, 17)
+    out = net.kernel(x, progress=False)
+    out.nngp.sum().backward()
+    assert w.grad is not None
+    assert not runs  # (a tensor w_std is not folded; the kernel after it needs autograd)
