@@ -23,13 +23,12 @@ eager path, the reference). Results equal the eager path's to about 1e-15 relati
 from __future__ import annotations
 
 import math
-import threading
 
 import numpy as np
 import torch
 
 from widenets import _fused
-from widenets._fc_chain import MIN_SPLIT_NUMEL, _loops, _relu_ok, split_threads
+from widenets._fc_chain import MIN_SPLIT_NUMEL, _loops, _relu_ok, split_rows, split_threads
 from widenets.layers.activations import ABRelu
 from widenets.layers.conv import Conv
 from widenets.layers.pooling import Flatten
@@ -217,20 +216,4 @@ def _rows(mod, src, args, n1: int, row_numel: int) -> None:
     if parts <= 1:
         mod.chain(src, t_arr, t_mode, 0, n1, ridx, cidx, *rest)
         return
-    bounds = [n1 * p // parts for p in range(parts + 1)]
-    errors: list[BaseException] = []
-
-    def part(p):
-        try:
-            mod.chain(src, t_arr, t_mode, bounds[p], bounds[p + 1], ridx, cidx, *rest)
-        except BaseException as e:  # noqa: BLE001 - re-raised below
-            errors.append(e)
-
-    workers = [threading.Thread(target=part, args=(p,), daemon=True) for p in range(1, parts)]
-    for wk in workers:
-        wk.start()
-    part(0)
-    for wk in workers:
-        wk.join()
-    if errors:
-        raise errors[0]
+    split_rows(lambda lo, hi: mod.chain(src, t_arr, t_mode, lo, hi, ridx, cidx, *rest), n1, parts)

@@ -286,12 +286,19 @@ def _rows(mod, args, n1: int, n2: int) -> None:
     if parts <= 1:
         mod.chain(k_arr, t_arr, t_mode, t_const, 0, n1, *rest)
         return
+    split_rows(lambda lo, hi: mod.chain(k_arr, t_arr, t_mode, t_const, lo, hi, *rest), n1, parts)
+
+
+def split_rows(run, n1: int, parts: int) -> None:
+    """``run(lo, hi)`` over rows [0, n1) cut into ``parts`` contiguous ranges, the first on
+    this thread and the others on threads of their own (the loops release the GIL); the
+    first error of any part is raised."""
     bounds = [n1 * p // parts for p in range(parts + 1)]
     errors: list[BaseException] = []
 
     def part(p):
         try:
-            mod.chain(k_arr, t_arr, t_mode, t_const, bounds[p], bounds[p + 1], *rest)
+            run(bounds[p], bounds[p + 1])
         except BaseException as e:  # noqa: BLE001 - re-raised below
             errors.append(e)
 
