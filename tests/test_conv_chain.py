@@ -196,6 +196,25 @@ def test_auto_large_call_folds(switch, runs, monkeypatch):
     assert _rel(out.ntk, _eager(net, x1, x2).ntk) < 1e-13
 
 
+def test_auto_large_packed_call_folds_only_the_chain(switch, runs, monkeypatch):
+    """A set with itself read out by Flatten (the packed layout, where "auto" leaves the
+    per-layer loops off): a large call still takes the chain, equal to eager."""
+    from widenets import _numba
+
+    _fused.FUSED = "auto"
+    monkeypatch.setattr(_fused, "AUTO_CALL_NUMEL", 1)
+    per_layer = []
+    monkeypatch.setattr(_numba, "window_sum", lambda *a, **k: per_layer.append(1))
+    net = _net(2)
+    x = _inputs(7, 23)
+    out = net.kernel(x, progress=False)
+    assert runs and sum(runs) == 4
+    assert not per_layer
+    ref = _eager(net, x)
+    for name in FIELDS:
+        assert _rel(getattr(out, name), getattr(ref, name)) < 1e-13, name
+
+
 def test_fallback_on_failure(switch, monkeypatch):
     from widenets import _numba_conv
 

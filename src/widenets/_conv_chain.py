@@ -103,7 +103,7 @@ def fold(layers, i: int, k):
     run = layers[i:j]
     if not any(isinstance(a, ABRelu) for a in run) or not any(isinstance(a, Conv) for a in run):
         return None
-    if not _fused.usable(k.nngp, k.ntk, k.cov1, k.cov2):
+    if not _fused.usable(k.nngp, k.ntk, k.cov1, k.cov2, chain=True):
         return None
     if _loops() is None:
         return None

@@ -90,6 +90,7 @@ _compiled: dict = {}  # signature: the compiled map, built on first use
 _failed: str | None = None  # why compilation failed (then the eager path is used)
 _ready: set = set()  # signatures that compiled: later calls need no lock
 _large_calls = 0  # kernel evaluations running now that are large enough for "auto"
+_chain_calls = 0  # such evaluations in a layout of AUTO_NUMBA_SKIP: only the chains fold
 
 
 def takes_loops(numel: int, layout: str | None = None) -> bool:
@@ -120,18 +121,32 @@ def call(numel: int, layout: str | None = None):
     """Around a kernel evaluation of ``numel`` pair-scalars in ``layout``: under "auto" the
     fused loops are used within it (any thread's tiles) when :func:`takes_loops`; the tile
     buffers of ``widenets._workspace`` are reused within it."""
-    global _large_calls
+    global _large_calls, _chain_calls
     with _workspace.active():  # tile buffers reused within the evaluation (any size)
-        if parse_switch(FUSED) != "auto" or not takes_loops(numel, layout):
+        if parse_switch(FUSED) != "auto":
             yield
             return
+        if takes_loops(numel, layout):
+            with _lock:
+                _large_calls += 1
+            try:
+                yield
+            finally:
+                with _lock:
+                    _large_calls -= 1
+            return
+        if not (layout in AUTO_NUMBA_SKIP and takes_loops(numel, None)):
+            yield
+            return
+        # a layout where the per-layer loops gained nothing: the chains (``_conv_chain``,
+        # one pass over every layer of a pair) still fold
         with _lock:
-            _large_calls += 1
+            _chain_calls += 1
         try:
             yield
         finally:
             with _lock:
-                _large_calls -= 1
+                _chain_calls -= 1
 
 
 def _abrelu_map(ab: float, coef: float, tol: float, tag: int):
@@ -196,15 +211,15 @@ def window_sum(t: Tensor, full: bool, scale: float, bvar: float, add: Tensor | N
         return None
 
 
-def usable(nngp: Tensor, *tensors: Tensor | None) -> bool:
+def usable(nngp: Tensor, *tensors: Tensor | None, chain: bool = False) -> bool:
     """Whether a tile's nngp and the other tensors of its map may take the fused path: the
-    switch on (under "auto" within a call that takes the loops, :func:`call`; for
-    torch.compile also a large enough tile), CPU float32/float64, not recorded by autograd."""
+    switch on (under "auto" within a call that takes the loops, :func:`call`, or for a
+    ``chain`` also one in a layout of :data:`AUTO_NUMBA_SKIP`; for torch.compile also a
+    large enough tile), CPU float32/float64, not recorded by autograd."""
     if not enabled():
         return False
-    if FUSED == "auto" and (
-        _large_calls == 0 or (BACKEND == "compile" and nngp.numel() < AUTO_NUMEL)
-    ):
+    large = _large_calls > 0 or (chain and _chain_calls > 0)
+    if FUSED == "auto" and (not large or (BACKEND == "compile" and nngp.numel() < AUTO_NUMEL)):
         return False
     tensors = (nngp, *tensors)
     grad = torch.is_grad_enabled()
