@@ -271,12 +271,16 @@ def test_failed_stage_says_what_was_kept_and_how_to_resume(tmp_path, monkeypatch
 # ------------------------------------------------------------------------------ Ctrl-C
 
 INTERRUPT = """
-import os, signal, sys, time
+import signal, sys, threading, time
 import widenets.study.stages as stages
+# Python's own Ctrl-C handler, even if this process inherited SIGINT ignored
+signal.signal(signal.SIGINT, signal.default_int_handler)
 real = stages.finite_stage
 def finite_stage(*args, **kwargs):
-    if args[-2] == 1:  # the second network (seed 1): Ctrl-C, as a real signal to this process
-        os.kill(os.getpid(), signal.SIGINT)
+    if args[-2] == 1:  # the second network (seed 1): Ctrl-C, as a real signal, to the main
+        # thread (as a terminal's would reach it; sent to the process, another thread of it
+        # may take the signal and the sleep below is not cut short)
+        signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
         time.sleep(5)
     return real(*args, **kwargs)
 stages.finite_stage = finite_stage
