@@ -5,6 +5,9 @@ of the layers it knows."""
 
 import pytest
 import torch
+from tests._chain_checks import FIELDS
+from tests._chain_checks import eager as _eager
+from tests._chain_checks import rel as _rel
 
 import widenets as wn
 from widenets import _fc_chain, _fused, _numba, compute
@@ -57,22 +60,6 @@ def _net(depth, act, bias=True):
 def _inputs(n, seed, dtype=torch.float64, dim=20):
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, dim, generator=g, dtype=torch.float64).to(dtype)
-
-
-def _eager(net, *args, **kw):
-    before = _fused.FUSED
-    _fused.FUSED = False
-    try:
-        return net.kernel(*args, progress=False, **kw)
-    finally:
-        _fused.FUSED = before
-
-
-def _rel(a, b):
-    return float((a.double() - b.double()).abs().max() / b.double().abs().max())
-
-
-FIELDS = ("nngp", "ntk", "cov1", "cov2")
 
 
 @pytest.mark.parametrize("act", list(ACTS))
