@@ -28,7 +28,8 @@ import numpy as np
 import torch
 
 from widenets import _fused
-from widenets._fc_chain import MIN_SPLIT_NUMEL, _loops, _relu_ok, split_rows, split_threads
+from widenets._chain_runs import run_end
+from widenets._fc_chain import MIN_SPLIT_NUMEL, _loops, split_rows, split_threads
 from widenets.layers.activations import ABRelu
 from widenets.layers.conv import Conv
 from widenets.layers.pooling import Flatten
@@ -57,22 +58,19 @@ def _conv_ok(layer, shape) -> bool:
     )
 
 
+def _conv_out(layer, shape):
+    """The per-example shape after ``layer`` when it is a Conv the chain folds on inputs
+    of ``shape``, else None."""
+    return (layer.out_channels, *shape[1:]) if _conv_ok(layer, shape) else None
+
+
 def _run(layers, i: int, gaussian: bool, is_input: bool, shape) -> int:
-    """The end j of the longest foldable run layers[i:j] (i when none)."""
-    j = i
+    """The end j of the longest foldable run layers[i:j] of Conv and ABRelu layers (i
+    when none; ``_chain_runs.run_end``); on the input kernel, a run starts with a Conv
+    (the input kernel's NTK is only known to a Conv)."""
     if is_input and (i >= len(layers) or type(layers[i]) is not Conv):
-        return i  # (the input kernel's NTK is only known to a Conv)
-    while j < len(layers):
-        layer = layers[j]
-        if _conv_ok(layer, shape):
-            gaussian = True
-            shape = (layer.out_channels, *shape[1:])
-        elif _relu_ok(layer) and gaussian:
-            gaussian = False
-        else:
-            break
-        j += 1
-    return j
+        return i
+    return run_end(layers, i, gaussian, _conv_out, shape)
 
 
 def _plain(k) -> bool:

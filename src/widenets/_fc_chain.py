@@ -35,6 +35,7 @@ import numpy as np
 import torch
 
 from widenets import _fused, _numba, _workspace
+from widenets._chain_runs import run_end
 from widenets.executors import TARGET
 from widenets.layers.activations import ABRelu
 from widenets.layers.dense import Dense
@@ -73,31 +74,15 @@ def _dense_ok(layer) -> bool:
     )
 
 
-def _relu_ok(layer) -> bool:
-    cls = type(layer)
-    return (
-        isinstance(layer, ABRelu)
-        and cls.kernel_fn is ABRelu.kernel_fn
-        and cls.pair is ABRelu.pair
-        and cls._pair_from_roots is ABRelu._pair_from_roots
-    )
+def _dense_out(layer, shape):
+    """The shape after ``layer`` when it is a Dense the chain folds, else None."""
+    return shape if _dense_ok(layer) else None
 
 
 def _run(layers, i: int, gaussian: bool) -> int:
-    """The end j of the longest foldable run layers[i:j] (i when none): Dense and ABRelu
-    layers, each ABRelu on a Gaussian input (after a Dense, or first on a Gaussian record:
-    elsewhere the eager layer raises its error)."""
-    j = i
-    while j < len(layers):
-        layer = layers[j]
-        if _dense_ok(layer):
-            gaussian = True
-        elif _relu_ok(layer) and gaussian:
-            gaussian = False
-        else:
-            break
-        j += 1
-    return j
+    """The end j of the longest foldable run layers[i:j] of Dense and ABRelu layers (i
+    when none; ``_chain_runs.run_end``)."""
+    return run_end(layers, i, gaussian, _dense_out)
 
 
 def chain_budgets(budgets):
