@@ -17,6 +17,7 @@ a warm-up call) when that virtual environment exists; otherwise its columns say 
     python bench/kernel_cnn.py --fused on     # only the fused loops (default: both, one
                                           # row each, fused on and off, ``widenets._fused``)
     python bench/kernel_cnn.py --fused auto,off   # the default switch against the eager path
+    python bench/kernel_cnn.py --dtype float32    # widenets in float32 (NT in float64)
 
 Network: ``depth`` x [Conv(3x3, same, w_std=1.4, b_std=0.1) + ReLU], readout, Dense(1).
 Each library computes the kernel 1 + ``--repeats`` (default 3) times on the same inputs in
@@ -111,13 +112,14 @@ def worker(cfg):
         torch.set_num_threads(cfg["threads"])
     x = torch.from_numpy(np.load(cfg["x"]))
     x2 = torch.from_numpy(np.load(cfg["x2"])) if cfg.get("x2") else None
+    dtype = getattr(torch, cfg.get("dtype", "float64"))
     net = network(cfg["depth"], cfg["channels"], cfg["readout"])
     times = []
     for _ in range(1 + cfg["repeats"]):  # first call in a fresh process, then steady state
         t, c = time.perf_counter(), time.process_time()
-        k = net.kernel(x, x2, progress=cfg.get("progress", False))
+        k = net.kernel(x, x2, progress=cfg.get("progress", False), dtype=dtype)
         times.append((time.perf_counter() - t, time.process_time() - c))
-    np.save(cfg["out"], k.nngp.numpy())
+    np.save(cfg["out"], k.nngp.double().numpy())
     rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     first, (dt, cpu) = times[0][0], min(times[1:])
     print(json.dumps({"first": first, "seconds": dt, "cpu": cpu, "rss_mib": rss}))
@@ -132,7 +134,9 @@ def run(cmd, cfg, env=None):
     return json.loads(out.stdout.strip().splitlines()[-1])
 
 
-def compare(configs, depth, channels, threads=None, repeats=3, cross=False, fused="both"):
+def compare(
+    configs, depth, channels, threads=None, repeats=3, cross=False, fused="both", dtype="float64"
+):
     import numpy as np
 
     have_nt = os.path.exists(NT_PYTHON)
@@ -154,7 +158,7 @@ def compare(configs, depth, channels, threads=None, repeats=3, cross=False, fuse
     what = "N inputs against N others" if cross else "N inputs with themselves"
     print(
         f"CNN: {depth} x [Conv 3x3 + ReLU], {channels} channels (finite face only), NNGP+NTK, "
-        f"{what}"
+        f"{what}; widenets in {dtype} (Neural Tangents in float64)"
     )
     print(header)
     print("-" * len(header))
@@ -176,6 +180,7 @@ def compare(configs, depth, channels, threads=None, repeats=3, cross=False, fuse
                 readout=readout,
                 threads=threads,
                 repeats=repeats,
+                dtype=dtype,
             )
             ours_by = {
                 mode: run(
@@ -319,6 +324,12 @@ def main():
         "comma-separated list of those, each a row of the same run (e.g. auto,off)",
     )
     p.add_argument(
+        "--dtype",
+        default="float64",
+        choices=("float64", "float32"),
+        help="widenets' dtype (Neural Tangents stays float64: max|diff| is then the float32 error)",
+    )
+    p.add_argument(
         "--configs",
         default=None,
         help="readout:size:N,... (e.g. gap:8:32,vec:16:100) instead of the default list",
@@ -359,7 +370,7 @@ def main():
         configs = [
             (r, int(size), int(n)) for r, size, n in (c.split(":") for c in args.configs.split(","))
         ]
-    compare(configs, args.depth, 1, args.threads, args.repeats, args.cross, args.fused)
+    compare(configs, args.depth, 1, args.threads, args.repeats, args.cross, args.fused, args.dtype)
 
 
 if __name__ == "__main__":

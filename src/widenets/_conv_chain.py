@@ -12,12 +12,15 @@ variances and the square-root factors of each ABRelu layer are computed once per
 (``_numba_conv.variances``), not per pair.
 
 It applies where the fully-connected chain does (``widenets._fc_chain``: the fused switch
-on, or "auto" within a large enough call; numba importable; CPU; no autograd), to float64
-tiles only (float32 tiles, and tiles whose pairs are watched for recomputation, take the
-eager path), with a plain record (no masks or patterns; the packed pairs of a set with
-itself are handled). Elsewhere, or if the
-loop fails (then the fused loops are off for the process), the layers run one by one (the
-eager path, the reference). Results equal the eager path's to about 1e-15 relative.
+on, or "auto" within a large enough call; numba importable; CPU float32/float64; no
+autograd), with a plain record (no masks or patterns; the packed pairs of a set with
+itself are handled). Elsewhere, or if the loop fails (then the fused loops are off for the
+process), the layers run one by one (the eager path, the reference). Results equal the
+eager path's to about 1e-15 relative in float64. A float32 tile is computed in float64 and
+rounded once (as in the fully-connected chain: the eager float32 path rounds at every
+layer, so the two differ by its rounding error, about 1e-6 relative); its ill-conditioned
+pairs (sin(theta) < ``SIN_LIMIT`` at some pixel of an ABRelu layer) are flagged for
+recomputation in float64 by the eager rule when a call watches them.
 """
 
 from __future__ import annotations
@@ -33,7 +36,7 @@ from widenets._fc_chain import MIN_SPLIT_NUMEL, _loops, split_rows, split_thread
 from widenets.layers.activations import ABRelu
 from widenets.layers.conv import Conv
 from widenets.layers.pooling import Flatten
-from widenets.numerics import _WATCH
+from widenets.numerics import _WATCH, SIN_LIMIT
 
 #: pairs below which a tile is not split across threads
 MIN_SPLIT_PAIRS = 64
@@ -78,7 +81,7 @@ def _plain(k) -> bool:
         not isinstance(k, list)
         and k.nngp is not None
         and k.nngp.ndim == 4
-        and k.nngp.dtype == torch.float64
+        and k.nngp.dtype in (torch.float64, torch.float32)
         and k.cov1.ndim == 3
         and k.cov2.ndim == 3
         and not k.full_spatial
@@ -95,7 +98,7 @@ def _plain(k) -> bool:
 def fold(layers, i: int, k):
     """(the kernel after layers[i:j], j) when a run with a Conv and an ABRelu layer starting
     at i can be folded in one pass over ``k``, else None (the caller applies layers[i])."""
-    if not _plain(k) or _WATCH.get() is not None:
+    if not _plain(k):
         return None
     j = _run(layers, i, k.is_gaussian, k.is_input, tuple(k.shape1))
     run = layers[i:j]
@@ -157,7 +160,7 @@ def _evaluate(mod, run, k, red=False):
     src = nngp.detach().contiguous().view(n1, n2, h * w).numpy()
     m = 1 if red else h * w  # (a Flatten after the run: the mean of each map)
     ko = torch.empty((n1, n2, h, w) if not red else (n1, n2), dtype=dtype)
-    empty = np.empty((0, 0, 0), np.float64)
+    empty = np.empty((0, 0, 0), src.dtype)
     t_mode, t_arr, to = 0, empty, None
     if k.ntk is not None:
         to = torch.empty(ko.shape, dtype=dtype)
@@ -168,17 +171,22 @@ def _evaluate(mod, run, k, red=False):
     idx = np.empty(0, np.int64), np.empty(0, np.int64)
     if k.pairs is not None:
         idx = tuple(p.to(torch.int64).contiguous().numpy() for p in k.pairs)
+    watch = _WATCH.get()
+    flags = np.zeros((n1, n2) if watch is not None else (0, 0), np.bool_)
     args = (
         t_arr, t_mode, *idx, kinds, params, h, w, f1, f2, tol, red,
         ko.view(n1, n2, m).numpy(), empty if to is None else to.view(n1, n2, m).numpy(),
+        SIN_LIMIT, watch is not None, flags,
     )  # fmt: skip
     _rows(mod, src, args, n1, n2 * h * w)
-    if red:  # (Flatten's own operation on the variance maps)
-        cov1 = torch.from_numpy(q1).mean(-1)
-        cov2 = cov1 if k.cov2 is k.cov1 else torch.from_numpy(q2).mean(-1)
+    if watch is not None:
+        watch.add(torch.from_numpy(flags))
+    if red:  # (Flatten's own operation on the variance maps, in float64, then rounded)
+        cov1 = torch.from_numpy(q1).mean(-1).to(dtype)
+        cov2 = cov1 if k.cov2 is k.cov1 else torch.from_numpy(q2).mean(-1).to(dtype)
     else:
-        cov1 = torch.from_numpy(q1).view(len(q1), h, w)
-        cov2 = cov1 if k.cov2 is k.cov1 else torch.from_numpy(q2).view(len(q2), h, w)
+        cov1 = torch.from_numpy(q1).view(len(q1), h, w).to(dtype)
+        cov2 = cov1 if k.cov2 is k.cov1 else torch.from_numpy(q2).view(len(q2), h, w).to(dtype)
     off = k.diagonal_offset
     if k.pairs is not None:  # the listed pairs of an input with itself: its variance
         p1, p2 = k.pairs

@@ -12,8 +12,11 @@ Conv (w^2 / 9, b^2), ABRelu (a b, (b - a)^2 / (2 pi)).
 The window sum is that of ``_numba_loops.window3`` (taps in the same order, summed from
 0, then times the scale plus b^2; the NTK: plus the new NNGP), on buffers with a border
 of zeros instead of masks: the same arithmetic. ABRelu is ``_numba_fc._relu1`` (the eager
-``ABRelu._pair_from_roots`` entry by entry, arccos by SLEEF's asin polynomial). float64
-only; ``nogil=True, cache=True``, serial: the parallelism comes from the caller's threads.
+``ABRelu._pair_from_roots`` entry by entry, arccos by SLEEF's asin polynomial). Arithmetic
+is float64: a float32 tile is read, computed in float64 and rounded once, as in the
+fully-connected chain, its pairs flagged where sin(theta) < ``lim`` at any pixel of an
+ABRelu layer (the eager rule) for recomputation in float64. ``nogil=True, cache=True``
+(compiled once per dtype), serial: the parallelism comes from the caller's threads.
 """
 
 from __future__ import annotations
@@ -77,20 +80,23 @@ def _conv(src, dst, add, has_add, h, w, scale, bvar):
 
 
 @njit(fastmath=FM, cache=True, nogil=True)
-def _relu(kb, tb, has_t, n1, i2, s1, r2, lo, n, ab, coef, tol):
+def _relu(kb, tb, has_t, n1, i2, s1, r2, lo, n, ab, coef, tol, lim):
     """ABRelu over the flat run [lo, lo + n) of the padded buffers (factors zero on the
-    border: there K stays zero)."""
+    border: there K stays zero, sin(theta) 1); whether sin(theta) < ``lim`` anywhere."""
     k = kb[lo:]
     t = tb[lo:]
     f1n = n1[lo:]
     f2i = i2[lo:]
     f1s = s1[lo:]
     f2r = r2[lo:]
+    bad = False
     for e in range(n):
         kn, dot, sn = _relu1(k[e], f1n[e], f2i[e], f1s[e], f2r[e], ab, coef, tol)
         k[e] = kn
         if has_t:
             t[e] = t[e] * dot
+        bad = bad | (sn < lim)
+    return bad
 
 
 @njit(fastmath=FM, cache=True, nogil=True)
@@ -133,13 +139,19 @@ def variances(q, kinds, params, h, w, tiny, tol, rowf, qout):
 
 
 @njit(fastmath=FM, cache=True, nogil=True)
-def chain(k, t, t_mode, r0, r1, ridx, cidx, kinds, params, h, w, rowf, colf, tol, red, ko, to):
+def chain(
+    k, t, t_mode, r0, r1, ridx, cidx, kinds, params, h, w, rowf, colf, tol, red, ko, to,
+    lim, watch, flags,
+):  # fmt: skip
     """Entries (a, b), a in [r0, r1), of k (A, B, h w) through the layers into ko (and to,
     when ``t_mode``: 1 the input kernel (the first Conv's NTK is its NNGP), 2 the NTK t):
     the pair of inputs (a, b), or with ``ridx`` not empty (the packed layout, B = 1) the
     pair (ridx[a], cidx[a]); rowf (L, 4, n1, (h + 2)(w + 2)) and colf (L, 4, n2, ...) the
     factors of :func:`variances` of x1's and x2's inputs; with ``red`` (a Flatten after the
-    run) ko and to (A, B, 1) get the mean of the maps, else (A, B, h w) the maps."""
+    run) ko and to (A, B, 1) get the mean of the maps, else (A, B, h w) the maps. With
+    ``watch``, flags[a, b] is set where an ABRelu layer's sin(theta) < ``lim`` at any pixel
+    (the eager rule, ``numerics.flag_pairs_below``). Arithmetic is float64 whatever the
+    dtype of k and ko (a float32 tile: read, computed in float64, rounded once)."""
     nb = k.shape[1]
     nl = kinds.shape[0]
     wp = w + 2
@@ -164,6 +176,7 @@ def chain(k, t, t_mode, r0, r1, ridx, cidx, kinds, params, h, w, rowf, colf, tol
                     for x in range(w):
                         ta[(y + 1) * wp + 1 + x] = tr[y * w + x]
             first = t_mode == 1
+            bad = False
             for layer in range(nl):
                 if kinds[layer] == 0:
                     _conv(ka, kb, ka, False, h, w, params[layer, 0], params[layer, 1])
@@ -176,11 +189,13 @@ def chain(k, t, t_mode, r0, r1, ridx, cidx, kinds, params, h, w, rowf, colf, tol
                         ta, tb = tb, ta
                     ka, kb = kb, ka
                 else:
-                    _relu(
+                    bad |= _relu(
                         ka, ta, has_t, rowf[layer, 0, r], colf[layer, 2, c], rowf[layer, 1, r],
                         colf[layer, 3, c], wp + 1, h * wp - 2, params[layer, 0], params[layer, 1],
-                        tol,
+                        tol, lim,
                     )  # fmt: skip
+            if watch:
+                flags[a, b] = bad
             ok = ko[a, b]
             if red:
                 ok[0] = _mean(ka, h, w)
