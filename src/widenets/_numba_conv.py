@@ -47,36 +47,45 @@ def _conv(src, dst, add, has_add, h, w, scale, bvar):
     s7 = src[2 * wp + 1 :]
     s8 = src[2 * wp + 2 :]
     d = dst[wp + 1 :]
-    if has_add:
-        a = add[wp + 1 :]
-        for e in range(n):
-            acc = 0.0
-            acc += s0[e]
-            acc += s1[e]
-            acc += s2[e]
-            acc += s3[e]
-            acc += s4[e]
-            acc += s5[e]
-            acc += s6[e]
-            acc += s7[e]
-            acc += s8[e]
-            d[e] = acc * scale + bvar + a[e]
-    else:
-        for e in range(n):
-            acc = 0.0
-            acc += s0[e]
-            acc += s1[e]
-            acc += s2[e]
-            acc += s3[e]
-            acc += s4[e]
-            acc += s5[e]
-            acc += s6[e]
-            acc += s7[e]
-            acc += s8[e]
-            d[e] = acc * scale + bvar
+    a = add[wp + 1 :]
+    for e in range(n):  # (the test of has_add is hoisted out of the loop by LLVM)
+        acc = 0.0
+        acc += s0[e]
+        acc += s1[e]
+        acc += s2[e]
+        acc += s3[e]
+        acc += s4[e]
+        acc += s5[e]
+        acc += s6[e]
+        acc += s7[e]
+        acc += s8[e]
+        v = acc * scale + bvar
+        if has_add:
+            v += a[e]
+        d[e] = v
     for y in range(1, h + 1):
         dst[y * wp] = 0.0
         dst[y * wp + wp - 1] = 0.0
+
+
+@njit(fastmath=FM, cache=True, nogil=True, inline="always")
+def _load(buf, src, h, w):
+    """The flat h x w map ``src`` into the interior of the padded buffer ``buf``."""
+    wp = w + 2
+    for y in range(h):
+        row = buf[(y + 1) * wp + 1 :]
+        for x in range(w):
+            row[x] = src[y * w + x]
+
+
+@njit(fastmath=FM, cache=True, nogil=True, inline="always")
+def _store(dst, buf, h, w):
+    """The interior of the padded buffer ``buf`` into the flat h x w map ``dst``."""
+    wp = w + 2
+    for y in range(h):
+        row = buf[(y + 1) * wp + 1 :]
+        for x in range(w):
+            dst[y * w + x] = row[x]
 
 
 @njit(fastmath=FM, cache=True, nogil=True)
@@ -111,9 +120,7 @@ def variances(q, kinds, params, h, w, tiny, tol, rowf, qout):
     a = np.zeros((h + 2) * wp, np.float64)
     b = np.zeros((h + 2) * wp, np.float64)
     for i in range(n):
-        for y in range(h):
-            for x in range(w):
-                a[(y + 1) * wp + 1 + x] = q[i, y * w + x]
+        _load(a, q[i], h, w)
         for layer in range(nl):
             if kinds[layer] == 0:
                 _conv(a, b, a, False, h, w, params[layer, 0], params[layer, 1])
@@ -133,9 +140,7 @@ def variances(q, kinds, params, h, w, tiny, tol, rowf, qout):
                         rowf[layer, 2, i, pp] = inv
                         rowf[layer, 3, i, pp] = root
                         a[pp] = _relu1(v, -inv, inv, s1, root, ab, coef, tol)[0]
-        for y in range(h):
-            for x in range(w):
-                qout[i, y * w + x] = a[(y + 1) * wp + 1 + x]
+        _store(qout[i], a, h, w)
 
 
 @njit(fastmath=FM, cache=True, nogil=True)
@@ -166,15 +171,9 @@ def chain(
         for b in range(nb):
             r = ridx[a] if packed else a
             c = cidx[a] if packed else b
-            kr = k[a, b]
-            for y in range(h):
-                for x in range(w):
-                    ka[(y + 1) * wp + 1 + x] = kr[y * w + x]
+            _load(ka, k[a, b], h, w)
             if t_mode == 2:
-                tr = t[a, b]
-                for y in range(h):
-                    for x in range(w):
-                        ta[(y + 1) * wp + 1 + x] = tr[y * w + x]
+                _load(ta, t[a, b], h, w)
             first = t_mode == 1
             bad = False
             for layer in range(nl):
@@ -202,14 +201,9 @@ def chain(
                 if has_t:
                     to[a, b, 0] = _mean(ta, h, w)
                 continue
-            for y in range(h):
-                for x in range(w):
-                    ok[y * w + x] = ka[(y + 1) * wp + 1 + x]
+            _store(ok, ka, h, w)
             if has_t:
-                ot = to[a, b]
-                for y in range(h):
-                    for x in range(w):
-                        ot[y * w + x] = ta[(y + 1) * wp + 1 + x]
+                _store(to[a, b], ta, h, w)
 
 
 @njit(fastmath=FM, cache=True, nogil=True, inline="always")
