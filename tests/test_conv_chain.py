@@ -240,7 +240,8 @@ def test_auto_large_packed_call_folds_only_the_chain(switch, runs, monkeypatch):
     from widenets import _numba
 
     _fused.FUSED = "auto"
-    monkeypatch.setattr(_fused, "AUTO_CALL_NUMEL", 1)
+    monkeypatch.setattr(_fused, "AUTO_CHAIN_CALL_NUMEL", 1)
+    monkeypatch.setattr(_fused, "AUTO_CALL_NUMEL", 1 << 40)  # (not the per-layer threshold)
     per_layer = []
     monkeypatch.setattr(_numba, "window_sum", lambda *a, **k: per_layer.append(1))
     net = _net(2)

@@ -201,7 +201,8 @@ def _spy_loops(monkeypatch):
 def test_auto_threshold(layout, switch, monkeypatch):
     """Under "auto" (the default) the numba loops take a call of at least AUTO_CALL_NUMEL
     pair-scalars (every tile of it, on the tile pool) and leave a smaller one to the eager
-    path (the same bits as eager); in a layout of AUTO_NUMBA_SKIP only the chains fold."""
+    path (the same bits as eager); in a layout of AUTO_NUMBA_SKIP only the chains fold, from
+    AUTO_CHAIN_CALL_NUMEL pair-scalars (a threshold of its own, no other layout's)."""
     from widenets import compute
 
     readout, cross = LAYOUTS[layout]
@@ -225,13 +226,16 @@ def test_auto_threshold(layout, switch, monkeypatch):
     monkeypatch.setattr(compute, "LocalExecutor", lambda w: pools.append(w) or LocalExecutor(w))
     monkeypatch.setattr(compute, "TILE_WORKERS", None)
     monkeypatch.setattr(compute, "others_running", lambda **kw: 0)  # a quiet machine
-    monkeypatch.setattr(_fused, "AUTO_CALL_NUMEL", numel + 1)
+    packed = layout == "packed"
+    monkeypatch.setattr(_fused, "AUTO_CALL_NUMEL", 1 if packed else numel + 1)
+    monkeypatch.setattr(_fused, "AUTO_CHAIN_CALL_NUMEL", numel + 1 if packed else 1)
     below = net.kernel(x1, x2)
     assert calls == {"abrelu": 0, "window": 0} and pools == [1] and not chains
     assert torch.equal(below.nngp, eager.nngp) and torch.equal(below.ntk, eager.ntk)
-    monkeypatch.setattr(_fused, "AUTO_CALL_NUMEL", numel)
+    monkeypatch.setattr(_fused, "AUTO_CALL_NUMEL", numel + 1 if packed else numel)
+    monkeypatch.setattr(_fused, "AUTO_CHAIN_CALL_NUMEL", numel if packed else numel + 1)
     above = net.kernel(x1, x2)
-    if layout == "packed":  # the per-layer loops stay off; the chain folds (no pool)
+    if packed:  # the per-layer loops stay off; the chain folds (no pool)
         assert calls == {"abrelu": 0, "window": 0} and pools[-1] == 1
         assert chains and set(chains) == {6} and _fused._failed is None
         for name in ("nngp", "ntk"):

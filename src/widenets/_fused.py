@@ -16,9 +16,10 @@ Theta' = Theta (phi coef + ab): the operations of the eager ``ABRelu._pair_from_
 The switch is :data:`FUSED` (or the environment variable ``WIDENETS_FUSED``, read at import):
 ``"auto"`` (the default) uses the numba loops within a kernel evaluation of at least
 :data:`AUTO_CALL_NUMEL` pair-scalars (``call``: pairs times the network's cost per pair) in a
-layout not in :data:`AUTO_NUMBA_SKIP` (measured no faster there), the whole evaluation or
-none of it, so that every tile takes the same path; a small kernel stays on the eager path
-and does not even import numba. torch.compile is used only when asked for: ``True`` (the
+layout not in :data:`AUTO_NUMBA_SKIP` (measured no faster there; there only the chains, from
+:data:`AUTO_CHAIN_CALL_NUMEL`), the whole evaluation or none of it, so that every tile
+takes the same path; a small kernel stays on the eager path and does not even import numba.
+torch.compile is used only when asked for: ``True`` (the
 loops wherever they apply, from numba, else from torch.compile) or
 ``WIDENETS_FUSED_BACKEND=compile`` (under "auto" then within evaluations of at least
 :data:`AUTO_COMPILE_CALL_NUMEL` and on tiles of at least :data:`AUTO_NUMEL` entries, where its
@@ -75,6 +76,12 @@ AUTO_CALL_NUMEL = 1 << 21
 #: under "auto", the layouts (``compute.kernel_layout``) left to the eager path: measured no
 #: faster with the numba loops
 AUTO_NUMBA_SKIP = frozenset({"packed"})
+#: under "auto", in a layout of ``AUTO_NUMBA_SKIP``: the fewest pair-scalars of an evaluation
+#: for the chains alone (``_conv_chain``: one pass over a pair's whole run of layers, 1.6-3.5x
+#: the eager path's speed down to 4e4 pair-scalars, docs/fused_numba.md); below it, the
+#: first call's import of numba and load of its cache (up to about 0.2 s) would outweigh
+#: more than a few calls' gain
+AUTO_CHAIN_CALL_NUMEL = 1 << 19
 #: under "auto" with ``BACKEND`` "compile": the fewest pair-scalars of an evaluation, and
 #: entries of a tile's nngp, for the torch.compile loop (seconds of compilation per process)
 AUTO_COMPILE_CALL_NUMEL = 1 << 25
@@ -109,6 +116,17 @@ def takes_loops(numel: int, layout: str | None = None) -> bool:
     return backend() == "numba"
 
 
+def takes_chains(numel: int, layout: str | None) -> bool:
+    """Whether, under "auto", a kernel evaluation of ``numel`` pair-scalars in a layout of
+    :data:`AUTO_NUMBA_SKIP` takes the chains alone (at least :data:`AUTO_CHAIN_CALL_NUMEL`;
+    numba the backend, no failure so far)."""
+    if layout not in AUTO_NUMBA_SKIP or numel < AUTO_CHAIN_CALL_NUMEL:
+        return False
+    if parse_switch(FUSED) != "auto" or _failed is not None or BACKEND == "compile":
+        return False
+    return backend() == "numba"
+
+
 def wants_pool(numel: int, layout: str | None = None) -> bool:
     """Whether such an evaluation should run its tiles on the thread pool however quiet the
     machine is: the numba loops run on the calling thread alone, so that the parallelism
@@ -135,7 +153,7 @@ def call(numel: int, layout: str | None = None):
                 with _lock:
                     _large_calls -= 1
             return
-        if not (layout in AUTO_NUMBA_SKIP and takes_loops(numel, None)):
+        if not takes_chains(numel, layout):
             yield
             return
         # a layout where the per-layer loops gained nothing: the chains (``_conv_chain``,
