@@ -25,8 +25,7 @@ import math
 
 import numpy as np
 
-from widenets._numba_loops import P0, P1, P2, P3, P4, P5, P6, P7, P8, P9, P10, P11, PI
-from widenets._numba_loops import _jit
+from widenets._numba_loops import P0, P1, P2, P3, P4, P5, P6, P7, P8, P9, P10, P11, PI, _jit
 
 
 @_jit
@@ -124,7 +123,7 @@ def _relu(kb, tb, h, w, f1, f2, ab, coef, tol):
 
 @_jit
 def _interior_sum(buf, h, w):
-    """The sum of every interior entry (the border entries are zero)."""
+    """The sum of every interior entry (the border entries are zero), row by row."""
     wp = w + 2
     p = (h + 2) * wp
     lo = wp + 1
@@ -133,8 +132,10 @@ def _interior_sum(buf, h, w):
     for a in range(h):
         for b in range(w):
             d0 = ((a + 1) * wp + b + 1) * p + lo
+            part = 0.0  # (a row's sum first: a rounding error of about (n + h w) eps)
             for e in range(n):
-                total += buf[d0 + e]
+                part += buf[d0 + e]
+            total += part
     return total
 
 
@@ -241,4 +242,3 @@ def pairs(src, tsrc, t_mode, same, off, kinds, params, h, w, f1, f2, tol, kout, 
                     kout[a, b] = kout[b - off, a + off]
                     if t_mode != 0:
                         tout[a, b] = tout[b - off, a + off]
-
