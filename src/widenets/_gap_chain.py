@@ -32,9 +32,8 @@ import math
 import numpy as np
 import torch
 
-from widenets import _fused, _variance_memo
+from widenets import _fused, _numba, _variance_memo
 from widenets._conv_chain import _encode, _run
-from widenets._fc_chain import _loops
 from widenets.layers.activations import ABRelu
 from widenets.layers.conv import Conv
 from widenets.layers.pooling import GlobalAvgPool
@@ -77,9 +76,9 @@ def fold(layers, i: int, k):
         return None
     if not _fused.usable(k.nngp, k.ntk, k.cov1, k.cov2, chain=True):
         return None
-    if _loops() is None:
+    if _fused.BACKEND == "compile" or _numba.loops() is None:
         return None
-    try:
+    try:  # (its loops compile, or load from numba's cache, at first use)
         from widenets import _numba_gap
     except Exception as e:  # noqa: BLE001 - as in the other chains
         _fused._fail(e)
