@@ -11,7 +11,7 @@ import pytest
 import torch
 
 import widenets as wn
-from widenets import _conv_chain, _fused, _numba
+from widenets import _conv_chain, _fused, _gap_chain, _numba
 from widenets.executors import LocalExecutor
 from widenets.layers.activations import ABRelu
 
@@ -135,7 +135,7 @@ def test_fresh_process_keeps_torch_thread_count():
         "import torch, widenets as wn; from widenets import _fused, _numba_loops\n"
         "_fused.FUSED, _fused.BACKEND = True, 'numba'\n"
         "x = torch.randn(3, 2, 4, 4, dtype=torch.float64)\n"
-        "net = wn.serial(wn.Conv(2, (3, 3)), wn.Relu(), wn.GlobalAvgPool(), wn.Dense(1))\n"
+        "net = wn.serial(wn.Conv(2, (3, 3)), wn.Relu(), wn.GlobalSumPool(), wn.Dense(1))\n"
         "before = torch.get_num_threads(); net.kernel(x); after = torch.get_num_threads()\n"
         "assert _numba_loops.window3.signatures, 'the loops did not run'\n"
         "torch.set_num_threads(2); net.kernel(x, x + 1)\n"
@@ -160,13 +160,16 @@ def test_read_only_numba_cache_compiles_in_process(tmp_path):
         "import torch, widenets as wn; from widenets import _fused, _numba_loops\n"
         "x = torch.randn(4, 2, 4, 4, dtype=torch.float64, generator=torch.Generator()"
         ".manual_seed(0))\n"
-        "net = wn.serial(wn.Conv(2, (3, 3)), wn.Relu(), wn.GlobalAvgPool(), wn.Dense(1))\n"
-        "_fused.FUSED = False; eager = net.kernel(x)\n"
-        "_fused.FUSED, _fused.BACKEND = True, 'numba'; k = net.kernel(x)\n"
-        "assert _fused._failed is None, _fused._failed\n"
-        "assert type(_numba_loops.window3._cache).__name__ == 'NullCache'\n"
-        "assert not torch.equal(k.ntk, eager.ntk), 'the loops did not run'\n"
-        "torch.testing.assert_close(k.ntk, eager.ntk, rtol=1e-13, atol=0.0)\n"
+        "for pool in (wn.GlobalSumPool(), wn.GlobalAvgPool()):  # per-layer loops; GAP chain\n"
+        "    net = wn.serial(wn.Conv(2, (3, 3)), wn.Relu(), pool, wn.Dense(1))\n"
+        "    _fused.FUSED = False; eager = net.kernel(x)\n"
+        "    _fused.FUSED, _fused.BACKEND = True, 'numba'; k = net.kernel(x)\n"
+        "    assert _fused._failed is None, _fused._failed\n"
+        "    assert not torch.equal(k.ntk, eager.ntk), 'the loops did not run'\n"
+        "    torch.testing.assert_close(k.ntk, eager.ntk, rtol=1e-13, atol=0.0)\n"
+        "from widenets import _numba_gap\n"
+        "for f in (_numba_loops.window3, _numba_gap.pairs):\n"
+        "    assert type(f._cache).__name__ == 'NullCache'\n"
         "print('ok')\n"
     )
     env = {
@@ -217,10 +220,13 @@ def test_auto_threshold(layout, switch, monkeypatch):
     monkeypatch.setattr(_fused, "AUTO_NUMBA_SKIP", frozenset({"packed"}))
     _fused.FUSED = "auto"
     calls = _spy_loops(monkeypatch)
-    chains = []  # the diagonal layout's Conv / ReLU runs: the convolutional chain
-    real_chain = _conv_chain._evaluate
+    chains = []  # the Conv / ReLU runs: the convolutional chain (the GAP chain: full)
+    real_chain, real_gap = _conv_chain._evaluate, _gap_chain._evaluate
     monkeypatch.setattr(
         _conv_chain, "_evaluate", lambda *a: chains.append(len(a[1])) or real_chain(*a)
+    )
+    monkeypatch.setattr(
+        _gap_chain, "_evaluate", lambda *a: chains.append(len(a[1])) or real_gap(*a)
     )
     pools = []
     monkeypatch.setattr(compute, "LocalExecutor", lambda w: pools.append(w) or LocalExecutor(w))
@@ -243,10 +249,8 @@ def test_auto_threshold(layout, switch, monkeypatch):
                 getattr(above, name), getattr(eager, name), rtol=1e-13, atol=0
             )
         return
-    if layout == "diagonal":
-        assert chains and set(chains) == {6} and _fused._failed is None
-    else:
-        assert calls["abrelu"] > 0 and calls["window"] > 0 and _fused._failed is None
+    # (the full layout's network, read out by GlobalAvgPool: the GAP chain)
+    assert chains and set(chains) == {6} and _fused._failed is None
     assert pools[-1] == compute.default_workers()
     assert not torch.equal(above.ntk, eager.ntk)
     for name in ("nngp", "ntk"):
@@ -291,12 +295,13 @@ def test_missing_numba_falls_back_to_eager(switch, monkeypatch):
 def test_failing_numba_loop_falls_back_to_eager(switch, monkeypatch):
     """An error inside a numba loop (say, a compiler failure) warns once and the kernel is
     the eager one, bit for bit."""
-    from widenets import _numba_loops
+    from widenets import _numba_gap, _numba_loops
 
     def broken(*args):
         raise RuntimeError("LLVM ERROR: broken")
 
     monkeypatch.setattr(_numba_loops, "window3", broken)
+    monkeypatch.setattr(_numba_gap, "pairs", broken)  # (the GAP chain's loop, tried first)
     x = _images(3, 4, 0)
     net = _net("gap")
     _fused.FUSED = False

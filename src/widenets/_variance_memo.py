@@ -58,7 +58,7 @@ class VarianceMemo:
                 self.hits += 1
             return t
         t = compute()
-        nbytes = t.numel() * t.element_size()
+        nbytes = _nbytes(t)
         with self.lock:
             if key not in self.held and self.bytes + nbytes <= self.max_bytes:
                 self.held[key] = t
@@ -78,3 +78,22 @@ def map_variances(k, fn):
     if k.cov2 is k.cov1:
         return cov1, cov1
     return cov1, memo._get((key2, n), lambda: fn(k.cov2, 2))
+
+
+def _nbytes(t) -> int:
+    """Bytes held by a tensor, a numpy array or a tuple of them."""
+    if isinstance(t, tuple):
+        return sum(_nbytes(x) for x in t)
+    return t.nbytes if hasattr(t, "nbytes") else t.numel() * t.element_size()
+
+
+def memo_get(which: int, tag, compute):
+    """``compute()`` for the inputs of the tile's rows (``which`` 1) or columns (2), from
+    the memo of the tile running on this thread when it holds it under ``tag`` (a value
+    of the caller's, never an int: the keys of :func:`map_variances` are ints); else
+    computed (and kept). Without a memo, ``compute()``."""
+    state = getattr(_local, "state", None)
+    if state is None:
+        return compute()
+    memo, key1, key2, _ = state
+    return memo._get((key1 if which == 1 else key2, tag), compute)

@@ -67,7 +67,8 @@ class Serial(Layer):
         return shape
 
     def kernel_fn(self, k):
-        from widenets import _conv_chain, _fc_chain  # (imports the layers: not at module level)
+        # (these import the layers: not at module level)
+        from widenets import _conv_chain, _fc_chain, _gap_chain
 
         layers, i = self.layers, 0
         while i < len(layers):
@@ -75,6 +76,8 @@ class Serial(Layer):
             folded = _fc_chain.fold(layers, i, k, owner=self)
             if folded is None:  # a run of 3x3 Conv / ABRelu layers, one pair at a time
                 folded = _conv_chain.fold(layers, i, k)
+            if folded is None:  # the same on the pixel-pair layout, read out by a global pool
+                folded = _gap_chain.fold(layers, i, k)
             if folded is not None:
                 k, i = folded
                 continue
