@@ -1,11 +1,12 @@
 """Large-N kernel predictions by preconditioned conjugate gradients, without factorising K.
 
 Solves (K + mu I) A = Y, mu = diag_reg * mean(diag K) (Neural Tangents' convention; or
-mu = diag_reg with ``diag_reg_absolute_scale``), for all columns of Y at once: one product
-with K per iteration serves every column (one per class), each column with its own CG
-step sizes (Y's columns may be linearly dependent, e.g. centred one-hot targets, which
-would break a block-Krylov method). K is a :class:`~widenets.predict.operators.KernelOperator`,
-so it can be a tensor in memory, tiles read from disk, or tiles recomputed from the network.
+mu = diag_reg with ``diag_reg_absolute_scale``), for all columns of Y at once by block CG:
+one product with K per iteration serves every column (one per class), and all columns
+share one Krylov space (Y's columns may be linearly dependent, e.g. centred one-hot
+targets: the dependent directions are dropped). K is a
+:class:`~widenets.predict.operators.KernelOperator`, so it can be a tensor in memory,
+tiles read from disk, or tiles recomputed from the network.
 
 Then K_test,train A is
 - the NNGP posterior mean (:func:`gp_mean_pcg`, as ``gp_inference``), or
@@ -258,7 +259,14 @@ def _pcg_solve(
             )
     else:
         precond = make_preconditioner(
-            op, mu, preconditioner, rank=rank, seed=seed, workers=workers, rank_tol=rank_tol
+            op,
+            mu,
+            preconditioner,
+            rank=rank,
+            seed=seed,
+            workers=workers,
+            rank_tol=rank_tol,
+            trace=float(diag.sum()),
         )
     setup = time.perf_counter() - start
 
@@ -303,11 +311,17 @@ def make_preconditioner(
     rank_tol: float | None = None,
     seed: int = 0,
     workers: int = 1,
+    trace: float | None = None,
 ) -> LowRankPreconditioner | None:
-    """The preconditioner F F^T + mu I of ``kind`` ("rpcholesky", "nystrom" or None) with
-    rank min(N, ``rank`` or 1000), for the absolute regulariser ``mu``; with ``rank_tol``
-    (RPCholesky only) the rank is the fewest pivots whose residual trace tr(K - F F^T) is at
-    most ``rank_tol`` * tr(K), ``rank`` at most."""
+    """The preconditioner F F^T + (mu + shift) I of ``kind`` ("rpcholesky", "nystrom" or
+    None) with rank min(N, ``rank`` or 1000), for the absolute regulariser ``mu``; with
+    ``rank_tol`` (RPCholesky only) the rank is the fewest pivots whose residual trace
+    tr(K - F F^T) is at most ``rank_tol`` * tr(K), ``rank`` at most.
+
+    shift = tr(K - F F^T) / N, the mean variance F F^T leaves out (``trace``: tr(K), read
+    from the diagonal if not given): fewer iterations than shift 0 (block CG, MNIST-1D
+    N = 8,000, 10 classes, tol 1e-3: diag_reg 1e-2, rank 500 / 750: 22 / 18 against 25 /
+    20; diag_reg 1e-3: 28 / 23 against 38 / 31; docs/large_n.md)."""
     if kind is None:
         return None
     r = min(op.n, DEFAULT_RANK if rank is None else rank)
@@ -315,7 +329,11 @@ def make_preconditioner(
         factor, _ = rpcholesky(op, r, seed=seed, trace_tol=rank_tol)
     else:
         factor = nystrom(op, r, seed=seed, workers=workers)
-    return LowRankPreconditioner(factor, mu, name=kind)
+    if trace is None:
+        trace = float(op.diagonal().sum())
+    captured = float(torch.linalg.vector_norm(factor)) ** 2  # tr(F F^T)
+    shift = max(0.0, trace - captured) / op.n
+    return LowRankPreconditioner(factor, mu, name=kind, shift=shift)
 
 
 def _check_count(value, name: str, *, minimum: int = 1) -> int:
