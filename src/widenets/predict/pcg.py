@@ -415,7 +415,8 @@ def _cg(
     step: Q = (K + mu I) P, X += P a, R -= Q a with a = (P^T Q)^{-1} P^T R (every column's
     error minimal in the (K + mu I)-norm over the directions so far), then beta =
     -(P^T Q)^{-1} Q^T M R. One product with K per iteration, as column-wise CG, with
-    fewer iterations (N = 8,000 MNIST-1D, 10 classes, rank 750, tol 1e-3: 20 against 22).
+    fewer iterations (N = 8,000 MNIST-1D, 10 classes, rank 750 unshifted, tol 1e-3: 20
+    against 22).
     Stops when every column's relative residual is at most ``tol``. ``fast``: products for
     the first pass (then the true residual and any restart with ``op``)."""
     n, r_cols = b.shape
