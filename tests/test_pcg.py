@@ -25,6 +25,7 @@ from widenets.predict import (
     pcg_solve,
     rpcholesky,
 )
+from widenets.predict.pcg import _basis, make_preconditioner
 from widenets.predict.preconditioners import nystrom
 
 # one torch thread: these are small problems, on a machine shared with other processes
@@ -75,7 +76,8 @@ def test_nngp_mean_equals_dense_cholesky_at_n2000_and_preconditioner_cuts_iterat
     mu = 1e-3 * float(k.diagonal().mean())
     true = ((y - (k @ a + mu * a)).norm(dim=0) / y.norm(dim=0)).max()
     assert abs(float(true) - pcg.residual) <= 1e-3 * pcg.residual + 1e-15
-    # plain CG, given three times the iterations PCG needed, is still short of the tolerance
+    # plain (block) CG, given twice the iterations PCG needed, is still short of the
+    # tolerance (52 iterations with the preconditioner, 116 without)
     with pytest.warns(ConvergenceWarning):
         plain = pcg_solve(
             k,
@@ -83,10 +85,56 @@ def test_nngp_mean_equals_dense_cholesky_at_n2000_and_preconditioner_cuts_iterat
             diag_reg=1e-3,
             tol=1e-9,
             preconditioner=None,
-            max_iter=3 * pcg.iterations,
+            max_iter=2 * pcg.iterations,
             on_no_convergence="warn",
         )
-    assert plain.iterations == 3 * pcg.iterations and plain.residual > 1e-9
+    assert plain.iterations == 2 * pcg.iterations and plain.residual > 1e-9
+
+
+def test_block_cg_equals_column_by_column_cg_in_fewer_iterations(mnist1d_2000):
+    """Centred one-hot targets (10 columns of rank 9) in one block Krylov space: each
+    column's solution is the one CG gives that column alone (one column: block CG is PCG),
+    in fewer iterations than the slowest column alone."""
+    k, _, y = mnist1d_2000
+    block = pcg_solve(k, y, diag_reg=1e-3, tol=1e-9, rank=300)
+    alone = [pcg_solve(k, y[:, j], diag_reg=1e-3, tol=1e-9, rank=300) for j in range(10)]
+    assert block.converged and all(a.converged for a in alone)
+    assert rel(block.solution, torch.cat([a.solution for a in alone], 1)) < 1e-7
+    assert block.iterations < min(a.iterations for a in alone)
+    # the recursive history ends at or below tol and the reported residual is the true one
+    assert block.history[-1] <= 1e-9 and block.residual <= 1e-9
+
+
+def test_block_cg_with_equal_zero_and_dependent_columns():
+    """Right-hand sides [a, a, 0, a + b, b, -b]: the block has rank 2; the solve drops
+    the dependent directions and gives the dense solution of every column (the zero column
+    exactly zero)."""
+    x, _, y = small_problem(n=200)
+    k = fc().kernel(x, get="nngp").nngp
+    a, b = y[:, 0], y[:, 1]
+    rhs = torch.stack([a, a, torch.zeros_like(a), a + b, b, -b], 1)
+    for preconditioner in ("rpcholesky", None):
+        r = pcg_solve(k, rhs, diag_reg=1e-3, tol=1e-10, rank=30, preconditioner=preconditioner)
+        mu = 1e-3 * float(k.diagonal().mean())
+        dense = torch.linalg.solve(k + mu * torch.eye(200, dtype=k.dtype), rhs)
+        assert r.converged and rel(r.solution, dense) < 1e-8
+        assert float(r.solution[:, 2].abs().max()) == 0.0
+        for j in (0, 1, 3, 4, 5):
+            assert rel(r.solution[:, j], dense[:, j]) < 1e-8
+
+
+def test_block_basis_is_orthonormal_and_drops_dependent_and_zero_columns():
+    g = torch.Generator().manual_seed(1)
+    w = torch.randn(300, 4, generator=g, dtype=torch.float64)
+    w[:, 0] *= 1e-9  # small but independent: kept (columns are scaled to unit norm first)
+    cols = [w, w[:, :1] * 3.0, torch.zeros(300, 1, dtype=torch.float64), w[:, 1:2] - w[:, 2:3]]
+    basis = _basis(torch.cat(cols, 1))
+    assert basis.shape == (300, 4)
+    assert float((basis.T @ basis - torch.eye(4, dtype=torch.float64)).abs().max()) < 1e-13
+    # the same span: projecting w on the basis leaves nothing
+    resid = w - basis @ (basis.T @ w)
+    assert float((resid.norm(dim=0) / w.norm(dim=0)).max()) < 1e-12
+    assert _basis(torch.zeros(300, 3, dtype=torch.float64)).shape == (300, 0)
 
 
 def test_ntk_infinite_time_equals_gradient_descent_mse():
@@ -290,6 +338,28 @@ def test_low_rank_preconditioner_is_the_inverse_of_ffT_plus_mu():
     k = f @ f.T
     fn = nystrom(DenseKernel(k), 12, seed=0)
     assert rel(fn @ fn.T, k) < 1e-8
+    # with a shift: the inverse of F F^T + (mu + shift) I, mu kept as the regulariser
+    ps = LowRankPreconditioner(f, 0.3, shift=0.2)
+    expected = torch.linalg.solve(f @ f.T + 0.5 * torch.eye(60, dtype=torch.float64), v)
+    assert rel(ps(v), expected) < 1e-12 and ps.mu == 0.3
+    with pytest.raises(ValueError, match="`shift`"):
+        LowRankPreconditioner(f, 0.3, shift=-1.0)
+
+
+def test_shift_is_the_mean_residual_variance_and_cuts_iterations(mnist1d_2000):
+    """make_preconditioner shifts by tr(K - F F^T) / N; against the same factor without
+    the shift, PCG needs fewer iterations (and reaches the same solution)."""
+    k, _, y = mnist1d_2000
+    mu = 1e-3 * float(k.diagonal().mean())
+    pre = make_preconditioner(DenseKernel(k), mu, rank=300)
+    f = pre.factor
+    assert math.isclose(pre.shift, float(torch.trace(k - f @ f.T)) / 2000, rel_tol=1e-9)
+    assert pre.shift > mu
+    plain = LowRankPreconditioner(f, mu)
+    a = pcg_solve(k, y, diag_reg=1e-3, tol=1e-6, preconditioner=pre)
+    b = pcg_solve(k, y, diag_reg=1e-3, tol=1e-6, preconditioner=plain)
+    assert a.iterations < b.iterations
+    assert rel(a.solution, b.solution) < 1e-5
 
 
 def test_preconditioner_can_be_built_once_and_reused():

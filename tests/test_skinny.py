@@ -140,7 +140,9 @@ def test_pcg_predictions_are_the_same_with_and_without_the_loop(monkeypatch):
     off = gp_mean_pcg(k, y, kt, diag_reg=1e-2, rank=200, tol=1e-10)
     assert on.solve.converged and off.solve.converged
     assert abs(on.iterations - off.iterations) <= 1
-    assert rel(on.prediction, off.prediction) < 1e-10
+    # both solves stop at a relative residual of 1e-10: they agree to about that (block
+    # CG's directions differ by rounding between the two products)
+    assert rel(on.prediction, off.prediction) < 1e-9
 
 
 @needs_numba

@@ -32,35 +32,45 @@ DEFAULT_BLOCK = 256
 
 
 class LowRankPreconditioner:
-    """v -> (F F^T + mu I)^{-1} v for a factor F (N x r) and mu > 0, by the Woodbury identity
+    """v -> (F F^T + nu I)^{-1} v, nu = mu + shift, for a factor F (N x r), mu > 0 and
+    shift >= 0, by the Woodbury identity
 
-        (F F^T + mu I)^{-1} v = (v - F M^{-1} F^T v) / mu,    M = mu I + F^T F (r x r),
+        (F F^T + nu I)^{-1} v = (v - F M^{-1} F^T v) / nu,    M = nu I + F^T F (r x r),
 
     with M^{-1} applied through its Cholesky factor (two triangular solves with the r
     columns of F^T v). Building it costs the Gram matrix F^T F (N r^2) and a Cholesky of
-    M (r^3 / 3): no tall SVD, no N x r basis. M's eigenvalues are s^2 + mu >= mu, so every
+    M (r^3 / 3): no tall SVD, no N x r basis. M's eigenvalues are s^2 + nu >= nu, so every
     direction of F is kept and M is positive definite however F is conditioned. Rounding
     (the Gram matrix knows F^T F to about eps s_max^2) moves the eigenvalues of
-    P^{-1} (K + mu I) by a relative amount of order eps s_max^2 / mu for factors with
+    P^{-1} (K + mu I) by a relative amount of order eps s_max^2 / nu for factors with
     orthogonal or graded columns, as :func:`nystrom`'s and :func:`rpcholesky`'s
     (``tests/test_pcg.py`` checks them within 0.2 % up to s_max^2 / mu = 1e8 and 10 % at
     1e12); a factor with nearly dependent columns loses more (orthonormalise it first). If
-    the Cholesky of M fails (s_max^2 / mu near 1 / eps), the thin SVD of F from the Gram
+    the Cholesky of M fails (s_max^2 / nu near 1 / eps), the thin SVD of F from the Gram
     matrix is used instead, without the directions the Gram cannot resolve.
+
+    ``shift``: added to mu in the preconditioner only (the system stays K + mu I). K - F F^T
+    is PSD with mean eigenvalue tr(K - F F^T) / N, which the low-rank part does not see;
+    :func:`widenets.predict.pcg.make_preconditioner` passes that mean, which maps the bulk
+    of those eigenvalues near 1 (cf. the shift lambda_r of Frangella, Tropp and Udell 2023,
+    "Randomized Nystrom preconditioning"). ``mu`` stays the regulariser the solve checks.
     """
 
-    def __init__(self, factor: Tensor, mu: float, *, name: str = "low-rank"):
+    def __init__(self, factor: Tensor, mu: float, *, name: str = "low-rank", shift: float = 0.0):
         if not mu > 0:
             raise ValueError(f"`mu` must be positive (the regulariser), got {mu!r}.")
+        if not (shift >= 0 and math.isfinite(shift)):
+            raise ValueError(f"`shift` must be a finite number >= 0, got {shift!r}.")
         # F^T (r x N) contiguous: no copy for rpcholesky's factor (a transposed view)
         self._ft = factor.to(torch.float64).T.contiguous()
-        self.mu, self.name = float(mu), name
+        self.mu, self.shift, self.name = float(mu), float(shift), name
+        self._nu = self.mu + self.shift
         self.rank, self.n = (int(s) for s in self._ft.shape)
         self._chol = self._core = None
         if self.rank:
             gram = _gram(self._ft)
             m = gram.clone()
-            m.diagonal().add_(self.mu)
+            m.diagonal().add_(self._nu)
             chol, info = torch.linalg.cholesky_ex(m)
             if int(info) == 0:
                 self._chol = chol
@@ -72,21 +82,21 @@ class LowRankPreconditioner:
     def _orthonormal_basis(self, gram: Tensor) -> None:
         """Fallback when mu I + F^T F is numerically indefinite (s_max^2 / mu near 1 / eps):
         the thin SVD F = U S V^T from the Gram's eigendecomposition, directions with s^2
-        below max(N eps s_max^2, mu / 1000) dropped (the Gram does not know them), U made
-        orthonormal; then P^{-1} v = (v - U diag(s^2 / (s^2 + mu)) U^T v) / mu."""
+        below max(N eps s_max^2, nu / 1000) dropped (the Gram does not know them), U made
+        orthonormal; then P^{-1} v = (v - U diag(s^2 / (s^2 + nu)) U^T v) / nu."""
         lam, vec = torch.linalg.eigh(gram)
         top = float(lam.max())
-        keep = lam > max(top * self.n * torch.finfo(torch.float64).eps, self.mu * 1e-3)
+        keep = lam > max(top * self.n * torch.finfo(torch.float64).eps, self._nu * 1e-3)
         lam, vec = lam[keep], vec[:, keep]
         u_t = (vec * lam.rsqrt()).T @ self._ft  # U^T
         g_lam, g_vec = torch.linalg.eigh(u_t @ u_t.T)  # (U^T U)^{-1/2} U^T: orthonormal
         self._ft = ((g_vec * g_lam.rsqrt()) @ g_vec.T @ u_t).contiguous()
-        self._core = (lam / (lam + self.mu))[:, None]
+        self._core = (lam / (lam + self._nu))[:, None]
         self.rank = int(self._ft.shape[0])
 
     def __call__(self, v: Tensor) -> Tensor:
         if not self.rank:
-            return v / self.mu
+            return v / self._nu
         if self._skinny and v.ndim == 2:
             return self._skinny_apply(v)
         c = self._ft @ v
@@ -96,7 +106,7 @@ class LowRankPreconditioner:
             c = torch.cholesky_solve(c, self._chol).contiguous()
         else:
             c = self._core * c
-        return torch.addmm(v, self._ft.T, c, alpha=-1.0).div_(self.mu)
+        return torch.addmm(v, self._ft.T, c, alpha=-1.0).div_(self._nu)
 
     def _skinny_apply(self, v: Tensor) -> Tensor:
         """``__call__`` with both products by the skinny loops, from the rows of F^T: F^T v
@@ -113,7 +123,7 @@ class LowRankPreconditioner:
         fc = _skinny.t_matmul(self._ft, c)
         if fc is None:
             fc = self._ft.T @ c
-        return torch.sub(v, fc).div_(self.mu)
+        return torch.sub(v, fc).div_(self._nu)
 
     @property
     def factor(self) -> Tensor:
@@ -122,7 +132,8 @@ class LowRankPreconditioner:
         return self._ft.T
 
     def __repr__(self) -> str:
-        return f"LowRankPreconditioner({self.name}, rank={self.rank}, mu={self.mu:.3g})"
+        shift = f", shift={self.shift:.3g}" if self.shift else ""
+        return f"LowRankPreconditioner({self.name}, rank={self.rank}, mu={self.mu:.3g}{shift})"
 
 
 def _gram(rows: Tensor, panel: int = 256) -> Tensor:
