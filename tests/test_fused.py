@@ -204,8 +204,9 @@ def _spy_loops(monkeypatch):
 def test_auto_threshold(layout, switch, monkeypatch):
     """Under "auto" (the default) the numba loops take a call of at least AUTO_CALL_NUMEL
     pair-scalars (every tile of it, on the tile pool) and leave a smaller one to the eager
-    path (the same bits as eager); in a layout of AUTO_NUMBA_SKIP only the chains fold, from
-    AUTO_CHAIN_CALL_NUMEL pair-scalars (a threshold of its own, no other layout's)."""
+    path (the same bits as eager); in a layout of AUTO_NUMBA_SKIP, and for images in the
+    diagonal layout below AUTO_CALL_NUMEL, only the chains fold, from AUTO_CHAIN_CALL_NUMEL
+    pair-scalars (a threshold the full layout does not have)."""
     from widenets import compute
 
     readout, cross = LAYOUTS[layout]
@@ -233,22 +234,28 @@ def test_auto_threshold(layout, switch, monkeypatch):
     monkeypatch.setattr(compute, "TILE_WORKERS", None)
     monkeypatch.setattr(compute, "others_running", lambda **kw: 0)  # a quiet machine
     packed = layout == "packed"
+    chain_only = layout in ("packed", "diagonal")  # the layouts with the chains' threshold
+    # below both thresholds (the full layout: the chains' threshold is not its own)
     monkeypatch.setattr(_fused, "AUTO_CALL_NUMEL", 1 if packed else numel + 1)
-    monkeypatch.setattr(_fused, "AUTO_CHAIN_CALL_NUMEL", numel + 1 if packed else 1)
+    monkeypatch.setattr(_fused, "AUTO_CHAIN_CALL_NUMEL", numel + 1 if chain_only else 1)
     below = net.kernel(x1, x2)
     assert calls == {"abrelu": 0, "window": 0} and pools == [1] and not chains
     assert torch.equal(below.nngp, eager.nngp) and torch.equal(below.ntk, eager.ntk)
-    monkeypatch.setattr(_fused, "AUTO_CALL_NUMEL", numel + 1 if packed else numel)
-    monkeypatch.setattr(_fused, "AUTO_CHAIN_CALL_NUMEL", numel if packed else numel + 1)
-    above = net.kernel(x1, x2)
-    if packed:  # the per-layer loops stay off; the chain folds (no pool)
+    if chain_only:  # at the chains' threshold, below the loops': the chain folds (no pool)
+        monkeypatch.setattr(_fused, "AUTO_CHAIN_CALL_NUMEL", numel)
+        between = net.kernel(x1, x2)
         assert calls == {"abrelu": 0, "window": 0} and pools[-1] == 1
         assert chains and set(chains) == {6} and _fused._failed is None
         for name in ("nngp", "ntk"):
             torch.testing.assert_close(
-                getattr(above, name), getattr(eager, name), rtol=1e-13, atol=0
+                getattr(between, name), getattr(eager, name), rtol=1e-13, atol=0
             )
-        return
+        if packed:  # the per-layer loops stay off at any size
+            return
+        chains.clear()
+    monkeypatch.setattr(_fused, "AUTO_CALL_NUMEL", numel)
+    monkeypatch.setattr(_fused, "AUTO_CHAIN_CALL_NUMEL", numel + 1)
+    above = net.kernel(x1, x2)
     # (the full layout's network, read out by GlobalAvgPool: the GAP chain)
     assert chains and set(chains) == {6} and _fused._failed is None
     assert pools[-1] == compute.default_workers()

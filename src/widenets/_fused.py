@@ -17,7 +17,8 @@ The switch is :data:`FUSED` (or the environment variable ``WIDENETS_FUSED``, rea
 ``"auto"`` (the default) uses the numba loops within a kernel evaluation of at least
 :data:`AUTO_CALL_NUMEL` pair-scalars (``call``: pairs times the network's cost per pair) in a
 layout not in :data:`AUTO_NUMBA_SKIP` (measured no faster there; there only the chains, from
-:data:`AUTO_CHAIN_CALL_NUMEL`), the whole evaluation or none of it, so that every tile
+:data:`AUTO_CHAIN_CALL_NUMEL`, as for a smaller image kernel in the "diagonal" layout), the
+whole evaluation or none of it, so that every tile
 takes the same path; a small kernel stays on the eager path and does not even import numba.
 torch.compile is used only when asked for: ``True`` (the
 loops wherever they apply, from numba, else from torch.compile) or
@@ -76,8 +77,9 @@ AUTO_CALL_NUMEL = 1 << 21
 #: under "auto", the layouts (``compute.kernel_layout``) left to the eager path: measured no
 #: faster with the numba loops
 AUTO_NUMBA_SKIP = frozenset({"packed"})
-#: under "auto", in a layout of ``AUTO_NUMBA_SKIP``: the fewest pair-scalars of an evaluation
-#: for the chains alone (``_conv_chain``: one pass over a pair's whole run of layers, 1.6-3.5x
+#: under "auto", in a layout of ``AUTO_NUMBA_SKIP``, or an image kernel in the "diagonal"
+#: layout (a Flatten readout between two sets) below ``AUTO_CALL_NUMEL``: the fewest
+#: pair-scalars of an evaluation for the chains alone (``_conv_chain``: one pass over a pair's whole run of layers, 1.6-3.5x
 #: the eager path's speed down to 4e4 pair-scalars, docs/fused_numba.md); below it, the
 #: first call's import of numba and load of its cache (up to about 0.2 s) would outweigh
 #: more than a few calls' gain
@@ -116,11 +118,13 @@ def takes_loops(numel: int, layout: str | None = None) -> bool:
     return backend() == "numba"
 
 
-def takes_chains(numel: int, layout: str | None) -> bool:
-    """Whether, under "auto", a kernel evaluation of ``numel`` pair-scalars in a layout of
-    :data:`AUTO_NUMBA_SKIP` takes the chains alone (at least :data:`AUTO_CHAIN_CALL_NUMEL`;
-    numba the backend, no failure so far)."""
-    if layout not in AUTO_NUMBA_SKIP or numel < AUTO_CHAIN_CALL_NUMEL:
+def takes_chains(numel: int, layout: str | None, spatial: bool = False) -> bool:
+    """Whether, under "auto", a kernel evaluation of ``numel`` pair-scalars that does not take
+    the per-layer loops takes the chains alone: in a layout of :data:`AUTO_NUMBA_SKIP`, or
+    the "diagonal" layout of ``spatial`` (image) inputs, from :data:`AUTO_CHAIN_CALL_NUMEL`
+    (numba the backend, no failure so far)."""
+    chain_layout = layout in AUTO_NUMBA_SKIP or (spatial and layout == "diagonal")
+    if not chain_layout or numel < AUTO_CHAIN_CALL_NUMEL:
         return False
     if parse_switch(FUSED) != "auto" or _failed is not None or BACKEND == "compile":
         return False
@@ -135,9 +139,10 @@ def wants_pool(numel: int, layout: str | None = None) -> bool:
 
 
 @contextmanager
-def call(numel: int, layout: str | None = None):
-    """Around a kernel evaluation of ``numel`` pair-scalars in ``layout``: under "auto" the
-    fused loops are used within it (any thread's tiles) when :func:`takes_loops`; the tile
+def call(numel: int, layout: str | None = None, spatial: bool = False):
+    """Around a kernel evaluation of ``numel`` pair-scalars in ``layout`` (of ``spatial``,
+    image, inputs or not): under "auto" the fused loops are used within it (any thread's
+    tiles) when :func:`takes_loops`, the chains alone when :func:`takes_chains`; the tile
     buffers of ``widenets._workspace`` are reused within it."""
     global _large_calls, _chain_calls
     with _workspace.active():  # tile buffers reused within the evaluation (any size)
@@ -153,11 +158,11 @@ def call(numel: int, layout: str | None = None):
                 with _lock:
                     _large_calls -= 1
             return
-        if not takes_chains(numel, layout):
+        if not takes_chains(numel, layout, spatial):
             yield
             return
-        # a layout where the per-layer loops gained nothing: the chains (``_conv_chain``,
-        # one pass over every layer of a pair) still fold
+        # a layout or size where the per-layer loops gained nothing: the chains
+        # (``_conv_chain``, one pass over every layer of a pair) still fold
         with _lock:
             _chain_calls += 1
         try:

@@ -205,7 +205,8 @@ def evaluate_kernel(
         )
         work = job.work()
         sink = KernelSink(plan, dtype, job.names, "ntk" in job.names)
-        with fused_call(numel, job.layout):  # the fused loops' "auto" switch
+        # the fused loops' "auto" switch
+        with fused_call(numel, job.layout, spatial=len(job.in_shape) > 1):
             executor.run(plan, work, sink, job.show_progress(progress))
         return _checked(sink.finish(), layer, job.prep, sink.check, job.full, job.side)
 
