@@ -80,9 +80,9 @@ AUTO_NUMBA_SKIP = frozenset({"packed"})
 #: under "auto", in a layout of ``AUTO_NUMBA_SKIP``, or an image kernel in the "diagonal"
 #: layout (a Flatten readout between two sets) below ``AUTO_CALL_NUMEL``: the fewest
 #: pair-scalars of an evaluation for the chains alone (``_conv_chain``: one pass over a
-#: pair's whole run of layers, 1.6-3.5x the eager path's speed down to 4e4 pair-scalars, docs/fused_numba.md); below it, the
-#: first call's import of numba and load of its cache (up to about 0.2 s) would outweigh
-#: more than a few calls' gain
+#: pair's whole run of layers, faster than the eager path down to 4e4 pair-scalars,
+#: docs/fused_numba.md); below it, the first call's import of numba and load of its cache
+#: (up to about 0.2 s) would outweigh more than a few calls' gain
 AUTO_CHAIN_CALL_NUMEL = 1 << 19
 #: under "auto" with ``BACKEND`` "compile": the fewest pair-scalars of an evaluation, and
 #: entries of a tile's nngp, for the torch.compile loop (seconds of compilation per process)
