@@ -15,6 +15,7 @@ from tests._chain_checks import rel as _rel
 
 import widenets as wn
 from widenets import _fused, _gap_chain, _numba, compute
+from widenets._chain_runs import encode
 
 HAVE_NUMBA = _numba.loops() is not None
 pytestmark = pytest.mark.skipif(not HAVE_NUMBA, reason="numba is not installed")
@@ -123,7 +124,7 @@ def test_mirrored_pairs_equal_computed_ones(switch):
     run = list(net.layers[:4])
     x = _inputs(6, 4, c=2)
     k = input_kernel(x[1:6], x[0:6], diagonal_offset=1, full_spatial=True)
-    kinds, params = _gap_chain._encode(run)
+    kinds, params = encode(run, wn.Conv, 1.0 / 9)
     tol = float(np.sqrt(2 * 64 * np.finfo(np.float64).eps))
     tiny = float(np.finfo(np.float64).tiny)
     f1, _ = _gap_chain._variances(_numba_gap, k.cov1, 1, kinds, params, 4, 5, tiny, tol)
