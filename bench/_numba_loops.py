@@ -15,27 +15,16 @@ in the eager path's order: the first spatial axis, scaled, then the second); the
 snapped within tol of 0 or pi: K' = ab K_c + (sin phi - phi (-c)) s1 r2 (s1 = sqrt(q1)
 (b - a)^2 / (2 pi), r2 = sqrt q2) and Theta' = Theta_c (phi coef + ab) (Cho & Saul 2009).
 arccos by the polynomial of SLEEF's asin (within 1 ulp) and sin(arccos d) = sqrt(1 - d^2),
-so that the loop vectorises (no libm calls).
+so that the loop vectorises (no libm calls): the library's ``widenets._numba_loops.abrelu_map``.
 """
 
 from __future__ import annotations
 
-import math
-
 import numpy as np
 from numba import njit, prange
 
-PI = math.pi
-# asin(x) = x + x^3 P(x^2) on [0, 0.5]
-P0, P1, P2, P3, P4, P5, P6, P7, P8, P9, P10, P11 = (
-    +0.3161587650653934628e-1, -0.1581918243329996643e-1, +0.1929045477267910674e-1,
-    +0.6606077476277170610e-2, +0.1215360525577377331e-1, +0.1388715184501609218e-1,
-    +0.1735956991223614604e-1, +0.2237176181932048341e-1, +0.3038195928038132237e-1,
-    +0.4464285681377102438e-1, +0.7500000000378581611e-1, +0.1666666666666497543e+0,
-)  # fmt: skip
-# no NaN/inf reach the loops (variances clamped above 0): these flags let LLVM vectorise
-# min/max and selects; no reassociation and no contraction, so the order is the written one
-FM = {"nnan", "ninf", "nsz"}
+# the ABRelu map and the flags are the library's (widenets on the path: PYTHONPATH=src)
+from widenets._numba_loops import FM, abrelu_entry
 
 
 @njit(fastmath=FM, cache=True)
@@ -43,33 +32,9 @@ def relu_map(kr, tr, n1, i2, s1, r2, coef, ab, tol):
     """ABRelu in place over 1-D rows: kr holds K_c, tr Theta_c - K_c."""
     for e in range(kr.shape[0]):
         kc = kr[e]
-        d = min(max(kc * n1[e] * i2[e], -1.0), 1.0)
-        a = abs(d)
-        small = a < 0.5
-        x2 = d * d if small else (1.0 - a) * 0.5
-        x = a if small else math.sqrt(x2)
-        u = P0
-        u = u * x2 + P1
-        u = u * x2 + P2
-        u = u * x2 + P3
-        u = u * x2 + P4
-        u = u * x2 + P5
-        u = u * x2 + P6
-        u = u * x2 + P7
-        u = u * x2 + P8
-        u = u * x2 + P9
-        u = u * x2 + P10
-        u = u * x2 + P11
-        s = x + u * x2 * x  # asin of the reduced argument
-        big = 2.0 * s
-        phi = (PI / 2 - math.copysign(s, d)) if small else (PI - big if d < 0 else big)
-        sn = math.sqrt((1.0 - d) * (1.0 + d))
-        snap0 = phi < tol
-        snap1 = phi > PI - tol
-        phi = 0.0 if snap0 else (PI if snap1 else phi)
-        sn = 0.0 if (snap0 or snap1) else sn
-        kr[e] = (sn - phi * d) * s1[e] * r2[e] + ab * kc
-        tr[e] = (tr[e] + kc) * (phi * coef + ab)
+        kn, dot, _ = abrelu_entry(kc, n1[e], i2[e], s1[e], r2[e], ab, coef, tol)
+        kr[e] = kn
+        tr[e] = (tr[e] + kc) * dot
 
 
 @njit(fastmath=FM, cache=True)

@@ -151,7 +151,7 @@ import sys, time
 t0 = time.perf_counter()
 import numpy as np
 import numba
-sys.path.insert(0, sys.argv[2])
+sys.path[:0] = [sys.argv[2], sys.argv[3]]
 import _numba_loops as L
 t1 = time.perf_counter()
 dt = np.dtype(sys.argv[1])
@@ -172,7 +172,7 @@ def first_call():
         print(f"{'dtype':8} {'cache':5} {'import s':>8} {'1st call s':>10}")
         for dt in ("float64", "float32"):
             for state in ("cold", "warm"):
-                cmd = [sys.executable, "-c", FIRST_CALL, dt, HERE]
+                cmd = [sys.executable, "-c", FIRST_CALL, dt, HERE, SRC]
                 out = subprocess.run(cmd, capture_output=True, text=True, env=env, check=True)
                 imp, call = out.stdout.split()
                 print(f"{dt:8} {state:5} {imp:>8} {call:>10}")

@@ -7,7 +7,7 @@ the eager path when the loop fails."""
 
 import pytest
 import torch
-from tests._chain_checks import FIELDS
+from tests._chain_checks import ACTS, FIELDS, conv_body, conv_net, fused_on, images, spy_runs
 from tests._chain_checks import eager as _eager
 from tests._chain_checks import rel as _rel
 
@@ -16,66 +16,24 @@ from widenets import _conv_chain, _fused, _numba, compute
 
 HAVE_NUMBA = _numba.loops() is not None
 pytestmark = pytest.mark.skipif(not HAVE_NUMBA, reason="numba is not installed")
-
-
-@pytest.fixture
-def switch():
-    """The fused loops on for the test; the switch and failure state restored after it."""
-    before = _fused.FUSED, _fused._failed, _fused.BACKEND
-    _fused.FUSED, _fused._failed = True, None
-    yield
-    failed = _fused._failed
-    _fused.FUSED, _fused._failed, _fused.BACKEND = before
-    assert failed is None, failed  # (a test that makes the loops fail clears it)
-
-
-class Runs(list):
-    reduced: list
+switch = pytest.fixture(name="switch")(fused_on)
 
 
 @pytest.fixture
 def runs(monkeypatch):
-    """The layer runs the chain evaluated (their lengths), in order; ``reduced``: whether
-    each also folded the Flatten after it."""
-    seen = Runs()
-    real = _conv_chain._evaluate
-
-    def spy(mod, run, k, red=False):
-        seen.append(len(run))
-        reduced.append(red)
-        return real(mod, run, k, red)
-
-    reduced = []
-    seen.reduced = reduced
-
-    monkeypatch.setattr(_conv_chain, "_evaluate", spy)
-    return seen
+    """The layer runs the chain evaluated (``Runs``; ``reduced``: whether each also folded
+    the Flatten after it)."""
+    return spy_runs(monkeypatch, _conv_chain)
 
 
-ACTS = {
-    "relu": wn.Relu,
-    "leaky": lambda: wn.LeakyRelu(0.2),
-    "abs": wn.Abs,
-    "abrelu": lambda: wn.ABRelu(-0.3, 1.5),
-}
-
-
-def _body(depth, act="relu", bias=True, channels=4):
-    b = 0.1 if bias else None
-    layers = []
-    for _ in range(depth):
-        layers += [wn.Conv(channels, (3, 3), w_std=1.4, b_std=b), ACTS[act]()]
-    return layers
+_body = conv_body
 
 
 def _net(depth, act="relu", bias=True):
-    b = 0.1 if bias else None
-    return wn.serial(*_body(depth, act, bias), wn.Flatten(), wn.Dense(1, w_std=1.3, b_std=b))
+    return conv_net(wn.Flatten(), depth, act, bias)
 
 
-def _inputs(n, seed, dtype=torch.float64, c=1, h=6, w=5):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, c, h, w, generator=g, dtype=torch.float64).to(dtype)
+_inputs = images
 
 
 @pytest.mark.parametrize("act", list(ACTS))

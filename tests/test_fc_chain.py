@@ -5,7 +5,7 @@ of the layers it knows."""
 
 import pytest
 import torch
-from tests._chain_checks import FIELDS
+from tests._chain_checks import ACTS, FIELDS, fused_on, spy_runs
 from tests._chain_checks import eager as _eager
 from tests._chain_checks import rel as _rel
 
@@ -14,39 +14,13 @@ from widenets import _fc_chain, _fused, _numba, compute
 
 HAVE_NUMBA = _numba.loops() is not None
 pytestmark = pytest.mark.skipif(not HAVE_NUMBA, reason="numba is not installed")
-
-
-@pytest.fixture
-def switch():
-    """The fused loops on for the test; the switch and failure state restored after it."""
-    before = _fused.FUSED, _fused._failed, _fused.BACKEND
-    _fused.FUSED, _fused._failed = True, None
-    yield
-    failed = _fused._failed
-    _fused.FUSED, _fused._failed, _fused.BACKEND = before
-    assert failed is None, failed  # (a test that makes the loops fail clears it)
+switch = pytest.fixture(name="switch")(fused_on)
 
 
 @pytest.fixture
 def runs(monkeypatch):
-    """The layer runs the chain evaluated (their lengths), in order."""
-    seen = []
-    real = _fc_chain._evaluate
-
-    def spy(mod, run, k, owner=None):
-        seen.append(len(run))
-        return real(mod, run, k, owner)
-
-    monkeypatch.setattr(_fc_chain, "_evaluate", spy)
-    return seen
-
-
-ACTS = {
-    "relu": wn.Relu,
-    "leaky": lambda: wn.LeakyRelu(0.2),
-    "abs": wn.Abs,
-    "abrelu": lambda: wn.ABRelu(-0.3, 1.5),
-}
+    """The layer runs the chain evaluated, in order (``Runs``)."""
+    return spy_runs(monkeypatch, _fc_chain)
 
 
 def _net(depth, act, bias=True):

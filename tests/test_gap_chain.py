@@ -9,73 +9,34 @@ paths; and falls back to the eager path when the loop fails."""
 import numpy as np
 import pytest
 import torch
-from tests._chain_checks import FIELDS
+from tests._chain_checks import ACTS, FIELDS, conv_body, conv_net, fused_on, images, spy_runs
 from tests._chain_checks import eager as _eager
 from tests._chain_checks import rel as _rel
 
 import widenets as wn
 from widenets import _fused, _gap_chain, _numba, compute
+from widenets._chain_runs import encode
 
 HAVE_NUMBA = _numba.loops() is not None
 pytestmark = pytest.mark.skipif(not HAVE_NUMBA, reason="numba is not installed")
-
-
-@pytest.fixture
-def switch():
-    """The fused loops on for the test; the switch and failure state restored after it."""
-    before = _fused.FUSED, _fused._failed, _fused.BACKEND
-    _fused.FUSED, _fused._failed = True, None
-    yield
-    failed = _fused._failed
-    _fused.FUSED, _fused._failed, _fused.BACKEND = before
-    assert failed is None, failed  # (a test that makes the loops fail clears it)
-
-
-class Runs(list):
-    dtypes: list
+switch = pytest.fixture(name="switch")(fused_on)
 
 
 @pytest.fixture
 def runs(monkeypatch):
-    """The layer runs the chain evaluated (their lengths), in order; ``dtypes``: the
-    dtype of each record it folded."""
-    seen = Runs()
-    seen.dtypes = []
-    real = _gap_chain._evaluate
-
-    def spy(mod, run, k):
-        seen.append(len(run))
-        seen.dtypes.append(k.nngp.dtype)
-        return real(mod, run, k)
-
-    monkeypatch.setattr(_gap_chain, "_evaluate", spy)
-    return seen
+    """The layer runs the chain evaluated (``Runs``; ``dtypes``: of each record folded)."""
+    return spy_runs(monkeypatch, _gap_chain)
 
 
-ACTS = {
-    "relu": wn.Relu,
-    "leaky": lambda: wn.LeakyRelu(0.2),
-    "abs": wn.Abs,
-    "abrelu": lambda: wn.ABRelu(-0.3, 1.5),
-}
-
-
-def _body(depth, act="relu", bias=True, channels=4):
-    b = 0.1 if bias else None
-    layers = []
-    for _ in range(depth):
-        layers += [wn.Conv(channels, (3, 3), w_std=1.4, b_std=b), ACTS[act]()]
-    return layers
+_body = conv_body
 
 
 def _net(depth, act="relu", bias=True):
-    b = 0.1 if bias else None
-    return wn.serial(*_body(depth, act, bias), wn.GlobalAvgPool(), wn.Dense(1, w_std=1.3, b_std=b))
+    return conv_net(wn.GlobalAvgPool(), depth, act, bias)
 
 
 def _inputs(n, seed, dtype=torch.float64, c=1, h=4, w=5):
-    g = torch.Generator().manual_seed(seed)
-    return torch.randn(n, c, h, w, generator=g, dtype=torch.float64).to(dtype)
+    return images(n, seed, dtype, c, h, w)
 
 
 @pytest.mark.parametrize("act", list(ACTS))
@@ -123,7 +84,7 @@ def test_mirrored_pairs_equal_computed_ones(switch):
     run = list(net.layers[:4])
     x = _inputs(6, 4, c=2)
     k = input_kernel(x[1:6], x[0:6], diagonal_offset=1, full_spatial=True)
-    kinds, params = _gap_chain._encode(run)
+    kinds, params = encode(run, wn.Conv, 1.0 / 9)
     tol = float(np.sqrt(2 * 64 * np.finfo(np.float64).eps))
     tiny = float(np.finfo(np.float64).tiny)
     f1, _ = _gap_chain._variances(_numba_gap, k.cov1, 1, kinds, params, 4, 5, tiny, tol)

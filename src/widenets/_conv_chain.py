@@ -31,7 +31,7 @@ import numpy as np
 import torch
 
 from widenets import _fused
-from widenets._chain_runs import run_end
+from widenets._chain_runs import conv_run_end, encode, own_variances
 from widenets._fc_chain import MIN_SPLIT_NUMEL, _loops, split_rows, split_threads
 from widenets.layers.activations import ABRelu
 from widenets.layers.conv import Conv
@@ -40,40 +40,6 @@ from widenets.numerics import _WATCH, SIN_LIMIT
 
 #: pairs below which a tile is not split across threads
 MIN_SPLIT_PAIRS = 64
-
-
-def _conv_ok(layer, shape) -> bool:
-    """Whether ``layer`` is a Conv the loop folds on inputs of per-example ``shape``."""
-    if type(layer) is not Conv or layer.parameterization != "ntk" or len(shape) != 3:
-        return False
-    if isinstance(layer.w_std, torch.Tensor) or isinstance(layer.b_std, torch.Tensor):
-        return False
-    if layer.padding != "same":
-        return False
-    try:
-        ks, ss, geoms = layer._geometry(shape)
-    except Exception:  # noqa: BLE001 - a shape error: raised by the eager layer
-        return False
-    return (
-        tuple(ks) == (3, 3)
-        and tuple(ss) == (1, 1)
-        and all(g[1] == 1 and g[0] == n for g, n in zip(geoms, shape[1:], strict=True))
-    )
-
-
-def _conv_out(layer, shape):
-    """The per-example shape after ``layer`` when it is a Conv the chain folds on inputs
-    of ``shape``, else None."""
-    return (layer.out_channels, *shape[1:]) if _conv_ok(layer, shape) else None
-
-
-def _run(layers, i: int, gaussian: bool, is_input: bool, shape) -> int:
-    """The end j of the longest foldable run layers[i:j] of Conv and ABRelu layers (i
-    when none; ``_chain_runs.run_end``); on the input kernel, a run starts with a Conv
-    (the input kernel's NTK is only known to a Conv)."""
-    if is_input and (i >= len(layers) or type(layers[i]) is not Conv):
-        return i
-    return run_end(layers, i, gaussian, _conv_out, shape)
 
 
 def _plain(k) -> bool:
@@ -100,7 +66,7 @@ def fold(layers, i: int, k):
     at i can be folded in one pass over ``k``, else None (the caller applies layers[i])."""
     if not _plain(k):
         return None
-    j = _run(layers, i, k.is_gaussian, k.is_input, tuple(k.shape1))
+    j = conv_run_end(layers, i, k.is_gaussian, k.is_input, tuple(k.shape1))
     run = layers[i:j]
     if not any(isinstance(a, ABRelu) for a in run) or not any(isinstance(a, Conv) for a in run):
         return None
@@ -122,21 +88,6 @@ def fold(layers, i: int, k):
     return out, j + red
 
 
-def _encode(run):
-    kinds = np.empty(len(run), np.int64)
-    params = np.zeros((len(run), 4), np.float64)
-    for n, layer in enumerate(run):
-        if isinstance(layer, Conv):
-            kinds[n] = 0
-            params[n, 0] = layer.w_std**2 * (1.0 / 9)
-            params[n, 1] = 0.0 if layer.b_std is None else layer.b_std**2
-        else:
-            kinds[n] = 1
-            params[n, 0] = layer.a * layer.b
-            params[n, 1] = (layer.b - layer.a) ** 2 / (2 * math.pi)
-    return kinds, params
-
-
 def _factors(mod, q, kinds, params, h, w, tiny, tol):
     """(rowf (L, 4, N, (h + 2)(w + 2)), the variance maps after the run (N, h w))."""
     qn = q.detach().reshape(len(q), h * w).contiguous().numpy()
@@ -149,7 +100,7 @@ def _factors(mod, q, kinds, params, h, w, tiny, tol):
 def _evaluate(mod, run, k, red=False):
     nngp, dtype = k.nngp, k.nngp.dtype
     n1, n2, h, w = nngp.shape
-    kinds, params = _encode(run)
+    kinds, params = encode(run, Conv, 1.0 / 9)
     finfo = torch.finfo(dtype)
     tiny, tol = float(finfo.tiny), math.sqrt(2 * 64 * finfo.eps)
     f1, q1 = _factors(mod, k.cov1, kinds, params, h, w, tiny, tol)
@@ -192,11 +143,8 @@ def _evaluate(mod, run, k, red=False):
         p1, p2 = k.pairs
         same = (p1 == p2).nonzero().flatten()
         ko[same, 0] = cov1[p1[same]]
-    elif off is not None:  # an input with itself: its variance (as the eager loops give)
-        lo, hi = max(0, -off), min(n1, n2 - off)
-        if hi > lo:
-            r = torch.arange(lo, hi)
-            ko[r, r + off] = cov1[r]
+    else:
+        own_variances(ko, cov1, off, n1, n2)
     convs = [layer for layer in run if isinstance(layer, Conv)]
     width = convs[-1].out_channels
     return k.replace(

@@ -35,7 +35,7 @@ import numpy as np
 import torch
 
 from widenets import _fused, _numba, _workspace
-from widenets._chain_runs import run_end
+from widenets._chain_runs import encode, own_variances, run_end
 from widenets.executors import TARGET
 from widenets.layers.activations import ABRelu
 from widenets.layers.dense import Dense
@@ -164,21 +164,6 @@ def fold(layers, i: int, k, owner=None):
     return out, j
 
 
-def _encode(run):
-    kinds = np.empty(len(run), np.int64)
-    params = np.zeros((len(run), 4), np.float64)
-    for n, layer in enumerate(run):
-        if isinstance(layer, Dense):
-            kinds[n] = 0
-            params[n, 0] = layer.w_std**2
-            params[n, 1] = 0.0 if layer.b_std is None else layer.b_std**2
-        else:
-            kinds[n] = 1
-            params[n, 0] = layer.a * layer.b
-            params[n, 1] = (layer.b - layer.a) ** 2 / (2 * math.pi)
-    return kinds, params
-
-
 def _factors(mod, q, kinds, params, tiny, tol):
     """(rowf (L, 4, N), the variances after the run (N,) float64) of the inputs q."""
     qn = q.detach().numpy()
@@ -190,7 +175,7 @@ def _factors(mod, q, kinds, params, tiny, tol):
 
 def _evaluate(mod, run, k, owner=None):
     nngp, dtype = k.nngp, k.nngp.dtype
-    kinds, params = _encode(run)
+    kinds, params = encode(run, Dense)
     finfo = torch.finfo(dtype)
     tiny, tol = float(finfo.tiny), math.sqrt(2 * 64 * finfo.eps)
     f1, q1 = _factors(mod, k.cov1, kinds, params, tiny, tol)
@@ -230,13 +215,7 @@ def _evaluate(mod, run, k, owner=None):
     last = run[-1]
     cov1 = torch.from_numpy(q1).to(dtype)
     cov2 = cov1 if k.cov2 is k.cov1 else torch.from_numpy(q2).to(dtype)
-    off = k.diagonal_offset
-    if off is not None:  # an input with itself: its variance (the same arithmetic: a
-        # guarantee against the compiler contracting the two loops differently)
-        lo, hi = max(0, -off), min(n1, n2 - off)
-        if hi > lo:
-            r = torch.arange(lo, hi)
-            ko[r, r + off] = cov1[r]
+    own_variances(ko, cov1, k.diagonal_offset, n1, n2)
     changes = dict(nngp=ko, ntk=to, cov1=cov1, cov2=cov2)
     changes["is_gaussian"] = isinstance(last, Dense)
     dense = [layer for layer in run if isinstance(layer, Dense)]

@@ -33,7 +33,7 @@ import numpy as np
 import torch
 
 from widenets import _fused, _numba, _variance_memo
-from widenets._conv_chain import _encode, _run
+from widenets._chain_runs import conv_run_end, encode, own_variances
 from widenets.layers.activations import ABRelu
 from widenets.layers.conv import Conv
 from widenets.layers.pooling import GlobalAvgPool
@@ -68,7 +68,7 @@ def fold(layers, i: int, k):
     over ``k``; else None (the caller applies layers[i])."""
     if not _plain(k) or _WATCH.get() is not None:
         return None
-    j = _run(layers, i, k.is_gaussian, k.is_input, tuple(k.shape1))
+    j = conv_run_end(layers, i, k.is_gaussian, k.is_input, tuple(k.shape1))
     if j >= len(layers) or type(layers[j]) is not GlobalAvgPool:
         return None
     run = layers[i:j]
@@ -109,7 +109,7 @@ def _variances(mod, cov, which, kinds, params, h, w, tiny, tol):
 def _evaluate(mod, run, k):
     nngp = k.nngp
     n1, n2, h, _, w, _ = nngp.shape
-    kinds, params = _encode(run)
+    kinds, params = encode(run, Conv, 1.0 / 9)
     finfo = torch.finfo(torch.float64)
     tiny, tol = float(finfo.tiny), math.sqrt(2 * 64 * finfo.eps)
     f1, v1 = _variances(mod, k.cov1, 1, kinds, params, h, w, tiny, tol)
@@ -134,11 +134,7 @@ def _evaluate(mod, run, k):
     )  # fmt: skip
     cov1 = torch.from_numpy(v1)
     cov2 = cov1 if k.cov2 is k.cov1 else torch.from_numpy(v2)
-    if off is not None:  # an input with itself: its variance (as the eager loops give)
-        lo, hi = max(0, -off), min(n1, n2 - off)
-        if hi > lo:
-            r = torch.arange(lo, hi)
-            ko[r, r + off] = cov1[r]
+    own_variances(ko, cov1, off, n1, n2)
     width = [layer for layer in run if isinstance(layer, Conv)][-1].out_channels
     return k.replace(
         nngp=ko,

@@ -9,7 +9,7 @@ tile's rows), which run them without the GIL.
 
 Layers are encoded as ``kinds`` (0: Dense in the NTK parameterisation, 1: ABRelu) and
 ``params`` rows: Dense (w^2, b^2, ., .), K' = b^2 + w^2 K, Theta' = K' + w^2 Theta; ABRelu
-(a b, (b - a)^2 / (2 pi), ., .), the map of ``_numba_loops._abrelu_row`` (the eager
+(a b, (b - a)^2 / (2 pi), ., .), the map ``_numba_loops.abrelu_map`` (the eager
 ``ABRelu._pair_from_roots`` entry by entry: -c = K (-1/sqrt q1) (1/sqrt q2) clipped to
 [-1, 1], phi = arccos(-c) by SLEEF's asin polynomial, snapped within ``tol`` of 0 or pi,
 K' = (sin phi - phi (-c)) sqrt(q1) coef sqrt(q2) + ab K, Theta' = Theta (phi coef + ab)).
@@ -36,44 +36,18 @@ import numpy as np
 from numba import njit
 
 from widenets._numba_loops import FM as _FM
-from widenets._numba_loops import P0, P1, P2, P3, P4, P5, P6, P7, P8, P9, P10, P11
+from widenets._numba_loops import abrelu_map
 
-PI = math.pi
 #: the flags of ``_numba_loops`` plus FMA contraction (see the module doc)
 FM = _FM | {"contract"}
 #: columns per chunk of a row (the chunk's buffers stay in L1)
 BLK = 1024
 
 
-@njit(fastmath=FM, cache=True, nogil=True, inline="always")
-def _relu1(kc, n1, i2, s1, r2, ab, coef, tol):
-    """One entry of ABRelu: (K', phi coef + ab, sin(theta) after snapping)."""
-    d = min(max(kc * n1 * i2, -1.0), 1.0)
-    a = abs(d)
-    small = a < 0.5
-    x2 = d * d if small else (1.0 - a) * 0.5
-    x = a if small else math.sqrt(x2)
-    u = P0
-    u = u * x2 + P1
-    u = u * x2 + P2
-    u = u * x2 + P3
-    u = u * x2 + P4
-    u = u * x2 + P5
-    u = u * x2 + P6
-    u = u * x2 + P7
-    u = u * x2 + P8
-    u = u * x2 + P9
-    u = u * x2 + P10
-    u = u * x2 + P11
-    s = x + u * x2 * x  # asin of the reduced argument
-    big = 2.0 * s
-    phi = (PI / 2 - math.copysign(s, d)) if small else (PI - big if d < 0 else big)
-    sn = math.sqrt((1.0 - d) * (1.0 + d))
-    snap0 = phi < tol
-    snap1 = phi > PI - tol
-    phi = 0.0 if snap0 else (PI if snap1 else phi)
-    sn = 0.0 if (snap0 or snap1) else sn
-    return (sn - phi * d) * s1 * r2 + ab * kc, phi * coef + ab, sn
+#: one entry of ABRelu, (K', phi coef + ab, sin(theta) after snapping): the shared
+#: ``_numba_loops.abrelu_map`` compiled with this module's flags (FMA contraction) and
+#: inlined into its callers
+_relu1 = njit(fastmath=FM, nogil=True, inline="always")(abrelu_map)
 
 
 @njit(fastmath=FM, cache=True, nogil=True)

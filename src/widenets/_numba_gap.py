@@ -9,7 +9,7 @@ positions by the same step o = dh (W + 2) + dw, i.e. the flat index by o (P + 1)
 row length), so that the window sum of an interior row is nine shifted runs added:
 K_c = w^2/9 sum K + b^2 and Theta_c = w^2/9 sum Theta + K_c (the taps in the order of
 ``_numba_loops.window3``, then scaled), zeros outside the planes kept zero by a column mask.
-The ABRelu map (Cho & Saul 2009) follows ``_numba_loops._abrelu_row`` entry for entry, with
+The ABRelu map (Cho & Saul 2009) is ``_numba_loops.abrelu_entry`` (as ``_abrelu_row``), with
 the square-root factors of each input's per-position variances (each input's own
 pixel-pair covariance folded through the same layers first, :func:`variances`). The global
 average pool is the mean of the map's H^2 W^2 entries, so that only a scalar per pair of
@@ -25,7 +25,7 @@ import math
 
 import numpy as np
 
-from widenets._numba_loops import P0, P1, P2, P3, P4, P5, P6, P7, P8, P9, P10, P11, PI, _jit
+from widenets._numba_loops import _jit, abrelu_entry
 
 
 @_jit
@@ -91,34 +91,9 @@ def _relu(kb, tb, h, w, f1, f2, ab, coef, tol):
             kr = kb[r * p + lo : r * p + lo + n]
             tr = tb[r * p + lo : r * p + lo + n]
             for e in range(n):
-                kc = kr[e]
-                d = min(max(kc * n1 * i2[e], -1.0), 1.0)
-                x_abs = abs(d)
-                small = x_abs < 0.5
-                x2 = d * d if small else (1.0 - x_abs) * 0.5
-                x = x_abs if small else math.sqrt(x2)
-                u = P0
-                u = u * x2 + P1
-                u = u * x2 + P2
-                u = u * x2 + P3
-                u = u * x2 + P4
-                u = u * x2 + P5
-                u = u * x2 + P6
-                u = u * x2 + P7
-                u = u * x2 + P8
-                u = u * x2 + P9
-                u = u * x2 + P10
-                u = u * x2 + P11
-                s = x + u * x2 * x  # asin of the reduced argument
-                big = 2.0 * s
-                phi = (PI / 2 - math.copysign(s, d)) if small else (PI - big if d < 0 else big)
-                sn = math.sqrt((1.0 - d) * (1.0 + d))
-                snap0 = phi < tol
-                snap1 = phi > PI - tol
-                phi = 0.0 if snap0 else (PI if snap1 else phi)
-                sn = 0.0 if (snap0 or snap1) else sn
-                kr[e] = (sn - phi * d) * s1 * r2[e] + ab * kc
-                tr[e] = tr[e] * (phi * coef + ab)
+                kn, dot, _ = abrelu_entry(kr[e], n1, i2[e], s1, r2[e], ab, coef, tol)
+                kr[e] = kn
+                tr[e] = tr[e] * dot
 
 
 @_jit

@@ -50,38 +50,54 @@ def _jit(fn):
         return njit(fastmath=FM, nogil=True)(fn)
 
 
+def abrelu_map(kc, n1, i2, s1, r2, ab, coef, tol):
+    """One entry of ABRelu (plain Python, compiled into each loop that calls it: the one
+    home of the map; :data:`abrelu_entry`, ``_numba_fc._relu1``): from K = kc and the
+    factors n1 = -1/sqrt q1, i2 = 1/sqrt q2, s1 = sqrt(q1) coef, r2 = sqrt q2 of its two
+    inputs, -c = K n1 i2 clipped to [-1, 1], phi = arccos(-c) = pi/2 + asin(-c) by SLEEF's
+    asin polynomial (asin x = x + x^3 P(x^2) on [0, 1/2], asin x = pi/2 - 2 asin(sqrt((1 -
+    x)/2)) above), sin phi = sqrt(1 - c^2), both snapped within ``tol`` of 0 or pi; returns
+    (K' = (sin phi - phi (-c)) s1 r2 + ab K, the NTK factor phi coef + ab, sin phi)."""
+    d = min(max(kc * n1 * i2, -1.0), 1.0)
+    a = abs(d)
+    small = a < 0.5
+    x2 = d * d if small else (1.0 - a) * 0.5
+    x = a if small else math.sqrt(x2)
+    u = P0
+    u = u * x2 + P1
+    u = u * x2 + P2
+    u = u * x2 + P3
+    u = u * x2 + P4
+    u = u * x2 + P5
+    u = u * x2 + P6
+    u = u * x2 + P7
+    u = u * x2 + P8
+    u = u * x2 + P9
+    u = u * x2 + P10
+    u = u * x2 + P11
+    s = x + u * x2 * x  # asin of the reduced argument
+    big = 2.0 * s
+    phi = (PI / 2 - math.copysign(s, d)) if small else (PI - big if d < 0 else big)
+    sn = math.sqrt((1.0 - d) * (1.0 + d))
+    snap0 = phi < tol
+    snap1 = phi > PI - tol
+    phi = 0.0 if snap0 else (PI if snap1 else phi)
+    sn = 0.0 if (snap0 or snap1) else sn
+    return (sn - phi * d) * s1 * r2 + ab * kc, phi * coef + ab, sn
+
+
+#: :func:`abrelu_map` with the flags :data:`FM` (no contraction), inlined into its callers
+#: (numba inlines its IR: the caller's loop keeps vectorising); not cached on its own
+abrelu_entry = njit(fastmath=FM, nogil=True, inline="always")(abrelu_map)
+
+
 @_jit
 def _abrelu_row(kr, tr, n1, i2, s1, r2, ab, coef, tol, ko, to):
     """ABRelu over 1-D rows: from K (kr) and Theta (tr) to K' (ko) and Theta Kdot (to)."""
     for e in range(kr.shape[0]):
-        kc = kr[e]
-        d = min(max(kc * n1[e] * i2[e], -1.0), 1.0)
-        a = abs(d)
-        small = a < 0.5
-        x2 = d * d if small else (1.0 - a) * 0.5
-        x = a if small else math.sqrt(x2)
-        u = P0
-        u = u * x2 + P1
-        u = u * x2 + P2
-        u = u * x2 + P3
-        u = u * x2 + P4
-        u = u * x2 + P5
-        u = u * x2 + P6
-        u = u * x2 + P7
-        u = u * x2 + P8
-        u = u * x2 + P9
-        u = u * x2 + P10
-        u = u * x2 + P11
-        s = x + u * x2 * x  # asin of the reduced argument
-        big = 2.0 * s
-        phi = (PI / 2 - math.copysign(s, d)) if small else (PI - big if d < 0 else big)
-        sn = math.sqrt((1.0 - d) * (1.0 + d))
-        snap0 = phi < tol
-        snap1 = phi > PI - tol
-        phi = 0.0 if snap0 else (PI if snap1 else phi)
-        sn = 0.0 if (snap0 or snap1) else sn
-        ko[e] = (sn - phi * d) * s1[e] * r2[e] + ab * kc
-        to[e] = tr[e] * (phi * coef + ab)
+        kn, dot, _ = abrelu_entry(kr[e], n1[e], i2[e], s1[e], r2[e], ab, coef, tol)
+        ko[e] = kn
+        to[e] = tr[e] * dot
 
 
 @_jit
