@@ -99,3 +99,24 @@ def images(n, seed, dtype=torch.float64, c=1, h=6, w=5):
     """n standard normal images (c, h, w), drawn in float64 then cast to ``dtype``."""
     g = torch.Generator().manual_seed(seed)
     return torch.randn(n, c, h, w, generator=g, dtype=torch.float64).to(dtype)
+
+
+def fails_quietly_under_auto(monkeypatch, module, attr, net, x):
+    """(the kernel, the eager kernel) of ``net`` on ``x`` under "auto", in a call large enough
+    for the loops, with ``module.attr`` (a chain's numba loop) raising: the failure recorded
+    in ``_fused._failed`` (then cleared) and no warning under "auto"."""
+
+    def broken(*args):
+        raise RuntimeError("no LLVM today")
+
+    monkeypatch.setattr(module, attr, broken)
+    _fused.FUSED = "auto"  # no warning under auto
+    _fused._large_calls += 1  # (a large call: "auto" tries the loops)
+    monkeypatch.setattr(_fused, "AUTO_NUMEL", 1)
+    try:
+        out = net.kernel(x, progress=False)
+    finally:
+        _fused._large_calls -= 1
+    assert _fused._failed is not None and "no LLVM today" in _fused._failed
+    _fused._failed = None
+    return out, eager(net, x)

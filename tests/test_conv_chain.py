@@ -7,7 +7,16 @@ the eager path when the loop fails."""
 
 import pytest
 import torch
-from tests._chain_checks import ACTS, FIELDS, conv_body, conv_net, fused_on, images, spy_runs
+from tests._chain_checks import (
+    ACTS,
+    FIELDS,
+    conv_body,
+    conv_net,
+    fails_quietly_under_auto,
+    fused_on,
+    images,
+    spy_runs,
+)
 from tests._chain_checks import eager as _eager
 from tests._chain_checks import rel as _rel
 
@@ -215,22 +224,7 @@ def test_auto_large_packed_call_folds_only_the_chain(switch, runs, monkeypatch):
 def test_fallback_on_failure(switch, monkeypatch):
     from widenets import _numba_conv
 
-    def broken(*args):
-        raise RuntimeError("no LLVM today")
-
-    monkeypatch.setattr(_numba_conv, "chain", broken)
-    net = _net(2)
-    x = _inputs(6, 14)
-    _fused.FUSED = "auto"  # no warning under auto
-    _fused._large_calls += 1  # (a large call: "auto" tries the loops)
-    monkeypatch.setattr(_fused, "AUTO_NUMEL", 1)
-    try:
-        out = net.kernel(x, progress=False)
-    finally:
-        _fused._large_calls -= 1
-    assert _fused._failed is not None and "no LLVM today" in _fused._failed
-    _fused._failed = None
-    ref = _eager(net, x)
+    out, ref = fails_quietly_under_auto(monkeypatch, _numba_conv, "chain", _net(2), _inputs(6, 14))
     for name in FIELDS:
         assert _rel(getattr(out, name), getattr(ref, name)) < 1e-13, name
 

@@ -5,7 +5,7 @@ of the layers it knows."""
 
 import pytest
 import torch
-from tests._chain_checks import ACTS, FIELDS, fused_on, spy_runs
+from tests._chain_checks import ACTS, FIELDS, fails_quietly_under_auto, fused_on, spy_runs
 from tests._chain_checks import eager as _eager
 from tests._chain_checks import rel as _rel
 
@@ -136,22 +136,9 @@ def test_fallback_switched_off(switch, runs):
 def test_fallback_on_failure(switch, monkeypatch):
     from widenets import _numba_fc
 
-    def broken(*args):
-        raise RuntimeError("no LLVM today")
-
-    monkeypatch.setattr(_numba_fc, "chain", broken)
-    net = _net(2, "relu")
-    x = _inputs(40, 9)
-    _fused.FUSED = "auto"  # no warning under auto
-    _fused._large_calls += 1  # (a large call: "auto" tries the loops)
-    monkeypatch.setattr(_fused, "AUTO_NUMEL", 1)
-    try:
-        out = net.kernel(x, progress=False)
-    finally:
-        _fused._large_calls -= 1
-    assert _fused._failed is not None and "no LLVM today" in _fused._failed
-    _fused._failed = None
-    ref = _eager(net, x)
+    out, ref = fails_quietly_under_auto(
+        monkeypatch, _numba_fc, "chain", _net(2, "relu"), _inputs(40, 9)
+    )
     for name in FIELDS:
         assert torch.equal(getattr(out, name), getattr(ref, name)), name
 
