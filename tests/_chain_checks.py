@@ -120,3 +120,12 @@ def fails_quietly_under_auto(monkeypatch, module, attr, net, x):
     assert _fused._failed is not None and "no LLVM today" in _fused._failed
     _fused._failed = None
     return out, eager(net, x)
+
+
+def small_call_stays_eager(net, x, runs) -> None:
+    """Under "auto", a kernel of ``net`` on ``x`` below the thresholds: no chain runs (``runs``
+    from :func:`spy_runs` stays empty, nothing compiled) and the eager bits come back."""
+    _fused.FUSED = "auto"
+    out = net.kernel(x, progress=False)
+    assert not runs  # a small call: nothing compiled
+    assert torch.equal(out.nngp, eager(net, x).nngp)

@@ -15,6 +15,7 @@ from tests._chain_checks import (
     fails_quietly_under_auto,
     fused_on,
     images,
+    small_call_stays_eager,
     spy_runs,
 )
 from tests._chain_checks import eager as _eager
@@ -182,12 +183,7 @@ def test_switched_off(switch, runs):
 
 
 def test_auto_small_call_stays_eager(switch, runs):
-    _fused.FUSED = "auto"
-    net = _net(2)
-    x = _inputs(5, 12)
-    out = net.kernel(x, progress=False)
-    assert not runs  # a small call: nothing compiled
-    assert torch.equal(out.nngp, _eager(net, x).nngp)
+    small_call_stays_eager(_net(2), _inputs(5, 12), runs)
 
 
 def test_auto_large_call_folds(switch, runs, monkeypatch):

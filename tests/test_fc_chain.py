@@ -5,7 +5,14 @@ of the layers it knows."""
 
 import pytest
 import torch
-from tests._chain_checks import ACTS, FIELDS, fails_quietly_under_auto, fused_on, spy_runs
+from tests._chain_checks import (
+    ACTS,
+    FIELDS,
+    fails_quietly_under_auto,
+    fused_on,
+    small_call_stays_eager,
+    spy_runs,
+)
 from tests._chain_checks import eager as _eager
 from tests._chain_checks import rel as _rel
 
@@ -144,12 +151,7 @@ def test_fallback_on_failure(switch, monkeypatch):
 
 
 def test_auto_small_call_stays_eager(switch, runs):
-    _fused.FUSED = "auto"
-    net = _net(2, "relu")
-    x = _inputs(40, 10)
-    out = net.kernel(x, progress=False)
-    assert not runs  # a small call: nothing compiled
-    assert torch.equal(out.nngp, _eager(net, x).nngp)
+    small_call_stays_eager(_net(2, "relu"), _inputs(40, 10), runs)
 
 
 def test_auto_large_call_folds(switch, runs, monkeypatch):
