@@ -85,13 +85,21 @@ def _dense_chunk(kb, tb, m, w2, b2, has_t):
 
 @njit(fastmath=FM, cache=True, nogil=True)
 def _relu_chunk(kb, tb, fb, m, n1, s1, i2, r2, ab, coef, tol, lim, has_t, watch):
-    for e in range(m):
-        kn, dot, sn = _relu1(kb[e], n1, i2[e], s1, r2[e], ab, coef, tol)
-        kb[e] = kn
-        if has_t:
-            tb[e] = tb[e] * dot
-        if watch:
+    # two loops, not one with ``if watch`` inside: the flag store in the loop keeps LLVM
+    # from vectorising it (scalar sqrt and FMAs: about 3x slower per entry)
+    if watch:
+        for e in range(m):
+            kn, dot, sn = _relu1(kb[e], n1, i2[e], s1, r2[e], ab, coef, tol)
+            kb[e] = kn
+            if has_t:
+                tb[e] = tb[e] * dot
             fb[e] = fb[e] | (sn < lim)
+    else:
+        for e in range(m):
+            kn, dot, _ = _relu1(kb[e], n1, i2[e], s1, r2[e], ab, coef, tol)
+            kb[e] = kn
+            if has_t:
+                tb[e] = tb[e] * dot
 
 
 @njit(fastmath=FM, cache=True, nogil=True)
