@@ -197,3 +197,24 @@ def test_empirical_ntk_any_executor_gives_the_same_bits(method):
         assert torch.equal(got, ref)
         if not two_sets:  # a set with itself: exactly symmetric (output axes swapped too)
             assert torch.equal(got, got.permute(1, 0, 3, 2))
+
+
+@pytest.mark.parametrize("full_spatial", [False, True])
+def test_symmetrize_diagonal_blocks_copies_each_upper_triangle_below(full_spatial):
+    """Each diagonal (b x b) block's lower triangle becomes its upper one transposed
+    (positions swapped too in the full layout), every other entry unchanged."""
+    from widenets.executors import swap_pairs, symmetrize_diagonal_blocks
+
+    g = torch.Generator().manual_seed(0)
+    shape = (11, 11, 2, 2) if full_spatial else (11, 11)
+    out = torch.randn(shape, dtype=torch.float64, generator=g)
+    want = out.clone()
+    for i0 in range(0, 11, 4):
+        i1 = min(i0 + 4, 11)
+        swapped = swap_pairs(out[i0:i1, i0:i1], full_spatial)
+        for r in range(i1 - i0):
+            for c in range(r):
+                want[i0 + r, i0 + c] = swapped[r, c]
+    symmetrize_diagonal_blocks(out, 4, full_spatial)
+    assert torch.equal(out, want)
+    assert not torch.equal(out, out.transpose(0, 1))  # off the diagonal blocks: untouched

@@ -42,6 +42,9 @@ from widenets._numba_loops import abrelu_map
 FM = _FM | {"contract"}
 #: columns per chunk of a row (the chunk's buffers stay in L1)
 BLK = 1024
+#: rows of a tile whose mirror image is written together (16 float64: two cache lines;
+#: 16 measured faster than 8 and 32 on a 500 x 3500 tile)
+MIRROR_ROWS = 16
 
 
 #: one entry of ABRelu, (K', phi coef + ab, sin(theta) after snapping): the shared
@@ -120,45 +123,64 @@ def chain(
     tb = np.empty(BLK, np.float64)
     fb = np.zeros(BLK, np.uint8)
     mirror = mko.shape[0] > 0
-    for r in range(r0, r1):
+    # the mirror image is written MIRROR_ROWS rows at a time (a run of adjacent entries of
+    # each of its rows) from a staging copy, not entry by entry down its columns
+    g = MIRROR_ROWS if mirror else 1
+    sk = np.empty((g, BLK), np.float64)
+    st = np.empty((g, BLK), np.float64)
+    for g0 in range(r0, r1, g):
+        g1 = min(g0 + g, r1)
         for c0 in range(0, n2, BLK):
             m = min(BLK, n2 - c0)
-            kr = k[r, c0 : c0 + m]
-            for e in range(m):
-                kb[e] = kr[e]
-            if t_mode == 1:
+            for r in range(g0, g1):
+                kr = k[r, c0 : c0 + m]
                 for e in range(m):
-                    tb[e] = t_const
-            elif t_mode == 2:
-                tr = t[r, c0 : c0 + m]
+                    kb[e] = kr[e]
+                if t_mode == 1:
+                    for e in range(m):
+                        tb[e] = t_const
+                elif t_mode == 2:
+                    tr = t[r, c0 : c0 + m]
+                    for e in range(m):
+                        tb[e] = tr[e]
+                if watch:
+                    for e in range(m):
+                        fb[e] = 0
+                for layer in range(nl):
+                    if kinds[layer] == 0:
+                        _dense_chunk(kb, tb, m, params[layer, 0], params[layer, 1], has_t)
+                    else:
+                        _relu_chunk(
+                            kb, tb, fb, m, rowf[layer, 0, r], rowf[layer, 1, r],
+                            colf[layer, 2, c0 : c0 + m], colf[layer, 3, c0 : c0 + m],
+                            params[layer, 0], params[layer, 1], tol, lim, has_t, watch,
+                        )  # fmt: skip
+                ok = ko[r, c0 : c0 + m]
                 for e in range(m):
-                    tb[e] = tr[e]
-            if watch:
-                for e in range(m):
-                    fb[e] = 0
-            for layer in range(nl):
-                if kinds[layer] == 0:
-                    _dense_chunk(kb, tb, m, params[layer, 0], params[layer, 1], has_t)
-                else:
-                    _relu_chunk(
-                        kb, tb, fb, m, rowf[layer, 0, r], rowf[layer, 1, r],
-                        colf[layer, 2, c0 : c0 + m], colf[layer, 3, c0 : c0 + m],
-                        params[layer, 0], params[layer, 1], tol, lim, has_t, watch,
-                    )  # fmt: skip
-            ok = ko[r, c0 : c0 + m]
-            for e in range(m):
-                ok[e] = kb[e]
-            if has_t:
-                ot = to[r, c0 : c0 + m]
-                for e in range(m):
-                    ot[e] = tb[e]
-            if watch:
-                of = flags[r, c0 : c0 + m]
-                for e in range(m):
-                    of[e] = fb[e]
+                    ok[e] = kb[e]
+                if has_t:
+                    ot = to[r, c0 : c0 + m]
+                    for e in range(m):
+                        ot[e] = tb[e]
+                if watch:
+                    of = flags[r, c0 : c0 + m]
+                    for e in range(m):
+                        of[e] = fb[e]
+                if mirror:
+                    skr = sk[r - g0]
+                    for e in range(m):
+                        skr[e] = kb[e]
+                    if has_t:
+                        stt = st[r - g0]
+                        for e in range(m):
+                            stt[e] = tb[e]
             if mirror and c0 + m > moff:
                 for e in range(max(0, moff - c0), m):
-                    mko[c0 + e - moff, r] = kb[e]
+                    mk = mko[c0 + e - moff, g0:g1]
+                    for q in range(g1 - g0):
+                        mk[q] = sk[q, e]
                 if has_t:
                     for e in range(max(0, moff - c0), m):
-                        mto[c0 + e - moff, r] = tb[e]
+                        mt = mto[c0 + e - moff, g0:g1]
+                        for q in range(g1 - g0):
+                            mt[q] = st[q, e]
