@@ -1,12 +1,16 @@
 """numba loops behind :mod:`widenets.predict._skinny` (imported only when numba is installed).
 
-``rows_times(k, vt, out)``: out = k @ vt^T for a row-major (m, n) block k of a kernel and a
+``rows_times(k, vt, out, cast)``: out = k @ vt^T for a row-major (m, n) block k of a kernel and a
 skinny right-hand side given transposed, vt (R, n) row-major (R ~ 10: one column per class).
 Each of k's rows is a dot product with each row of vt, summed over n in registers for a
 block of 4 rows x 4 columns (16 accumulators: 4 rows of k and 4 of vt are read once per
 16 products). Serial and ``nogil``: the caller splits the rows over its threads.
 ``reassoc`` (and ``contract``) let LLVM vectorise the sums over n: the result differs from
 BLAS's by rounding only (the order of the additions), about 1e-16 N relative at worst.
+
+``upper_times(k, vt, acc_t, i0, i1, cast, width)``: the share of rows i0 <= i < i1 of a
+symmetric k's upper triangle in (k @ vt^T)^T, each entry read once for its two products
+(``_skinny_upper``).
 """
 
 from __future__ import annotations
@@ -159,3 +163,93 @@ def cols_times(ft, c, out_t, start, stop):
                 oq = out_t[q, s:e]
                 for i in range(w):
                     oq[i] += cj * fj[i]
+
+
+@njit(nogil=True, cache=True, fastmath=FM)
+def upper_times(k, vt, acc_t, i0, i1, cast, width):
+    """acc_t[c, :] += the share of rows i0 <= i < i1 of a symmetric K's upper triangle in
+    (K V)^T, reading k[i, i:] only: for each stored entry K_ij (j >= i), acc_t[c, i] +=
+    K_ij vt[c, j] and, for j > i, acc_t[c, j] += K_ij vt[c, i] (K_ji = K_ij), so each
+    entry is read once for both of its products: half the bytes of :func:`rows_times`
+    over the whole matrix for the same arithmetic (N^2 R multiply-adds).
+
+    k (N, N) row-major, of which only the upper triangle is read; vt (R, N) and acc_t
+    (R, N) row-major in the sums' dtype (float32 vt: float32 sums, twice the lanes);
+    acc_t holds this call's own sums (a buffer per thread, added up by the caller).
+    ``cast`` (N, N) gets k[i, i:] in its own dtype (a float32 copy of the triangle made by
+    the same pass) or is empty (0, 0). Rows are taken 4 at a time, their columns in
+    blocks of ``width`` (K's 4 rows, vt's and acc_t's R rows of a block stay in L1 while
+    every column c passes over them): per entry a multiply-add into the row's dot product
+    (a register) and one into acc_t[c, j] (an axpy over the block, vectorised)."""
+    n = k.shape[1]
+    r = vt.shape[0]
+    zero = np.zeros(1, acc_t.dtype)[0]
+    copy = cast.shape[0] > 0
+    m4 = i1 - (i1 - i0) % 4
+    for i in range(i0, m4, 4):
+        for c in range(r):  # the 4 x 4 corner: its upper part, the diagonal once
+            v = vt[c]
+            t = acc_t[c]
+            for q in range(4):
+                a = k[i + q, i + q] * v[i + q]
+                for p in range(q + 1, 4):
+                    x = k[i + q, i + p]
+                    a += x * v[i + p]
+                    t[i + p] += x * v[i + q]
+                t[i + q] += a
+        if copy:
+            for q in range(4):
+                for p in range(q, 4):
+                    cast[i + q, i + p] = k[i + q, i + p]
+        for s in range(i + 4, n, width):
+            e = min(s + width, n)
+            w = e - s
+            k0 = k[i, s:e]
+            k1 = k[i + 1, s:e]
+            k2 = k[i + 2, s:e]
+            k3 = k[i + 3, s:e]
+            for c in range(r):
+                v = vt[c, s:e]
+                t = acc_t[c, s:e]
+                y0 = vt[c, i]
+                y1 = vt[c, i + 1]
+                y2 = vt[c, i + 2]
+                y3 = vt[c, i + 3]
+                a0 = a1 = a2 = a3 = zero
+                for j in range(w):
+                    x0 = k0[j]
+                    x1 = k1[j]
+                    x2 = k2[j]
+                    x3 = k3[j]
+                    u = v[j]
+                    a0 += x0 * u
+                    a1 += x1 * u
+                    a2 += x2 * u
+                    a3 += x3 * u
+                    t[j] += x0 * y0 + x1 * y1 + x2 * y2 + x3 * y3
+                acc_t[c, i] += a0
+                acc_t[c, i + 1] += a1
+                acc_t[c, i + 2] += a2
+                acc_t[c, i + 3] += a3
+            if copy:
+                for q in range(4):
+                    kq = k[i + q, s:e]
+                    cq = cast[i + q, s:e]
+                    for j in range(w):
+                        cq[j] = kq[j]
+    for i in range(m4, i1):  # the last rows, one at a time
+        ki = k[i]
+        for c in range(r):
+            v = vt[c]
+            t = acc_t[c]
+            y = v[i]
+            a = ki[i] * y
+            for j in range(i + 1, n):
+                x = ki[j]
+                a += x * v[j]
+                t[j] += x * y
+            t[i] += a
+        if copy:
+            ci = cast[i]
+            for j in range(i, n):
+                ci[j] = ki[j]

@@ -26,7 +26,7 @@ from dataclasses import dataclass, field
 import torch
 from torch import Tensor
 
-from widenets.predict import _skinny
+from widenets.predict import _skinny, _skinny_upper
 from widenets.predict import _validation as v
 from widenets.predict._linalg import _user_stacklevel
 from widenets.predict.operators import (
@@ -345,10 +345,22 @@ def _check_count(value, name: str, *, minimum: int = 1) -> int:
 
 class _Float32Copy:
     """Products with a float32 copy of a float64 ``DenseKernel``'s tensor (see
-    :data:`FLOAT32_TOL`), the copy written by the first product."""
+    :data:`FLOAT32_TOL`), the copy written by the first product.
 
-    def __init__(self, k: Tensor):
-        self.k, self.k32 = k, None
+    When the tensor passes :func:`widenets.predict._skinny_upper.looks_symmetric` (a
+    sampled check: a square operator is a symmetric kernel by contract, and a kernel from
+    the library is exactly symmetric), the copy holds its upper triangle only and every
+    product reads that triangle alone (:func:`widenets.predict._skinny_upper.matmul`): the
+    first from K itself (float64 sums), the others from the copy with float32 sums. Else
+    (or with ``UPPER = False``) the whole copy and :func:`widenets.predict._skinny.matmul`.
+    Either way the pass's result is checked with the whole of K itself (the final
+    residual), so a symmetry the check missed costs iterations, never accuracy."""
+
+    #: take the upper triangle where the kernel looks symmetric
+    UPPER = True
+
+    def __init__(self, k: Tensor, upper: bool = False):
+        self.k, self.k32, self.upper = k, None, upper
 
     @classmethod
     def for_solve(cls, op: KernelOperator, tol: float):
@@ -357,14 +369,20 @@ class _Float32Copy:
         k = op.k
         if k.dtype != torch.float64 or k.numel() * 4 > FLOAT32_COPY_BYTES:
             return None
-        return cls(k)
+        return cls(k, upper=cls.UPPER and _skinny_upper.looks_symmetric(k))
 
     def __call__(self, p: Tensor, workers: int) -> Tensor | None:
         n_threads = None if workers <= 1 else workers
-        if self.k32 is not None:
+        if self.upper:
+            if self.k32 is not None:
+                return _skinny_upper.matmul(self.k32, p, n_threads, sums=torch.float32)
+            k32 = torch.empty(self.k.shape, dtype=torch.float32)  # lower part never touched
+            out = _skinny_upper.matmul(self.k, p, n_threads, cast=k32)
+        elif self.k32 is not None:
             return _skinny.matmul(self.k32, p, n_threads)
-        k32 = torch.empty(self.k.shape, dtype=torch.float32)
-        out = _skinny.matmul(self.k, p, n_threads, cast=k32)
+        else:
+            k32 = torch.empty(self.k.shape, dtype=torch.float32)
+            out = _skinny.matmul(self.k, p, n_threads, cast=k32)
         if out is not None:
             self.k32 = k32
         return out
