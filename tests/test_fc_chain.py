@@ -276,3 +276,23 @@ def test_in_place_equals_copied(switch, claims, monkeypatch, same):
         out = other.kernel(*args, progress=False)
         assert not claims
         assert _rel(out.nngp, _eager(other, *args).nngp) < 1e-13
+
+
+@pytest.mark.skipif(
+    __import__("platform").machine() not in ("x86_64", "AMD64"), reason="x86 instruction names"
+)
+def test_relu_chunk_loop_vectorises():
+    """the ABRelu chunk loop compiles to packed square roots (the loop over a chunk is
+    vectorised): a flag store inside it kept LLVM from vectorising it (scalar ``vsqrtsd``
+    only, about 3x slower per entry), so the flagged loop is a separate one."""
+    numba = pytest.importorskip("numba")
+    import numpy as np
+
+    from widenets import _numba_fc
+
+    fresh = numba.njit(fastmath=_numba_fc.FM, nogil=True)(_numba_fc._relu_chunk.py_func)
+    a = np.full(64, 0.3)
+    fresh(a, a.copy(), np.zeros(64, np.uint8), 64, -1.0, 1.0, a + 1, a + 1, 0.5, 0.2, 1e-7,
+          1e-5, True, False)  # fmt: skip
+    (asm,) = fresh.inspect_asm().values()
+    assert "sqrtpd" in asm
